@@ -1,0 +1,1 @@
+//! Typed instructions built from [`crate::ast::Node`]s.
