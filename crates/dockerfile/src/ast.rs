@@ -9,7 +9,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A 1-based position in a source file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Position {
     /// 1-based line number.
     pub line: usize,
@@ -89,7 +91,9 @@ pub struct Node {
     /// The instruction keyword in lower case (`from`, `run`, `copy`, ...).
     /// Unknown keywords are kept as written (lower-cased); the typed layer rejects them.
     pub keyword: String,
-    /// Leading `--name` / `--name=value` words, verbatim (`"--from=build"`).
+    /// Leading `--name` / `--name=value` words (`"--from=build"`), not
+    /// validated. As in BuildKit, quotes inside a flag are removed and `\`
+    /// escapes the next character (`--chown="a b"` gives `--chown=a b`).
     /// A bare `--` ends the flags and is dropped.
     pub flags: Vec<String>,
     /// Arguments, split per keyword exactly as BuildKit does (see the
@@ -101,7 +105,8 @@ pub struct Node {
     pub json: bool,
     /// For `ONBUILD`: the nested instruction. `args` is then empty.
     pub onbuild: Option<Box<Node>>,
-    /// Heredocs of this instruction, in order of appearance.
+    /// Heredocs of this instruction, in order of appearance. For `ONBUILD
+    /// RUN <<EOF`, they are on the ONBUILD node and also on its nested node.
     pub heredocs: Vec<Heredoc>,
     /// The instruction's text with continuations joined (escape+newline
     /// removed, comment lines inside continuations dropped), heredoc bodies

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod ast;
+pub mod dump;
 pub mod ignore;
 pub mod instructions;
 pub mod parser;

@@ -89,8 +89,7 @@ fn normalize_arch(arch: &str, variant: Option<&str>) -> (String, Option<String>)
 
 fn valid_part(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
 }
 

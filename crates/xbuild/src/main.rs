@@ -1,1 +1,63 @@
-fn main() {}
+//! The `xbuild` binary: CLI, coordinator and agent in one.
+
+mod build;
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Commands};
+use std::process::ExitCode;
+
+/// An error that carries its own exit code and has already been reported.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// A command that later issues build: a clear error, never a pretence.
+fn not_built(what: &str, issue: u32) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "`xbuild {what}` is not implemented yet (planned in issue #{issue}); \
+         this build of xbuild can parse, plan and check Dockerfiles: \
+         try `xbuild build --call outline|targets|check PATH`"
+    )
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Commands::Build(args) => build::run(*args),
+        Commands::Node(_) => not_built("node", 6),
+        Commands::Agent(_) => not_built("agent", 6),
+        Commands::Binfmt(_) => not_built("binfmt", 5),
+        Commands::Images => not_built("images", 3),
+        Commands::History { .. } => not_built("history", 3),
+        Commands::Rmi { .. } => not_built("rmi", 3),
+        Commands::Image(_) => not_built("image prune", 3),
+        Commands::Save { .. } => not_built("save", 3),
+        Commands::Load { .. } => not_built("load", 3),
+        Commands::Imagetools(_) => not_built("imagetools", 5),
+        Commands::Cache(_) => not_built("cache", 4),
+        Commands::Login { .. } => not_built("login", 3),
+        Commands::Logout { .. } => not_built("logout", 3),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = cli::with_default_command(std::env::args().collect());
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

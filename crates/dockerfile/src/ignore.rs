@@ -1,1 +1,0 @@
-//! `.dockerignore` matching (moby/patternmatcher semantics).

@@ -1,1 +1,0 @@
-//! Shell-word expansion (BuildKit `shell.Lex` semantics).

@@ -1,0 +1,376 @@
+//! The build graph: plain, serializable data describing what to build for
+//! one target platform. The same value is solved locally or sent to an
+//! agent; nothing in it depends on where it will run.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use xbuild_dockerfile::instructions::{MountType, Sharing};
+use xbuild_oci::Platform;
+
+/// Where a step or stage came from in the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Dockerfile name as given by the user.
+    pub file: String,
+    /// First line (1-based).
+    pub start_line: usize,
+    /// Last line (1-based, inclusive).
+    pub end_line: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start_line == self.end_line {
+            write!(f, "{}:{}", self.file, self.start_line)
+        } else {
+            write!(f, "{}:{}-{}", self.file, self.start_line, self.end_line)
+        }
+    }
+}
+
+/// An image to pull, for a platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// The reference as written after expansion (`golang:1.22`, `docker.io/library/alpine@sha256:...`).
+    pub reference: String,
+    /// The platform to pick from a multi-platform image.
+    pub platform: Platform,
+    /// The manifest digest, when the coordinator resolved it before planning.
+    pub digest: Option<String>,
+}
+
+/// What a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Base {
+    /// `FROM scratch`: an empty filesystem.
+    Scratch,
+    /// A registry (or local store) image.
+    Image(ImageRef),
+    /// Another stage of this graph, by index into [`BuildGraph::stages`].
+    Stage(usize),
+}
+
+/// Where a COPY or a bind mount takes its files from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileSource {
+    /// The build context (after `.dockerignore`).
+    Context,
+    /// The final filesystem of another stage (index into [`BuildGraph::stages`]).
+    Stage(usize),
+    /// The filesystem of an image.
+    Image(ImageRef),
+}
+
+/// A file whose content is known at plan time (heredocs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// File name (the heredoc delimiter for COPY sources; a path for RUN scripts).
+    pub name: String,
+    /// Content, already chomped and expanded where Docker expands it.
+    pub content: String,
+    /// File mode.
+    pub mode: u32,
+}
+
+/// `RUN --network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The worker's default (host networking).
+    #[default]
+    Default,
+    /// Only a loopback interface.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// One mount of a RUN step, values expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecMount {
+    /// Mount type.
+    pub kind: MountType,
+    /// Absolute target inside the container (secret default: `/run/secrets/<id>`).
+    pub target: Option<String>,
+    /// Source path within `from` (bind) or the cache (cache).
+    pub source: Option<String>,
+    /// Where bind and cache mounts take their contents from.
+    pub from: Option<FileSource>,
+    /// Read-only.
+    pub readonly: bool,
+    /// Cache or secret id.
+    pub id: Option<String>,
+    /// Cache sharing mode.
+    pub sharing: Sharing,
+    /// Mode for cache/secret.
+    pub mode: Option<u32>,
+    /// Owner uid.
+    pub uid: Option<u32>,
+    /// Owner gid.
+    pub gid: Option<u32>,
+    /// Whether a secret must exist.
+    pub required: bool,
+    /// Secret exposed as this env var.
+    pub env: Option<String>,
+    /// tmpfs size in bytes.
+    pub size: Option<u64>,
+}
+
+/// Run a process in the stage's filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOp {
+    /// argv, shell already applied for shell form.
+    pub args: Vec<String>,
+    /// Full environment (`KEY=value`): image ENV plus in-scope ARGs, PATH defaulted.
+    pub env: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: String,
+    /// User spec (`name`, `uid:gid`, ...), empty for root.
+    pub user: String,
+    /// Network mode.
+    pub network: Network,
+    /// `--security=insecure`.
+    pub insecure: bool,
+    /// Mounts.
+    pub mounts: Vec<ExecMount>,
+    /// Heredoc scripts written into the container before the run.
+    pub inline_files: Vec<InlineFile>,
+}
+
+/// Copy files into the stage's filesystem (COPY and ADD).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOp {
+    /// Where the sources are read from.
+    pub from: FileSource,
+    /// Source paths or patterns (relative to the source root), or URLs for ADD.
+    pub sources: Vec<String>,
+    /// Heredoc sources, copied as files named after the delimiter.
+    pub inline: Vec<InlineFile>,
+    /// Destination, absolute; a trailing `/` means "into this directory".
+    pub dest: String,
+    /// `--chown`, expanded.
+    pub chown: Option<String>,
+    /// `--chmod`, expanded (octal or symbolic).
+    pub chmod: Option<String>,
+    /// `--link`.
+    pub link: bool,
+    /// `--exclude` patterns.
+    pub exclude: Vec<String>,
+    /// `--parents`.
+    pub parents: bool,
+    /// True for ADD (archives unpacked, URLs fetched).
+    pub add: bool,
+    /// ADD `--checksum`.
+    pub checksum: Option<String>,
+    /// ADD `--unpack`.
+    pub unpack: Option<bool>,
+    /// ADD `--keep-git-dir`.
+    pub keep_git_dir: bool,
+}
+
+/// A healthcheck, as stored in the image config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthcheckSpec {
+    /// `["NONE"]`, `["CMD", ...]` or `["CMD-SHELL", cmd]`.
+    pub test: Vec<String>,
+    /// Nanoseconds.
+    pub interval: Option<i64>,
+    /// Nanoseconds.
+    pub timeout: Option<i64>,
+    /// Nanoseconds.
+    pub start_period: Option<i64>,
+    /// Nanoseconds.
+    pub start_interval: Option<i64>,
+    /// Retries.
+    pub retries: Option<i64>,
+}
+
+/// A change to the image configuration only (no filesystem change, except
+/// WORKDIR, which also creates the directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigOp {
+    /// `ENV`: pairs in order.
+    Env(Vec<(String, String)>),
+    /// `LABEL`: pairs in order.
+    Label(Vec<(String, String)>),
+    /// `WORKDIR`: the new absolute working directory (created if missing).
+    Workdir(String),
+    /// `USER`.
+    User(String),
+    /// `EXPOSE`: `port/proto` entries.
+    Expose(Vec<String>),
+    /// `VOLUME`.
+    Volume(Vec<String>),
+    /// `ENTRYPOINT`: argv as stored in the config.
+    Entrypoint(Vec<String>),
+    /// `CMD`: argv as stored in the config.
+    Cmd(Vec<String>),
+    /// `SHELL`.
+    Shell(Vec<String>),
+    /// `STOPSIGNAL`.
+    StopSignal(String),
+    /// `HEALTHCHECK`.
+    Healthcheck(HealthcheckSpec),
+    /// `ONBUILD`: the trigger text.
+    Onbuild(String),
+    /// `MAINTAINER`: the author.
+    Maintainer(String),
+    /// `ARG`: declarations only (history entry, no config change).
+    Arg(Vec<(String, Option<String>)>),
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// RUN.
+    Exec(ExecOp),
+    /// COPY / ADD.
+    Copy(CopyOp),
+    /// Metadata-only instructions.
+    Config(ConfigOp),
+}
+
+/// One step of a stage: one Dockerfile instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Where the instruction is.
+    pub location: Location,
+    /// The instruction as displayed and keyed: keyword plus expanded words
+    /// (RUN keeps its command text as written; the shell expands it).
+    pub text: String,
+    /// The history `created_by` Docker writes for this step.
+    pub created_by: String,
+    /// What to do.
+    pub op: Op,
+    /// Build args this step sees and uses (for RUN: every ARG in scope),
+    /// with their values: part of the cache key.
+    pub build_args: BTreeMap<String, String>,
+    /// True when this step came from a base image's ONBUILD trigger.
+    pub from_onbuild: bool,
+}
+
+/// One stage of the build, for one platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// `AS name`, lower case.
+    pub name: Option<String>,
+    /// Position of the stage's FROM among the Dockerfile's stages (0-based).
+    pub dockerfile_index: usize,
+    /// The platform this stage's filesystem is for.
+    pub platform: Platform,
+    /// What it starts from.
+    pub base: Base,
+    /// The FROM line.
+    pub location: Location,
+    /// The FROM line's expanded text (`FROM golang:1.22 AS build`).
+    pub from_text: String,
+    /// Steps after FROM.
+    pub steps: Vec<Step>,
+}
+
+impl Stage {
+    /// Display name used in progress lines: the stage name, or `stage-N`.
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", self.dockerfile_index))
+    }
+
+    /// Indices of the stages this one depends on (base, COPY --from, mounts).
+    pub fn dependencies(&self) -> Vec<usize> {
+        let mut deps = Vec::new();
+        if let Base::Stage(i) = self.base {
+            deps.push(i);
+        }
+        for s in &self.steps {
+            match &s.op {
+                Op::Copy(c) => {
+                    if let FileSource::Stage(i) = c.from {
+                        deps.push(i);
+                    }
+                }
+                Op::Exec(e) => {
+                    for m in &e.mounts {
+                        if let Some(FileSource::Stage(i)) = m.from {
+                            deps.push(i);
+                        }
+                    }
+                }
+                Op::Config(_) => {}
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        deps
+    }
+}
+
+/// A non-fatal finding made while planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanWarning {
+    /// Rule name (BuildKit check names where one exists).
+    pub rule: String,
+    /// Message.
+    pub message: String,
+    /// Where, when it concerns a line.
+    pub location: Option<Location>,
+}
+
+/// Everything needed to build one platform's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildGraph {
+    /// The platform of the result (`TARGETPLATFORM`).
+    pub platform: Platform,
+    /// The platform of the machine that plans (`BUILDPLATFORM`).
+    pub build_platform: Platform,
+    /// Stages needed for the target, dependencies before dependents.
+    pub stages: Vec<Stage>,
+    /// Index of the target stage in `stages` (always the last).
+    pub target: usize,
+    /// Build args given with `--build-arg` that no ARG consumed.
+    pub unused_build_args: Vec<String>,
+    /// Non-fatal findings.
+    pub warnings: Vec<PlanWarning>,
+}
+
+impl BuildGraph {
+    /// Total number of steps over all stages.
+    pub fn step_count(&self) -> usize {
+        self.stages.iter().map(|s| s.steps.len()).sum()
+    }
+
+    /// Images this graph pulls (bases and `--from` images), deduplicated.
+    pub fn images(&self) -> Vec<&ImageRef> {
+        fn push<'g>(out: &mut Vec<&'g ImageRef>, r: &'g ImageRef) {
+            if !out
+                .iter()
+                .any(|o| o.reference == r.reference && o.platform == r.platform)
+            {
+                out.push(r);
+            }
+        }
+        let mut out: Vec<&ImageRef> = Vec::new();
+        for st in &self.stages {
+            if let Base::Image(r) = &st.base {
+                push(&mut out, r);
+            }
+            for s in &st.steps {
+                match &s.op {
+                    Op::Copy(CopyOp {
+                        from: FileSource::Image(r),
+                        ..
+                    }) => push(&mut out, r),
+                    Op::Exec(e) => {
+                        for m in &e.mounts {
+                            if let Some(FileSource::Image(r)) = &m.from {
+                                push(&mut out, r);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,466 @@
+//! Planning tests modelled on real Dockerfiles: ARG scoping, ENV/ARG
+//! precedence, `--target` and stage selection, platform args, COPY --from,
+//! heredocs, ONBUILD triggers from a base image.
+
+use std::collections::BTreeMap;
+use xbuild_oci::Platform;
+use xbuild_plan::*;
+
+fn amd64() -> Platform {
+    Platform::parse("linux/amd64").unwrap()
+}
+fn arm64() -> Platform {
+    Platform::parse("linux/arm64").unwrap()
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions {
+        file: "Dockerfile".into(),
+        target: None,
+        build_args: BTreeMap::new(),
+        build_platform: amd64(),
+    }
+}
+
+fn plan_for(src: &str, p: &Platform, o: &PlanOptions) -> BuildGraph {
+    plan_source(src, p, o, &mut OfflineResolver).unwrap_or_else(|e| panic!("plan failed: {e}"))
+}
+
+fn exec(step: &Step) -> &ExecOp {
+    match &step.op {
+        Op::Exec(e) => e,
+        other => panic!("not an exec step: {other:?}"),
+    }
+}
+
+fn copy(step: &Step) -> &CopyOp {
+    match &step.op {
+        Op::Copy(c) => c,
+        other => panic!("not a copy step: {other:?}"),
+    }
+}
+
+fn env_of<'a>(e: &'a ExecOp, k: &str) -> Option<&'a str> {
+    e.env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+}
+
+/// The classic Go cross-compile Dockerfile.
+const GO_CROSS: &str = r#"# syntax=docker/dockerfile:1
+ARG GO_VERSION=1.22
+ARG ALPINE=3.19
+
+FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-alpine AS build
+WORKDIR /src
+ARG TARGETOS TARGETARCH
+ARG VERSION=dev
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+RUN --mount=type=cache,target=/root/.cache/go-build \
+    GOOS=$TARGETOS GOARCH=$TARGETARCH go build -ldflags "-X main.version=$VERSION" -o /out/app .
+
+FROM alpine:${ALPINE} AS test
+COPY --from=build /out/app /app
+RUN /app --self-test
+
+FROM alpine:${ALPINE}
+COPY --from=build /out/app /usr/local/bin/app
+ENTRYPOINT ["app"]
+"#;
+
+#[test]
+fn global_arg_in_from_and_buildplatform_stage() {
+    let g = plan_for(GO_CROSS, &arm64(), &opts());
+    // The default target (last stage) needs `build` but not `test`.
+    assert_eq!(g.stages.len(), 2, "unused stage `test` must be dropped");
+    let build = &g.stages[0];
+    assert_eq!(build.name.as_deref(), Some("build"));
+    // FROM --platform=$BUILDPLATFORM runs natively...
+    assert_eq!(build.platform, amd64());
+    match &build.base {
+        Base::Image(r) => {
+            assert_eq!(r.reference, "golang:1.22-alpine");
+            assert_eq!(r.platform, amd64());
+        }
+        other => panic!("{other:?}"),
+    }
+    // ...while TARGETARCH still names the target.
+    let run = exec(&build.steps[6]);
+    assert_eq!(env_of(run, "TARGETARCH"), Some("arm64"));
+    assert_eq!(env_of(run, "TARGETOS"), Some("linux"));
+    assert_eq!(env_of(run, "VERSION"), Some("dev"));
+    assert_eq!(run.cwd, "/src");
+    assert_eq!(
+        run.mounts[0].target.as_deref(),
+        Some("/root/.cache/go-build")
+    );
+    assert_eq!(run.mounts[0].id.as_deref(), Some("/root/.cache/go-build"));
+    // The final stage is for the target platform with the global ALPINE arg.
+    let fin = &g.stages[g.target];
+    assert_eq!(fin.platform, arm64());
+    match &fin.base {
+        Base::Image(r) => assert_eq!(r.reference, "alpine:3.19"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(copy(&fin.steps[0]).from, FileSource::Stage(0));
+    assert_eq!(copy(&fin.steps[0]).dest, "/usr/local/bin/app");
+    // COPY go.mod go.sum ./ lands in WORKDIR.
+    assert_eq!(copy(&build.steps[3]).dest, "/src/");
+}
+
+#[test]
+fn target_selects_stage_and_drops_the_rest() {
+    let mut o = opts();
+    o.target = Some("test".into());
+    let g = plan_for(GO_CROSS, &amd64(), &o);
+    let names: Vec<_> = g.stages.iter().map(|s| s.display_name()).collect();
+    assert_eq!(names, ["build", "test"]);
+    o.target = Some("build".into());
+    let g = plan_for(GO_CROSS, &amd64(), &o);
+    assert_eq!(g.stages.len(), 1);
+    o.target = Some("nope".into());
+    let err = plan_source(GO_CROSS, &amd64(), &o, &mut OfflineResolver).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"nope\"") && msg.contains("build, test"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn build_arg_overrides_defaults_global_and_local() {
+    let mut o = opts();
+    o.build_args.insert("GO_VERSION".into(), "1.23".into());
+    o.build_args.insert("VERSION".into(), "2.0".into());
+    o.build_args.insert("UNUSED".into(), "x".into());
+    let g = plan_for(GO_CROSS, &amd64(), &o);
+    match &g.stages[0].base {
+        Base::Image(r) => assert_eq!(r.reference, "golang:1.23-alpine"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env_of(exec(&g.stages[0].steps[6]), "VERSION"), Some("2.0"));
+    assert_eq!(g.unused_build_args, ["UNUSED"]);
+}
+
+#[test]
+fn arg_scope_is_per_stage_and_global_needs_redeclaring() {
+    let src = r#"
+ARG V=global
+FROM scratch AS a
+RUN echo $V
+ARG V
+RUN echo $V
+ARG L=local
+FROM scratch AS b
+COPY --from=a /x /x
+RUN echo $L
+"#;
+    let g = plan_for(src, &amd64(), &opts());
+    let a = &g.stages[0];
+    // Before `ARG V` the global is not visible inside the stage.
+    assert_eq!(env_of(exec(&a.steps[0]), "V"), None);
+    assert!(a.steps[0].build_args.is_empty());
+    // After a bare `ARG V` it inherits the global default.
+    assert_eq!(env_of(exec(&a.steps[2]), "V"), Some("global"));
+    assert_eq!(
+        a.steps[2].build_args.get("V").map(String::as_str),
+        Some("global")
+    );
+    // L does not leak into stage b.
+    let b = &g.stages[1];
+    assert_eq!(env_of(exec(&b.steps[1]), "L"), None);
+}
+
+#[test]
+fn env_wins_over_arg_and_env_refers_to_old_values() {
+    let src = r#"
+FROM scratch
+ARG A=fromarg
+ENV A=fromenv
+ENV X=1 Y=$X
+ENV X=2
+WORKDIR /w/$A
+RUN true
+"#;
+    let g = plan_for(src, &amd64(), &opts());
+    let st = &g.stages[0];
+    match &st.steps[2].op {
+        Op::Config(ConfigOp::Env(p)) => {
+            assert_eq!(
+                p[1],
+                ("Y".to_string(), String::new()),
+                "ENV sees values from before the instruction"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &st.steps[4].op {
+        Op::Config(ConfigOp::Workdir(w)) => assert_eq!(w, "/w/fromenv"),
+        other => panic!("{other:?}"),
+    }
+    // ENV-shadowed ARG is not a build arg of the step (and not in the key).
+    assert!(!st.steps[4].build_args.contains_key("A"));
+    let run = exec(&st.steps[5]);
+    assert_eq!(env_of(run, "A"), Some("fromenv"));
+    assert_eq!(env_of(run, "X"), Some("2"));
+    assert!(
+        env_of(run, "PATH").is_some(),
+        "scratch gets the default PATH"
+    );
+}
+
+#[test]
+fn build_arg_used_only_from_first_use() {
+    let src = r#"
+FROM scratch
+COPY a /a
+ARG VERSION=1
+COPY b /b
+LABEL version=$VERSION
+RUN make
+"#;
+    let g = plan_for(src, &amd64(), &opts());
+    let s = &g.stages[0].steps;
+    assert!(s[0].build_args.is_empty());
+    assert!(s[2].build_args.is_empty(), "COPY b does not use VERSION");
+    assert_eq!(
+        s[3].build_args.get("VERSION").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        s[4].build_args.get("VERSION").map(String::as_str),
+        Some("1"),
+        "RUN sees every ARG in scope"
+    );
+    assert!(
+        s[4].created_by
+            .starts_with("RUN |1 VERSION=1 /bin/sh -c make"),
+        "{}",
+        s[4].created_by
+    );
+}
+
+#[test]
+fn copy_from_by_index_name_and_image() {
+    let src = r#"
+FROM scratch AS first
+FROM scratch
+COPY --from=0 /a /a
+COPY --from=first /b /b
+COPY --from=busybox:1.36 /bin/busybox /bin/busybox
+"#;
+    let g = plan_for(src, &amd64(), &opts());
+    let fin = &g.stages[g.target];
+    assert_eq!(copy(&fin.steps[0]).from, FileSource::Stage(0));
+    assert_eq!(copy(&fin.steps[1]).from, FileSource::Stage(0));
+    match &copy(&fin.steps[2]).from {
+        FileSource::Image(r) => {
+            assert_eq!(r.reference, "busybox:1.36");
+            assert_eq!(r.platform, amd64());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(g.images().len(), 1);
+}
+
+#[test]
+fn copy_from_future_index_and_cycles_are_errors() {
+    let src = "FROM scratch AS a\nCOPY --from=1 /a /a\nFROM a\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+    assert!(e.to_string().contains("Dockerfile:2"), "{e}");
+    let src = "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nCOPY --from=a /y /y\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+    assert!(e.to_string().contains("circular"), "{e}");
+}
+
+#[test]
+fn from_stage_inherits_config() {
+    let src = r#"
+FROM scratch AS base
+ENV APP=/opt/app
+WORKDIR $APP
+USER 1000
+FROM base
+RUN pwd
+"#;
+    let g = plan_for(src, &amd64(), &opts());
+    assert_eq!(g.stages[1].base, Base::Stage(0));
+    let run = exec(&g.stages[1].steps[0]);
+    assert_eq!(run.cwd, "/opt/app");
+    assert_eq!(run.user, "1000");
+    assert_eq!(env_of(run, "APP"), Some("/opt/app"));
+}
+
+#[test]
+fn base_image_config_and_onbuild_triggers() {
+    struct R;
+    impl ImageResolver for R {
+        fn resolve(&mut self, reference: &str, p: &Platform) -> Result<ResolvedImage, String> {
+            if reference == "missing" {
+                return Err("not found".into());
+            }
+            Ok(ResolvedImage {
+                digest: Some(format!("sha256:{:064}", p.architecture().len())),
+                config: BaseConfig {
+                    env: vec!["PATH=/custom/bin".into(), "GOPATH=/go".into()],
+                    working_dir: "/go".into(),
+                    user: String::new(),
+                    shell: vec![],
+                    onbuild: vec!["COPY . /app/src".into(), "RUN make -C /app/src".into()],
+                },
+            })
+        }
+    }
+    let src = "FROM golang:onbuild\nWORKDIR $GOPATH/src\nRUN echo $PATH\n";
+    let g = plan_source(src, &amd64(), &opts(), &mut R).unwrap();
+    let st = &g.stages[0];
+    assert!(st.steps[0].from_onbuild && st.steps[1].from_onbuild);
+    assert_eq!(copy(&st.steps[0]).dest, "/app/src");
+    match &st.steps[2].op {
+        Op::Config(ConfigOp::Workdir(w)) => assert_eq!(w, "/go/src"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env_of(exec(&st.steps[3]), "PATH"), Some("/custom/bin"));
+    match &st.base {
+        Base::Image(r) => assert!(r.digest.is_some()),
+        other => panic!("{other:?}"),
+    }
+    let e = plan_source("FROM missing\n", &amd64(), &opts(), &mut R).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Dockerfile:1: FROM missing (linux/amd64): not found"
+    );
+}
+
+#[test]
+fn heredocs_in_run_and_copy() {
+    let src = "FROM scratch\nARG NAME=world\nRUN <<EOF\necho hi\nEOF\nRUN <<-EOT\n\t#!/bin/sh\n\techo x\n\tEOT\nCOPY <<EOF /etc/greeting\nhello $NAME\nEOF\nCOPY <<'EOF' /etc/raw\nhello $NAME\nEOF\nRUN cat <<EOF > /x\ny\nEOF\n";
+    let g = plan_for(src, &amd64(), &opts());
+    let s = &g.stages[0].steps;
+    assert_eq!(exec(&s[1]).args, ["/bin/sh", "-c", "echo hi\n"]);
+    let shebang = exec(&s[2]);
+    assert_eq!(shebang.inline_files.len(), 1);
+    assert_eq!(shebang.inline_files[0].content, "#!/bin/sh\necho x\n");
+    assert_eq!(shebang.args, [shebang.inline_files[0].name.clone()]);
+    let c = copy(&s[3]);
+    assert_eq!(c.inline[0].content, "hello world\n");
+    assert_eq!(c.dest, "/etc/greeting");
+    assert_eq!(copy(&s[4]).inline[0].content, "hello $NAME\n");
+    assert_eq!(exec(&s[5]).args[2], "cat <<EOF > /x\ny\nEOF");
+}
+
+#[test]
+fn instruction_config_ops() {
+    let src = r#"FROM scratch
+EXPOSE 80 53/udp
+VOLUME ["/data"]
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=5s CMD wget -q localhost
+SHELL ["/bin/bash", "-c"]
+CMD echo hi
+LABEL a="b c"
+ONBUILD RUN echo child
+"#;
+    let g = plan_for(src, &amd64(), &opts());
+    let s = &g.stages[0].steps;
+    assert_eq!(
+        s[0].op,
+        Op::Config(ConfigOp::Expose(vec!["80/tcp".into(), "53/udp".into()]))
+    );
+    assert_eq!(s[1].op, Op::Config(ConfigOp::Volume(vec!["/data".into()])));
+    match &s[3].op {
+        Op::Config(ConfigOp::Healthcheck(h)) => {
+            assert_eq!(h.test, ["CMD-SHELL", "wget -q localhost"]);
+            assert_eq!(h.interval, Some(5_000_000_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    // CMD in shell form uses the SHELL set before it.
+    assert_eq!(
+        s[5].op,
+        Op::Config(ConfigOp::Cmd(vec![
+            "/bin/bash".into(),
+            "-c".into(),
+            "echo hi".into()
+        ]))
+    );
+    assert_eq!(
+        s[6].op,
+        Op::Config(ConfigOp::Label(vec![("a".into(), "b c".into())]))
+    );
+    assert_eq!(
+        s[7].op,
+        Op::Config(ConfigOp::Onbuild("RUN echo child".into()))
+    );
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    let cases = [
+        ("FROM scratch\nCOPY a\n", "Dockerfile:2"),
+        (
+            "FROM scratch\nRUN --mount=type=nfs,target=/x true\n",
+            "Dockerfile:2",
+        ),
+        ("FROM scratch\nBOGUS x\n", "Dockerfile:2"),
+        ("RUN true\nFROM scratch\n", "Dockerfile:1"),
+        ("FROM scratch\nCOPY a b c\n", "Dockerfile:2"),
+        ("FROM scratch\nENV X=${NOPE:?must be set}\n", "Dockerfile:2"),
+        ("FROM scratch AS a\nFROM scratch AS a\n", "Dockerfile:2"),
+        ("FROM scratch\nCOPY --bogus=1 a /b\n", "Dockerfile:2"),
+        ("FROM --platform=linux/bogus/x/y scratch\n", "Dockerfile:1"),
+    ];
+    for (src, want) in cases {
+        let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+        assert!(e.to_string().contains(want), "{src:?}: {e}");
+    }
+    let e = plan_source(
+        "# only a comment\n",
+        &amd64(),
+        &opts(),
+        &mut OfflineResolver,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("Dockerfile"), "{e}");
+}
+
+#[test]
+fn graphs_are_plain_data_and_independent_of_the_planning_host() {
+    let g = plan_for(GO_CROSS, &arm64(), &opts());
+    let json = serde_json::to_string(&g).unwrap();
+    let back: BuildGraph = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, g);
+    let again = plan_for(GO_CROSS, &arm64(), &opts());
+    assert_eq!(
+        serde_json::to_string(&again).unwrap(),
+        json,
+        "planning is deterministic"
+    );
+}
+
+#[test]
+fn check_finds_the_usual_problems() {
+    let src = "FROM alpine as Build\nCMD [ls]\nENTRYPOINT echo hi\nCOPY --from=buidl /a /a\nFROM ${UNDECLARED}\nMAINTAINER me\n";
+    let f = check::check_source(src, &opts(), &[amd64()]);
+    let rules: Vec<&str> = f.iter().map(|x| x.rule.as_str()).collect();
+    for want in [
+        "FromAsCasing",
+        "StageNameCasing",
+        "JSONArgsTypo",
+        "JSONArgsRecommended",
+        "CopyFromUnknownStage",
+        "UndefinedArgInFrom",
+        "MaintainerDeprecated",
+    ] {
+        assert!(rules.contains(&want), "missing {want} in {rules:?}");
+    }
+    let typo = f.iter().find(|x| x.rule == "JSONArgsTypo").unwrap();
+    assert_eq!(typo.location.as_ref().unwrap().start_line, 2);
+    let clean = "FROM alpine AS build\nCMD [\"ls\"]\n";
+    assert!(check::check_source(clean, &opts(), &[amd64()]).is_empty());
+    let skipped = "# check=skip=JSONArgsRecommended\nFROM alpine\nCMD ls\n";
+    assert!(check::check_source(skipped, &opts(), &[amd64()]).is_empty());
+}

@@ -1,0 +1,299 @@
+//! `xbuild build`: load the Dockerfile, plan every platform, and either
+//! answer a `--call` query or build.
+
+use crate::cli::BuildArgs;
+use crate::Exit;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use xbuild_dockerfile::instructions;
+use xbuild_oci::Platform;
+use xbuild_plan::{check, BuildGraph, OfflineResolver, Op, PlanOptions};
+
+/// The Dockerfile to build, as read from disk or standard input.
+pub struct LoadedDockerfile {
+    /// Name used in messages (the path as the user would write it).
+    pub display: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// Read the Dockerfile named by `-f` / `PATH`.
+pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
+    if args.context == "-" {
+        if args.file.is_some() {
+            bail!("cannot use -f with a Dockerfile read from standard input (PATH is -)");
+        }
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the Dockerfile from standard input")?;
+        return Ok(LoadedDockerfile {
+            display: "Dockerfile".into(),
+            text,
+        });
+    }
+    let context = PathBuf::from(&args.context);
+    if !context.is_dir() {
+        bail!(
+            "build context {:?} is not a directory (give a directory, or - to read a Dockerfile from standard input)",
+            args.context
+        );
+    }
+    let path = match &args.file {
+        Some(f) if f.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the Dockerfile from standard input")?;
+            return Ok(LoadedDockerfile {
+                display: "Dockerfile".into(),
+                text,
+            });
+        }
+        Some(f) => f.clone(),
+        None => context.join("Dockerfile"),
+    };
+    let display = display_path(&path);
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("failed to read Dockerfile {display}"))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{display}: not valid UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok(LoadedDockerfile { display, text })
+}
+
+fn display_path(p: &Path) -> String {
+    let s = p.to_string_lossy().to_string();
+    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
+}
+
+/// Parse `--build-arg` values; a bare `KEY` takes the value from the environment.
+pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in raw {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                if k.is_empty() {
+                    bail!("invalid --build-arg {a:?}: the name is empty");
+                }
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parse `--platform` (default: this machine's Linux platform).
+pub fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>> {
+    if raw.is_empty() {
+        return Ok(vec![Platform::host_linux()]);
+    }
+    Platform::parse_list(&raw.join(",")).context("invalid --platform")
+}
+
+struct Call {
+    method: String,
+    json: bool,
+}
+
+fn parse_call(s: &str) -> Result<Call> {
+    let mut parts = s.split(',');
+    let method = parts.next().unwrap_or("build").trim().to_ascii_lowercase();
+    let mut json = false;
+    for p in parts {
+        match p.trim().split_once('=') {
+            Some(("format", "json")) => json = true,
+            Some(("format", "text")) => json = false,
+            _ => bail!("invalid --call option {p:?} (expected format=json or format=text)"),
+        }
+    }
+    if !matches!(method.as_str(), "build" | "outline" | "targets" | "check") {
+        bail!("unknown --call method {method:?} (build, outline, targets or check)");
+    }
+    Ok(Call { method, json })
+}
+
+/// Run `xbuild build`.
+pub fn run(args: BuildArgs) -> Result<()> {
+    let call = parse_call(&args.call)?;
+    let df = load_dockerfile(&args)?;
+    let platforms = parse_platforms(&args.platform)?;
+    let opts = PlanOptions {
+        file: df.display.clone(),
+        target: args.target.clone(),
+        build_args: parse_build_args(&args.build_args)?,
+        build_platform: Platform::host_linux(),
+    };
+    match call.method.as_str() {
+        "check" => run_check(&df, &opts, &platforms, call.json),
+        "targets" => run_targets(&df, call.json),
+        "outline" => {
+            let graphs = plan_all(&df, &opts, &platforms)?;
+            if call.json {
+                println!("{}", serde_json::to_string_pretty(&graphs)?);
+            } else {
+                print!("{}", outline_text(&graphs));
+            }
+            Ok(())
+        }
+        _ => {
+            // Planning validates the Dockerfile for every platform before anything runs.
+            let graphs = plan_all(&df, &opts, &platforms)?;
+            let steps: usize = graphs.iter().map(BuildGraph::step_count).sum();
+            bail!(
+                "{}: planned {} step(s) for {}, but this build of xbuild has no build engine yet \
+                 (issue #3); use --call outline to see the plan",
+                df.display,
+                steps,
+                platforms
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    }
+}
+
+fn plan_all(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+) -> Result<Vec<BuildGraph>> {
+    let mut out = Vec::new();
+    for p in platforms {
+        let g = xbuild_plan::plan_source(&df.text, p, opts, &mut OfflineResolver)?;
+        for w in &g.warnings {
+            match &w.location {
+                Some(l) => eprintln!("warning: {l}: {} ({})", w.message, w.rule),
+                None => eprintln!("warning: {} ({})", w.message, w.rule),
+            }
+        }
+        out.push(g);
+    }
+    Ok(out)
+}
+
+fn run_check(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    json: bool,
+) -> Result<()> {
+    let findings = check::check_source(&df.text, opts, platforms);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        for f in &findings {
+            println!("{f}");
+        }
+        if findings.is_empty() {
+            println!("Check complete, no problems found.");
+        } else {
+            println!("Check complete, {} problem(s) found.", findings.len());
+        }
+    }
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(Exit(1).into())
+    }
+}
+
+fn run_targets(df: &LoadedDockerfile, json: bool) -> Result<()> {
+    let doc = xbuild_dockerfile::parse(&df.text, &df.display)?;
+    let typed = instructions::from_document(&doc, &df.display)?;
+    let stages = xbuild_plan::targets(&typed);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stages)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<40} LINE", "TARGET", "BASE");
+    for s in &stages {
+        let name = s
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("(stage {})", s.index));
+        let name = if s.default {
+            format!("{name} (default)")
+        } else {
+            name
+        };
+        let base = match &s.platform {
+            Some(p) => format!("{} --platform={p}", s.base),
+            None => s.base.clone(),
+        };
+        println!("{:<24} {:<40} {}:{}", name, base, df.display, s.line);
+    }
+    Ok(())
+}
+
+/// Human-readable outline of the plans, one block per platform.
+pub fn outline_text(graphs: &[BuildGraph]) -> String {
+    let mut s = String::new();
+    for g in graphs {
+        let target = &g.stages[g.target];
+        s.push_str(&format!(
+            "{} (target {}; {} stage(s), {} step(s); build platform {})\n",
+            g.platform,
+            target.display_name(),
+            g.stages.len(),
+            g.step_count(),
+            g.build_platform
+        ));
+        for st in &g.stages {
+            let total = st.steps.len() + 1;
+            let name = st.display_name();
+            let base = match &st.base {
+                xbuild_plan::Base::Scratch => "scratch".to_string(),
+                xbuild_plan::Base::Image(r) => r.reference.clone(),
+                xbuild_plan::Base::Stage(i) => format!("stage {}", g.stages[*i].display_name()),
+            };
+            s.push_str(&format!(
+                "  [{} {name} 1/{total}] {}   # {base} for {}, {}\n",
+                g.platform, st.from_text, st.platform, st.location
+            ));
+            for (i, step) in st.steps.iter().enumerate() {
+                let mut line = format!("  [{} {name} {}/{total}] {}", g.platform, i + 2, step.text);
+                let mut notes = vec![step.location.to_string()];
+                if !step.build_args.is_empty() {
+                    let kv: Vec<String> = step
+                        .build_args
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    notes.push(format!("args {}", kv.join(" ")));
+                }
+                if step.from_onbuild {
+                    notes.push("ONBUILD trigger".into());
+                }
+                if let Op::Exec(e) = &step.op {
+                    notes.push(format!("cwd {}", e.cwd));
+                    if !e.user.is_empty() {
+                        notes.push(format!("user {}", e.user));
+                    }
+                }
+                line.push_str(&format!("   # {}", notes.join(", ")));
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+        if !g.unused_build_args.is_empty() {
+            s.push_str(&format!(
+                "  unused build args: {}\n",
+                g.unused_build_args.join(", ")
+            ));
+        }
+    }
+    s
+}

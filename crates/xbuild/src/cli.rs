@@ -1,0 +1,342 @@
+//! The command line, as DESIGN.md's contract lays it out. Flags follow
+//! `docker buildx build` wherever buildx has them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Build container images for several platforms at once.
+#[derive(Debug, Parser)]
+#[command(
+    name = "xbuild",
+    version,
+    about = "Build container images for several platforms at once and publish them as one multi-platform image",
+    long_about = "Build container images from a Dockerfile for several platforms at once and publish them \
+as one multi-platform image.\n\n`xbuild [BUILD OPTIONS] PATH` is the same as `xbuild build [BUILD OPTIONS] PATH`.",
+    after_help = "Example:\n  xbuild --platform linux/amd64,linux/arm64 -t registry.example.com/app:1.0 --push ."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Build an image from a Dockerfile (the default command).
+    Build(Box<BuildArgs>),
+    /// Manage remote build nodes reached over SSH.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run the build agent (started by the coordinator over SSH).
+    Agent(AgentArgs),
+    /// Inspect and register QEMU emulators in binfmt_misc.
+    #[command(subcommand)]
+    Binfmt(BinfmtCommand),
+    /// List images in the local store.
+    Images,
+    /// Show the history of an image.
+    History {
+        /// Image reference.
+        image: String,
+    },
+    /// Remove images from the local store.
+    Rmi {
+        /// Image references.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Manage images in the local store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Save an image to a tar archive.
+    Save {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Image reference.
+        image: String,
+    },
+    /// Load images from a tar archive.
+    Load {
+        /// Input file.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// Work with images and indexes in a registry.
+    #[command(subcommand)]
+    Imagetools(ImagetoolsCommand),
+    /// Manage the build cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Log in to a registry.
+    Login {
+        /// Registry host (e.g. registry.example.com or localhost:5000).
+        registry: String,
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Log out of a registry.
+    Logout {
+        /// Registry host.
+        registry: String,
+    },
+}
+
+/// `--progress` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ProgressMode {
+    /// tty when stderr is a terminal, else plain.
+    #[default]
+    Auto,
+    /// Live per-platform view.
+    Tty,
+    /// BuildKit-style numbered lines.
+    Plain,
+    /// One JSON event per line.
+    Rawjson,
+    /// Only the final digest.
+    Quiet,
+}
+
+/// Options of `xbuild build`.
+#[derive(Debug, Args, Clone)]
+pub struct BuildArgs {
+    /// Build context directory, or `-` to read a Dockerfile from standard input.
+    #[arg(value_name = "PATH|-")]
+    pub context: String,
+    /// Name of the Dockerfile (default: PATH/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name and optionally a tag (`name:tag`); repeatable.
+    #[arg(short = 't', long = "tag", value_name = "REF")]
+    pub tags: Vec<String>,
+    /// Target platforms, comma-separated (default: the local platform).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Set a build-time variable (`KEY=VALUE`, or `KEY` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Set the target build stage.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Do not use the cache when building.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Do not cache the given stage (repeatable).
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// Always look up a newer version of base images.
+    #[arg(long)]
+    pub pull: bool,
+    /// Secret to expose to the build (`id=ID[,src=FILE|,env=VAR]`).
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Shorthand for `--output type=image,push=true`.
+    #[arg(long)]
+    pub push: bool,
+    /// Output destination (`type=image[,push=true]|oci,dest=F|docker,dest=F|local,dest=DIR`).
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// External cache sources (`type=registry,ref=REF` | `type=local,src=DIR`).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Cache export destinations (`type=registry,ref=REF[,mode=max]` | `type=local,dest=DIR`).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Write build result metadata (digests, workers, cache counts) to FILE as JSON.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
+    #[arg(long = "node", value_name = "PLATFORM=NODE")]
+    pub nodes: Vec<String>,
+    /// What to do instead of building: `build`, `outline`, `targets`, `check`
+    /// (append `,format=json` for JSON).
+    #[arg(long = "call", value_name = "METHOD", default_value = "build")]
+    pub call: String,
+}
+
+/// `xbuild node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Add a node.
+    Add {
+        /// Node name.
+        name: String,
+        /// `ssh://[user@]host[:port]`.
+        endpoint: String,
+        /// Platforms the node builds natively.
+        #[arg(long, value_delimiter = ',', required = true)]
+        platform: Vec<String>,
+        /// SSH private key file.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Builds the node runs at once.
+        #[arg(long)]
+        max_parallel: Option<u32>,
+    },
+    /// List nodes.
+    Ls,
+    /// Remove a node.
+    Rm {
+        /// Node name.
+        name: String,
+    },
+    /// Show a node's details.
+    Inspect {
+        /// Node name.
+        name: String,
+    },
+}
+
+/// `xbuild agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Speak the protocol on standard input and output.
+    #[arg(long, required = true)]
+    pub stdio: bool,
+}
+
+/// `xbuild binfmt ...`.
+#[derive(Debug, Subcommand)]
+pub enum BinfmtCommand {
+    /// Show which platforms run natively, emulated or not at all.
+    Status,
+    /// Register QEMU emulators for platforms (default: all found).
+    Install {
+        /// Platforms.
+        platforms: Vec<String>,
+    },
+}
+
+/// `xbuild image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Remove dangling images (all unused with -a).
+    Prune {
+        /// Remove all images not referenced by a tag.
+        #[arg(short, long)]
+        all: bool,
+    },
+}
+
+/// `xbuild imagetools ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImagetoolsCommand {
+    /// Show an image or index in a registry.
+    Inspect {
+        /// Reference.
+        reference: String,
+        /// Print the raw manifest.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Create an index from images already in a registry.
+    Create {
+        /// Reference to push the index to (repeatable).
+        #[arg(short = 't', long = "tag", required = true)]
+        tags: Vec<String>,
+        /// Source images or indexes.
+        #[arg(required = true)]
+        sources: Vec<String>,
+    },
+}
+
+/// `xbuild cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Disk usage of the build cache.
+    Du,
+    /// Remove build cache.
+    Prune {
+        /// Remove all cache, not just unused records.
+        #[arg(long)]
+        all: bool,
+        /// Keep this much storage (e.g. 10GB).
+        #[arg(long)]
+        keep_storage: Option<String>,
+        /// Filter (`until=DURATION`).
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+}
+
+/// The names `xbuild` treats as subcommands; anything else means `build`.
+pub const SUBCOMMANDS: &[&str] = &[
+    "build",
+    "node",
+    "agent",
+    "binfmt",
+    "images",
+    "history",
+    "rmi",
+    "image",
+    "save",
+    "load",
+    "imagetools",
+    "cache",
+    "login",
+    "logout",
+    "help",
+];
+
+/// Insert the implicit `build` subcommand: `xbuild -t x .` → `xbuild build -t x .`.
+pub fn with_default_command(args: Vec<String>) -> Vec<String> {
+    let Some(first) = args.get(1) else {
+        return args;
+    };
+    let top_level_flag = matches!(first.as_str(), "-h" | "--help" | "-V" | "--version");
+    if SUBCOMMANDS.contains(&first.as_str()) || top_level_flag {
+        return args;
+    }
+    let mut out = Vec::with_capacity(args.len() + 1);
+    out.push(args[0].clone());
+    out.push("build".into());
+    out.extend(args[1..].iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn default_command_is_build() {
+        let a = |v: &[&str]| with_default_command(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(a(&["xbuild", "-t", "x", "."])[1], "build");
+        assert_eq!(a(&["xbuild", "."])[1], "build");
+        assert_eq!(a(&["xbuild", "node", "ls"])[1], "node");
+        assert_eq!(a(&["xbuild", "--help"])[1], "--help");
+        let cli = Cli::try_parse_from(a(&[
+            "xbuild",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "r/app:1",
+            "--push",
+            ".",
+        ]))
+        .unwrap();
+        match cli.command {
+            Commands::Build(b) => {
+                assert_eq!(b.platform, ["linux/amd64", "linux/arm64"]);
+                assert!(b.push);
+                assert_eq!(b.context, ".");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

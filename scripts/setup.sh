@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Install everything xbuild's build, tests, demo and benchmarks need on a
+# fresh Debian machine (run as root). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+PACKAGES=(
+  build-essential pkg-config git ca-certificates curl jq tmux
+  busybox-static          # root filesystems of the test base images
+  qemu-user-static        # foreign-architecture RUN through binfmt_misc
+  docker-registry         # CNCF distribution, the registry the e2e tests push to
+  apache2-utils           # htpasswd, for the authenticated registry
+  skopeo buildah          # third-party clients that check what xbuild produces
+  openssh-server openssh-client   # remote build nodes on loopback
+  hyperfine               # benchmarks
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/setup.sh must run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get update"
+  apt-get update -qq
+  log "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The registry package starts a system service on :5000 on some setups; the
+# tests start their own instances on loopback ports instead.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
+
+# Rust: the toolchain pinned in rust-toolchain.toml. When rustup does not
+# have it under that name but the stable toolchain is that version, link it
+# (no download needed, none is possible offline).
+want=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^${want}"; then
+  have=$(rustup run stable rustc --version 2>/dev/null | awk '{print $2}')
+  if [ "$have" = "$want" ]; then
+    log "linking rustup toolchain $want to stable"
+    rustup toolchain link "$want" "$(rustup run stable rustc --print sysroot)"
+  else
+    log "installing Rust $want"
+    rustup toolchain install "$want" --profile minimal -c rustfmt -c clippy
+  fi
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+log "setup complete"
