@@ -3,6 +3,18 @@
 //! layer tarballs.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod descriptor;
+pub mod digest;
+pub mod layer;
+pub mod manifest;
+pub mod media_types;
 pub mod platform;
+pub mod store;
 
+pub use config::{ContainerConfig, Healthcheck, History, ImageConfig, RootFs};
+pub use descriptor::{Descriptor, Encoded, PlatformSpec};
+pub use digest::{Digest, DigestWriter};
+pub use manifest::{ImageIndex, ImageManifest, Manifest};
 pub use platform::Platform;
+pub use store::BlobStore;
