@@ -3,13 +3,16 @@
 //! layer tarballs.
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod config;
 pub mod descriptor;
 pub mod digest;
+pub mod gc;
 pub mod layer;
 pub mod manifest;
 pub mod media_types;
 pub mod platform;
+pub mod reference;
 pub mod store;
 
 pub use config::{ContainerConfig, Healthcheck, History, ImageConfig, RootFs};
@@ -17,4 +20,5 @@ pub use descriptor::{Descriptor, Encoded, PlatformSpec};
 pub use digest::{Digest, DigestWriter};
 pub use manifest::{ImageIndex, ImageManifest, Manifest};
 pub use platform::Platform;
+pub use reference::{Reference, ReferenceError};
 pub use store::BlobStore;

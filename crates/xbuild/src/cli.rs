@@ -34,34 +34,66 @@ pub enum Commands {
     #[command(subcommand)]
     Binfmt(BinfmtCommand),
     /// List images in the local store.
-    Images,
+    Images {
+        /// Only show images of this repository (`app`, `app:1.0`).
+        #[arg(value_name = "REPOSITORY[:TAG]")]
+        repository: Option<String>,
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate image IDs.
+        #[arg(long)]
+        no_trunc: bool,
+    },
     /// Show the history of an image.
     History {
         /// Image reference.
         image: String,
+        /// For a multi-platform image, the platform to show (default: this machine's).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show the top image ID.
+        #[arg(short, long)]
+        quiet: bool,
     },
-    /// Remove images from the local store.
+    /// Remove images (tags) from the local store, then delete the blobs no
+    /// image or build cache uses any more.
     Rmi {
-        /// Image references.
+        /// Image references, or image IDs as `xbuild images` shows them.
         #[arg(required = true)]
         images: Vec<String>,
     },
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Save an image to a tar archive.
+    /// Save images to a tar archive (`docker load` format by default).
     Save {
-        /// Output file.
+        /// Output file (`-` for standard output).
         #[arg(short, long)]
         output: PathBuf,
-        /// Image reference.
-        image: String,
+        /// Archive format: `docker` (docker/podman load; one platform per
+        /// image) or `oci` (an OCI image layout; keeps multi-platform images whole).
+        #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+        format: SaveFormat,
+        /// For multi-platform images in a docker archive: the platform to
+        /// save (default: this machine's).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
+        /// Image references.
+        #[arg(required = true)]
+        images: Vec<String>,
     },
-    /// Load images from a tar archive.
+    /// Load images from a tar archive (docker save or OCI layout, plain or gzip).
     Load {
-        /// Input file.
+        /// Input file (`-` for standard input).
         #[arg(short, long)]
         input: PathBuf,
+        /// Print only the loaded names.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Work with images and indexes in a registry.
     #[command(subcommand)]
@@ -163,6 +195,15 @@ pub struct BuildArgs {
     pub call: String,
 }
 
+/// `xbuild save --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaveFormat {
+    /// `docker save` format, for `docker load` / `podman load`.
+    Docker,
+    /// OCI image layout.
+    Oci,
+}
+
 /// `xbuild node ...`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -219,11 +260,21 @@ pub enum BinfmtCommand {
 /// `xbuild image ...`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Remove dangling images (all unused with -a).
+    /// Remove unused image data.
+    ///
+    /// Every image in xbuild's store is named by a tag, so an image that lost
+    /// its last tag (Docker's "dangling" image) is simply content no tag
+    /// reaches. `xbuild image prune` removes that content, and tags whose
+    /// image is missing or unreadable. With `--all`, every tag is removed too
+    /// (xbuild has no containers, so no image counts as in use). Content the
+    /// build cache still uses is always kept; see `xbuild cache prune`.
     Prune {
-        /// Remove all images not referenced by a tag.
+        /// Remove all images (every tag), not just dangling content.
         #[arg(short, long)]
         all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 

@@ -2,6 +2,9 @@
 
 mod build;
 mod cli;
+mod images;
+mod output;
+mod paths;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -34,12 +37,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Node(_) => not_built("node", 6),
         Commands::Agent(_) => not_built("agent", 6),
         Commands::Binfmt(_) => not_built("binfmt", 5),
-        Commands::Images => not_built("images", 3),
-        Commands::History { .. } => not_built("history", 3),
-        Commands::Rmi { .. } => not_built("rmi", 3),
-        Commands::Image(_) => not_built("image prune", 3),
-        Commands::Save { .. } => not_built("save", 3),
-        Commands::Load { .. } => not_built("load", 3),
+        Commands::Images {
+            repository,
+            quiet,
+            no_trunc,
+        } => images::cmd_images(repository.as_deref(), quiet, no_trunc),
+        Commands::History {
+            image,
+            platform,
+            no_trunc,
+            quiet,
+        } => images::cmd_history(&image, platform.as_deref(), no_trunc, quiet),
+        Commands::Rmi { images } => images::cmd_rmi(&images),
+        Commands::Image(cli::ImageCommand::Prune { all, force }) => images::cmd_prune(all, force),
+        Commands::Save {
+            output,
+            format,
+            platform,
+            images,
+        } => images::cmd_save(&output, format, platform.as_deref(), &images),
+        Commands::Load { input, quiet } => images::cmd_load(&input, quiet),
         Commands::Imagetools(_) => not_built("imagetools", 5),
         Commands::Cache(_) => not_built("cache", 4),
         Commands::Login { .. } => not_built("login", 3),
