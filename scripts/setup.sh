@@ -22,13 +22,24 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# The arm64 busybox-static used for the arm64 test base image comes from
+# Debian's arm64 archive; apt needs to know the architecture.
+need_update=0
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  log "adding the arm64 architecture to dpkg"
+  dpkg --add-architecture arm64
+  need_update=1
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ "${#missing[@]}" -gt 0 ]; then
+if [ "${#missing[@]}" -gt 0 ] || [ "$need_update" = 1 ]; then
   log "apt-get update"
   apt-get update -qq
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
   log "installing: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

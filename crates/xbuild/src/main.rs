@@ -2,6 +2,7 @@
 
 mod build;
 mod cli;
+mod docgen;
 mod images;
 mod output;
 mod paths;

@@ -1,0 +1,422 @@
+//! Reading from registries: [`Registry::fetch_manifest`],
+//! [`Registry::resolve`] and [`Registry::pull`].
+
+use crate::{
+    ctx, manifest_what, oci_digest_ref, oci_ref, Direction, HostClient, Progress, ProgressFn,
+    Pulled, Registry, RegistryError, Resolved,
+};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use std::io::Write;
+use xbuild_oci::manifest::Manifest;
+use xbuild_oci::media_types as mt;
+use xbuild_oci::store::StoreError;
+use xbuild_oci::{BlobStore, Descriptor, Digest, ImageConfig, Platform, Reference};
+
+/// Media types asked for when fetching a manifest.
+pub(crate) const ACCEPT: &[&str] = &[
+    mt::OCI_INDEX,
+    mt::DOCKER_MANIFEST_LIST,
+    mt::OCI_MANIFEST,
+    mt::DOCKER_MANIFEST,
+];
+
+/// Largest config (or other small JSON blob) read into memory.
+const MAX_SMALL_BLOB: u64 = 32 << 20;
+
+/// The media type of a fetched manifest document: its own `mediaType`, else
+/// what its shape says.
+pub(crate) fn media_type_of(bytes: &[u8]) -> String {
+    if let Ok(m) = Manifest::parse(bytes, None) {
+        return m.media_type().to_string();
+    }
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
+        return m.to_string();
+    }
+    if v.get("manifests").is_some() {
+        mt::OCI_INDEX.to_string()
+    } else {
+        mt::OCI_MANIFEST.to_string()
+    }
+}
+
+/// Pick the index entry for `platform`: an exact (normalized) match, else
+/// an entry of the same os/architecture when no variant was asked for.
+fn pick<'a>(index: &'a xbuild_oci::ImageIndex, platform: &Platform) -> Option<&'a Descriptor> {
+    index.find_platform(platform).or_else(|| {
+        if platform.variant().is_some() {
+            return None;
+        }
+        index.manifests.iter().find(|d| {
+            d.platform()
+                .is_some_and(|p| p.same_arch(platform) && mt::is_manifest(&d.media_type))
+        })
+    })
+}
+
+impl Registry {
+    /// Fetch the raw manifest (or index) `r` names: its exact bytes, media
+    /// type and digest (verified against `r`'s digest when it has one).
+    pub async fn fetch_manifest(
+        &self,
+        r: &Reference,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        let hc = self.host(r.registry()).await?;
+        let c = ctx(r, manifest_what(r));
+        let oref = oci_ref(r);
+        let (bytes, digest) = self
+            .retry(|| async {
+                hc.client
+                    .pull_manifest_raw(&oref, &hc.auth, ACCEPT)
+                    .await
+                    .map_err(|e| c.oci(e))
+            })
+            .await?;
+        let digest = Digest::parse(&digest)
+            .map_err(|e| c.protocol(None, format!("bad manifest digest {digest:?}: {e}")))?;
+        // oci-client checks the bytes against the digest it returns when the
+        // algorithms agree; check the reference's digest here too.
+        let actual = Digest::of(digest.algorithm(), &bytes);
+        if actual != digest {
+            return Err(c.mismatch(&digest, format!("manifest bytes hash to {actual}")));
+        }
+        if let Some(want) = r.digest() {
+            if *want != digest && Digest::of(want.algorithm(), &bytes) != *want {
+                return Err(c.mismatch(want, format!("registry served {digest}")));
+            }
+        }
+        let media_type = media_type_of(&bytes);
+        Ok((bytes.to_vec(), media_type, digest))
+    }
+
+    /// Resolve `r` for `platform`: the manifest (picked from an index when
+    /// `r` names one), its digest and the image config. No layers.
+    pub async fn resolve(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<Resolved, RegistryError> {
+        let (bytes, media_type, digest) = self.fetch_manifest(r).await?;
+        let bad = |what: &'static str, detail: String| RegistryError::Invalid {
+            reference: r.to_string(),
+            what,
+            detail,
+        };
+        let doc = Manifest::parse(&bytes, Some(&media_type))
+            .map_err(|e| bad("manifest", e.to_string()))?;
+        let (manifest_bytes, media_type, manifest_digest, index_digest, manifest) = match doc {
+            Manifest::Image(m) => (bytes, media_type, digest, None, m),
+            Manifest::Index(index) => {
+                let entry = pick(&index, platform).ok_or_else(|| RegistryError::NoPlatform {
+                    reference: r.to_string(),
+                    platform: platform.clone(),
+                    available: index
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.platform())
+                        .collect(),
+                })?;
+                let child = r.with_digest(entry.digest.clone());
+                let (cb, cmt, cd) = self.fetch_manifest(&child).await?;
+                let m = match Manifest::parse(&cb, Some(&cmt)) {
+                    Ok(Manifest::Image(m)) => m,
+                    Ok(Manifest::Index(_)) => {
+                        return Err(bad(
+                            "index",
+                            format!("entry {} for {platform} is an index itself", entry.digest),
+                        ))
+                    }
+                    Err(e) => return Err(bad("manifest", e.to_string())),
+                };
+                (cb, cmt, cd, Some(digest), m)
+            }
+        };
+        let config_bytes = self.fetch_small_blob(r, &manifest.config).await?;
+        let config = ImageConfig::from_slice(&config_bytes)
+            .map_err(|e| bad("image config", e.to_string()))?;
+        if index_digest.is_none() && !config.platform().same_arch(platform) {
+            return Err(RegistryError::NoPlatform {
+                reference: r.to_string(),
+                platform: platform.clone(),
+                available: vec![config.platform()],
+            });
+        }
+        Ok(Resolved {
+            manifest_digest,
+            manifest,
+            manifest_bytes,
+            media_type,
+            config,
+            config_bytes,
+            index_digest,
+        })
+    }
+
+    /// Pull `r` for `platform` into `store`: manifest, config and every
+    /// layer not already present, `max_concurrent` at a time, each streamed
+    /// to disk and verified against its digest and size.
+    pub async fn pull(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+        store: &BlobStore,
+        progress: ProgressFn<'_>,
+    ) -> Result<Pulled, RegistryError> {
+        let res = self.resolve(r, platform).await?;
+        let put = |bytes: &[u8], d: &Digest| -> Result<(), RegistryError> {
+            store.ingest(bytes, Some(d), Some(bytes.len() as u64))?;
+            Ok(())
+        };
+        let mut blobs: Vec<&Descriptor> = Vec::new();
+        for l in &res.manifest.layers {
+            if !blobs.iter().any(|b| b.digest == l.digest) {
+                blobs.push(l);
+            }
+        }
+        let n = self.config().max_concurrent.max(1);
+        futures_util::stream::iter(blobs)
+            .map(|d| self.pull_blob(r, d, store, progress))
+            .buffer_unordered(n)
+            .try_collect::<Vec<()>>()
+            .await?;
+        // Config and manifest last, so that a stored manifest implies its
+        // blobs are there.
+        put(&res.config_bytes, &res.manifest.config.digest)?;
+        put(&res.manifest_bytes, &res.manifest_digest)?;
+        for d in std::iter::once(&res.manifest.config).chain(&res.manifest.layers) {
+            self.remember(&d.digest, r.registry(), r.repository());
+        }
+        self.remember(&res.manifest_digest, r.registry(), r.repository());
+        let descriptor = Descriptor::new(
+            res.media_type.clone(),
+            res.manifest_digest.clone(),
+            res.manifest_bytes.len() as u64,
+        )
+        .with_platform(&res.config.platform());
+        Ok(Pulled {
+            descriptor,
+            manifest: res.manifest,
+            config: res.config,
+            index_digest: res.index_digest,
+        })
+    }
+
+    /// Download a small blob (a config) into memory, verified.
+    pub(crate) async fn fetch_small_blob(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let c = ctx(r, format!("blob {}", desc.digest));
+        if desc.size > MAX_SMALL_BLOB {
+            return Err(c.protocol(
+                None,
+                format!("{} is {} bytes, too large", desc.digest, desc.size),
+            ));
+        }
+        let hc = self.host(r.registry()).await?;
+        let bytes = self
+            .retry(|| async {
+                let mut buf = Vec::with_capacity(desc.size as usize);
+                let mut stream = self.open_blob(&hc, r, desc).await?;
+                let mut check = BlobCheck::new(r, desc);
+                while let Some(chunk) = stream.next().await {
+                    buf.extend_from_slice(&check.chunk(chunk)?);
+                }
+                check.finish()?;
+                Ok(buf)
+            })
+            .await?;
+        let actual = Digest::of(desc.digest.algorithm(), &bytes);
+        if actual != desc.digest {
+            return Err(c.mismatch(&desc.digest, format!("content hashes to {actual}")));
+        }
+        Ok(bytes)
+    }
+
+    /// Open `desc` for streaming from the registry. oci-client's stream
+    /// verifies the digest at its end; [`BlobCheck`] checks the size as
+    /// bytes arrive.
+    pub(crate) async fn open_blob(
+        &self,
+        hc: &HostClient,
+        r: &Reference,
+        desc: &Descriptor,
+    ) -> Result<oci_client::client::SizedStream, RegistryError> {
+        let c = ctx(r, format!("blob {}", desc.digest));
+        let oref = oci_digest_ref(r, &desc.digest);
+        let urls = (!desc.urls.is_empty()).then(|| desc.urls.clone());
+        let layer = oci_client::client::LayerDescriptor {
+            digest: desc.digest.as_str(),
+            urls: &urls,
+        };
+        hc.client
+            .pull_blob_stream(&oref, &layer)
+            .await
+            .map_err(|e| c.oci(e))
+    }
+
+    /// Download one layer into `store` unless it is there already.
+    async fn pull_blob(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        store: &BlobStore,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), RegistryError> {
+        if store.size_of(&desc.digest).ok() == Some(desc.size) {
+            return Ok(());
+        }
+        let hc = self.host(r.registry()).await?;
+        let report = |current| {
+            progress(Progress {
+                kind: Direction::Pull,
+                digest: desc.digest.clone(),
+                current,
+                total: desc.size,
+            })
+        };
+        self.retry(|| async {
+            report(0);
+            // The store's writer does blocking I/O: feed it on a blocking
+            // thread through a small channel, so memory stays bounded.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+            let st = store.clone();
+            let expected = desc.digest.clone();
+            let size = desc.size;
+            let writer = tokio::task::spawn_blocking(move || {
+                let mut w = st.writer(expected.algorithm())?;
+                while let Some(b) = rx.blocking_recv() {
+                    w.write_all(&b).map_err(|source| StoreError::Io {
+                        op: "write blob",
+                        path: st.root().to_path_buf(),
+                        source,
+                    })?;
+                }
+                w.commit_checked(Some(&expected), Some(size))
+            });
+            let dl = async {
+                let mut stream = self.open_blob(&hc, r, desc).await?;
+                let mut check = BlobCheck::new(r, desc);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = check.chunk(chunk)?;
+                    if tx.send(chunk).await.is_err() {
+                        // The writer failed; its error is reported below.
+                        break;
+                    }
+                    report(check.done);
+                }
+                check.finish()
+            }
+            .await;
+            drop(tx);
+            let committed = writer.await.map_err(|e| {
+                RegistryError::Store(StoreError::Read(std::io::Error::other(e.to_string())))
+            })?;
+            dl?;
+            committed?;
+            Ok(())
+        })
+        .await?;
+        self.remember(&desc.digest, r.registry(), r.repository());
+        Ok(())
+    }
+}
+
+/// Size and error checks over a blob stream.
+pub(crate) struct BlobCheck<'a> {
+    r: &'a Reference,
+    desc: &'a Descriptor,
+    /// Bytes seen so far.
+    pub done: u64,
+}
+
+impl<'a> BlobCheck<'a> {
+    pub(crate) fn new(r: &'a Reference, desc: &'a Descriptor) -> Self {
+        BlobCheck { r, desc, done: 0 }
+    }
+
+    fn ctx(&self) -> crate::error::Ctx<'a> {
+        ctx(self.r, format!("blob {}", self.desc.digest))
+    }
+
+    /// Account for one item of the stream.
+    pub(crate) fn chunk(
+        &mut self,
+        item: Result<Bytes, std::io::Error>,
+    ) -> Result<Bytes, RegistryError> {
+        let chunk = item.map_err(|e| self.ctx().stream_io(&self.desc.digest, &e))?;
+        self.done += chunk.len() as u64;
+        if self.done > self.desc.size {
+            return Err(self.ctx().mismatch(
+                &self.desc.digest,
+                format!(
+                    "more than the {} bytes its descriptor gives",
+                    self.desc.size
+                ),
+            ));
+        }
+        Ok(chunk)
+    }
+
+    /// The stream ended: was it complete?
+    pub(crate) fn finish(&self) -> Result<(), RegistryError> {
+        if self.done != self.desc.size {
+            return Err(self.ctx().mismatch(
+                &self.desc.digest,
+                format!(
+                    "got {} bytes, its descriptor gives {}",
+                    self.done, self.desc.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_of_documents() {
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#),
+            mt::OCI_INDEX
+        );
+        assert_eq!(
+            media_type_of(
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#
+            ),
+            mt::DOCKER_MANIFEST_LIST
+        );
+        assert_eq!(
+            media_type_of(br#"{"mediaType":"application/x-custom"}"#),
+            "application/x-custom"
+        );
+    }
+
+    #[test]
+    fn picks_platforms() {
+        let d = |p: &str, b: &[u8]| {
+            Descriptor::of_bytes(mt::OCI_MANIFEST, b).with_platform(&Platform::parse(p).unwrap())
+        };
+        let idx = xbuild_oci::ImageIndex::new_oci(vec![
+            d("linux/amd64", b"a"),
+            d("linux/arm64/v8", b"b"),
+            d("linux/arm/v7", b"c"),
+        ]);
+        let p = |s: &str| Platform::parse(s).unwrap();
+        assert_eq!(
+            pick(&idx, &p("linux/arm64")).unwrap().digest,
+            Digest::sha256_of(b"b")
+        );
+        assert_eq!(
+            pick(&idx, &p("linux/arm/v7")).unwrap().digest,
+            Digest::sha256_of(b"c")
+        );
+        assert!(pick(&idx, &p("linux/arm/v6")).is_none());
+        assert!(pick(&idx, &p("linux/s390x")).is_none());
+    }
+}

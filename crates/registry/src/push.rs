@@ -1,0 +1,456 @@
+//! Writing to registries: [`Registry::push_image`], [`Registry::push_index`],
+//! [`Registry::tag_manifest`] and [`Registry::copy_manifest`].
+
+use crate::pull::media_type_of;
+use crate::{
+    ctx, manifest_what, oci_digest_ref, oci_tag_ref, Direction, HostClient, Progress, ProgressFn,
+    Registry, RegistryError,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use oci_client::errors::OciDistributionError;
+use reqwest::header::HeaderValue;
+use tokio::io::AsyncReadExt;
+use xbuild_oci::manifest::Manifest;
+use xbuild_oci::media_types as mt;
+use xbuild_oci::store::StoreError;
+use xbuild_oci::{BlobStore, Descriptor, Digest, Reference};
+
+/// Bytes per upload request (one PATCH each in a chunked upload).
+const UPLOAD_CHUNK: usize = 4 << 20;
+
+/// A stream of `file` in `UPLOAD_CHUNK` pieces that reports each piece's
+/// length on `sent`.
+fn file_stream(
+    file: tokio::fs::File,
+    sent: tokio::sync::mpsc::UnboundedSender<u64>,
+) -> impl Stream<Item = Result<Bytes, OciDistributionError>> + Send + 'static {
+    futures_util::stream::try_unfold((file, sent), |(mut f, sent)| async move {
+        let mut buf = BytesMut::with_capacity(UPLOAD_CHUNK);
+        while buf.len() < UPLOAD_CHUNK {
+            if f.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let _ = sent.send(buf.len() as u64);
+        Ok(Some((buf.freeze(), (f, sent))))
+    })
+}
+
+fn blobs_of(m: &xbuild_oci::ImageManifest) -> Vec<&Descriptor> {
+    let mut out: Vec<&Descriptor> = Vec::new();
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        // Foreign layers live at their URLs; registries do not take them.
+        if mt::is_nondistributable(&d.media_type) && !d.urls.is_empty() {
+            continue;
+        }
+        if !out.iter().any(|o| o.digest == d.digest) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+impl Registry {
+    /// Push the image whose manifest `manifest` is in `store` to `r`'s
+    /// repository: every blob the registry lacks (HEAD first, a cross-repo
+    /// mount when another repository of the registry is known to hold it),
+    /// `max_concurrent` at a time, then the manifest by digest, then `r`'s
+    /// tag. Returns the pushed manifest's descriptor.
+    pub async fn push_image(
+        &self,
+        r: &Reference,
+        store: &BlobStore,
+        manifest: &Descriptor,
+        progress: ProgressFn<'_>,
+    ) -> Result<Descriptor, RegistryError> {
+        let (desc, bytes) = self.push_image_inner(r, store, manifest, progress).await?;
+        self.tag_manifest(r, &bytes, &desc.media_type).await?;
+        Ok(desc)
+    }
+
+    /// Like [`Registry::push_image`], without tagging: for the per-platform
+    /// images of an index.
+    pub async fn push_image_untagged(
+        &self,
+        r: &Reference,
+        store: &BlobStore,
+        manifest: &Descriptor,
+        progress: ProgressFn<'_>,
+    ) -> Result<Descriptor, RegistryError> {
+        Ok(self.push_image_inner(r, store, manifest, progress).await?.0)
+    }
+
+    async fn push_image_inner(
+        &self,
+        r: &Reference,
+        store: &BlobStore,
+        manifest: &Descriptor,
+        progress: ProgressFn<'_>,
+    ) -> Result<(Descriptor, Bytes), RegistryError> {
+        let bytes = Bytes::from(store.read_to_vec(&manifest.digest)?);
+        let media_type = if manifest.media_type.is_empty() {
+            media_type_of(&bytes)
+        } else {
+            manifest.media_type.clone()
+        };
+        let image = match Manifest::parse(&bytes, Some(&media_type)) {
+            Ok(Manifest::Image(m)) => m,
+            Ok(Manifest::Index(_)) => {
+                return Err(RegistryError::Invalid {
+                    reference: r.to_string(),
+                    what: "manifest",
+                    detail: format!("{} is an index; use push_index", manifest.digest),
+                })
+            }
+            Err(e) => {
+                return Err(RegistryError::Invalid {
+                    reference: r.to_string(),
+                    what: "manifest",
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let n = self.config().max_concurrent.max(1);
+        futures_util::stream::iter(blobs_of(&image))
+            .map(|d| self.push_blob(r, store, d, progress))
+            .buffer_unordered(n)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.put_manifest(r, &manifest.digest, bytes.clone(), &media_type)
+            .await?;
+        let mut desc = manifest.clone();
+        desc.media_type = media_type;
+        desc.size = bytes.len() as u64;
+        Ok((desc, bytes))
+    }
+
+    /// Push the index `index` (in `store`) to `r`: its child manifests must
+    /// already be in the repository (checked with HEAD; a missing one is
+    /// [`RegistryError::MissingManifests`]). Pushed by digest, then tagged.
+    pub async fn push_index(
+        &self,
+        r: &Reference,
+        store: &BlobStore,
+        index: &Descriptor,
+        _progress: ProgressFn<'_>,
+    ) -> Result<Descriptor, RegistryError> {
+        let bytes = Bytes::from(store.read_to_vec(&index.digest)?);
+        let media_type = if index.media_type.is_empty() {
+            media_type_of(&bytes)
+        } else {
+            index.media_type.clone()
+        };
+        let idx = match Manifest::parse(&bytes, Some(&media_type)) {
+            Ok(Manifest::Index(i)) => i,
+            Ok(Manifest::Image(_)) => {
+                return Err(RegistryError::Invalid {
+                    reference: r.to_string(),
+                    what: "index",
+                    detail: format!("{} is an image manifest; use push_image", index.digest),
+                })
+            }
+            Err(e) => {
+                return Err(RegistryError::Invalid {
+                    reference: r.to_string(),
+                    what: "index",
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let mut missing = Vec::new();
+        for child in &idx.manifests {
+            if !self.manifest_exists(r, &child.digest).await? {
+                missing.push(child.digest.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(RegistryError::MissingManifests {
+                reference: r.to_string(),
+                missing,
+            });
+        }
+        self.put_manifest(r, &index.digest, bytes.clone(), &media_type)
+            .await?;
+        self.tag_manifest(r, &bytes, &media_type).await?;
+        let mut desc = index.clone();
+        desc.media_type = media_type;
+        desc.size = bytes.len() as u64;
+        Ok(desc)
+    }
+
+    /// PUT `bytes` (a manifest or index of `media_type`) under `r`'s tag.
+    /// Does nothing when `r` has no tag.
+    pub async fn tag_manifest(
+        &self,
+        r: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<(), RegistryError> {
+        let Some(tag) = r.tag() else {
+            return Ok(());
+        };
+        let hc = self.host(r.registry()).await?;
+        let oref = oci_tag_ref(r, tag);
+        let c = ctx(r, manifest_what(r));
+        let ct = HeaderValue::from_str(media_type)
+            .map_err(|e| c.protocol(None, format!("bad media type {media_type:?}: {e}")))?;
+        let body = Bytes::copy_from_slice(bytes);
+        self.retry(|| async {
+            hc.client
+                .push_manifest_raw(&oref, body.clone(), ct.clone())
+                .await
+                .map_err(|e| c.oci(e))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// PUT a manifest by its digest.
+    async fn put_manifest(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<(), RegistryError> {
+        let hc = self.host(r.registry()).await?;
+        let c = ctx(r, format!("manifest {digest}"));
+        let actual = Digest::of(digest.algorithm(), &bytes);
+        if actual != *digest {
+            return Err(c.mismatch(digest, format!("local bytes hash to {actual}")));
+        }
+        let ct = HeaderValue::from_str(media_type)
+            .map_err(|e| c.protocol(None, format!("bad media type {media_type:?}: {e}")))?;
+        let oref = oci_digest_ref(r, digest);
+        self.retry(|| async {
+            hc.client
+                .push_manifest_raw(&oref, bytes.clone(), ct.clone())
+                .await
+                .map_err(|e| c.oci(e))
+        })
+        .await?;
+        self.remember(digest, r.registry(), r.repository());
+        Ok(())
+    }
+
+    /// Whether `r`'s repository has the manifest `digest` (HEAD).
+    pub async fn manifest_exists(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let hc = self.host(r.registry()).await?;
+        let c = ctx(r, format!("manifest {digest}"));
+        let oref = oci_digest_ref(r, digest);
+        match self
+            .retry(|| async {
+                hc.client
+                    .fetch_manifest_digest(&oref, &hc.auth)
+                    .await
+                    .map_err(|e| c.oci(e))
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `r`'s repository has the blob `digest` (HEAD).
+    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        let hc = self.host(r.registry()).await?;
+        self.blob_exists_with(&hc, r, digest).await
+    }
+
+    async fn blob_exists_with(
+        &self,
+        hc: &HostClient,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let c = ctx(r, format!("blob {digest}"));
+        let oref = oci_digest_ref(r, digest);
+        let found = self
+            .retry(|| async {
+                hc.client
+                    .blob_exists(&oref, digest.as_str())
+                    .await
+                    .map_err(|e| c.oci(e))
+            })
+            .await?;
+        if found {
+            self.remember(digest, r.registry(), r.repository());
+        }
+        Ok(found)
+    }
+
+    /// Mount `digest` into `r`'s repository from another repository of the
+    /// same registry known to hold it. False when none is known or the
+    /// registry declined.
+    async fn try_mount(&self, hc: &HostClient, r: &Reference, digest: &Digest) -> bool {
+        let Some(from) = self.known_elsewhere(digest, r.registry(), r.repository()) else {
+            return false;
+        };
+        let src = oci_client::Reference::with_tag(
+            r.api_registry().to_string(),
+            from,
+            "latest".to_string(),
+        );
+        let ok = hc
+            .client
+            .mount_blob(&oci_digest_ref(r, digest), &src, digest.as_str())
+            .await
+            .is_ok();
+        if ok {
+            self.remember(digest, r.registry(), r.repository());
+        }
+        ok
+    }
+
+    /// Make sure `r`'s repository has the blob `desc`, uploading it from
+    /// `store` if needed.
+    async fn push_blob(
+        &self,
+        r: &Reference,
+        store: &BlobStore,
+        desc: &Descriptor,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), RegistryError> {
+        let hc = self.host(r.registry()).await?;
+        if self.blob_exists_with(&hc, r, &desc.digest).await?
+            || self.try_mount(&hc, r, &desc.digest).await
+        {
+            return Ok(());
+        }
+        let c = ctx(r, format!("blob {}", desc.digest));
+        let size = store.size_of(&desc.digest)?;
+        if size != desc.size {
+            return Err(RegistryError::Store(StoreError::SizeMismatch {
+                digest: desc.digest.clone(),
+                expected: desc.size,
+                actual: size,
+            }));
+        }
+        let oref = oci_digest_ref(r, &desc.digest);
+        let report = |current| {
+            progress(Progress {
+                kind: Direction::Push,
+                digest: desc.digest.clone(),
+                current,
+                total: desc.size,
+            })
+        };
+        let path = store.path_of(&desc.digest);
+        self.retry(|| async {
+            report(0);
+            let file = tokio::fs::File::open(&path).await.map_err(|source| {
+                RegistryError::Store(StoreError::Io {
+                    op: "open blob",
+                    path: path.clone(),
+                    source,
+                })
+            })?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let push = hc.client.push_blob_stream(
+                &oref,
+                file_stream(file, tx),
+                desc.digest.as_str(),
+                Some(desc.size),
+            );
+            let rep = async {
+                let mut cur = 0;
+                while let Some(n) = rx.recv().await {
+                    cur += n;
+                    if cur < desc.size {
+                        report(cur);
+                    }
+                }
+            };
+            let (res, ()) = futures_util::future::join(push, rep).await;
+            res.map_err(|e| c.oci(e))?;
+            report(desc.size);
+            Ok(())
+        })
+        .await?;
+        self.remember(&desc.digest, r.registry(), r.repository());
+        Ok(())
+    }
+
+    /// Copy the manifest (or index, with its children) `src` names into
+    /// `dst`'s repository without storing anything locally: blobs already
+    /// there are skipped, blobs of the same registry are mounted, others are
+    /// streamed across. The copy is pushed by digest only (tag it with
+    /// [`Registry::tag_manifest`]). Returns its descriptor.
+    pub async fn copy_manifest(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+    ) -> Result<Descriptor, RegistryError> {
+        let (bytes, media_type, digest) = self.fetch_manifest(src).await?;
+        let doc =
+            Manifest::parse(&bytes, Some(&media_type)).map_err(|e| RegistryError::Invalid {
+                reference: src.to_string(),
+                what: "manifest",
+                detail: e.to_string(),
+            })?;
+        if !self.manifest_exists(dst, &digest).await? {
+            match &doc {
+                Manifest::Index(idx) => {
+                    for child in &idx.manifests {
+                        Box::pin(self.copy_manifest(&src.with_digest(child.digest.clone()), dst))
+                            .await?;
+                    }
+                }
+                Manifest::Image(m) => {
+                    for d in blobs_of(m) {
+                        self.copy_blob(src, dst, d).await?;
+                    }
+                }
+            }
+            self.put_manifest(dst, &digest, Bytes::from(bytes.clone()), &media_type)
+                .await?;
+        }
+        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+    }
+
+    async fn copy_blob(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        desc: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        let dhc = self.host(dst.registry()).await?;
+        if self.blob_exists_with(&dhc, dst, &desc.digest).await? {
+            return Ok(());
+        }
+        self.remember(&desc.digest, src.registry(), src.repository());
+        if self.try_mount(&dhc, dst, &desc.digest).await {
+            return Ok(());
+        }
+        let shc = self.host(src.registry()).await?;
+        let c = ctx(dst, format!("blob {}", desc.digest));
+        self.retry(|| async {
+            let stream = self.open_blob(&shc, src, desc).await?;
+            // Size is checked by the receiving registry against the digest;
+            // errors keep their I/O form for oci-client.
+            let stream = stream.map_err(OciDistributionError::IoError);
+            dhc.client
+                .push_blob_stream(
+                    &oci_digest_ref(dst, &desc.digest),
+                    stream,
+                    desc.digest.as_str(),
+                    Some(desc.size),
+                )
+                .await
+                .map_err(|e| c.oci(e))
+        })
+        .await?;
+        self.remember(&desc.digest, dst.registry(), dst.repository());
+        Ok(())
+    }
+}
