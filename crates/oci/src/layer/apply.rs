@@ -71,6 +71,26 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> App
     }
 }
 
+/// How whiteouts are represented in the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApplyFormat {
+    /// Apply onto a full root filesystem: whiteouts delete what they name
+    /// and opaque markers empty their directory.
+    #[default]
+    Merged,
+    /// Extract into an empty directory that becomes an overlayfs layer:
+    /// `.wh.<name>` becomes a character device 0/0 named `<name>` and
+    /// `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
+    /// `trusted.overlay.*` attributes carried by the tar itself are dropped,
+    /// so a layer cannot smuggle overlayfs redirects or metacopy markers.
+    Overlay,
+}
+
+/// The xattr that marks an overlayfs directory opaque.
+pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Prefix of the xattrs overlayfs interprets.
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+
 /// Options of [`apply_layer`].
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -78,6 +98,8 @@ pub struct ApplyOptions {
     pub chown: bool,
     /// Set extended attributes from the tar (best effort; default true).
     pub xattrs: bool,
+    /// How whiteouts are written (default [`ApplyFormat::Merged`]).
+    pub format: ApplyFormat,
 }
 
 impl Default for ApplyOptions {
@@ -86,6 +108,7 @@ impl Default for ApplyOptions {
             // SAFETY: geteuid has no preconditions.
             chown: unsafe { libc::geteuid() } == 0,
             xattrs: true,
+            format: ApplyFormat::Merged,
         }
     }
 }
@@ -599,6 +622,9 @@ impl Applier<'_> {
             if k.as_slice() == b"security.selinux" {
                 continue;
             }
+            if self.opts.format == ApplyFormat::Overlay && k.starts_with(OVERLAY_XATTR_PREFIX) {
+                continue;
+            }
             if let Err(e) = xattr::set(p, k, v) {
                 let code = e.raw_os_error().unwrap_or(0);
                 if self.warned_xattrs.insert((k.clone(), code)) {
@@ -667,6 +693,18 @@ impl Applier<'_> {
     }
 
     fn whiteout(&mut self, dir: &[OsString], target: &OsStr, name: &str) -> Result<()> {
+        if self.opts.format == ApplyFormat::Overlay {
+            let d = self
+                .resolve_dir(dir, true, name)?
+                .expect("created parents exist");
+            let p = d.join(target);
+            if self.written.contains(&p) {
+                return Ok(());
+            }
+            self.clear_target(&p, false)?;
+            mknod(&p, libc::S_IFCHR, 0, 0, 0).map_err(io_err("mknod whiteout", &p))?;
+            return Ok(());
+        }
         let Some(d) = self.resolve_dir(dir, false, name)? else {
             return Ok(());
         };
@@ -683,6 +721,10 @@ impl Applier<'_> {
         let Some(d) = self.resolve_dir(dir, true, name)? else {
             return Ok(());
         };
+        if self.opts.format == ApplyFormat::Overlay {
+            return xattr::set(&d, OVERLAY_OPAQUE_XATTR.as_bytes(), b"y")
+                .map_err(io_err("set opaque xattr on", &d));
+        }
         let rd = fs::read_dir(&d).map_err(io_err("read directory", &d))?;
         let mut doomed = Vec::new();
         for ent in rd {
@@ -752,6 +794,87 @@ mod tests {
         assert_eq!(s(clean_name(b"/abs")), ("abs".into(), true));
         assert_eq!(s(clean_name(b"a/../../b")), ("b".into(), true));
         assert_eq!(s(clean_name(b"./")), ("".into(), false));
+    }
+
+    fn overlay_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, name, io::empty()).unwrap();
+        };
+        let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        dir(&mut b, "a/");
+        file(&mut b, "a/.wh.gone", b"");
+        dir(&mut b, "c/");
+        file(&mut b, "c/.wh..wh..opq", b"");
+        file(&mut b, "c/d", b"new");
+        {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(0);
+            let name = b"../../.wh.escape";
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        }
+        // An attempt to smuggle an overlayfs redirect.
+        b.append_pax_extensions([("SCHILY.xattr.trusted.overlay.redirect", b"/etc".as_slice())])
+            .unwrap();
+        dir(&mut b, "r/");
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn overlay_format_whiteouts() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root for mknod and trusted xattrs");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let opts = ApplyOptions {
+            format: ApplyFormat::Overlay,
+            ..Default::default()
+        };
+        let stats = apply_layer(overlay_tar().as_slice(), &root, &opts).unwrap();
+        assert_eq!(stats.whiteouts, 3);
+        let gone = fs::symlink_metadata(root.join("a/gone")).unwrap();
+        assert!(gone.file_type().is_char_device());
+        assert_eq!(gone.rdev(), 0);
+        let opq = xattr::get(&root.join("c"), OsStr::new(OVERLAY_OPAQUE_XATTR)).unwrap();
+        assert_eq!(opq.as_deref(), Some(b"y".as_slice()));
+        assert_eq!(fs::read(root.join("c/d")).unwrap(), b"new");
+        // The escaping whiteout stays inside the root.
+        assert!(fs::symlink_metadata(root.join("escape"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        assert!(!tmp.path().join("escape").exists());
+        let redirect = xattr::get(&root.join("r"), OsStr::new("trusted.overlay.redirect")).unwrap();
+        assert_eq!(redirect, None);
+
+        // The same layer in merged format deletes instead.
+        let merged = tmp.path().join("merged");
+        fs::create_dir_all(merged.join("a")).unwrap();
+        fs::write(merged.join("a/gone"), b"x").unwrap();
+        fs::create_dir_all(merged.join("c")).unwrap();
+        fs::write(merged.join("c/old"), b"x").unwrap();
+        apply_layer(overlay_tar().as_slice(), &merged, &ApplyOptions::default()).unwrap();
+        assert!(!merged.join("a/gone").exists());
+        assert!(!merged.join("c/old").exists());
+        assert!(merged.join("c/d").exists());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 pub mod apply;
 pub mod write;
 
-pub use apply::{apply_layer, ApplyError, ApplyOptions, ApplyStats};
+pub use apply::{
+    apply_layer, ApplyError, ApplyFormat, ApplyOptions, ApplyStats, OVERLAY_OPAQUE_XATTR,
+};
 pub use write::{write_layer, LayerOutput, SourceMode, WriteError, WriteOptions};
 
 /// Prefix of a whiteout entry's base name (`.wh.<name>` deletes `<name>`).

@@ -1,0 +1,305 @@
+//! The build cache: step keys and the records that map a key to its result,
+//! one directory per platform.
+//!
+//! A key is the sha256 of a canonical JSON document made of the parent's
+//! key, the platform, the step text, the build args the step uses and what
+//! the step reads (base manifest digest, source checksums, another stage's
+//! key). Nothing in it depends on paths, times or the host, so the same
+//! Dockerfile and context give the same keys everywhere.
+//!
+//! ```text
+//! cache/<platform>/<key hex>.json   CacheRecord
+//! cache/<platform>/s-<hex>          "this step existed with other sources" marker
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
+
+/// Version of the key derivation; bump to invalidate every record.
+const KEY_VERSION: u32 = 1;
+
+/// Errors of the cache store.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A key input could not be encoded.
+    #[error("encoding a cache key: {0}")]
+    Encode(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Everything a step's key is made of.
+#[derive(Debug, Serialize)]
+pub struct KeyInput<'a> {
+    /// Key derivation version.
+    pub version: u32,
+    /// The previous step's key (`None` for FROM).
+    pub parent: Option<&'a str>,
+    /// The platform (`linux/arm64`).
+    pub platform: String,
+    /// The instruction text after expansion.
+    pub text: &'a str,
+    /// Build args the step uses, with their values.
+    pub build_args: &'a BTreeMap<String, String>,
+    /// What the step reads, op-specific.
+    pub op: serde_json::Value,
+}
+
+impl<'a> KeyInput<'a> {
+    /// A key input for `text` on `platform` after `parent`.
+    pub fn new(
+        parent: Option<&'a Digest>,
+        platform: &Platform,
+        text: &'a str,
+        build_args: &'a BTreeMap<String, String>,
+        op: serde_json::Value,
+    ) -> Self {
+        KeyInput {
+            version: KEY_VERSION,
+            parent: parent.map(Digest::as_str),
+            platform: platform.to_string(),
+            text,
+            build_args,
+            op,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> Result<Digest, CacheError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| CacheError::Encode(e.to_string()))?;
+        Ok(Digest::sha256_of(&bytes))
+    }
+}
+
+/// What the cache remembers about one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The step's key.
+    pub key: Digest,
+    /// The parent's key.
+    pub parent: Option<Digest>,
+    /// The platform.
+    pub platform: String,
+    /// The instruction text (for `xbuild cache du` and debugging).
+    pub text: String,
+    /// The layer the step produced, `None` for an empty diff or a metadata step.
+    pub layer: Option<Descriptor>,
+    /// The layer's diffID.
+    pub diff_id: Option<Digest>,
+    /// When the record was written (RFC 3339).
+    pub created: String,
+}
+
+/// The cache records of one engine root.
+#[derive(Debug, Clone)]
+pub struct CacheStore {
+    dir: PathBuf,
+}
+
+/// A file-name-safe form of a platform (`linux-arm-v7`).
+pub fn platform_dir_name(p: &Platform) -> String {
+    p.to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+impl CacheStore {
+    /// The cache under `dir`.
+    pub fn open(dir: &Path) -> Result<CacheStore, CacheError> {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        Ok(CacheStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn platform_dir(&self, p: &Platform) -> PathBuf {
+        self.dir.join(platform_dir_name(p))
+    }
+
+    fn record_path(&self, p: &Platform, key: &Digest) -> PathBuf {
+        self.platform_dir(p).join(format!("{}.json", key.hex()))
+    }
+
+    /// The record of `key`, when there is a usable one (its layer blob present).
+    pub fn get(&self, p: &Platform, key: &Digest, store: &BlobStore) -> Option<CacheRecord> {
+        let bytes = fs::read(self.record_path(p, key)).ok()?;
+        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        if rec.key != *key {
+            return None;
+        }
+        match (&rec.layer, &rec.diff_id) {
+            (Some(l), Some(_)) if store.exists(&l.digest) => Some(rec),
+            (None, None) => Some(rec),
+            _ => None,
+        }
+    }
+
+    fn write_atomic(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let tmp = dir.join(format!(".tmp-{}", crate::snapshot::unique_name()));
+        let dest = dir.join(name);
+        let write = || -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("write cache record", &tmp)(e));
+        }
+        fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err("rename cache record into place", &dest)(e)
+        })
+    }
+
+    /// Writes (or replaces) a record.
+    pub fn put(&self, p: &Platform, rec: &CacheRecord) -> Result<(), CacheError> {
+        let bytes =
+            serde_json::to_vec_pretty(rec).map_err(|e| CacheError::Encode(e.to_string()))?;
+        self.write_atomic(
+            &self.platform_dir(p),
+            &format!("{}.json", rec.key.hex()),
+            &bytes,
+        )
+    }
+
+    /// Remembers that a step with this `shape` (its key without the source
+    /// checksum) has been built, to explain later misses.
+    pub fn mark_shape(&self, p: &Platform, shape: &Digest) -> Result<(), CacheError> {
+        self.write_atomic(&self.platform_dir(p), &format!("s-{}", shape.hex()), b"")
+    }
+
+    /// Whether [`mark_shape`](Self::mark_shape) was called for `shape`.
+    pub fn has_shape(&self, p: &Platform, shape: &Digest) -> bool {
+        self.platform_dir(p)
+            .join(format!("s-{}", shape.hex()))
+            .exists()
+    }
+
+    /// Every layer blob referenced by a record (GC roots).
+    pub fn roots(&self) -> Result<Vec<Digest>, CacheError> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err("read directory", &self.dir)(e)),
+        };
+        for pd in rd.flatten() {
+            let Ok(files) = fs::read_dir(pd.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                if !name.to_string_lossy().ends_with(".json") {
+                    continue;
+                }
+                let Ok(bytes) = fs::read(f.path()) else {
+                    continue;
+                };
+                if let Ok(rec) = serde_json::from_slice::<CacheRecord>(&bytes) {
+                    if let Some(l) = rec.layer {
+                        out.push(l.digest);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_sensitive() {
+        let p = Platform::parse("linux/amd64").unwrap();
+        let args = BTreeMap::new();
+        let k1 = KeyInput::new(None, &p, "RUN x", &args, serde_json::json!({"a": 1}))
+            .key()
+            .unwrap();
+        let k2 = KeyInput::new(None, &p, "RUN x", &args, serde_json::json!({"a": 1}))
+            .key()
+            .unwrap();
+        assert_eq!(k1, k2);
+        let k3 = KeyInput::new(Some(&k1), &p, "RUN x", &args, serde_json::json!({"a": 1}))
+            .key()
+            .unwrap();
+        assert_ne!(k1, k3);
+        let arm = Platform::parse("linux/arm64").unwrap();
+        let k4 = KeyInput::new(None, &arm, "RUN x", &args, serde_json::json!({"a": 1}))
+            .key()
+            .unwrap();
+        assert_ne!(k1, k4);
+        assert_eq!(
+            platform_dir_name(&Platform::parse("linux/arm/v7").unwrap()),
+            "linux-arm-v7"
+        );
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("content")).unwrap();
+        let cache = CacheStore::open(&dir.path().join("cache")).unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let key = Digest::sha256_of(b"k");
+        let rec = CacheRecord {
+            key: key.clone(),
+            parent: None,
+            platform: p.to_string(),
+            text: "ENV A=1".into(),
+            layer: None,
+            diff_id: None,
+            created: "2024-01-01T00:00:00Z".into(),
+        };
+        cache.put(&p, &rec).unwrap();
+        assert_eq!(cache.get(&p, &key, &store), Some(rec));
+        // A record whose layer blob is gone is not usable.
+        let key2 = Digest::sha256_of(b"k2");
+        let rec2 = CacheRecord {
+            key: key2.clone(),
+            parent: None,
+            platform: p.to_string(),
+            text: "RUN x".into(),
+            layer: Some(Descriptor::new("x", Digest::sha256_of(b"blob"), 4)),
+            diff_id: Some(Digest::sha256_of(b"d")),
+            created: "2024-01-01T00:00:00Z".into(),
+        };
+        cache.put(&p, &rec2).unwrap();
+        assert_eq!(cache.get(&p, &key2, &store), None);
+        assert_eq!(cache.roots().unwrap(), vec![Digest::sha256_of(b"blob")]);
+    }
+}

@@ -1,0 +1,299 @@
+//! ADD: local tar archives (plain or gzip, detected by content) and
+//! `http(s)://` downloads.
+
+use super::{dest, Copier, CopyError, Target};
+use crate::context::{select, FsTree};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use xbuild_oci::digest::{Algorithm, Hasher};
+use xbuild_oci::layer::apply::{apply_layer, ApplyOptions};
+use xbuild_oci::Digest;
+
+/// Whether the tar header checksum of a 512-byte block is valid.
+fn tar_header_ok(h: &[u8]) -> bool {
+    if h.len() < 512 || h.iter().all(|&b| b == 0) {
+        return false;
+    }
+    if &h[257..262] == b"ustar" {
+        return true;
+    }
+    let field = std::str::from_utf8(&h[148..156]).unwrap_or("");
+    let field = field.trim_matches(|c: char| c == '\0' || c == ' ');
+    let Ok(stored) = u32::from_str_radix(field, 8) else {
+        return false;
+    };
+    let sum: u32 = h[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    sum == stored
+}
+
+fn read_block<R: Read>(mut r: R) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 512];
+    let mut n = 0;
+    while n < 512 {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Whether `host` is a tar archive, plain or gzip-compressed (judged by
+/// content, not by name). bzip2, xz and zstd archives are not recognised
+/// and are copied as files.
+pub(crate) fn is_tar_archive(host: &Path) -> Result<bool, CopyError> {
+    let f = fs::File::open(host).map_err(dest::io_at("open", host))?;
+    let mut head = [0u8; 2];
+    let mut r = io::BufReader::new(f);
+    let n = r.read(&mut head).map_err(dest::io_at("read", host))?;
+    let f = fs::File::open(host).map_err(dest::io_at("open", host))?;
+    let block = if n == 2 && head == [0x1f, 0x8b] {
+        match read_block(flate2::read::MultiGzDecoder::new(f)) {
+            Ok(b) => b,
+            Err(_) => return Ok(false),
+        }
+    } else {
+        read_block(f).map_err(dest::io_at("read", host))?
+    };
+    Ok(tar_header_ok(&block))
+}
+
+/// A scratch directory next to the destination root when possible (same
+/// filesystem, not RAM), else in the system temporary directory.
+fn staging_dir(dest_root: &Path) -> Result<tempfile::TempDir, CopyError> {
+    if let Some(parent) = dest_root.parent() {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix(".xbuild-add-")
+            .tempdir_in(parent)
+        {
+            return Ok(d);
+        }
+    }
+    tempfile::Builder::new()
+        .prefix("xbuild-add-")
+        .tempdir()
+        .map_err(dest::io_at(
+            "create staging directory",
+            &std::env::temp_dir(),
+        ))
+}
+
+/// The last segment of a URL's path, percent-decoded (`None` when empty).
+pub(crate) fn url_file_name(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let last = path.rsplit('/').next().unwrap_or("");
+    let b = last.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&last[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    let name = String::from_utf8_lossy(&out).into_owned();
+    (!name.is_empty() && name != "." && name != ".." && !name.contains('/')).then_some(name)
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into Unix seconds.
+pub(crate) fn parse_http_date(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as i64
+        + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), 1970-01-01 = 0.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+}
+
+impl Copier<'_> {
+    /// Unpacks the archive at `host` into the directory `dest_comps`.
+    pub(crate) fn extract_archive(
+        &mut self,
+        host: &Path,
+        source: &str,
+        dest_comps: &[String],
+    ) -> Result<(), CopyError> {
+        let staging = staging_dir(self.dest_root)?;
+        let sp = staging.path();
+        let f = fs::File::open(host).map_err(dest::io_at("open", host))?;
+        apply_layer(
+            f,
+            sp,
+            &ApplyOptions {
+                chown: true,
+                xattrs: false,
+                ..ApplyOptions::default()
+            },
+        )
+        .map_err(|e| CopyError::Archive {
+            source_path: source.to_string(),
+            source: e,
+        })?;
+        fs::set_permissions(sp, fs::Permissions::from_mode(0o755))
+            .map_err(dest::io_at("chmod", sp))?;
+        dest::lchown(sp, (0, 0))?;
+        let roots = select(&FsTree::new(sp), &[".".to_string()], &[], false)?;
+        let keep = std::mem::replace(&mut self.preserve_owner, true);
+        let r = self.place(sp, &roots[0], Target::Dir(dest_comps.to_vec()));
+        self.preserve_owner = keep;
+        r?;
+        self.stats.archives += 1;
+        Ok(())
+    }
+
+    /// Downloads `url` and writes it at `target` (mode 0600 unless
+    /// `--chmod`, mtime from `Last-Modified`), verifying the checksum.
+    pub(crate) fn fetch_url(
+        &mut self,
+        url: &str,
+        opts: &super::AddOptions,
+        target: Target,
+    ) -> Result<(), CopyError> {
+        let expected = opts
+            .checksum
+            .as_deref()
+            .map(|c| {
+                Digest::parse(c.trim()).map_err(|e| CopyError::BadChecksum {
+                    value: c.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let fetch_err = |message: String| CopyError::Fetch {
+            url: url.to_string(),
+            message,
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(30))
+            .timeout(opts.timeout.unwrap_or(Duration::from_secs(600)))
+            .build();
+        let resp = match agent.get(url).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                return Err(fetch_err(format!("HTTP {code} {}", r.status_text())))
+            }
+            Err(e) => return Err(fetch_err(e.to_string())),
+        };
+        let mtime = resp.header("Last-Modified").and_then(parse_http_date);
+        let staging = staging_dir(self.dest_root)?;
+        let tmp: PathBuf = staging.path().join("download");
+        let mut out = fs::File::create(&tmp).map_err(dest::io_at("create", &tmp))?;
+        let alg = expected
+            .as_ref()
+            .map_or(Algorithm::Sha256, |d| d.algorithm());
+        let mut hasher = Hasher::new(alg);
+        let mut reader = resp.into_reader();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(fetch_err(e.to_string())),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(dest::io_at("write", &tmp))?;
+        }
+        let actual = hasher.finish();
+        if let Some(exp) = expected {
+            if exp != actual {
+                return Err(CopyError::ChecksumMismatch {
+                    url: url.to_string(),
+                    expected: exp.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        let when = mtime.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+        dest::set_times_fd(&out, &tmp, (when, 0))?;
+        drop(out);
+        let Target::File(parent, name) = target else {
+            unreachable!("downloads are files")
+        };
+        let dir = self.ensure(&parent)?;
+        let owner = self.chown.unwrap_or((0, 0));
+        let mode = self.mode_for(0o600, false);
+        self.copy_file(&tmp, &dir.join(name), owner, mode)?;
+        self.stats.downloads += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784111777)
+        );
+        assert_eq!(parse_http_date("garbage"), None);
+    }
+
+    #[test]
+    fn url_names() {
+        assert_eq!(
+            url_file_name("http://h/a/b.tar.gz?x=1").as_deref(),
+            Some("b.tar.gz")
+        );
+        assert_eq!(url_file_name("https://h/a%20b").as_deref(), Some("a b"));
+        assert_eq!(url_file_name("https://h/"), None);
+        assert_eq!(url_file_name("https://h"), None);
+    }
+}

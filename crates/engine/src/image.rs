@@ -1,0 +1,436 @@
+//! Image assembly: the config, layers and history of one stage, built the
+//! way Docker/BuildKit write them, and written to the content store as an
+//! OCI image (config + manifest).
+
+use std::io::BufReader;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+use xbuild_oci::config::{Healthcheck, History, ImageConfig};
+use xbuild_oci::digest::Digest;
+use xbuild_oci::layer::{apply_layer, ApplyOptions};
+use xbuild_oci::manifest::{ImageIndex, ImageManifest};
+use xbuild_oci::media_types as mt;
+use xbuild_oci::store::BlobStore;
+use xbuild_oci::{Descriptor, Platform};
+use xbuild_plan::{ConfigOp, DEFAULT_PATH};
+
+/// Errors from assembling, writing or exporting an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The content store failed.
+    #[error("content store: {0}")]
+    Store(#[from] xbuild_oci::store::StoreError),
+    /// Encoding a config or manifest failed.
+    #[error("encoding {what}: {message}")]
+    Encode {
+        /// Config or manifest.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A blob the image needs is not in the store.
+    #[error("blob {0} is missing from the content store")]
+    MissingBlob(Digest),
+    /// A stored manifest or config does not parse.
+    #[error("stored {what} {digest} is invalid: {message}")]
+    Invalid {
+        /// Manifest, index or config.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// Why.
+        message: String,
+    },
+    /// Applying a layer to the export directory failed.
+    #[error("exporting layer {digest} to {path}: {message}")]
+    Export {
+        /// Layer digest.
+        digest: Digest,
+        /// Destination directory.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The config, layers and history of a stage being built.
+#[derive(Debug, Clone)]
+pub struct ImageBuilder {
+    config: ImageConfig,
+    layers: Vec<Descriptor>,
+    platform: Platform,
+    /// Set by ENTRYPOINT so a CMD inherited from the base is dropped, as Docker does.
+    cmd_set_in_stage: bool,
+}
+
+/// Format seconds since the epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// The time to stamp on configs and history: `SOURCE_DATE_EPOCH` when given, else now.
+pub fn timestamp(source_date_epoch: Option<i64>) -> String {
+    let secs = source_date_epoch.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    rfc3339(secs)
+}
+
+/// OCI media type for a layer descriptor, converting Docker's spellings.
+fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        mt::DOCKER_LAYER_TAR_GZIP => mt::OCI_LAYER_TAR_GZIP,
+        mt::DOCKER_LAYER_TAR => mt::OCI_LAYER_TAR,
+        mt::DOCKER_LAYER_FOREIGN_TAR_GZIP => mt::OCI_LAYER_NONDISTRIBUTABLE_TAR_GZIP,
+        other => other,
+    }
+}
+
+impl ImageBuilder {
+    /// An empty image (`FROM scratch`): no layers, `PATH` set as BuildKit does.
+    pub fn scratch(platform: &Platform) -> Self {
+        let mut config = ImageConfig::for_platform(platform);
+        config.rootfs.kind = "layers".into();
+        config.config.env = vec![format!("PATH={DEFAULT_PATH}")];
+        ImageBuilder {
+            config,
+            layers: Vec::new(),
+            platform: platform.clone(),
+            cmd_set_in_stage: false,
+        }
+    }
+
+    /// Start from a base image: its layers, config and history are kept;
+    /// its ONBUILD triggers were run by the plan and are not inherited.
+    pub fn from_base(manifest: &ImageManifest, config: &ImageConfig, platform: &Platform) -> Self {
+        let mut config = config.clone();
+        config.config.on_build.clear();
+        config.set_platform(platform);
+        if config.rootfs.kind.is_empty() {
+            config.rootfs.kind = "layers".into();
+        }
+        if config.config.env_get("PATH").is_none() {
+            config.config.env_set("PATH", DEFAULT_PATH);
+        }
+        let layers = manifest
+            .layers
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.media_type = oci_layer_type(&l.media_type).to_string();
+                l
+            })
+            .collect();
+        ImageBuilder {
+            config,
+            layers,
+            platform: platform.clone(),
+            cmd_set_in_stage: false,
+        }
+    }
+
+    /// Apply one metadata instruction to the config.
+    pub fn apply_config(&mut self, op: &ConfigOp) {
+        let c = &mut self.config.config;
+        match op {
+            ConfigOp::Env(pairs) => {
+                for (k, v) in pairs {
+                    c.env_set(k, v);
+                }
+            }
+            ConfigOp::Label(pairs) => {
+                for (k, v) in pairs {
+                    c.labels.insert(k.clone(), v.clone());
+                }
+            }
+            ConfigOp::Workdir(w) => c.working_dir = w.clone(),
+            ConfigOp::User(u) => c.user = u.clone(),
+            ConfigOp::Expose(ports) => {
+                for p in ports {
+                    c.exposed_ports.insert(p.clone(), Default::default());
+                }
+            }
+            ConfigOp::Volume(vols) => {
+                for v in vols {
+                    c.volumes.insert(v.clone(), Default::default());
+                }
+            }
+            ConfigOp::Entrypoint(argv) => {
+                c.entrypoint = Some(argv.clone());
+                // Docker: a CMD inherited from the base is reset by ENTRYPOINT.
+                if !self.cmd_set_in_stage {
+                    c.cmd = None;
+                }
+            }
+            ConfigOp::Cmd(argv) => {
+                c.cmd = Some(argv.clone());
+                self.cmd_set_in_stage = true;
+            }
+            ConfigOp::Shell(sh) => c.shell = sh.clone(),
+            ConfigOp::StopSignal(s) => c.stop_signal = s.clone(),
+            ConfigOp::Healthcheck(h) => {
+                c.healthcheck = Some(Healthcheck {
+                    test: h.test.clone(),
+                    interval: h.interval.unwrap_or(0),
+                    timeout: h.timeout.unwrap_or(0),
+                    start_period: h.start_period.unwrap_or(0),
+                    start_interval: h.start_interval.unwrap_or(0),
+                    retries: h.retries.unwrap_or(0).clamp(0, i32::MAX as i64) as i32,
+                });
+            }
+            ConfigOp::Onbuild(t) => c.on_build.push(t.clone()),
+            ConfigOp::Maintainer(m) => self.config.author = Some(m.clone()),
+            ConfigOp::Arg(_) => {}
+        }
+    }
+
+    /// Add a layer produced by a step.
+    pub fn add_layer(&mut self, layer: Descriptor, diff_id: Digest, created_by: &str) {
+        self.layers.push(layer);
+        self.config.rootfs.diff_ids.push(diff_id);
+        self.config.history.push(History {
+            created_by: Some(created_by.to_string()),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            ..Default::default()
+        });
+    }
+
+    /// Record a step that changed no files.
+    pub fn add_empty_history(&mut self, created_by: &str) {
+        self.config.history.push(History {
+            created_by: Some(created_by.to_string()),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: true,
+            ..Default::default()
+        });
+    }
+
+    /// Layers so far.
+    pub fn layers(&self) -> &[Descriptor] {
+        &self.layers
+    }
+
+    /// Diff IDs so far.
+    pub fn diff_ids(&self) -> &[Digest] {
+        &self.config.rootfs.diff_ids
+    }
+
+    /// The config so far.
+    pub fn config(&self) -> &ImageConfig {
+        &self.config
+    }
+
+    /// The platform of the image.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Write config and manifest to the store. History entries without a
+    /// time get `created` (SOURCE_DATE_EPOCH or now), and so does the config.
+    pub fn write(
+        &self,
+        store: &BlobStore,
+        source_date_epoch: Option<i64>,
+    ) -> Result<(Descriptor, ImageConfig), ImageError> {
+        let now = timestamp(source_date_epoch);
+        let mut config = self.config.clone();
+        config.created = Some(now.clone());
+        for h in config.history.iter_mut() {
+            if h.created.is_none() {
+                h.created = Some(now.clone());
+            }
+        }
+        if let Some(epoch) = source_date_epoch {
+            // Reproducible builds: no time after the epoch anywhere in the config.
+            let limit = rfc3339(epoch);
+            for h in config.history.iter_mut() {
+                if h.created.as_deref().is_some_and(|c| c > limit.as_str()) {
+                    h.created = Some(limit.clone());
+                }
+            }
+        }
+        for l in &self.layers {
+            if !store.exists(&l.digest) {
+                return Err(ImageError::MissingBlob(l.digest.clone()));
+            }
+        }
+        let enc = config.encode().map_err(|e| ImageError::Encode {
+            what: "image config",
+            message: e.to_string(),
+        })?;
+        store.put_bytes(&enc.bytes)?;
+        let manifest = ImageManifest::new_oci(enc.descriptor.clone(), self.layers.clone());
+        let m = manifest.encode().map_err(|e| ImageError::Encode {
+            what: "manifest",
+            message: e.to_string(),
+        })?;
+        store.put_bytes(&m.bytes)?;
+        Ok((m.descriptor.with_platform(&self.platform), config))
+    }
+}
+
+/// Write an OCI index over single-platform manifests (already in the store).
+pub fn write_index(store: &BlobStore, manifests: &[Descriptor]) -> Result<Descriptor, ImageError> {
+    let index = ImageIndex::new_oci(manifests.to_vec());
+    let enc = index.encode().map_err(|e| ImageError::Encode {
+        what: "index",
+        message: e.to_string(),
+    })?;
+    store.put_bytes(&enc.bytes)?;
+    Ok(enc.descriptor)
+}
+
+/// Read a stored manifest.
+pub fn read_manifest(store: &BlobStore, digest: &Digest) -> Result<ImageManifest, ImageError> {
+    if !store.exists(digest) {
+        return Err(ImageError::MissingBlob(digest.clone()));
+    }
+    let bytes = store.read_to_vec(digest)?;
+    ImageManifest::from_slice(&bytes).map_err(|e| ImageError::Invalid {
+        what: "manifest",
+        digest: digest.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Read a stored image config.
+pub fn read_config(store: &BlobStore, digest: &Digest) -> Result<ImageConfig, ImageError> {
+    if !store.exists(digest) {
+        return Err(ImageError::MissingBlob(digest.clone()));
+    }
+    let bytes = store.read_to_vec(digest)?;
+    ImageConfig::from_slice(&bytes).map_err(|e| ImageError::Invalid {
+        what: "config",
+        digest: digest.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Write the final filesystem of a single-platform image into `dest`
+/// (`-o type=local`): its layers applied in order, whiteouts honoured.
+pub fn export_rootfs(
+    store: &BlobStore,
+    manifest: &Descriptor,
+    dest: &Path,
+) -> Result<(), ImageError> {
+    let m = read_manifest(store, &manifest.digest)?;
+    std::fs::create_dir_all(dest).map_err(|e| ImageError::Export {
+        digest: manifest.digest.clone(),
+        path: dest.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let opts = ApplyOptions::default();
+    for layer in &m.layers {
+        let f = store
+            .open_blob(&layer.digest)
+            .map_err(|_| ImageError::MissingBlob(layer.digest.clone()))?;
+        apply_layer(BufReader::new(f), dest, &opts).map_err(|e| ImageError::Export {
+            digest: layer.digest.clone(),
+            path: dest.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xbuild_plan::HealthcheckSpec;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn config_ops_follow_docker() {
+        let p = Platform::parse("linux/arm64").unwrap();
+        let mut base = ImageConfig::for_platform(&p);
+        base.config.cmd = Some(vec!["sh".into()]);
+        base.config.on_build = vec!["RUN x".into()];
+        base.config.env = vec!["PATH=/bin".into(), "A=1".into()];
+        let manifest = ImageManifest::new_oci(Descriptor::of_bytes(mt::OCI_CONFIG, b"{}"), vec![]);
+        let mut b = ImageBuilder::from_base(&manifest, &base, &p);
+        assert!(
+            b.config().config.on_build.is_empty(),
+            "triggers are not inherited"
+        );
+        b.apply_config(&ConfigOp::Env(vec![
+            ("A".into(), "2".into()),
+            ("B".into(), "3".into()),
+        ]));
+        assert_eq!(b.config().config.env, ["PATH=/bin", "A=2", "B=3"]);
+        b.apply_config(&ConfigOp::Entrypoint(vec!["/app".into()]));
+        assert_eq!(
+            b.config().config.cmd,
+            None,
+            "inherited CMD reset by ENTRYPOINT"
+        );
+        b.apply_config(&ConfigOp::Cmd(vec!["--help".into()]));
+        b.apply_config(&ConfigOp::Entrypoint(vec!["/app2".into()]));
+        assert_eq!(
+            b.config().config.cmd,
+            Some(vec!["--help".to_string()]),
+            "CMD of this stage kept"
+        );
+        b.apply_config(&ConfigOp::Expose(vec!["80/tcp".into()]));
+        b.apply_config(&ConfigOp::Volume(vec!["/data".into()]));
+        b.apply_config(&ConfigOp::Healthcheck(HealthcheckSpec {
+            test: vec!["NONE".into()],
+            interval: None,
+            timeout: None,
+            start_period: None,
+            start_interval: None,
+            retries: None,
+        }));
+        b.apply_config(&ConfigOp::Maintainer("me".into()));
+        let c = b.config();
+        assert!(c.config.exposed_ports.contains_key("80/tcp"));
+        assert!(c.config.volumes.contains_key("/data"));
+        assert_eq!(c.config.healthcheck.as_ref().unwrap().test, ["NONE"]);
+        assert_eq!(c.author.as_deref(), Some("me"));
+        assert_eq!(c.platform(), p);
+    }
+
+    #[test]
+    fn write_is_reproducible_with_source_date_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let mut b = ImageBuilder::scratch(&p);
+        b.add_empty_history("WORKDIR /x");
+        let (d1, c1) = b.write(&store, Some(1_700_000_000)).unwrap();
+        let (d2, _) = b.write(&store, Some(1_700_000_000)).unwrap();
+        assert_eq!(d1, d2);
+        assert_eq!(c1.created.as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(d1.platform(), Some(p));
+        let idx = write_index(&store, std::slice::from_ref(&d1)).unwrap();
+        assert!(store.exists(&idx.digest));
+        assert_eq!(read_manifest(&store, &d1.digest).unwrap().layers.len(), 0);
+    }
+}

@@ -1,0 +1,23 @@
+//! The xbuild engine: solves one platform's [`xbuild_plan::BuildGraph`] on
+//! this machine. It computes cache keys, reuses cached results, runs RUN
+//! steps through [`xbuild_sandbox`], applies COPY/ADD, stacks snapshots
+//! with overlayfs and writes the resulting image into the content store.
+//! It never prints: everything it has to say goes through [`events`].
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod context;
+pub mod copy;
+mod engine;
+pub mod events;
+pub mod exec;
+pub mod image;
+pub mod mount;
+pub mod secrets;
+pub mod snapshot;
+mod solve;
+pub mod source;
+
+pub use engine::{Engine, EngineConfig, EngineError, SolveRequest, SolveResult, VertexIds};
+pub use secrets::Secrets;
+pub use source::{ImageSource, PullFuture, PulledImage, StoreSource};

@@ -1,0 +1,319 @@
+//! Snapshots: one directory per layer, in overlayfs format, keyed by the
+//! layer's diffID, plus the locked scratch directories the engine works in.
+//!
+//! ```text
+//! snapshots/<first 16 hex of diffID>/fs       the layer's files (whiteout = char 0/0)
+//! snapshots/<first 16 hex of diffID>/diffid   the full diffID
+//! snapshots/empty                            an empty lower layer
+//! tmp/<unique>/.lock                         held (flock) by the live owner
+//! mounts/<unique>/m                          mount points, same locking
+//! ```
+//!
+//! A snapshot is built in a scratch directory and renamed into place in one
+//! step, so a half-made snapshot never carries its final name; when two
+//! processes make the same one, the first rename wins and the other copy is
+//! thrown away. Scratch directories whose lock nobody holds are leftovers
+//! of killed processes and are removed (after unmounting what is below them)
+//! by [`cleanup_scratch`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fs2::FileExt;
+use xbuild_oci::layer::{apply_layer, ApplyError, ApplyFormat, ApplyOptions};
+use xbuild_oci::{BlobStore, Descriptor, Digest};
+
+use crate::mount::{mounts_under, unmount};
+
+/// Errors of the snapshot store.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Extracting a layer blob failed.
+    #[error("extracting layer {digest} into {path}: {source}")]
+    Extract {
+        /// The layer blob.
+        digest: Digest,
+        /// The scratch directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: ApplyError,
+    },
+    /// A layer blob is not in the content store.
+    #[error("layer {0} is missing from the content store")]
+    MissingBlob(Digest),
+    /// A layer's content does not match the diffID it is known by.
+    #[error("layer {digest} has diffID {actual}, expected {expected}")]
+    DiffIdMismatch {
+        /// The layer blob.
+        digest: Digest,
+        /// The diffID the image config names.
+        expected: Digest,
+        /// What the content hashes to.
+        actual: Digest,
+    },
+}
+
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+static SCRATCH_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn unique_name() -> String {
+    let n = SCRATCH_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!("{}-{t}-{n}", std::process::id())
+}
+
+/// A private working directory, locked while it lives, removed on drop.
+/// Mounts below it must be dropped first (their guards unmount).
+#[derive(Debug)]
+pub struct Scratch {
+    dir: PathBuf,
+    lock: Option<File>,
+}
+
+impl Scratch {
+    /// Creates a fresh directory under `parent`.
+    pub fn new(parent: &Path) -> Result<Scratch, SnapshotError> {
+        let dir = parent.join(unique_name());
+        fs::create_dir(&dir).map_err(io_err("create directory", &dir))?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+            .map_err(io_err("create lock file", &lock_path))?;
+        lock.try_lock_exclusive()
+            .map_err(io_err("lock", &lock_path))?;
+        Ok(Scratch {
+            dir,
+            lock: Some(lock),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `self.path().join(name)`, created as a directory.
+    pub fn subdir(&self, name: &str) -> Result<PathBuf, SnapshotError> {
+        let p = self.dir.join(name);
+        fs::create_dir(&p).map_err(io_err("create directory", &p))?;
+        Ok(p)
+    }
+
+    /// Renames the directory to `dest` (minus its lock file). Returns false,
+    /// leaving the scratch to be removed, when `dest` already exists.
+    fn rename_to(&mut self, dest: &Path) -> Result<bool, SnapshotError> {
+        let lock_path = self.dir.join(".lock");
+        let _ = fs::remove_file(&lock_path);
+        match fs::rename(&self.dir, dest) {
+            Ok(()) => {
+                self.lock = None;
+                self.dir = PathBuf::new();
+                Ok(true)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                Ok(false)
+            }
+            Err(e) => Err(io_err("rename snapshot into place", dest)(e)),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
+        remove_tree(&self.dir);
+        drop(self.lock.take());
+    }
+}
+
+/// Unmounts whatever is below `dir`, then removes it (unless something stays mounted).
+fn remove_tree(dir: &Path) {
+    for m in mounts_under(dir) {
+        let _ = unmount(&m);
+    }
+    if mounts_under(dir).is_empty() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Removes scratch directories under `parent` left by dead processes: those
+/// whose lock is free (or that have none and are older than a minute).
+pub fn cleanup_scratch(parent: &Path) -> Result<usize, SnapshotError> {
+    let rd = match fs::read_dir(parent) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("read directory", parent)(e)),
+    };
+    let mut removed = 0;
+    for ent in rd.flatten() {
+        let dir = ent.path();
+        let Ok(md) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !md.is_dir() {
+            let _ = fs::remove_file(&dir);
+            continue;
+        }
+        let lock_path = dir.join(".lock");
+        match File::open(&lock_path) {
+            Ok(f) => {
+                if f.try_lock_exclusive().is_err() {
+                    continue; // alive
+                }
+                remove_tree(&dir);
+                removed += 1;
+            }
+            Err(_) => {
+                let old = md
+                    .modified()
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|a| a > Duration::from_secs(60));
+                if old {
+                    remove_tree(&dir);
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The snapshot directory tree.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Snapshots {
+    /// Opens `dir` (creating it and its empty layer), using `tmp` for scratch.
+    pub fn open(dir: &Path, tmp: &Path) -> Result<Snapshots, SnapshotError> {
+        let empty = dir.join("empty");
+        fs::create_dir_all(&empty).map_err(io_err("create directory", &empty))?;
+        Ok(Snapshots {
+            dir: dir.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+        })
+    }
+
+    /// An always-empty directory, the bottom of every overlay stack.
+    pub fn empty(&self) -> PathBuf {
+        self.dir.join("empty")
+    }
+
+    fn slot(&self, diff_id: &Digest) -> PathBuf {
+        self.dir.join(&diff_id.hex()[..16])
+    }
+
+    /// The `fs` directory of the snapshot of `diff_id`, when present.
+    pub fn get(&self, diff_id: &Digest) -> Option<PathBuf> {
+        let slot = self.slot(diff_id);
+        let id = fs::read_to_string(slot.join("diffid")).ok()?;
+        (id.trim() == diff_id.as_str()).then(|| slot.join("fs"))
+    }
+
+    /// A scratch directory with `fs` (upper) and `work` subdirectories.
+    pub fn scratch(&self) -> Result<Scratch, SnapshotError> {
+        let s = Scratch::new(&self.tmp)?;
+        s.subdir("fs")?;
+        s.subdir("work")?;
+        Ok(s)
+    }
+
+    /// Makes `scratch/fs` the snapshot of `diff_id` and returns its final
+    /// `fs` path (an existing identical snapshot wins).
+    pub fn commit(&self, mut scratch: Scratch, diff_id: &Digest) -> Result<PathBuf, SnapshotError> {
+        if let Some(p) = self.get(diff_id) {
+            return Ok(p);
+        }
+        let work = scratch.path().join("work");
+        if work.exists() {
+            fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
+        }
+        let id = scratch.path().join("diffid");
+        fs::write(&id, format!("{diff_id}\n")).map_err(io_err("write", &id))?;
+        let slot = self.slot(diff_id);
+        if !scratch.rename_to(&slot)? {
+            if let Some(p) = self.get(diff_id) {
+                return Ok(p);
+            }
+            // A different layer with the same 16-hex prefix, or debris: replace debris.
+            return Err(SnapshotError::Io {
+                op: "commit snapshot (slot taken by another layer)",
+                path: slot,
+                source: io::Error::from_raw_os_error(libc::EEXIST),
+            });
+        }
+        Ok(slot.join("fs"))
+    }
+
+    /// The snapshot of a stored layer, extracting the blob when missing.
+    pub fn ensure(
+        &self,
+        store: &BlobStore,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<PathBuf, SnapshotError> {
+        if let Some(p) = self.get(diff_id) {
+            return Ok(p);
+        }
+        let f = store
+            .open_blob(&layer.digest)
+            .map_err(|_| SnapshotError::MissingBlob(layer.digest.clone()))?;
+        let scratch = Scratch::new(&self.tmp)?;
+        let fs_dir = scratch.subdir("fs")?;
+        let opts = ApplyOptions {
+            format: ApplyFormat::Overlay,
+            ..Default::default()
+        };
+        let stats = apply_layer(BufReader::with_capacity(256 * 1024, f), &fs_dir, &opts).map_err(
+            |source| SnapshotError::Extract {
+                digest: layer.digest.clone(),
+                path: fs_dir.clone(),
+                source,
+            },
+        )?;
+        if stats.diff_id != *diff_id {
+            return Err(SnapshotError::DiffIdMismatch {
+                digest: layer.digest.clone(),
+                expected: diff_id.clone(),
+                actual: stats.diff_id,
+            });
+        }
+        self.commit(scratch, diff_id)
+    }
+}

@@ -1,0 +1,914 @@
+//! Solving one platform's graph: stages run concurrently as their
+//! dependencies finish; inside a stage, steps run in order, each keyed,
+//! looked up in the cache, and on a miss executed on a blocking thread over
+//! an overlay of the stage's snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::json;
+use xbuild_oci::digest::Algorithm;
+use xbuild_oci::layer::{write_layer, SourceMode, WriteOptions};
+use xbuild_oci::{Descriptor, Digest, Platform};
+use xbuild_plan::{Base, ConfigOp, CopyOp, ExecOp, FileSource, ImageRef, Op, Step, PROXY_ARGS};
+use xbuild_sandbox::binfmt::{self, Support};
+use xbuild_sandbox::{InitError, OutputStream, SandboxError};
+
+use crate::cache::{platform_dir_name, CacheRecord, KeyInput};
+use crate::context::{self, ContextIndex};
+use crate::copy::{self, AddOptions, CopyRequest};
+use crate::engine::{Engine, EngineError, Inner, SolveRequest, SolveResult};
+use crate::events::{Event, EventSink, LogStream, VertexId};
+use crate::exec::{self, ExecEnv, ExecError, ExecPlan, MountSource, Setup};
+use crate::image::{timestamp, ImageBuilder};
+use crate::mount::mount_overlay;
+use crate::snapshot::Scratch;
+use crate::source::PulledImage;
+use xbuild_dockerfile::instructions::MountType;
+
+/// A finished stage: its snapshots (bottom first), image state and final key.
+#[derive(Debug, Clone)]
+pub(crate) struct StageOut {
+    chain: Vec<PathBuf>,
+    builder: ImageBuilder,
+    key: Digest,
+    steps: usize,
+    cached: usize,
+}
+
+/// A pulled image and its snapshots, bottom first.
+type ImageLayers = (Arc<PulledImage>, Vec<PathBuf>);
+
+/// What one solve shares between its stages.
+struct Shared<'r, 'a> {
+    req: &'r SolveRequest<'a>,
+    platform: Platform,
+    index: Option<Arc<ContextIndex>>,
+    context_dir: Option<PathBuf>,
+    pulled: tokio::sync::Mutex<HashMap<String, ImageLayers>>,
+}
+
+type LogTx = tokio::sync::mpsc::UnboundedSender<(OutputStream, Vec<u8>)>;
+
+/// Runs `f` on a blocking thread, forwarding the log chunks it sends as
+/// [`Event::Log`] of `vid`.
+async fn blocking<T, F>(
+    events: &dyn EventSink,
+    vid: VertexId,
+    started: Instant,
+    f: F,
+) -> Result<T, EngineError>
+where
+    T: Send + 'static,
+    F: FnOnce(LogTx) -> Result<T, EngineError> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OutputStream, Vec<u8>)>();
+    let mut handle = tokio::task::spawn_blocking(move || f(tx));
+    let emit = |(s, data): (OutputStream, Vec<u8>)| {
+        events.emit(Event::Log {
+            id: vid,
+            stream: match s {
+                OutputStream::Stdout => LogStream::Stdout,
+                OutputStream::Stderr => LogStream::Stderr,
+            },
+            elapsed: started.elapsed(),
+            data,
+        })
+    };
+    loop {
+        tokio::select! {
+            Some(chunk) = rx.recv() => emit(chunk),
+            r = &mut handle => {
+                while let Ok(chunk) = rx.try_recv() {
+                    emit(chunk);
+                }
+                return r.map_err(|e| EngineError::Task(e.to_string()))?;
+            }
+        }
+    }
+}
+
+/// A layer made by a step.
+type NewLayer = (Descriptor, Digest, PathBuf);
+
+/// Mounts a writable overlay over `chain`, lets `work` change the merged
+/// tree, then turns the upper directory into a layer and a snapshot.
+/// `work` returns mount points to drop from the diff. `None`: nothing changed.
+fn fs_step(
+    inner: &Inner,
+    chain: &[PathBuf],
+    sde: Option<i64>,
+    work: impl FnOnce(&Path) -> Result<Vec<PathBuf>, EngineError>,
+) -> Result<Option<NewLayer>, EngineError> {
+    let scratch = inner.snapshots.scratch()?;
+    let upper = scratch.path().join("fs");
+    let workdir = scratch.path().join("work");
+    let mp = Scratch::new(&inner.mounts)?;
+    let target = mp.subdir("m")?;
+    let mut lowers: Vec<PathBuf> = chain.iter().rev().cloned().collect();
+    lowers.push(inner.snapshots.empty());
+    let guard = mount_overlay(&lowers, Some((&upper, &workdir)), &target)?;
+    let created = work(&target)?;
+    guard.unmount()?;
+    drop(mp);
+    prune_created(&upper, chain, &created);
+    let empty = fs::read_dir(&upper)
+        .map_err(|source| EngineError::Io {
+            op: "read directory",
+            path: upper.clone(),
+            source,
+        })?
+        .next()
+        .is_none();
+    if empty {
+        return Ok(None);
+    }
+    let opts = WriteOptions {
+        mode: SourceMode::OverlayUpper,
+        source_date_epoch: sde.map(|e| e.max(0) as u64),
+        ..Default::default()
+    };
+    let mut w = inner.store.writer(Algorithm::Sha256)?;
+    let (out, _) = write_layer(&upper, &mut w, &opts)?;
+    let (digest, size) = w.commit(Some(&out.digest))?;
+    let snap = inner.snapshots.commit(scratch, &out.diff_id)?;
+    Ok(Some((
+        Descriptor::new(out.media_type, digest, size),
+        out.diff_id,
+        snap,
+    )))
+}
+
+/// Removes from `upper` the mount points the sandbox created, and parent
+/// directories that were only copied up to hold them.
+fn prune_created(upper: &Path, chain: &[PathBuf], created: &[PathBuf]) {
+    let rel_of = |p: &Path| -> PathBuf {
+        p.components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect()
+    };
+    for c in created.iter().rev() {
+        let rel = rel_of(c);
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let p = upper.join(&rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                let _ = fs::remove_dir(&p);
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = fs::remove_file(&p);
+            }
+            _ => {}
+        }
+        let mut cur = rel.parent();
+        while let Some(par) = cur {
+            if par.as_os_str().is_empty() {
+                break;
+            }
+            let up = upper.join(par);
+            let is_empty_dir = fs::read_dir(&up)
+                .map(|mut r| r.next().is_none())
+                .unwrap_or(false);
+            let opaque = xattr_present(&up, "trusted.overlay.opaque");
+            if !is_empty_dir || opaque || !lower_has_same_dir(&up, chain, par) {
+                break;
+            }
+            let _ = fs::remove_dir(&up);
+            cur = par.parent();
+        }
+    }
+}
+
+fn xattr_present(p: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(c), Ok(n)) = (
+        std::ffi::CString::new(p.as_os_str().as_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated strings; a NULL buffer asks for the size.
+    unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// Whether the topmost lower layer that has `rel` has it as a directory
+/// with the same mode and owner as `up`.
+fn lower_has_same_dir(up: &Path, chain: &[PathBuf], rel: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(um) = fs::symlink_metadata(up) else {
+        return false;
+    };
+    for snap in chain.iter().rev() {
+        match fs::symlink_metadata(snap.join(rel)) {
+            Ok(m) if m.is_dir() => {
+                return m.mode() == um.mode() && m.uid() == um.uid() && m.gid() == um.gid()
+            }
+            Ok(_) => return false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
+    if let ExecError::Sandbox(SandboxError::Setup(b)) = &e {
+        if matches!(**b, InitError::ExecFormat { .. }) {
+            return EngineError::Binfmt {
+                platform: platform.to_string(),
+            };
+        }
+    }
+    EngineError::Exec(e)
+}
+
+/// Fails early when a stage with RUN steps targets a platform this machine
+/// cannot execute.
+fn check_platforms(graph: &xbuild_plan::BuildGraph) -> Result<(), EngineError> {
+    for st in &graph.stages {
+        let runs = st.steps.iter().any(|s| matches!(s.op, Op::Exec(_)));
+        if runs && binfmt::can_run(st.platform.architecture()) == Support::Missing {
+            return Err(EngineError::Binfmt {
+                platform: st.platform.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Solves one platform's graph and writes its image into the store.
+    pub async fn solve(&self, req: SolveRequest<'_>) -> Result<SolveResult, EngineError> {
+        let started = Instant::now();
+        let g = req.graph;
+        check_platforms(g)?;
+        for (i, st) in g.stages.iter().enumerate() {
+            if st.dependencies().iter().any(|d| *d >= i) {
+                return Err(EngineError::Graph(format!(
+                    "stage {} depends on a stage that comes after it",
+                    st.display_name()
+                )));
+            }
+        }
+        if g.target >= g.stages.len() {
+            return Err(EngineError::Graph("target stage out of range".into()));
+        }
+        let shared = Shared {
+            req: &req,
+            platform: g.platform.clone(),
+            index: req.context.map(|c| Arc::new(c.clone())),
+            context_dir: req.context_dir.map(Path::to_path_buf),
+            pulled: tokio::sync::Mutex::new(HashMap::new()),
+        };
+        let mut results: Vec<Option<Arc<StageOut>>> = vec![None; g.stages.len()];
+        let mut started_stages = vec![false; g.stages.len()];
+        let mut running = FuturesUnordered::new();
+        loop {
+            for (i, st) in g.stages.iter().enumerate() {
+                if started_stages[i] {
+                    continue;
+                }
+                let deps = st.dependencies();
+                if deps.iter().all(|d| results[*d].is_some()) {
+                    started_stages[i] = true;
+                    let dep_outs: HashMap<usize, Arc<StageOut>> = deps
+                        .iter()
+                        .map(|d| (*d, results[*d].clone().expect("dependency finished")))
+                        .collect();
+                    let shared = &shared;
+                    running.push(async move { (i, self.solve_stage(shared, i, dep_outs).await) });
+                }
+            }
+            match running.next().await {
+                Some((i, r)) => results[i] = Some(Arc::new(r?)),
+                None => break,
+            }
+        }
+        let out = results[g.target]
+            .clone()
+            .ok_or_else(|| EngineError::Graph("target stage was not built".into()))?;
+        let (steps, cached) = results
+            .iter()
+            .flatten()
+            .fold((0, 0), |(s, c), o| (s + o.steps, c + o.cached));
+        let store = self.inner.store.clone();
+        let builder = out.builder.clone();
+        let sde = req.source_date_epoch;
+        let (manifest, config) = tokio::task::spawn_blocking(move || builder.write(&store, sde))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        Ok(SolveResult {
+            platform: g.platform.clone(),
+            manifest,
+            config,
+            steps,
+            cached,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Pulls `r` (once per solve) and makes sure its layers have snapshots.
+    async fn image_chain(
+        &self,
+        shared: &Shared<'_, '_>,
+        r: &ImageRef,
+        location: &xbuild_plan::Location,
+    ) -> Result<ImageLayers, EngineError> {
+        let id = format!("{}|{}|{:?}", r.reference, r.platform, r.digest);
+        let mut pulled = shared.pulled.lock().await;
+        if let Some(p) = pulled.get(&id) {
+            return Ok(p.clone());
+        }
+        let pull_err = |message: String| EngineError::Pull {
+            location: location.clone(),
+            reference: r.reference.clone(),
+            platform: r.platform.to_string(),
+            message,
+        };
+        let img = {
+            let _g = self.inner.pull_lock.lock().await;
+            shared
+                .req
+                .source
+                .pull(r, &self.inner.store, shared.req.events)
+                .await
+                .map_err(pull_err)?
+        };
+        let diff_ids = img.config.rootfs.diff_ids.clone();
+        if diff_ids.len() != img.image.layers.len() {
+            return Err(pull_err(format!(
+                "the config lists {} diffIDs for {} layers",
+                diff_ids.len(),
+                img.image.layers.len()
+            )));
+        }
+        let layers = img.image.layers.clone();
+        let inner = self.inner.clone();
+        let chain = tokio::task::spawn_blocking(move || {
+            layers
+                .iter()
+                .zip(&diff_ids)
+                .map(|(l, d)| inner.snapshots.ensure(&inner.store, l, d))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))??;
+        let v = (Arc::new(img), chain);
+        pulled.insert(id, v.clone());
+        Ok(v)
+    }
+
+    async fn solve_stage(
+        &self,
+        shared: &Shared<'_, '_>,
+        idx: usize,
+        deps: HashMap<usize, Arc<StageOut>>,
+    ) -> Result<StageOut, EngineError> {
+        let req = shared.req;
+        let stage = &req.graph.stages[idx];
+        let total = stage.steps.len() + 1;
+        let platform = &shared.platform;
+        let start_vertex = |index: usize, name: &str| {
+            let id = req.ids.next_id();
+            req.events.emit(Event::Started {
+                id,
+                platform: platform.clone(),
+                stage: stage.display_name(),
+                index,
+                total,
+                name: name.to_string(),
+                worker: self.inner.cfg.worker.clone(),
+            });
+            id
+        };
+        // FROM.
+        let vid = start_vertex(1, &stage.from_text);
+        let t0 = Instant::now();
+        let no_args = BTreeMap::new();
+        let from = async {
+            Ok::<_, EngineError>(match &stage.base {
+                Base::Scratch => {
+                    let key =
+                        KeyInput::new(None, platform, "FROM", &no_args, json!({"from": "scratch"}))
+                            .key()?;
+                    (Vec::new(), ImageBuilder::scratch(platform), key)
+                }
+                Base::Image(r) => {
+                    let (img, chain) = self.image_chain(shared, r, &stage.location).await?;
+                    let key = KeyInput::new(
+                        None,
+                        platform,
+                        "FROM",
+                        &no_args,
+                        json!({"from": img.manifest.digest.as_str()}),
+                    )
+                    .key()?;
+                    (
+                        chain,
+                        ImageBuilder::from_base(&img.image, &img.config, platform),
+                        key,
+                    )
+                }
+                Base::Stage(i) => {
+                    let d = &deps[i];
+                    let key = KeyInput::new(
+                        Some(&d.key),
+                        platform,
+                        "FROM",
+                        &no_args,
+                        json!({"from": "stage"}),
+                    )
+                    .key()?;
+                    (d.chain.clone(), d.builder.clone(), key)
+                }
+            })
+        };
+        let (mut chain, mut builder, mut key) = match from.await {
+            Ok(v) => v,
+            Err(e) => {
+                req.events.emit(Event::Failed {
+                    id: vid,
+                    error: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
+        req.events.emit(Event::Done {
+            id: vid,
+            duration: t0.elapsed(),
+        });
+
+        let skip_lookup = req.no_cache
+            || stage.name.as_deref().is_some_and(|n| {
+                req.no_cache_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(n))
+            });
+        let mut missed = false;
+        let mut cached = 0;
+        for (si, step) in stage.steps.iter().enumerate() {
+            let vid = start_vertex(si + 2, &step.text);
+            let t0 = Instant::now();
+            let r = self
+                .solve_step(
+                    shared,
+                    step,
+                    &deps,
+                    vid,
+                    t0,
+                    &mut chain,
+                    &mut builder,
+                    &mut key,
+                    skip_lookup,
+                    &mut missed,
+                )
+                .await;
+            match r {
+                Ok(hit) => {
+                    if hit {
+                        cached += 1;
+                    }
+                    req.events.emit(Event::Done {
+                        id: vid,
+                        duration: t0.elapsed(),
+                    });
+                }
+                Err(e) => {
+                    let e = EngineError::Step {
+                        location: step.location.clone(),
+                        instruction: step.text.clone(),
+                        platform: platform.to_string(),
+                        source: Box::new(e),
+                    };
+                    req.events.emit(Event::Failed {
+                        id: vid,
+                        error: e.to_string(),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+        Ok(StageOut {
+            chain,
+            builder,
+            key,
+            steps: stage.steps.len(),
+            cached,
+        })
+    }
+
+    /// The op-specific part of a step's key, and its "shape" (the same
+    /// without source checksums, to explain misses).
+    async fn op_key(
+        &self,
+        shared: &Shared<'_, '_>,
+        step: &Step,
+        deps: &HashMap<usize, Arc<StageOut>>,
+    ) -> Result<(serde_json::Value, Option<serde_json::Value>), EngineError> {
+        match &step.op {
+            Op::Config(c) => Ok((json!({ "config": c }), None)),
+            Op::Exec(e) => {
+                let mut e = e.clone();
+                e.env.retain(|kv| {
+                    let k = kv.split('=').next().unwrap_or("");
+                    !PROXY_ARGS.contains(&k)
+                });
+                let mut binds = Vec::new();
+                for m in &e.mounts {
+                    if m.kind != MountType::Bind {
+                        continue;
+                    }
+                    let src = m.source.clone().unwrap_or_else(|| ".".into());
+                    let from = m.from.clone().unwrap_or(FileSource::Context);
+                    binds.push(
+                        self.source_key(
+                            shared,
+                            &from,
+                            std::slice::from_ref(&src),
+                            &[],
+                            false,
+                            deps,
+                            step,
+                        )
+                        .await?,
+                    );
+                }
+                Ok((json!({ "exec": e, "binds": binds }), None))
+            }
+            Op::Copy(c) => {
+                let local: Vec<String> = c
+                    .sources
+                    .iter()
+                    .filter(|s| {
+                        let l = s.to_ascii_lowercase();
+                        !(c.add && (l.starts_with("http://") || l.starts_with("https://")))
+                    })
+                    .cloned()
+                    .collect();
+                let src = if local.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    self.source_key(shared, &c.from, &local, &c.exclude, c.parents, deps, step)
+                        .await?
+                };
+                Ok((
+                    json!({ "copy": c, "src": src }),
+                    Some(json!({ "copy": c, "src": "shape" })),
+                ))
+            }
+        }
+    }
+
+    /// What identifies the files a step reads from `from`.
+    #[allow(clippy::too_many_arguments)]
+    async fn source_key(
+        &self,
+        shared: &Shared<'_, '_>,
+        from: &FileSource,
+        sources: &[String],
+        exclude: &[String],
+        parents: bool,
+        deps: &HashMap<usize, Arc<StageOut>>,
+        step: &Step,
+    ) -> Result<serde_json::Value, EngineError> {
+        Ok(match from {
+            FileSource::Context => {
+                let sum = match (&shared.index, &shared.context_dir) {
+                    (Some(ix), _) => context::checksum(ix, sources, exclude, parents)?,
+                    (None, Some(dir)) => {
+                        let (dir, sources, exclude) =
+                            (dir.clone(), sources.to_vec(), exclude.to_vec());
+                        tokio::task::spawn_blocking(move || {
+                            context::checksum_dir(&dir, &sources, &exclude, parents)
+                        })
+                        .await
+                        .map_err(|e| EngineError::Task(e.to_string()))??
+                    }
+                    (None, None) => return Err(EngineError::NoContext),
+                };
+                json!({ "context": sum.as_str() })
+            }
+            FileSource::Stage(i) => {
+                let d = deps
+                    .get(i)
+                    .ok_or_else(|| EngineError::Graph(format!("stage {i} not built")))?;
+                json!({ "stage": d.key.as_str(), "sources": sources, "exclude": exclude })
+            }
+            FileSource::Image(r) => {
+                let (img, _) = self.image_chain(shared, r, &step.location).await?;
+                json!({ "image": img.manifest.digest.as_str(), "sources": sources, "exclude": exclude })
+            }
+        })
+    }
+
+    async fn layers_of(
+        &self,
+        shared: &Shared<'_, '_>,
+        from: &FileSource,
+        deps: &HashMap<usize, Arc<StageOut>>,
+        step: &Step,
+    ) -> Result<MountSource, EngineError> {
+        Ok(match from {
+            FileSource::Context => {
+                MountSource::Context(shared.context_dir.clone().ok_or(EngineError::NoContext)?)
+            }
+            FileSource::Stage(i) => MountSource::Layers(
+                deps.get(i)
+                    .ok_or_else(|| EngineError::Graph(format!("stage {i} not built")))?
+                    .chain
+                    .clone(),
+            ),
+            FileSource::Image(r) => {
+                MountSource::Layers(self.image_chain(shared, r, &step.location).await?.1)
+            }
+        })
+    }
+
+    fn exec_env(&self, platform: &Platform) -> ExecEnv {
+        let i = &self.inner;
+        ExecEnv {
+            init_program: i.cfg.init_program.clone(),
+            init_args: i.cfg.init_args.clone(),
+            cache_mounts: i.cache_mounts.join(platform_dir_name(platform)),
+            mounts_dir: i.mounts.clone(),
+            tmp_dir: i.tmp.clone(),
+            empty: i.snapshots.empty(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn solve_step(
+        &self,
+        shared: &Shared<'_, '_>,
+        step: &Step,
+        deps: &HashMap<usize, Arc<StageOut>>,
+        vid: VertexId,
+        t0: Instant,
+        chain: &mut Vec<PathBuf>,
+        builder: &mut ImageBuilder,
+        key: &mut Digest,
+        skip_lookup: bool,
+        missed: &mut bool,
+    ) -> Result<bool, EngineError> {
+        let req = shared.req;
+        let platform = &shared.platform;
+        let inner = &self.inner;
+        let (op_json, shape_json) = self.op_key(shared, step, deps).await?;
+        let parent = key.clone();
+        let new_key = KeyInput::new(
+            Some(&parent),
+            platform,
+            &step.text,
+            &step.build_args,
+            op_json,
+        )
+        .key()?;
+        let shape = match shape_json {
+            Some(s) => Some(
+                KeyInput::new(Some(&parent), platform, &step.text, &step.build_args, s).key()?,
+            ),
+            None => None,
+        };
+
+        let record = if skip_lookup || *missed {
+            None
+        } else {
+            inner.cache.get(platform, &new_key, &inner.store)
+        };
+        if let Some(rec) = record {
+            if let Op::Config(c) = &step.op {
+                builder.apply_config(c);
+            }
+            match (rec.layer, rec.diff_id) {
+                (Some(layer), Some(diff_id)) => {
+                    let i2 = inner.clone();
+                    let l2 = layer.clone();
+                    let d2 = diff_id.clone();
+                    let snap = tokio::task::spawn_blocking(move || {
+                        i2.snapshots.ensure(&i2.store, &l2, &d2)
+                    })
+                    .await
+                    .map_err(|e| EngineError::Task(e.to_string()))??;
+                    chain.push(snap);
+                    builder.add_layer(layer, diff_id, &step.created_by);
+                }
+                _ => builder.add_empty_history(&step.created_by),
+            }
+            req.events.emit(Event::Cached { id: vid });
+            *key = new_key;
+            return Ok(true);
+        }
+
+        let reason = if req.no_cache {
+            "--no-cache"
+        } else if skip_lookup {
+            "--no-cache-filter"
+        } else if *missed {
+            "parent step rebuilt"
+        } else if shape
+            .as_ref()
+            .is_some_and(|s| inner.cache.has_shape(platform, s))
+        {
+            "source files changed"
+        } else {
+            "no cache record"
+        };
+        req.events.emit(Event::Miss {
+            id: vid,
+            reason: reason.to_string(),
+        });
+        *missed = true;
+
+        let sde = req.source_date_epoch;
+        let layer: Option<NewLayer> = match &step.op {
+            Op::Config(c) => {
+                builder.apply_config(c);
+                match c {
+                    ConfigOp::Workdir(dir) => {
+                        let user = builder.config().config.user.clone();
+                        let (inner2, chain2, dir) = (inner.clone(), chain.clone(), dir.clone());
+                        blocking(req.events, vid, t0, move |_tx| {
+                            fs_step(&inner2, &chain2, sde, |root| {
+                                let (uid, gid) = if user.is_empty() {
+                                    (0, 0)
+                                } else {
+                                    copy::resolve_chown(root, &user).unwrap_or((0, 0))
+                                };
+                                copy::mkdir_p(root, &dir, uid, gid)?;
+                                Ok(Vec::new())
+                            })
+                        })
+                        .await?
+                    }
+                    _ => None,
+                }
+            }
+            Op::Exec(e) => self.run_exec(shared, e, deps, step, vid, t0, chain).await?,
+            Op::Copy(c) => self.run_copy(shared, c, deps, step, vid, t0, chain).await?,
+        };
+        let (desc, diff_id) = match layer {
+            Some((desc, diff_id, snap)) => {
+                chain.push(snap);
+                builder.add_layer(desc.clone(), diff_id.clone(), &step.created_by);
+                (Some(desc), Some(diff_id))
+            }
+            None => {
+                builder.add_empty_history(&step.created_by);
+                (None, None)
+            }
+        };
+        let rec = CacheRecord {
+            key: new_key.clone(),
+            parent: Some(parent),
+            platform: platform.to_string(),
+            text: step.text.clone(),
+            layer: desc,
+            diff_id,
+            created: timestamp(None),
+        };
+        inner.cache.put(platform, &rec)?;
+        if let Some(s) = shape {
+            inner.cache.mark_shape(platform, &s)?;
+        }
+        *key = new_key;
+        Ok(false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_exec(
+        &self,
+        shared: &Shared<'_, '_>,
+        op: &ExecOp,
+        deps: &HashMap<usize, Arc<StageOut>>,
+        step: &Step,
+        vid: VertexId,
+        t0: Instant,
+        chain: &[PathBuf],
+    ) -> Result<Option<NewLayer>, EngineError> {
+        let req = shared.req;
+        let mut sources = Vec::with_capacity(op.mounts.len());
+        let mut secrets = Vec::with_capacity(op.mounts.len());
+        for m in &op.mounts {
+            sources.push(match (&m.kind, &m.from) {
+                (MountType::Bind, from) => {
+                    self.layers_of(
+                        shared,
+                        from.as_ref().unwrap_or(&FileSource::Context),
+                        deps,
+                        step,
+                    )
+                    .await?
+                }
+                _ => MountSource::None,
+            });
+            secrets.push(match m.kind {
+                MountType::Secret => {
+                    m.id.as_deref()
+                        .and_then(|id| req.secrets.get(id))
+                        .map(<[u8]>::to_vec)
+                }
+                _ => None,
+            });
+        }
+        let plan = ExecPlan {
+            op: op.clone(),
+            sources,
+            secrets,
+        };
+        let env = self.exec_env(&shared.platform);
+        let platform = shared.platform.clone();
+        let inner = self.inner.clone();
+        let chain = chain.to_vec();
+        let sde = req.source_date_epoch;
+        blocking(req.events, vid, t0, move |tx| {
+            fs_step(&inner, &chain, sde, |root| {
+                let mut log = |s: OutputStream, d: &[u8]| {
+                    let _ = tx.send((s, d.to_vec()));
+                };
+                let r = exec::run(&env, &plan, root, &mut log)
+                    .map_err(|e| map_exec_err(e, &platform))?;
+                if !r.success() {
+                    return Err(EngineError::ProcessFailed {
+                        command: plan.op.args.join(" "),
+                        code: r.exit_code,
+                    });
+                }
+                Ok(r.created_mountpoints)
+            })
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_copy(
+        &self,
+        shared: &Shared<'_, '_>,
+        op: &CopyOp,
+        deps: &HashMap<usize, Arc<StageOut>>,
+        step: &Step,
+        vid: VertexId,
+        t0: Instant,
+        chain: &[PathBuf],
+    ) -> Result<Option<NewLayer>, EngineError> {
+        let req = shared.req;
+        let needs_source = !op.sources.is_empty();
+        let source = if needs_source {
+            self.layers_of(shared, &op.from, deps, step).await?
+        } else {
+            MountSource::None
+        };
+        let index = match source {
+            MountSource::Context(_) => shared.index.clone(),
+            _ => None,
+        };
+        let env = self.exec_env(&shared.platform);
+        let inner = self.inner.clone();
+        let chain = chain.to_vec();
+        let sde = req.source_date_epoch;
+        let op = op.clone();
+        blocking(req.events, vid, t0, move |_tx| {
+            fs_step(&inner, &chain, sde, |root| {
+                let mut setup = Setup::default();
+                let empty;
+                let src_root: &Path = match &source {
+                    MountSource::Context(dir) => dir,
+                    MountSource::Layers(l) => {
+                        empty = exec::overlay_view(&env, l, false, &mut setup)?;
+                        &empty
+                    }
+                    MountSource::None => &env.empty,
+                };
+                let creq = CopyRequest {
+                    src_root,
+                    src_filter: index.as_deref(),
+                    sources: &op.sources,
+                    inline: &op.inline,
+                    dest_root: root,
+                    dest: &op.dest,
+                    chown: op.chown.as_deref(),
+                    chmod: op.chmod.as_deref(),
+                    exclude: &op.exclude,
+                    parents: op.parents,
+                    add: op.add.then(|| AddOptions {
+                        unpack: op.unpack,
+                        checksum: op.checksum.clone(),
+                        keep_git_dir: op.keep_git_dir,
+                        timeout: None,
+                    }),
+                };
+                let r = copy::copy_into(&creq);
+                drop(setup);
+                r?;
+                Ok(Vec::new())
+            })
+        })
+        .await
+    }
+}

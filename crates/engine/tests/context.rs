@@ -1,0 +1,275 @@
+//! Build-context scanning, the hash cache and COPY checksums.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use xbuild_engine::context::{
+    checksum, checksum_dir, scan, ContextError, EntryKind, HashCache, ScanOptions,
+};
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+fn paths(idx: &xbuild_engine::context::ContextIndex) -> Vec<&str> {
+    idx.entries.iter().map(|e| e.path.as_str()).collect()
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn dockerignore_exceptions_doublestar_and_symlinks() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    write(r, "Dockerfile", "FROM scratch\n");
+    write(
+        r,
+        ".dockerignore",
+        "*.log\n**/*.tmp\nbuild\n!build/keep.txt\nsecret\nDockerfile\n.dockerignore\n",
+    );
+    write(r, "a.log", "x");
+    write(r, "src/main.rs", "fn main() {}");
+    write(r, "src/deep/x.tmp", "t");
+    write(r, "src/deep/y.rs", "y");
+    write(r, "build/out.o", "o");
+    write(r, "build/keep.txt", "k");
+    write(r, "secret/key", "k");
+    symlink("/etc/passwd", r.join("outside")).unwrap();
+    symlink("../../..", r.join("src/up")).unwrap();
+    let idx = scan(r, None, &ScanOptions::default(), None).unwrap();
+    assert_eq!(
+        paths(&idx),
+        vec![
+            ".dockerignore",
+            "Dockerfile",
+            "build",
+            "build/keep.txt",
+            "outside",
+            "src",
+            "src/deep",
+            "src/deep/y.rs",
+            "src/main.rs",
+            "src/up"
+        ]
+    );
+    let out = idx.entries.iter().find(|e| e.path == "outside").unwrap();
+    assert_eq!(out.kind, EntryKind::Symlink);
+    assert_eq!(out.link_target.as_deref(), Some("/etc/passwd"));
+    assert!(out.digest.is_none());
+    let f = idx
+        .entries
+        .iter()
+        .find(|e| e.path == "src/main.rs")
+        .unwrap();
+    assert_eq!(
+        f.digest.as_ref().unwrap(),
+        &xbuild_oci::Digest::sha256_of(b"fn main() {}")
+    );
+    // Serialized form has no host paths or times.
+    let json = serde_json::to_string(&idx).unwrap();
+    assert!(!json.contains(r.to_str().unwrap()));
+    assert!(!json.contains("mtime"));
+    let back: xbuild_engine::context::ContextIndex = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.entries, idx.entries);
+}
+
+#[test]
+fn dockerfile_specific_ignore_file_wins() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    write(r, "docker/app.Dockerfile", "FROM scratch\n");
+    write(r, "docker/app.Dockerfile.dockerignore", "a.txt\n");
+    write(r, ".dockerignore", "b.txt\n");
+    write(r, "a.txt", "a");
+    write(r, "b.txt", "b");
+    let idx = scan(
+        r,
+        Some("docker/app.Dockerfile"),
+        &ScanOptions::default(),
+        None,
+    )
+    .unwrap();
+    let p = paths(&idx);
+    assert!(!p.contains(&"a.txt"), "{p:?}");
+    assert!(p.contains(&"b.txt"));
+    let idx = scan(r, Some("Dockerfile"), &ScanOptions::default(), None).unwrap();
+    let p = paths(&idx);
+    assert!(p.contains(&"a.txt"));
+    assert!(!p.contains(&"b.txt"));
+}
+
+#[test]
+fn hash_cache_touch_content_chmod() {
+    let t = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = t.path();
+    for i in 0..20 {
+        write(r, &format!("d{}/f{i}", i % 3), &format!("content {i}"));
+    }
+    std::thread::sleep(Duration::from_millis(120));
+    let opts = ScanOptions::default();
+    let mut cache = HashCache::for_context(state.path(), r).unwrap();
+    let a = scan(r, None, &opts, Some(&mut cache)).unwrap();
+    assert_eq!(cache.files_hashed(), 20);
+    cache.save().unwrap();
+
+    let mut cache = HashCache::for_context(state.path(), r).unwrap();
+    assert_eq!(cache.len(), 20);
+    let b = scan(r, None, &opts, Some(&mut cache)).unwrap();
+    assert_eq!(cache.files_hashed(), 0);
+    assert_eq!(cache.bytes_hashed(), 0);
+    assert_eq!(b.stats.cache_hits, 20);
+    assert_eq!(a.entries, b.entries);
+    let all = s(&["."]);
+    let sum0 = checksum(&a, &all, &[], false).unwrap();
+
+    // touch: mtime only.
+    let f = fs::File::options()
+        .write(true)
+        .open(r.join("d0/f0"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let c = scan(r, None, &opts, Some(&mut cache)).unwrap();
+    assert_eq!(cache.files_hashed(), 1);
+    assert_eq!(checksum(&c, &all, &[], false).unwrap(), sum0);
+
+    // content change.
+    write(r, "d0/f0", "changed");
+    let d = scan(r, None, &opts, Some(&mut cache)).unwrap();
+    assert_eq!(cache.files_hashed(), 1);
+    let sum1 = checksum(&d, &all, &[], false).unwrap();
+    assert_ne!(sum1, sum0);
+
+    // chmod.
+    fs::set_permissions(r.join("d1/f1"), fs::Permissions::from_mode(0o755)).unwrap();
+    let e = scan(r, None, &opts, Some(&mut cache)).unwrap();
+    assert_ne!(checksum(&e, &all, &[], false).unwrap(), sum1);
+}
+
+#[test]
+fn checksum_is_location_independent_and_name_sensitive() {
+    let t1 = tempfile::tempdir().unwrap();
+    let t2 = tempfile::tempdir().unwrap();
+    for r in [t1.path(), t2.path()] {
+        write(r, "app/a.txt", "hello");
+        write(r, "app/sub/b.txt", "world");
+        symlink("a.txt", r.join("app/link")).unwrap();
+    }
+    let i1 = scan(t1.path(), None, &ScanOptions::default(), None).unwrap();
+    let i2 = scan(t2.path(), None, &ScanOptions::default(), None).unwrap();
+    let src = s(&["app"]);
+    let c1 = checksum(&i1, &src, &[], false).unwrap();
+    assert_eq!(c1, checksum(&i2, &src, &[], false).unwrap());
+    // checksum_dir on a directory gives the same value as the context index.
+    assert_eq!(c1, checksum_dir(t1.path(), &src, &[], false).unwrap());
+    // A different link target changes it.
+    fs::remove_file(t2.path().join("app/link")).unwrap();
+    symlink("sub/b.txt", t2.path().join("app/link")).unwrap();
+    let i2b = scan(t2.path(), None, &ScanOptions::default(), None).unwrap();
+    assert_ne!(c1, checksum(&i2b, &src, &[], false).unwrap());
+    // Renamed file.
+    fs::rename(t1.path().join("app/a.txt"), t1.path().join("app/c.txt")).unwrap();
+    let i1b = scan(t1.path(), None, &ScanOptions::default(), None).unwrap();
+    assert_ne!(c1, checksum(&i1b, &src, &[], false).unwrap());
+    // Excludes and globs.
+    let g = checksum(&i1, &s(&["app/*.txt"]), &[], false).unwrap();
+    let g2 = checksum(&i1, &s(&["app/a.txt"]), &[], false).unwrap();
+    assert_eq!(g, g2);
+    let ex = checksum(&i1, &src, &s(&["sub"]), false).unwrap();
+    assert_ne!(ex, c1);
+    // --parents keeps the path, so it changes the checksum.
+    assert_ne!(checksum(&i1, &s(&["app/a.txt"]), &[], true).unwrap(), g2);
+}
+
+#[test]
+fn missing_sources_are_errors_naming_the_pattern() {
+    let t = tempfile::tempdir().unwrap();
+    write(t.path(), "a.txt", "a");
+    write(t.path(), "ignored.txt", "i");
+    write(t.path(), ".dockerignore", "ignored.txt\n");
+    let idx = scan(t.path(), None, &ScanOptions::default(), None).unwrap();
+    let e = checksum(&idx, &s(&["nope.txt"]), &[], false).unwrap_err();
+    assert!(matches!(e, ContextError::NotFound { .. }));
+    assert!(e.to_string().contains("\"nope.txt\""), "{e}");
+    let e = checksum(&idx, &s(&["ignored.txt"]), &[], false).unwrap_err();
+    assert!(matches!(e, ContextError::NotFound { .. }));
+    let e = checksum(&idx, &s(&["*.md"]), &[], false).unwrap_err();
+    assert!(
+        e.to_string().contains("no source files were specified"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("*.md"));
+    let e = checksum_dir(t.path(), &s(&["/x/y"]), &[], false).unwrap_err();
+    assert!(e.to_string().contains("/x/y"));
+}
+
+#[test]
+fn throughput_vs_sha256sum() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let total: usize = std::env::var("XBUILD_HASH_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        // Unoptimized sha2 is slow: keep debug runs short.
+        .unwrap_or(if cfg!(debug_assertions) { 30 } else { 300 });
+    // Mixed sizes: a few big files, many small ones.
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in block.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut written = 0usize;
+    let mut i = 0;
+    while written < total << 20 {
+        let size = match i % 10 {
+            0 => 16 << 20,
+            1..=4 => 1 << 20,
+            _ => 64 << 10,
+        };
+        fs::create_dir_all(r.join(format!("d{}", i % 16))).unwrap();
+        let mut f = fs::File::create(r.join(format!("d{}/f{i}", i % 16))).unwrap();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len());
+            std::io::Write::write_all(&mut f, &block[..n]).unwrap();
+            block[0] = block[0].wrapping_add(1);
+            left -= n;
+        }
+        written += size;
+        i += 1;
+    }
+    let t0 = Instant::now();
+    let idx = scan(r, None, &ScanOptions::default(), None).unwrap();
+    let ours = t0.elapsed();
+    let mb = idx.stats.bytes_hashed as f64 / (1 << 20) as f64;
+    let t1 = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f -print0 | xargs -0 sha256sum > /dev/null")
+        .current_dir(r)
+        .status();
+    let theirs = t1.elapsed();
+    eprintln!(
+        "hashing {mb:.0} MB in {} files: xbuild {:.0} MB/s ({:.2}s, {} threads); sha256sum {} ({:.2}s)",
+        idx.stats.files_hashed,
+        mb / ours.as_secs_f64(),
+        ours.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        match status {
+            Ok(s) if s.success() => format!("{:.0} MB/s", mb / theirs.as_secs_f64()),
+            _ => "unavailable".to_string(),
+        },
+        theirs.as_secs_f64(),
+    );
+    assert_eq!(idx.stats.bytes_hashed as usize, written);
+}
