@@ -18,6 +18,13 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+if [ "$(id -u)" = 0 ]; then
+  # The QEMU tests need the arm64 handler; e2e tests register it too, but
+  # engine tests running first would otherwise skip.
+  log "registering QEMU for arm64 (xbuild binfmt install)"
+  cargo run --locked -q -p xbuild -- binfmt install linux/arm64
+fi
+
 log "tests (cargo nextest)"
 cargo nextest run --workspace --locked --no-fail-fast
 

@@ -205,20 +205,29 @@ impl ImageBuilder {
         }
     }
 
-    /// Add a layer produced by a step.
-    pub fn add_layer(&mut self, layer: Descriptor, diff_id: Digest, created_by: &str) {
+    /// Add a layer produced by a step at time `created` (RFC 3339; `None`
+    /// stamps the time the image is written).
+    pub fn add_layer(
+        &mut self,
+        layer: Descriptor,
+        diff_id: Digest,
+        created_by: &str,
+        created: Option<String>,
+    ) {
         self.layers.push(layer);
         self.config.rootfs.diff_ids.push(diff_id);
         self.config.history.push(History {
+            created,
             created_by: Some(created_by.to_string()),
             comment: Some("buildkit.dockerfile.v0".into()),
             ..Default::default()
         });
     }
 
-    /// Record a step that changed no files.
-    pub fn add_empty_history(&mut self, created_by: &str) {
+    /// Record a step that changed no files, run at time `created`.
+    pub fn add_empty_history(&mut self, created_by: &str, created: Option<String>) {
         self.config.history.push(History {
+            created,
             created_by: Some(created_by.to_string()),
             comment: Some("buildkit.dockerfile.v0".into()),
             empty_layer: true,
@@ -247,7 +256,9 @@ impl ImageBuilder {
     }
 
     /// Write config and manifest to the store. History entries without a
-    /// time get `created` (SOURCE_DATE_EPOCH or now), and so does the config.
+    /// time get `created` (SOURCE_DATE_EPOCH or now). The config's `created`
+    /// is the latest history time, so a rebuild where every step is cached
+    /// (each keeps the time it first ran) gives the same image digest.
     pub fn write(
         &self,
         store: &BlobStore,
@@ -255,7 +266,6 @@ impl ImageBuilder {
     ) -> Result<(Descriptor, ImageConfig), ImageError> {
         let now = timestamp(source_date_epoch);
         let mut config = self.config.clone();
-        config.created = Some(now.clone());
         for h in config.history.iter_mut() {
             if h.created.is_none() {
                 h.created = Some(now.clone());
@@ -269,6 +279,16 @@ impl ImageBuilder {
                     h.created = Some(limit.clone());
                 }
             }
+        }
+        // RFC 3339 in UTC with a fixed format sorts as text.
+        config.created = config
+            .history
+            .iter()
+            .filter_map(|h| h.created.clone())
+            .max()
+            .or(Some(now));
+        if let Some(epoch) = source_date_epoch {
+            config.created = Some(rfc3339(epoch));
         }
         for l in &self.layers {
             if !store.exists(&l.digest) {
@@ -295,6 +315,72 @@ pub fn write_index(store: &BlobStore, manifests: &[Descriptor]) -> Result<Descri
     let index = ImageIndex::new_oci(manifests.to_vec());
     let enc = index.encode().map_err(|e| ImageError::Encode {
         what: "index",
+        message: e.to_string(),
+    })?;
+    store.put_bytes(&enc.bytes)?;
+    Ok(enc.descriptor)
+}
+
+/// Docker media types for an image (`--output type=image,oci-mediatypes=false`):
+/// each manifest of `manifests` is rewritten as a Docker v2 schema 2
+/// manifest (config and gzip layers relabelled; the blobs themselves are
+/// unchanged) and stored, and the returned descriptors keep their platform.
+/// A zstd layer has no Docker media type and is refused.
+pub fn to_docker_manifests(
+    store: &BlobStore,
+    manifests: &[Descriptor],
+) -> Result<Vec<Descriptor>, ImageError> {
+    let mut out = Vec::with_capacity(manifests.len());
+    for desc in manifests {
+        let m = read_manifest(store, &desc.digest)?;
+        let mut config = m.config.clone();
+        config.media_type = mt::DOCKER_CONFIG.to_string();
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for l in &m.layers {
+            let media_type = match l.media_type.as_str() {
+                mt::OCI_LAYER_TAR_GZIP | mt::DOCKER_LAYER_TAR_GZIP => mt::DOCKER_LAYER_TAR_GZIP,
+                mt::OCI_LAYER_TAR | mt::DOCKER_LAYER_TAR => mt::DOCKER_LAYER_TAR,
+                other => {
+                    return Err(ImageError::Invalid {
+                        what: "manifest",
+                        digest: desc.digest.clone(),
+                        message: format!(
+                            "layer {} has media type {other}, which Docker media types \
+                             cannot express; use oci-mediatypes=true",
+                            l.digest
+                        ),
+                    })
+                }
+            };
+            let mut l2 = Descriptor::new(media_type, l.digest.clone(), l.size);
+            l2.urls = l.urls.clone();
+            layers.push(l2);
+        }
+        let docker = ImageManifest::new_docker(
+            Descriptor::new(mt::DOCKER_CONFIG, config.digest, config.size),
+            layers,
+        );
+        let enc = docker.encode().map_err(|e| ImageError::Encode {
+            what: "manifest",
+            message: e.to_string(),
+        })?;
+        store.put_bytes(&enc.bytes)?;
+        let mut d = enc.descriptor;
+        d.platform = desc.platform.clone();
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Write a Docker manifest list over `manifests` (Docker manifests from
+/// [`to_docker_manifests`]).
+pub fn write_docker_index(
+    store: &BlobStore,
+    manifests: &[Descriptor],
+) -> Result<Descriptor, ImageError> {
+    let index = ImageIndex::new_docker(manifests.to_vec());
+    let enc = index.encode().map_err(|e| ImageError::Encode {
+        what: "manifest list",
         message: e.to_string(),
     })?;
     store.put_bytes(&enc.bytes)?;
@@ -423,7 +509,7 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let p = Platform::parse("linux/amd64").unwrap();
         let mut b = ImageBuilder::scratch(&p);
-        b.add_empty_history("WORKDIR /x");
+        b.add_empty_history("WORKDIR /x", None);
         let (d1, c1) = b.write(&store, Some(1_700_000_000)).unwrap();
         let (d2, _) = b.write(&store, Some(1_700_000_000)).unwrap();
         assert_eq!(d1, d2);

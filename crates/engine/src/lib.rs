@@ -16,6 +16,7 @@ pub mod mount;
 pub mod secrets;
 pub mod snapshot;
 mod solve;
+pub use solve::check_platforms;
 pub mod source;
 
 pub use engine::{Engine, EngineConfig, EngineError, SolveRequest, SolveResult, VertexIds};

@@ -231,7 +231,7 @@ fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
 
 /// Fails early when a stage with RUN steps targets a platform this machine
 /// cannot execute.
-fn check_platforms(graph: &xbuild_plan::BuildGraph) -> Result<(), EngineError> {
+pub fn check_platforms(graph: &xbuild_plan::BuildGraph) -> Result<(), EngineError> {
     for st in &graph.stages {
         let runs = st.steps.iter().any(|s| matches!(s.op, Op::Exec(_)));
         if runs && binfmt::can_run(st.platform.architecture()) == Support::Missing {
@@ -697,9 +697,9 @@ impl Engine {
                     .await
                     .map_err(|e| EngineError::Task(e.to_string()))??;
                     chain.push(snap);
-                    builder.add_layer(layer, diff_id, &step.created_by);
+                    builder.add_layer(layer, diff_id, &step.created_by, Some(rec.created));
                 }
-                _ => builder.add_empty_history(&step.created_by),
+                _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
             }
             req.events.emit(Event::Cached { id: vid });
             *key = new_key;
@@ -753,14 +753,20 @@ impl Engine {
             Op::Exec(e) => self.run_exec(shared, e, deps, step, vid, t0, chain).await?,
             Op::Copy(c) => self.run_copy(shared, c, deps, step, vid, t0, chain).await?,
         };
+        let now = timestamp(None);
         let (desc, diff_id) = match layer {
             Some((desc, diff_id, snap)) => {
                 chain.push(snap);
-                builder.add_layer(desc.clone(), diff_id.clone(), &step.created_by);
+                builder.add_layer(
+                    desc.clone(),
+                    diff_id.clone(),
+                    &step.created_by,
+                    Some(now.clone()),
+                );
                 (Some(desc), Some(diff_id))
             }
             None => {
-                builder.add_empty_history(&step.created_by);
+                builder.add_empty_history(&step.created_by, Some(now.clone()));
                 (None, None)
             }
         };
@@ -771,7 +777,7 @@ impl Engine {
             text: step.text.clone(),
             layer: desc,
             diff_id,
-            created: timestamp(None),
+            created: now,
         };
         inner.cache.put(platform, &rec)?;
         if let Some(s) = shape {

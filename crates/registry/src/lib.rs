@@ -45,6 +45,11 @@ pub struct RegistryConfig {
     pub max_concurrent: usize,
     /// Retries after a connection error, 5xx or 429 (not after other 4xx).
     pub retries: u32,
+    /// A directory where the repositories known to hold each blob are kept
+    /// between runs (one file per digest, one `registry repository` line per
+    /// place), so a later push can mount a base image's layers from the
+    /// repository they were pulled from instead of uploading them.
+    pub origins: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -54,6 +59,7 @@ impl Default for RegistryConfig {
             docker_config: None,
             max_concurrent: 3,
             retries: 3,
+            origins: None,
         }
     }
 }
@@ -269,15 +275,36 @@ impl Registry {
         }
     }
 
-    /// Remember that `registry/repository` holds `digest`.
+    /// Remember that `registry/repository` holds `digest` (and persist it
+    /// under [`RegistryConfig::origins`]).
     pub(crate) fn remember(&self, digest: &Digest, registry: &str, repository: &str) {
-        self.inner
+        let place = (normalize_registry_key(registry), repository.to_string());
+        let new = self
+            .inner
             .known
             .lock()
             .expect("known lock")
             .entry(digest.clone())
             .or_default()
-            .insert((normalize_registry_key(registry), repository.to_string()));
+            .insert(place.clone());
+        if new {
+            if let Some(dir) = &self.inner.cfg.origins {
+                let path = origins_file(dir, digest);
+                let listed = std::fs::read_to_string(&path).unwrap_or_default();
+                let line = format!("{} {}", place.0, place.1);
+                if !listed.lines().any(|l| l == line) {
+                    use std::io::Write;
+                    // Best effort: a lost line only costs an upload later.
+                    let _ = std::fs::create_dir_all(dir).and_then(|_| {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+                    });
+                }
+            }
+        }
     }
 
     /// Another repository of `registry` known to hold `digest`.
@@ -288,14 +315,27 @@ impl Registry {
         repository: &str,
     ) -> Option<String> {
         let reg = normalize_registry_key(registry);
-        self.inner
+        let in_memory = self
+            .inner
             .known
             .lock()
             .expect("known lock")
-            .get(digest)?
-            .iter()
-            .find(|(r, repo)| *r == reg && repo != repository)
-            .map(|(_, repo)| repo.clone())
+            .get(digest)
+            .and_then(|places| {
+                places
+                    .iter()
+                    .find(|(r, repo)| *r == reg && repo != repository)
+                    .map(|(_, repo)| repo.clone())
+            });
+        if in_memory.is_some() {
+            return in_memory;
+        }
+        let dir = self.inner.cfg.origins.as_ref()?;
+        let listed = std::fs::read_to_string(origins_file(dir, digest)).ok()?;
+        listed.lines().find_map(|l| {
+            let (r, repo) = l.split_once(' ')?;
+            (r == reg && repo != repository).then(|| repo.to_string())
+        })
     }
 }
 
@@ -347,6 +387,10 @@ pub(crate) fn manifest_what(r: &Reference) -> String {
         (None, Some(t)) => format!("tag {t:?} of repository {}", r.repository()),
         (None, None) => format!("repository {}", r.repository()),
     }
+}
+
+fn origins_file(dir: &std::path::Path, digest: &Digest) -> PathBuf {
+    dir.join(digest.as_str().replace(':', "-"))
 }
 
 #[cfg(test)]

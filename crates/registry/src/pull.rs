@@ -175,8 +175,11 @@ impl Registry {
             }
         }
         let n = self.config().max_concurrent.max(1);
-        futures_util::stream::iter(blobs)
-            .map(|d| self.pull_blob(r, d, store, progress))
+        // Owned items: a closure over `&Descriptor` makes the future's Send
+        // bound higher-ranked, which rustc cannot prove (callers need Send).
+        let owned: Vec<Descriptor> = blobs.into_iter().cloned().collect();
+        futures_util::stream::iter(owned)
+            .map(|d| async move { self.pull_blob(r, &d, store, progress).await })
             .buffer_unordered(n)
             .try_collect::<Vec<()>>()
             .await?;
@@ -321,6 +324,44 @@ impl Registry {
         .await?;
         self.remember(&desc.digest, r.registry(), r.repository());
         Ok(())
+    }
+}
+
+impl Registry {
+    /// Read a small blob (an image config) of `r`'s repository into memory,
+    /// checking its size and digest. Refuses blobs over 16 MiB.
+    pub async fn fetch_blob(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>, RegistryError> {
+        const LIMIT: u64 = 16 << 20;
+        let c = ctx(r, format!("blob {}", desc.digest));
+        if desc.size > LIMIT {
+            return Err(c.protocol(
+                None,
+                format!("{} bytes is too large to read into memory", desc.size),
+            ));
+        }
+        let hc = self.host(r.registry()).await?;
+        let bytes = self
+            .retry(|| async {
+                let mut stream = self.open_blob(&hc, r, desc).await?;
+                let mut check = BlobCheck::new(r, desc);
+                let mut buf = Vec::with_capacity(desc.size as usize);
+                while let Some(chunk) = stream.next().await {
+                    buf.extend_from_slice(&check.chunk(chunk)?);
+                }
+                check.finish()?;
+                Ok(buf)
+            })
+            .await?;
+        let actual = Digest::of(desc.digest.algorithm(), &bytes);
+        if actual != desc.digest {
+            return Err(c.mismatch(&desc.digest, format!("the bytes hash to {actual}")));
+        }
+        self.remember(&desc.digest, r.registry(), r.repository());
+        Ok(bytes)
     }
 }
 

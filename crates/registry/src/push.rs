@@ -115,8 +115,10 @@ impl Registry {
             }
         };
         let n = self.config().max_concurrent.max(1);
-        futures_util::stream::iter(blobs_of(&image))
-            .map(|d| self.push_blob(r, store, d, progress))
+        // Owned items keep the future provably Send (see pull.rs).
+        let owned: Vec<Descriptor> = blobs_of(&image).into_iter().cloned().collect();
+        futures_util::stream::iter(owned)
+            .map(|d| async move { self.push_blob(r, store, &d, progress).await })
             .buffer_unordered(n)
             .try_collect::<Vec<()>>()
             .await?;
@@ -180,6 +182,21 @@ impl Registry {
         desc.media_type = media_type;
         desc.size = bytes.len() as u64;
         Ok(desc)
+    }
+
+    /// PUT `bytes` (a manifest or index of `media_type`) by its digest, so
+    /// the repository holds it even untagged. Everything it refers to must
+    /// be in the repository already (the registry checks).
+    pub async fn push_manifest_bytes(
+        &self,
+        r: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Descriptor, RegistryError> {
+        let digest = Digest::sha256_of(bytes);
+        self.put_manifest(r, &digest, Bytes::copy_from_slice(bytes), media_type)
+            .await?;
+        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
     }
 
     /// PUT `bytes` (a manifest or index of `media_type`) under `r`'s tag.

@@ -508,7 +508,11 @@ pub fn register(reg: &Registration) -> Result<(), BinfmtError> {
 
 /// Registers QEMU for `arch` as `qemu-<qemu name>` with the standard magic
 /// and mask and the `F` flag (the interpreter is opened now, so it works in
-/// any root filesystem). Returns the handler name.
+/// any root filesystem). An interpreter named `*-binfmt-P` (Debian's
+/// wrappers in `/usr/libexec/qemu-binfmt/`) also gets `P`: it expects the
+/// original `argv[0]` as an extra argument and hands it to the program, so
+/// busybox-style multi-call binaries see the name they were run by.
+/// Returns the handler name.
 pub fn register_qemu(arch: &str, interpreter: &Path) -> Result<String, BinfmtError> {
     let a = qemu_arch(arch).ok_or_else(|| BinfmtError::UnknownArch {
         arch: arch.to_string(),
@@ -519,10 +523,74 @@ pub fn register_qemu(arch: &str, interpreter: &Path) -> Result<String, BinfmtErr
         magic: a.magic.to_vec(),
         mask: a.mask.to_vec(),
         interpreter: interpreter.to_path_buf(),
-        flags: "F".to_string(),
+        flags: qemu_flags(interpreter).to_string(),
     };
     register(&reg)?;
     Ok(reg.name)
+}
+
+/// The binfmt_misc flags for a QEMU interpreter: `PF` for Debian's
+/// `*-binfmt-P` wrappers (they take the preserved `argv[0]`), else `F`.
+pub fn qemu_flags(interpreter: &Path) -> &'static str {
+    let preserve = interpreter
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with("-binfmt-P"));
+    if preserve {
+        "PF"
+    } else {
+        "F"
+    }
+}
+
+/// Finds a static QEMU user emulator for `arch` on this machine, in order:
+/// Debian's `/usr/libexec/qemu-binfmt/<qemu>-binfmt-P`, then
+/// `qemu-<qemu>-static` and `qemu-<qemu>` on `PATH`. Static binaries are
+/// required: with the `F` flag the kernel opens the interpreter on the host,
+/// but it then runs inside the build's root filesystem, which has no host
+/// libraries.
+pub fn find_qemu(arch: &str) -> Option<PathBuf> {
+    let a = qemu_arch(arch)?;
+    let debian = Path::new("/usr/libexec/qemu-binfmt").join(format!("{}-binfmt-P", a.qemu));
+    if debian.exists() {
+        return Some(debian);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for name in [
+        format!("qemu-{}-static", a.qemu),
+        format!("qemu-{}", a.qemu),
+    ] {
+        for dir in std::env::split_paths(&path) {
+            let cand = dir.join(&name);
+            if cand.is_file() && is_static(&cand) {
+                return Some(cand);
+            }
+        }
+    }
+    None
+}
+
+/// Whether `path` is an ELF file without a `PT_INTERP` program header.
+fn is_static(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[o..o + 8]);
+        u64::from_le_bytes(b) as usize
+    };
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    (0..phnum).all(|i| {
+        let off = phoff + i * phentsize;
+        // PT_INTERP = 3
+        off + 4 > data.len()
+            || u32::from_le_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) != 3
+    })
 }
 
 /// Removes a handler (writes `-1` to its file).

@@ -310,6 +310,32 @@ impl BusyboxRootfs {
     }
 }
 
+/// The Dockerfile of the test bed's base image: one `FROM scratch` image
+/// per target architecture, its root filesystem copied from
+/// `rootfs-$TARGETARCH/` in the build context.
+pub const BASE_DOCKERFILE: &str =
+    "FROM scratch\nARG TARGETARCH\nCOPY rootfs-${TARGETARCH}/ /\nCMD [\"/bin/sh\"]\n";
+
+/// Write a build context for the busybox base image into `dir`: a
+/// `Dockerfile` ([`BASE_DOCKERFILE`]) and one `rootfs-<arch>/` per Debian
+/// architecture in `arches`. Building it with
+/// `xbuild build --platform linux/amd64,linux/arm64 -t REF --push DIR`
+/// publishes the multi-platform base image tests and the demo build on.
+pub fn write_base_context(dir: &Path, arches: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    for arch in arches {
+        let bin = busybox_binary(arch)?;
+        let root = dir.join(format!("rootfs-{arch}"));
+        if root.exists() {
+            std::fs::remove_dir_all(&root).map_err(io_err(format!("remove {}", root.display())))?;
+        }
+        populate(&root, &bin)?;
+    }
+    std::fs::write(dir.join("Dockerfile"), BASE_DOCKERFILE)
+        .map_err(io_err("write base Dockerfile"))?;
+    Ok(())
+}
+
 fn populate(root: &Path, busybox: &Path) -> Result<()> {
     use std::os::unix::fs::{symlink, PermissionsExt};
     let mk = |p: &str| {

@@ -13,7 +13,10 @@
 
 mod busybox;
 
-pub use busybox::{busybox_binary, cache_dir, ensure_foreign_arch, BusyboxRootfs};
+pub use busybox::{
+    busybox_binary, cache_dir, ensure_foreign_arch, host_arch, write_base_context, BusyboxRootfs,
+    BASE_DOCKERFILE,
+};
 
 use std::fmt;
 use std::io::{Read, Write};

@@ -146,22 +146,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
             }
             Ok(())
         }
-        _ => {
-            // Planning validates the Dockerfile for every platform before anything runs.
-            let graphs = plan_all(&df, &opts, &platforms)?;
-            let steps: usize = graphs.iter().map(BuildGraph::step_count).sum();
-            bail!(
-                "{}: planned {} step(s) for {}, but this build of xbuild has no build engine yet \
-                 (issue #3); use --call outline to see the plan",
-                df.display,
-                steps,
-                platforms
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
+        _ => crate::run_build::run(&args, &df, &opts, &platforms),
     }
 }
 

@@ -183,6 +183,9 @@ pub struct BuildArgs {
     /// Progress output.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+    /// Print only the image digest on stdout (same as `--progress quiet`).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Write build result metadata (digests, workers, cache counts) to FILE as JSON.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
@@ -297,6 +300,9 @@ pub enum ImagetoolsCommand {
         /// Source images or indexes.
         #[arg(required = true)]
         sources: Vec<String>,
+        /// Print the index instead of pushing it.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

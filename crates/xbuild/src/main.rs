@@ -1,11 +1,16 @@
 //! The `xbuild` binary: CLI, coordinator and agent in one.
 
+mod binfmt_cmd;
 mod build;
 mod cli;
+mod coordinator;
 mod docgen;
 mod images;
+mod imagetools;
 mod output;
 mod paths;
+mod progress;
+mod run_build;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -37,7 +42,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Build(args) => build::run(*args),
         Commands::Node(_) => not_built("node", 6),
         Commands::Agent(_) => not_built("agent", 6),
-        Commands::Binfmt(_) => not_built("binfmt", 5),
+        Commands::Binfmt(cli::BinfmtCommand::Status) => binfmt_cmd::cmd_status(),
+        Commands::Binfmt(cli::BinfmtCommand::Install { platforms }) => {
+            binfmt_cmd::cmd_install(&platforms)
+        }
         Commands::Images {
             repository,
             quiet,
@@ -58,14 +66,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             images,
         } => images::cmd_save(&output, format, platform.as_deref(), &images),
         Commands::Load { input, quiet } => images::cmd_load(&input, quiet),
-        Commands::Imagetools(_) => not_built("imagetools", 5),
+        Commands::Imagetools(cli::ImagetoolsCommand::Inspect { reference, raw }) => {
+            imagetools::cmd_inspect(&reference, raw)
+        }
+        Commands::Imagetools(cli::ImagetoolsCommand::Create {
+            tags,
+            sources,
+            dry_run,
+        }) => imagetools::cmd_create(&tags, &sources, dry_run),
         Commands::Cache(_) => not_built("cache", 4),
         Commands::Login { .. } => not_built("login", 3),
         Commands::Logout { .. } => not_built("logout", 3),
     }
 }
 
+/// Hidden first argument that turns this binary into the sandbox init
+/// (the engine re-executes itself so the multi-threaded build never forks).
+pub const SANDBOX_INIT_ARG: &str = "__xbuild-sandbox-init";
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(SANDBOX_INIT_ARG)) {
+        xbuild_sandbox::init_main();
+    }
     let args = cli::with_default_command(std::env::args().collect());
     let cli = Cli::parse_from(args);
     match run(cli) {

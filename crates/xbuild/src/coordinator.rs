@@ -1,0 +1,338 @@
+//! The coordinator: turns `xbuild build` options into per-platform solves
+//! on this machine, then assembles the index, tags it locally, exports and
+//! pushes it.
+//!
+//! Planning runs twice: once offline to learn which base images the target
+//! needs (stages the target does not need are never resolved), then again
+//! with those images resolved (digest pinned, config known), so `ENV` and
+//! `WORKDIR` of a base affect expansion as in BuildKit.
+
+use crate::build::LoadedDockerfile;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+use xbuild_engine::events::{Event, EventSink, Transfer};
+use xbuild_engine::{Engine, ImageSource, PulledImage};
+use xbuild_oci::config::ImageConfig;
+use xbuild_oci::manifest::{ImageIndex, ImageManifest};
+use xbuild_oci::reference::Reference;
+use xbuild_oci::store::BlobStore;
+use xbuild_oci::{Descriptor, Platform};
+use xbuild_plan::{BaseConfig, BuildGraph, ImageRef, ImageResolver, PlanOptions, ResolvedImage};
+use xbuild_registry::{Progress, Registry};
+
+/// Pulls base images: from the local store when the pinned manifest is
+/// already there, else from the registry (blobs already present are skipped).
+pub struct RegistrySource {
+    /// The registry client.
+    pub registry: Registry,
+}
+
+fn pulled_from_store(
+    store: &BlobStore,
+    digest: &xbuild_oci::digest::Digest,
+) -> Result<PulledImage, String> {
+    let m = xbuild_engine::image::read_manifest(store, digest).map_err(|e| e.to_string())?;
+    if m.layers.iter().any(|l| !store.exists(&l.digest)) {
+        return Err("layers missing locally".into());
+    }
+    let config =
+        xbuild_engine::image::read_config(store, &m.config.digest).map_err(|e| e.to_string())?;
+    let bytes = store.read_to_vec(digest).map_err(|e| e.to_string())?;
+    let desc = Descriptor::of_bytes(m.effective_media_type().to_string(), &bytes);
+    Ok(PulledImage {
+        manifest: desc,
+        image: m,
+        config,
+    })
+}
+
+impl ImageSource for RegistrySource {
+    fn pull<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        store: &'a BlobStore,
+        events: &'a dyn EventSink,
+    ) -> Pin<Box<dyn Future<Output = Result<PulledImage, String>> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(d) = &image.digest {
+                if let Ok(digest) = d.parse() {
+                    if let Ok(p) = pulled_from_store(store, &digest) {
+                        return Ok(p);
+                    }
+                }
+            }
+            let mut r: Reference = image
+                .reference
+                .parse()
+                .map_err(|e| format!("invalid image reference {:?}: {e}", image.reference))?;
+            if let Some(d) = &image.digest {
+                if let Ok(digest) = d.parse() {
+                    r = r.with_digest(digest);
+                }
+            }
+            let label = r.familiar();
+            let progress_fn = move |p: Progress| {
+                events.emit(Event::Bytes {
+                    id: None,
+                    kind: Transfer::Pull,
+                    label: format!("{label} {}", p.digest.short()),
+                    current: p.current,
+                    total: Some(p.total),
+                });
+            };
+            let progress: &(dyn Fn(Progress) + Send + Sync) = &progress_fn;
+            let pulled = self
+                .registry
+                .pull(&r, &image.platform, store, progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(PulledImage {
+                manifest: pulled.descriptor,
+                image: pulled.manifest,
+                config: pulled.config,
+            })
+        })
+    }
+}
+
+/// Records which images planning asks for, answering with empty configs.
+#[derive(Default)]
+struct Recorder(Vec<(String, Platform)>);
+
+impl ImageResolver for Recorder {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let key = (reference.to_string(), platform.clone());
+        if !self.0.contains(&key) {
+            self.0.push(key);
+        }
+        Ok(ResolvedImage::default())
+    }
+}
+
+/// Answers from images resolved up front.
+struct Resolved(HashMap<(String, Platform), Result<ResolvedImage, String>>);
+
+impl ImageResolver for Resolved {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        self.0
+            .get(&(reference.to_string(), platform.clone()))
+            .cloned()
+            .unwrap_or_else(|| Err("image was not resolved before planning".into()))
+    }
+}
+
+fn base_config(c: &ImageConfig) -> BaseConfig {
+    BaseConfig {
+        env: c.config.env.clone(),
+        working_dir: c.config.working_dir.clone(),
+        user: c.config.user.clone(),
+        shell: c.config.shell.clone(),
+        onbuild: c.config.on_build.clone(),
+    }
+}
+
+/// Find a tagged image in the local store for `platform`.
+pub fn local_image(
+    store: &BlobStore,
+    r: &Reference,
+    platform: &Platform,
+) -> Option<(xbuild_oci::digest::Digest, ImageConfig)> {
+    let digest = match r.digest() {
+        Some(d) => d.clone(),
+        None => store.get_ref(&r.to_string()).ok().flatten()?,
+    };
+    let bytes = store.read_to_vec(&digest).ok()?;
+    let manifest_digest = match ImageManifest::from_slice(&bytes) {
+        Ok(_) => digest,
+        Err(_) => {
+            let idx = ImageIndex::from_slice(&bytes).ok()?;
+            idx.find_platform(platform)?.digest.clone()
+        }
+    };
+    let m = xbuild_engine::image::read_manifest(store, &manifest_digest).ok()?;
+    let config = xbuild_engine::image::read_config(store, &m.config.digest).ok()?;
+    if config.platform().architecture() != platform.architecture() {
+        return None;
+    }
+    Some((manifest_digest, config))
+}
+
+/// Resolve every image planning needs: local store first (unless `pull`), then the registry.
+pub async fn resolve_images(
+    registry: &Registry,
+    store: &BlobStore,
+    wanted: &[(String, Platform)],
+    pull: bool,
+) -> HashMap<(String, Platform), Result<ResolvedImage, String>> {
+    let mut out = HashMap::new();
+    let futs = wanted.iter().map(|(reference, platform)| async move {
+        let r: Reference = match reference.parse() {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    (reference.clone(), platform.clone()),
+                    Err(format!("invalid image reference: {e}")),
+                )
+            }
+        };
+        if !pull {
+            if let Some((digest, config)) = local_image(store, &r, platform) {
+                return (
+                    (reference.clone(), platform.clone()),
+                    Ok(ResolvedImage {
+                        digest: Some(digest.to_string()),
+                        config: base_config(&config),
+                    }),
+                );
+            }
+        }
+        let res = match registry.resolve(&r, platform).await {
+            Ok(res) => Ok(ResolvedImage {
+                digest: Some(res.manifest_digest.to_string()),
+                config: base_config(&res.config),
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        ((reference.clone(), platform.clone()), res)
+    });
+    for (k, v) in futures_util::future::join_all(futs).await {
+        out.insert(k, v);
+    }
+    out
+}
+
+/// Plan every platform with base images resolved.
+pub async fn plan_resolved(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    registry: &Registry,
+    store: &BlobStore,
+    pull: bool,
+) -> Result<Vec<BuildGraph>> {
+    let mut rec = Recorder::default();
+    for p in platforms {
+        xbuild_plan::plan_source(&df.text, p, opts, &mut rec)?;
+    }
+    let mut resolved = Resolved(resolve_images(registry, store, &rec.0, pull).await);
+    let mut graphs = Vec::new();
+    for p in platforms {
+        graphs.push(xbuild_plan::plan_source(&df.text, p, opts, &mut resolved)?);
+    }
+    Ok(graphs)
+}
+
+/// One platform's finished build.
+#[derive(Debug, Clone)]
+pub struct PlatformResult {
+    /// Target platform.
+    pub platform: Platform,
+    /// Where it ran.
+    pub worker: String,
+    /// Manifest in the local store.
+    pub manifest: Descriptor,
+    /// Steps and how many came from the cache.
+    pub steps: usize,
+    /// Cached steps.
+    pub cached: usize,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Print the end-of-build table (issue #7's summary).
+pub fn summary(results: &[PlatformResult], final_digest: &str, pushed: &[String]) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<16} {:<10} {:>5} {:>6} {:>8}  {}\n",
+        "PLATFORM", "WORKER", "STEPS", "CACHED", "TIME", "DIGEST"
+    ));
+    for r in results {
+        s.push_str(&format!(
+            "{:<16} {:<10} {:>5} {:>6} {:>7.1}s  {}\n",
+            r.platform.to_string(),
+            r.worker,
+            r.steps,
+            r.cached,
+            r.duration.as_secs_f64(),
+            r.manifest.digest
+        ));
+    }
+    s.push_str(&format!("image digest: {final_digest}\n"));
+    for p in pushed {
+        s.push_str(&format!("pushed: {p}\n"));
+    }
+    s
+}
+
+/// Where the sandbox init lives: this very binary, behind a hidden argument.
+pub fn init_program() -> Result<(PathBuf, Vec<String>)> {
+    let exe = std::env::current_exe().context("locating the xbuild binary for the sandbox init")?;
+    Ok((exe, vec![crate::SANDBOX_INIT_ARG.to_string()]))
+}
+
+/// The worker name for a platform built on this machine.
+pub fn local_worker(platform: &Platform) -> &'static str {
+    if platform.same_arch(&Platform::host_linux()) {
+        "local"
+    } else {
+        "qemu"
+    }
+}
+
+/// Parse `--secret` specs: `id=ID[,src=FILE|,source=FILE|,env=VAR][,type=file|env]`.
+pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        let mut typ = None;
+        for field in spec.split(',') {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| anyhow!("invalid --secret {spec:?}: expected key=value fields"))?;
+            match k.trim() {
+                "id" => id = Some(v.to_string()),
+                "src" | "source" => src = Some(v.to_string()),
+                "env" => env = Some(v.to_string()),
+                "type" => typ = Some(v.to_string()),
+                other => bail!("invalid --secret field {other:?} (id, src, env, type)"),
+            }
+        }
+        let id = id.ok_or_else(|| anyhow!("--secret needs id=ID"))?;
+        let value = match (typ.as_deref(), src, env) {
+            (Some("env"), Some(v), None) | (_, None, Some(v)) => std::env::var(&v)
+                .map(|s| s.into_bytes())
+                .map_err(|_| anyhow!("--secret id={id}: environment variable {v} is not set"))?,
+            (_, Some(f), None) => {
+                std::fs::read(&f).with_context(|| format!("--secret id={id}: reading {f}"))?
+            }
+            (_, None, None) => match std::env::var(&id) {
+                Ok(v) => v.into_bytes(),
+                Err(_) => {
+                    bail!("--secret id={id}: give src=FILE or env=VAR (no variable {id} is set)")
+                }
+            },
+            (_, Some(_), Some(_)) => bail!("--secret id={id}: give src= or env=, not both"),
+        };
+        out.insert(id, value);
+    }
+    Ok(out)
+}
+
+/// Open the engine over the state directory, naming the worker.
+pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine> {
+    let (program, args) = init_program()?;
+    let cfg = xbuild_engine::EngineConfig {
+        root: root.clone(),
+        init_program: program,
+        init_args: args,
+        worker: worker.to_string(),
+    };
+    Engine::open(cfg)
+        .with_context(|| format!("opening the xbuild state directory {}", root.display()))
+}

@@ -1,0 +1,442 @@
+//! `xbuild build` when it really builds: plan with resolved bases, solve
+//! every platform concurrently on this machine, assemble the index, then
+//! tag, export and push. Nothing is pushed unless every platform built.
+
+use crate::build::LoadedDockerfile;
+use crate::cli::{BuildArgs, ProgressMode};
+use crate::coordinator::{self, PlatformResult, RegistrySource};
+use crate::output::{self, OutputSpec};
+use crate::progress::{Renderer, Style};
+use crate::Exit;
+use anyhow::{anyhow, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use xbuild_engine::context::{self, HashCache, ScanOptions};
+use xbuild_engine::events::EventSink;
+use xbuild_engine::{EngineError, Secrets, SolveRequest, VertexIds};
+use xbuild_oci::reference::Reference;
+use xbuild_oci::{Descriptor, Platform};
+use xbuild_plan::PlanOptions;
+use xbuild_registry::{Progress, Registry, RegistryConfig};
+
+fn style(mode: ProgressMode) -> Style {
+    match mode {
+        ProgressMode::Quiet => Style::Quiet,
+        ProgressMode::Rawjson => Style::RawJson,
+        // The live tty view (issue #7) is not built yet; plain lines work
+        // everywhere, terminals included.
+        ProgressMode::Plain | ProgressMode::Tty | ProgressMode::Auto => Style::Plain,
+    }
+}
+
+/// The Dockerfile's path relative to the context, when it lies inside it
+/// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
+fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
+    let file = match &args.file {
+        Some(f) => f.clone(),
+        None => context_dir.join("Dockerfile"),
+    };
+    let ctx = std::fs::canonicalize(context_dir).ok()?;
+    let f = std::fs::canonicalize(&file).ok()?;
+    f.strip_prefix(&ctx)
+        .ok()
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+}
+
+/// A few lines of the Dockerfile around `line`, numbered, the line marked.
+pub fn excerpt(text: &str, file: &str, start: usize, end: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = start.saturating_sub(3).max(1);
+    let to = (end + 2).min(lines.len());
+    let mut s = format!("{file}:{start}\n--------------------\n");
+    for n in from..=to {
+        let mark = if (start..=end).contains(&n) {
+            ">>>"
+        } else {
+            "   "
+        };
+        s.push_str(&format!(
+            "{mark} {n:>4} | {}\n",
+            lines.get(n - 1).unwrap_or(&"")
+        ));
+    }
+    s.push_str("--------------------");
+    s
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => {
+            Ok(Some(v.trim().parse().map_err(|_| {
+                anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+            })?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Build, export and push. Returns after printing the summary.
+pub fn run(
+    args: &BuildArgs,
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(build(args, df, opts, platforms))
+}
+
+async fn build(
+    args: &BuildArgs,
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+) -> Result<()> {
+    let started = Instant::now();
+    let outputs = output::outputs_from_args(&args.outputs, args.push)?;
+    let push = outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::Image { push: true, .. }));
+    if push
+        && args.tags.is_empty()
+        && !outputs
+            .iter()
+            .any(|o| matches!(o, OutputSpec::Image { names, .. } if !names.is_empty()))
+    {
+        anyhow::bail!("--push needs a name to push to: give -t REGISTRY/REPO:TAG");
+    }
+    // Validate every name before any work.
+    for t in &args.tags {
+        t.parse::<Reference>()
+            .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
+    }
+    let secrets = Secrets::from(coordinator::parse_secrets(&args.secrets)?);
+    let epoch = source_date_epoch()?;
+    let root = crate::paths::xbuild_root()?;
+    let renderer = Renderer::stderr(style(if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    }));
+    let registry = Registry::new(RegistryConfig {
+        origins: Some(root.join("origins")),
+        ..RegistryConfig::default()
+    });
+
+    // The engine for planning-time lookups; one per worker kind for solving.
+    let engine = coordinator::open_engine(root.clone(), "local")?;
+    let graphs =
+        coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
+            .await?;
+    for g in &graphs {
+        for w in &g.warnings {
+            renderer.emit(xbuild_engine::events::Event::Warning {
+                message: match &w.location {
+                    Some(l) => format!("{l}: {} ({})", w.message, w.rule),
+                    None => format!("{} ({})", w.message, w.rule),
+                },
+            });
+        }
+    }
+
+    // A platform whose RUN steps cannot execute here fails the whole build
+    // before any work starts, naming the platform and the fix.
+    let unrunnable: Vec<String> = graphs
+        .iter()
+        .filter_map(|g| xbuild_engine::check_platforms(g).err())
+        .map(|e| e.to_string())
+        .collect();
+    if !unrunnable.is_empty() {
+        anyhow::bail!("{}", unrunnable.join("\n"));
+    }
+
+    // The context is scanned and hashed once and shared by every platform.
+    let context_dir: Option<PathBuf> = if args.context == "-" {
+        None
+    } else {
+        Some(PathBuf::from(&args.context))
+    };
+    let index = match &context_dir {
+        Some(dir) => {
+            let rel = dockerfile_rel(dir, args);
+            let mut cache = HashCache::for_context(&root, dir).ok();
+            let idx = context::scan(dir, rel.as_deref(), &ScanOptions::default(), cache.as_mut())
+                .with_context(|| format!("reading the build context {}", dir.display()))?;
+            if let Some(c) = cache.as_mut() {
+                let _ = c.save();
+            }
+            Some(idx)
+        }
+        None => None,
+    };
+
+    let source = RegistrySource {
+        registry: registry.clone(),
+    };
+    let ids = VertexIds::new();
+    let mut engines = Vec::new();
+    for g in &graphs {
+        engines.push(coordinator::open_engine(
+            root.clone(),
+            coordinator::local_worker(&g.platform),
+        )?);
+    }
+    let solves = graphs.iter().zip(engines.iter()).map(|(g, eng)| {
+        let req = SolveRequest {
+            graph: g,
+            context_dir: context_dir.as_deref(),
+            context: index.as_ref(),
+            source: &source,
+            events: &renderer,
+            ids: &ids,
+            no_cache: args.no_cache,
+            no_cache_filter: &args.no_cache_filter,
+            secrets: &secrets,
+            source_date_epoch: epoch,
+        };
+        eng.solve(req)
+    });
+    let results = futures_util::future::join_all(solves).await;
+
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    for (g, r) in graphs.iter().zip(results) {
+        match r {
+            Ok(res) => done.push(PlatformResult {
+                platform: res.platform.clone(),
+                worker: coordinator::local_worker(&g.platform).to_string(),
+                manifest: res.manifest.clone(),
+                steps: res.steps,
+                cached: res.cached,
+                duration: res.duration,
+            }),
+            Err(e) => failures.push((g.platform.clone(), e)),
+        }
+    }
+    if !failures.is_empty() {
+        if !renderer.shows_logs() {
+            for (name, lines) in renderer.failures() {
+                eprintln!("{name}");
+                for l in lines {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+        for (p, e) in &failures {
+            eprintln!();
+            if let EngineError::Step { location, .. } = e {
+                eprintln!(
+                    "{}",
+                    excerpt(
+                        &df.text,
+                        &location.file,
+                        location.start_line,
+                        location.end_line
+                    )
+                );
+            }
+            let msg = match e {
+                EngineError::Step {
+                    location,
+                    instruction,
+                    source,
+                    ..
+                } => format!("{location}: {instruction}: {source}"),
+                other => other.to_string(),
+            };
+            eprintln!("error: [{p} @ {}] {msg}", coordinator::local_worker(p));
+        }
+        if !done.is_empty() {
+            eprintln!(
+                "note: nothing was pushed; the images of {} are in the local store",
+                done.iter()
+                    .map(|d| d.platform.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Err(Exit(1).into());
+    }
+
+    // One platform: its manifest. Several: an index over them.
+    let store = engine.store();
+    let final_desc: Descriptor = if done.len() == 1 && platforms.len() == 1 {
+        done[0].manifest.clone()
+    } else {
+        let manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
+        xbuild_engine::image::write_index(store, &manifests)?
+    };
+
+    // `oci-mediatypes=false`: the same images relabelled with Docker's
+    // media types (a manifest list over schema 2 manifests).
+    let docker_final: Option<(Descriptor, Vec<Descriptor>)> = if outputs.iter().any(|o| {
+        matches!(
+            o,
+            OutputSpec::Image {
+                oci_mediatypes: false,
+                ..
+            }
+        )
+    }) {
+        let manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
+        let docker = xbuild_engine::image::to_docker_manifests(store, &manifests)?;
+        let top = if done.len() == 1 && platforms.len() == 1 {
+            docker[0].clone()
+        } else {
+            xbuild_engine::image::write_docker_index(store, &docker)?
+        };
+        Some((top, docker))
+    } else {
+        None
+    };
+    let oci_manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
+
+    let mut pushed = Vec::new();
+    for spec in &outputs {
+        let (top, manifests) = match (spec, &docker_final) {
+            (
+                OutputSpec::Image {
+                    oci_mediatypes: false,
+                    ..
+                },
+                Some((top, m)),
+            ) => (top, m.as_slice()),
+            _ => (&final_desc, oci_manifests.as_slice()),
+        };
+        output::export(store, top, spec, &args.tags)
+            .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Image {
+            push: true, names, ..
+        } = spec
+        {
+            let mut all = args.tags.clone();
+            all.extend(names.iter().cloned());
+            for name in all {
+                let r: Reference = name
+                    .parse()
+                    .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
+                push_result(&registry, &r, store, top, manifests, &renderer).await?;
+                pushed.push(format!("{}@{}", r.familiar(), top.digest));
+            }
+        }
+    }
+
+    // The image the user asked for: the Docker-typed one when the image
+    // output asked for Docker media types.
+    let result = docker_final.as_ref().map_or(&final_desc, |(top, _)| top);
+    let digest = result.digest.to_string();
+    if style(if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    }) == Style::Quiet
+    {
+        println!("{digest}");
+    } else {
+        eprint!("{}", coordinator::summary(&done, &digest, &pushed));
+        eprintln!("total time: {:.1}s", started.elapsed().as_secs_f64());
+    }
+    if let Some(path) = &args.metadata_file {
+        write_metadata(path, result, &args.tags, &done)?;
+    }
+    Ok(())
+}
+
+async fn push_result(
+    registry: &Registry,
+    r: &Reference,
+    store: &xbuild_oci::BlobStore,
+    final_desc: &Descriptor,
+    manifests: &[Descriptor],
+    events: &Renderer,
+) -> Result<()> {
+    let label = r.familiar();
+    let progress = |p: Progress| {
+        events.emit(xbuild_engine::events::Event::Bytes {
+            id: None,
+            kind: xbuild_engine::events::Transfer::Push,
+            label: format!("{label} {}", p.digest.short()),
+            current: p.current,
+            total: Some(p.total),
+        });
+    };
+    let is_index = manifests.len() > 1 || final_desc.digest != manifests[0].digest;
+    if is_index {
+        for d in manifests {
+            let p = d
+                .platform()
+                .map_or_else(|| d.digest.to_string(), |p| p.to_string());
+            registry
+                .push_image_untagged(r, store, d, &progress)
+                .await
+                .with_context(|| format!("pushing the {p} image to {}", r.familiar()))?;
+        }
+        registry
+            .push_index(r, store, final_desc, &progress)
+            .await
+            .with_context(|| format!("pushing the index to {}", r.familiar()))?;
+    } else {
+        registry
+            .push_image(r, store, final_desc, &progress)
+            .await
+            .with_context(|| format!("pushing to {}", r.familiar()))?;
+    }
+    Ok(())
+}
+
+fn write_metadata(
+    path: &Path,
+    final_desc: &Descriptor,
+    tags: &[String],
+    done: &[PlatformResult],
+) -> Result<()> {
+    let platforms: serde_json::Map<String, serde_json::Value> = done
+        .iter()
+        .map(|d| {
+            (
+                d.platform.to_string(),
+                serde_json::json!({
+                    "digest": d.manifest.digest.to_string(),
+                    "worker": d.worker,
+                    "steps": d.steps,
+                    "cached": d.cached,
+                    "duration_seconds": d.duration.as_secs_f64(),
+                }),
+            )
+        })
+        .collect();
+    let names: Vec<String> = tags
+        .iter()
+        .filter_map(|t| t.parse::<Reference>().ok())
+        .map(|r| r.to_string())
+        .collect();
+    let v = serde_json::json!({
+        "containerimage.digest": final_desc.digest.to_string(),
+        "containerimage.descriptor": final_desc,
+        "image.name": names.join(","),
+        "xbuild.platforms": platforms,
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_marks_the_failing_lines() {
+        let text = "FROM a\nRUN b\nRUN c \\\n  d\nCMD e\n";
+        let x = excerpt(text, "Dockerfile", 3, 4);
+        assert!(x.starts_with("Dockerfile:3\n"));
+        assert!(x.contains(">>>    3 | RUN c \\"));
+        assert!(x.contains(">>>    4 |   d"));
+        assert!(x.contains("       5 | CMD e"));
+    }
+}

@@ -1,0 +1,234 @@
+//! Helpers for the end-to-end tests in `e2e/tests/`: run the real `xbuild`
+//! binary with its own state directory, register QEMU through
+//! `xbuild binfmt install`, publish the busybox base image to a test
+//! registry, and check results with skopeo and buildah.
+//!
+//! The binary is the one cargo built next to the test executable
+//! (`target/<profile>/xbuild`), or `$XBUILD_BIN`.
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use xbuild_testbed::Registry;
+
+pub use xbuild_testbed as testbed;
+
+/// The `xbuild` binary under test.
+pub fn xbuild_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XBUILD_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/xbuild
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("xbuild");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p xbuild`) or set XBUILD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// One xbuild installation: the binary and a private `$XBUILD_ROOT`.
+#[derive(Debug)]
+pub struct Xbuild {
+    root: tempfile::TempDir,
+}
+
+/// What a finished `xbuild` run printed.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status code (`-1` when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error (progress and errors).
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the output unless the run succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "xbuild failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics with the output unless the run failed.
+    pub fn failed(self) -> Run {
+        assert_ne!(
+            self.code, 0,
+            "xbuild succeeded but should not have\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Number of `#N CACHED` lines in plain progress.
+    pub fn cached_steps(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('#') && l.ends_with(" CACHED"))
+            .count()
+    }
+
+    /// Number of `#N cache miss: ...` lines in plain progress.
+    pub fn missed_steps(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('#') && l.contains(" cache miss: "))
+            .count()
+    }
+}
+
+impl Xbuild {
+    /// A fresh installation with an empty state directory.
+    pub fn new() -> Xbuild {
+        Xbuild {
+            root: tempfile::Builder::new()
+                .prefix("xbuild-e2e-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    /// The state directory (`$XBUILD_ROOT`).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A command for the binary with this state directory.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(xbuild_bin());
+        c.env("XBUILD_ROOT", self.root.path())
+            .env("XBUILD_CONFIG", self.root.path().join("config.yaml"))
+            .env("DOCKER_CONFIG", self.root.path().join("docker"))
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+
+    /// Run `xbuild ARGS...`.
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {
+        let out = self.command().args(args).output().expect("spawn xbuild");
+        Run::from(out)
+    }
+}
+
+impl Default for Xbuild {
+    fn default() -> Self {
+        Xbuild::new()
+    }
+}
+
+/// Root, a registry binary, skopeo and QEMU for arm64 (registered through
+/// `xbuild binfmt install linux/arm64`, which needs root): `None` (after
+/// printing why) when the machine truly lacks one of them.
+pub fn require_multiplatform() -> Option<()> {
+    xbuild_testbed::require_root()?;
+    xbuild_testbed::require_cmd("docker-registry")?;
+    xbuild_testbed::require_cmd("skopeo")?;
+    if xbuild_testbed::host_arch() != "amd64" {
+        xbuild_testbed::skip("the e2e tests assume an amd64 host emulating arm64");
+        return None;
+    }
+    if !Path::new("/usr/libexec/qemu-binfmt/aarch64-binfmt-P").exists()
+        && xbuild_testbed::which("qemu-aarch64-static").is_none()
+    {
+        xbuild_testbed::skip("qemu-user-static is not installed");
+        return None;
+    }
+    Xbuild::new()
+        .run(&["binfmt", "install", "linux/arm64"])
+        .ok();
+    Some(())
+}
+
+/// Build and push the busybox base image for linux/amd64 and linux/arm64
+/// to `registry` as `xbuild/busybox:latest`, returning its reference.
+pub fn publish_base(xb: &Xbuild, registry: &Registry) -> String {
+    let ctx = tempfile::tempdir().expect("temp dir");
+    xbuild_testbed::write_base_context(ctx.path(), &["amd64", "arm64"])
+        .expect("busybox base context");
+    let reference = registry.reference("xbuild/busybox:latest");
+    xb.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &reference,
+        "--push",
+        ctx.path().to_str().expect("utf-8 path"),
+    ])
+    .ok();
+    reference
+}
+
+/// Write `files` (relative path, contents) into a new temp directory.
+pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write context file");
+    }
+    dir
+}
+
+/// Run `COMMAND` in a container of `reference` for `arch` with buildah
+/// (`--isolation chroot`, vfs storage in a temp dir) and return its stdout.
+pub fn buildah_run(reference: &str, arch: &str, command: &str) -> String {
+    let store = tempfile::tempdir().expect("temp dir");
+    let base = |cmd: &mut Command| {
+        cmd.arg("--root")
+            .arg(store.path().join("root"))
+            .arg("--runroot")
+            .arg(store.path().join("run"))
+            .args(["--storage-driver", "vfs"]);
+    };
+    let mut from = Command::new("buildah");
+    base(&mut from);
+    from.args(["from", "-q", "--tls-verify=false", "--arch", arch])
+        .arg(format!("docker://{reference}"));
+    let out = xbuild_testbed::run(&mut from).expect("buildah from");
+    let ctr = String::from_utf8_lossy(&out).trim().to_string();
+    let mut run = Command::new("buildah");
+    base(&mut run);
+    run.args([
+        "run",
+        "--isolation",
+        "chroot",
+        &ctr,
+        "--",
+        "sh",
+        "-c",
+        command,
+    ]);
+    let out = xbuild_testbed::run(&mut run).expect("buildah run");
+    let mut rm = Command::new("buildah");
+    base(&mut rm);
+    rm.args(["rm", "-a"]);
+    let _ = rm.output();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path as UTF-8 (test paths always are).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
