@@ -127,6 +127,34 @@ impl Xbuild {
         let out = self.command().args(args).output().expect("spawn xbuild");
         Run::from(out)
     }
+
+    /// Run `xbuild ARGS...` with extra environment variables and, when
+    /// given, `stdin` as standard input (else standard input is empty).
+    pub fn run_with<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+        env: &[(&str, &str)],
+        stdin: Option<&[u8]>,
+    ) -> Run {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut cmd = self.command();
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn xbuild");
+        let mut input = child.stdin.take().expect("piped stdin");
+        let data = stdin.unwrap_or_default().to_vec();
+        // Write from a thread so a child that does not read cannot block us.
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait for xbuild");
+        let _ = writer.join();
+        Run::from(out)
+    }
 }
 
 impl Default for Xbuild {

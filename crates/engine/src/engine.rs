@@ -15,6 +15,7 @@ use xbuild_plan::{BuildGraph, Location};
 use crate::cache::{CacheError, CacheStore};
 use crate::context::{ContextError, ContextIndex};
 use crate::copy::CopyError;
+use crate::copyfs::{CopyFsError, Snapshotter};
 use crate::events::{EventSink, VertexId};
 use crate::exec::ExecError;
 use crate::image::ImageError;
@@ -34,6 +35,10 @@ pub struct EngineConfig {
     pub init_args: Vec<String>,
     /// The worker name shown in progress (`local`, `qemu`, `node amd1`).
     pub worker: String,
+    /// How snapshots are stacked for steps that change files; `None`:
+    /// `XBUILD_SNAPSHOTTER` (`overlay`, `copy`, `auto`), else overlayfs when
+    /// a probe mount works and the copy snapshotter when it does not.
+    pub snapshotter: Option<Snapshotter>,
 }
 
 /// Errors of the engine. Step failures are wrapped in [`EngineError::Step`],
@@ -65,6 +70,9 @@ pub enum EngineError {
     /// A mount failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// The copy snapshotter failed.
+    #[error(transparent)]
+    CopyFs(#[from] CopyFsError),
     /// The cache store failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -216,8 +224,12 @@ pub(crate) struct Inner {
     pub(crate) tmp: PathBuf,
     pub(crate) mounts: PathBuf,
     pub(crate) cache_mounts: PathBuf,
+    /// How snapshots are stacked (chosen once, at open).
+    pub(crate) snapshotter: Snapshotter,
     /// Serializes base image pulls of this engine.
     pub(crate) pull_lock: tokio::sync::Mutex<()>,
+    /// Held while the engine lives: `xbuild cache prune` waits for it.
+    _build_lock: crate::housekeeping::BuildLock,
 }
 
 /// The build engine over one state directory. Cheap to clone; any number
@@ -253,6 +265,11 @@ impl Engine {
                 reason: "the path must not contain ',' or ':' (overlayfs options)".into(),
             });
         }
+        let build_lock = crate::housekeeping::lock_shared(&root).map_err(|e| EngineError::Io {
+            op: "lock",
+            path: root.join("build.lock"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let tmp = root.join("tmp");
         let mounts = root.join("mounts");
         let cache_mounts = root.join("cachemounts");
@@ -261,6 +278,7 @@ impl Engine {
         }
         cleanup_scratch(&mounts)?;
         cleanup_scratch(&tmp)?;
+        let snapshotter = Snapshotter::choose(cfg.snapshotter, &mounts)?;
         let store = BlobStore::open(root.join("content"))?;
         let snapshots = Snapshots::open(&root.join("snapshots"), &tmp)?;
         let cache = CacheStore::open(&root.join("cache"))?;
@@ -274,7 +292,9 @@ impl Engine {
                 tmp,
                 mounts,
                 cache_mounts,
+                snapshotter,
                 pull_lock: tokio::sync::Mutex::new(()),
+                _build_lock: build_lock,
             }),
         })
     }
@@ -287,6 +307,11 @@ impl Engine {
     /// The state directory (canonical).
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// How this engine stacks snapshots (overlayfs, or copies where it cannot).
+    pub fn snapshotter(&self) -> Snapshotter {
+        self.inner.snapshotter
     }
 
     /// The worker name given at open.
@@ -330,6 +355,7 @@ mod tests {
             init_program: PathBuf::from("/nonexistent"),
             init_args: Vec::new(),
             worker: "local".into(),
+            snapshotter: Some(Snapshotter::Copy),
         })
         .unwrap();
         for d in [
@@ -348,6 +374,7 @@ mod tests {
             init_program: PathBuf::from("/nonexistent"),
             init_args: Vec::new(),
             worker: "local".into(),
+            snapshotter: Some(Snapshotter::Copy),
         });
         assert!(matches!(bad, Err(EngineError::BadRoot { .. })));
     }

@@ -20,6 +20,7 @@ use xbuild_sandbox::{
     RunResult, SandboxError,
 };
 
+use crate::copyfs::{self, CopyFsError, Snapshotter};
 use crate::mount::{mount_overlay, mount_private_tmpfs, MountError, MountGuard};
 use crate::snapshot::{Scratch, SnapshotError};
 
@@ -38,6 +39,9 @@ pub enum ExecError {
     /// A scratch directory failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A copied view of snapshots failed.
+    #[error(transparent)]
+    CopyFs(#[from] CopyFsError),
     /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -105,6 +109,8 @@ pub struct ExecEnv {
     pub tmp_dir: PathBuf,
     /// The always-empty bottom layer.
     pub empty: PathBuf,
+    /// Overlay mounts, or copies where overlayfs is unavailable.
+    pub snapshotter: Snapshotter,
 }
 
 /// One RUN, fully resolved.
@@ -133,6 +139,7 @@ pub(crate) struct Setup {
     pub(crate) mounts: Vec<MountGuard>,
     pub(crate) locks: Vec<File>,
     pub(crate) scratches: Vec<Scratch>,
+    pub(crate) views: Vec<copyfs::Materialized>,
 }
 
 impl Drop for Setup {
@@ -142,6 +149,7 @@ impl Drop for Setup {
         }
         self.locks.clear();
         self.scratches.clear();
+        self.views.clear();
     }
 }
 
@@ -353,11 +361,16 @@ fn mount_one(
                             from: "the build context",
                         });
                     }
-                    if m.readonly || !p.is_dir() {
+                    // Writes to a rw bind are thrown away, never reach the context.
+                    if m.readonly {
                         p
-                    } else {
-                        // Writes to a rw bind are thrown away, never reach the context.
+                    } else if p.is_dir() {
                         overlay_view(env, &[p], true, setup)?
+                    } else {
+                        let n = fs::read_dir(files_dir).map(|r| r.count()).unwrap_or(0);
+                        let copy = files_dir.join(format!("bind-{n}"));
+                        copyfs::copy_one(&p, &copy)?;
+                        copy
                     }
                 }
                 MountSource::Layers(layers) => {
@@ -493,13 +506,20 @@ fn mount_one(
 }
 
 /// Mounts a view of `layers` (bottom first): read-only, or writable into a
-/// throw-away upper directory. Returns the mount point.
+/// throw-away upper directory. Returns the mount point. With the copy
+/// snapshotter the view is a throw-away merged copy (writable either way).
 pub(crate) fn overlay_view(
     env: &ExecEnv,
     layers: &[PathBuf],
     writable: bool,
     setup: &mut Setup,
 ) -> Result<PathBuf, ExecError> {
+    if env.snapshotter == Snapshotter::Copy {
+        let m = copyfs::materialize(&env.tmp_dir, layers)?;
+        let root = m.root().to_path_buf();
+        setup.views.push(m);
+        return Ok(root);
+    }
     let mp = Scratch::new(&env.mounts_dir)?;
     let target = mp.subdir("m")?;
     let mut lowers: Vec<PathBuf> = layers.iter().rev().cloned().collect();

@@ -8,9 +8,11 @@
 pub mod cache;
 pub mod context;
 pub mod copy;
+pub mod copyfs;
 mod engine;
 pub mod events;
 pub mod exec;
+pub mod housekeeping;
 pub mod image;
 pub mod mount;
 pub mod secrets;
@@ -19,6 +21,7 @@ mod solve;
 pub use solve::check_platforms;
 pub mod source;
 
+pub use copyfs::Snapshotter;
 pub use engine::{Engine, EngineConfig, EngineError, SolveRequest, SolveResult, VertexIds};
 pub use secrets::Secrets;
 pub use source::{ImageSource, PullFuture, PulledImage, StoreSource};

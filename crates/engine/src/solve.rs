@@ -22,6 +22,7 @@ use xbuild_sandbox::{InitError, OutputStream, SandboxError};
 use crate::cache::{platform_dir_name, CacheRecord, KeyInput};
 use crate::context::{self, ContextIndex};
 use crate::copy::{self, AddOptions, CopyRequest};
+use crate::copyfs::{self, Snapshotter};
 use crate::engine::{Engine, EngineError, Inner, SolveRequest, SolveResult};
 use crate::events::{Event, EventSink, LogStream, VertexId};
 use crate::exec::{self, ExecEnv, ExecError, ExecPlan, MountSource, Setup};
@@ -107,15 +108,20 @@ fn fs_step(
 ) -> Result<Option<NewLayer>, EngineError> {
     let scratch = inner.snapshots.scratch()?;
     let upper = scratch.path().join("fs");
-    let workdir = scratch.path().join("work");
-    let mp = Scratch::new(&inner.mounts)?;
-    let target = mp.subdir("m")?;
-    let mut lowers: Vec<PathBuf> = chain.iter().rev().cloned().collect();
-    lowers.push(inner.snapshots.empty());
-    let guard = mount_overlay(&lowers, Some((&upper, &workdir)), &target)?;
-    let created = work(&target)?;
-    guard.unmount()?;
-    drop(mp);
+    let created = if inner.snapshotter == Snapshotter::Copy {
+        copyfs::run_step(&inner.tmp, chain, &upper, work)?
+    } else {
+        let workdir = scratch.path().join("work");
+        let mp = Scratch::new(&inner.mounts)?;
+        let target = mp.subdir("m")?;
+        let mut lowers: Vec<PathBuf> = chain.iter().rev().cloned().collect();
+        lowers.push(inner.snapshots.empty());
+        let guard = mount_overlay(&lowers, Some((&upper, &workdir)), &target)?;
+        let created = work(&target)?;
+        guard.unmount()?;
+        drop(mp);
+        created
+    };
     prune_created(&upper, chain, &created);
     let empty = fs::read_dir(&upper)
         .map_err(|source| EngineError::Io {
@@ -640,6 +646,7 @@ impl Engine {
             mounts_dir: i.mounts.clone(),
             tmp_dir: i.tmp.clone(),
             empty: i.snapshots.empty(),
+            snapshotter: i.snapshotter,
         }
     }
 

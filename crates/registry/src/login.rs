@@ -103,12 +103,13 @@ impl Registry {
     }
 
     /// Forget the credentials of `registry` (docker config and credential
-    /// helper). Not being logged in is not an error.
-    pub fn logout(&self, registry: &str) -> Result<(), RegistryError> {
+    /// helper). Not being logged in is not an error: the result says
+    /// whether there was anything to forget.
+    pub fn logout(&self, registry: &str) -> Result<bool, RegistryError> {
         let reg = normalize_registry_key(registry);
-        remove_login(self.docker_config_path(), &reg)?;
+        let removed = remove_login(self.docker_config_path(), &reg)?;
         self.forget_host(&reg);
-        Ok(())
+        Ok(removed)
     }
 
     async fn verify_login(

@@ -332,6 +332,7 @@ pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine> {
         init_program: program,
         init_args: args,
         worker: worker.to_string(),
+        snapshotter: None,
     };
     Engine::open(cfg)
         .with_context(|| format!("opening the xbuild state directory {}", root.display()))

@@ -636,6 +636,22 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
         w.flush()?;
         return Ok(());
     }
+    // A destination that exists and is not a regular file (a FIFO, a
+    // character device such as /dev/null, a terminal) is written in place:
+    // renaming a temp file over it would replace the device itself.
+    if let Ok(meta) = fs::metadata(dest) {
+        if !meta.is_file() && !meta.is_dir() {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(dest)
+                .with_context(|| format!("opening {}", dest.display()))?;
+            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+            f(&mut w)?;
+            w.flush()
+                .with_context(|| format!("writing {}", dest.display()))?;
+            return Ok(());
+        }
+    }
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -2,11 +2,13 @@
 
 mod binfmt_cmd;
 mod build;
+mod cache_cmd;
 mod cli;
 mod coordinator;
 mod docgen;
 mod images;
 mod imagetools;
+mod login;
 mod output;
 mod paths;
 mod progress;
@@ -74,9 +76,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sources,
             dry_run,
         }) => imagetools::cmd_create(&tags, &sources, dry_run),
-        Commands::Cache(_) => not_built("cache", 4),
-        Commands::Login { .. } => not_built("login", 3),
-        Commands::Logout { .. } => not_built("logout", 3),
+        Commands::Cache(cli::CacheCommand::Du) => cache_cmd::cmd_du(),
+        Commands::Cache(cli::CacheCommand::Prune {
+            all,
+            keep_storage,
+            filter,
+        }) => cache_cmd::cmd_prune(all, keep_storage.as_deref(), &filter),
+        Commands::Login {
+            registry,
+            username,
+            password_stdin,
+        } => login::cmd_login(&registry, username.as_deref(), password_stdin),
+        Commands::Logout { registry } => login::cmd_logout(&registry),
     }
 }
 

@@ -23,9 +23,10 @@ fn style(mode: ProgressMode) -> Style {
     match mode {
         ProgressMode::Quiet => Style::Quiet,
         ProgressMode::Rawjson => Style::RawJson,
-        // The live tty view (issue #7) is not built yet; plain lines work
-        // everywhere, terminals included.
-        ProgressMode::Plain | ProgressMode::Tty | ProgressMode::Auto => Style::Plain,
+        ProgressMode::Plain => Style::Plain,
+        ProgressMode::Tty => Style::Tty,
+        ProgressMode::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Style::Tty,
+        ProgressMode::Auto => Style::Plain,
     }
 }
 
@@ -217,6 +218,7 @@ async fn build(
         }
     }
     if !failures.is_empty() {
+        renderer.finish();
         if !renderer.shows_logs() {
             for (name, lines) in renderer.failures() {
                 eprintln!("{name}");
@@ -328,6 +330,7 @@ async fn build(
     // output asked for Docker media types.
     let result = docker_final.as_ref().map_or(&final_desc, |(top, _)| top);
     let digest = result.digest.to_string();
+    renderer.finish();
     if style(if args.quiet {
         ProgressMode::Quiet
     } else {

@@ -10,7 +10,8 @@ use xbuild_engine::context::{self, ContextIndex, ScanOptions};
 use xbuild_engine::events::{Event, VecSink};
 use xbuild_engine::source::resolve_in_store;
 use xbuild_engine::{
-    Engine, EngineConfig, EngineError, Secrets, SolveRequest, SolveResult, StoreSource, VertexIds,
+    Engine, EngineConfig, EngineError, Secrets, Snapshotter, SolveRequest, SolveResult,
+    StoreSource, VertexIds,
 };
 use xbuild_oci::layer::{write_layer, WriteOptions};
 use xbuild_oci::manifest::ImageManifest;
@@ -31,11 +32,17 @@ pub fn native() -> Platform {
 }
 
 pub fn engine(root: &Path) -> Engine {
+    engine_with(root, None)
+}
+
+/// An engine with the given snapshotter (`None`: the environment / probe).
+pub fn engine_with(root: &Path, snapshotter: Option<Snapshotter>) -> Engine {
     Engine::open(EngineConfig {
         root: root.to_path_buf(),
         init_program: PathBuf::from(env!("CARGO_BIN_EXE_xbuild-engine-init")),
         init_args: Vec::new(),
         worker: "local".into(),
+        snapshotter,
     })
     .unwrap()
 }
