@@ -89,6 +89,16 @@ fn demo_app_builds_pushes_runs_and_rebuilds_from_cache() {
         );
         let cfg = testbed::skopeo_inspect_config(&by_digest).unwrap();
         assert_eq!(cfg["architecture"], arch);
+        // The metadata file's per-platform entry names the same manifest,
+        // where it was built and how many steps ran.
+        let per = &m["xbuild.platforms"][format!("linux/{arch}")];
+        assert_eq!(per["digest"], entry["digest"], "{m}");
+        assert_eq!(
+            per["worker"],
+            if arch == "amd64" { "local" } else { "qemu" }
+        );
+        assert_eq!(per["cached"], 0, "{m}");
+        assert!(per["steps"].as_u64().unwrap() >= 6, "{m}");
         assert_eq!(cfg["config"]["WorkingDir"], "/app");
         assert_eq!(cfg["config"]["Cmd"][0], "sh");
     }
