@@ -139,6 +139,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         "targets" => run_targets(&df, call.json),
         "outline" => {
             let graphs = plan_all(&df, &opts, &platforms)?;
+            crate::nodes::plan_build_blocking(&platforms, &args.nodes, false)?;
             if call.json {
                 println!("{}", serde_json::to_string_pretty(&graphs)?);
             } else {
@@ -146,7 +147,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
             }
             Ok(())
         }
-        _ => crate::run_build::run(&args, &df, &opts, &platforms),
+        _ => {
+            crate::nodes::plan_build_blocking(&platforms, &args.nodes, true)?;
+            crate::run_build::run(&args, &df, &opts, &platforms)
+        }
     }
 }
 
