@@ -644,7 +644,7 @@ async fn authenticate(
             return Ok(());
         }
     } else {
-        if opts.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        if opts.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some_and(|s| !s.is_empty()) {
             if let Ok(mut agent) = AgentClient::connect_env().await {
                 let ids = agent.request_identities().await.unwrap_or_default();
                 for id in ids {
