@@ -262,6 +262,35 @@ fn wrong_or_encrypted_keys_are_clear_errors_naming_the_host() {
     assert!(r.stderr.contains("ssh-add"), "{}", r.stderr);
     assert!(!r.stderr.contains("secret-pass"));
 
+    // Logged in, but no xbuild at the agent command's path.
+    let key = sshd.client_key();
+    let r = env
+        .run(&[
+            "node",
+            "add",
+            "amd1",
+            &url,
+            "--platform",
+            "linux/amd64",
+            "--identity",
+            s(&key),
+            "--agent-command",
+            "/nonexistent/xbuild agent --stdio",
+        ])
+        .failed();
+    assert!(
+        r.stderr
+            .contains("`/nonexistent/xbuild agent --info` failed (exit status 127)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("is xbuild installed on the node?"),
+        "{}",
+        r.stderr
+    );
+    assert!(env.ls_json().is_empty());
+
     // Nothing listens: refused, naming the address.
     let closed = format!("ssh://root@127.0.0.2:{}", testbed::closed_port());
     let r = env
@@ -525,4 +554,58 @@ async fn rsa_and_ecdsa_keys_and_the_ssh_agent_log_in() {
         .unwrap();
     assert_eq!(out.stdout, b"agent\n");
     pool.close_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out_and_nodes_are_probed_concurrently() {
+    let Some(()) = testbed::require_root() else {
+        return;
+    };
+    // Accept TCP connections and never say anything: no SSH banner.
+    let mut holes = Vec::new();
+    let mut specs = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, ip) in ["127.0.0.2", "127.0.0.3"].iter().enumerate() {
+        let l = std::net::TcpListener::bind((*ip, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        holes.push(l);
+        specs.push(NodeSpec {
+            name: format!("hole{i}"),
+            address: format!("ssh://root@{ip}:{port}").parse().unwrap(),
+            platforms: vec!["linux/amd64".parse().unwrap()],
+            identity: None,
+            max_parallel: None,
+            agent_command: Some("cat".into()),
+            known_hosts: Some(dir.path().join("kh")),
+        });
+    }
+    let pool = SshPool::new(ConnectOptions {
+        connect_timeout: Duration::from_millis(1500),
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let results = futures_join(&pool, &specs).await;
+    let took = started.elapsed();
+    for (spec, r) in specs.iter().zip(&results) {
+        let e = r.as_ref().expect_err("a silent server cannot log us in");
+        let host = spec.address.host_port();
+        assert!(
+            e.contains(&format!(
+                "{host}: timed out after 1.5s while exchanging keys"
+            )),
+            "{e}"
+        );
+    }
+    // Both waited 1.5 s at the same time, not one after the other.
+    assert!(took < Duration::from_millis(2800), "took {took:?}");
+    assert!(took >= Duration::from_millis(1400), "took {took:?}");
+    drop(holes);
+}
+
+async fn futures_join(pool: &SshPool, specs: &[NodeSpec]) -> Vec<Result<(), String>> {
+    let (a, b) = tokio::join!(pool.connection(&specs[0]), pool.connection(&specs[1]));
+    [a, b]
+        .into_iter()
+        .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+        .collect()
 }

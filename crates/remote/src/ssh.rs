@@ -33,14 +33,14 @@ pub enum SshError {
         source: std::io::Error,
     },
     /// A step took too long.
-    #[error("{host}: timed out after {secs}s while {stage}")]
+    #[error("{host}: timed out after {limit:?} while {stage}")]
     Timeout {
         /// `host:port`.
         host: String,
         /// "connecting", "authenticating", ...
         stage: &'static str,
         /// The limit.
-        secs: u64,
+        limit: Duration,
     },
     /// The host key is not in `known_hosts`.
     #[error(transparent)]
@@ -409,11 +409,10 @@ impl SshConnection {
             policy: opts.host_key_policy,
             verdict: verdict.clone(),
         };
-        let secs = opts.connect_timeout.as_secs().max(1);
         let timeout = |stage| SshError::Timeout {
             host: host.clone(),
             stage,
-            secs,
+            limit: opts.connect_timeout,
         };
         let deadline = tokio::time::Instant::now() + opts.connect_timeout;
         let tcp = tokio::time::timeout_at(
@@ -447,7 +446,7 @@ impl SshConnection {
             .map_err(|_| SshError::Timeout {
                 host: host.clone(),
                 stage: "authenticating",
-                secs: opts.auth_timeout.as_secs().max(1),
+                limit: opts.auth_timeout,
             })?;
         auth?;
         Ok(SshConnection {
@@ -528,7 +527,7 @@ impl SshConnection {
             .map_err(|_| SshError::Timeout {
                 host: self.host.clone(),
                 stage: "running a command",
-                secs: limit.as_secs().max(1),
+                limit,
             })?
     }
 
@@ -699,11 +698,15 @@ async fn authenticate(
 }
 
 /// One connection per node, shared by every channel of an invocation.
+/// Connections to different nodes are made concurrently; callers asking
+/// for the same node wait for the one connection being made.
 #[derive(Debug, Default)]
 pub struct SshPool {
     opts: ConnectOptions,
-    conns: tokio::sync::Mutex<HashMap<String, Arc<SshConnection>>>,
+    conns: std::sync::Mutex<HashMap<String, Slot>>,
 }
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<SshConnection>>>>;
 
 impl SshPool {
     /// A pool using `opts` for new connections.
@@ -719,27 +722,37 @@ impl SshPool {
         &self.opts
     }
 
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The open connection to `node`, connecting if there is none (or it closed).
     pub async fn connection(&self, node: &NodeSpec) -> Result<Arc<SshConnection>, SshError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&node.name) {
+        let slot = self.slots().entry(node.name.clone()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
         }
         let c = Arc::new(SshConnection::connect(node, &self.opts).await?);
-        conns.insert(node.name.clone(), c.clone());
+        *slot = Some(c.clone());
         Ok(c)
+    }
+
+    fn all(&self) -> Vec<Slot> {
+        self.slots().values().cloned().collect()
     }
 
     /// How many connections are open.
     pub async fn open_connections(&self) -> usize {
-        self.conns
-            .lock()
-            .await
-            .values()
-            .filter(|c| !c.is_closed())
-            .count()
+        let mut n = 0;
+        for slot in self.all() {
+            if slot.lock().await.as_ref().is_some_and(|c| !c.is_closed()) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Start the node's agent command on a channel of its connection.
@@ -750,9 +763,11 @@ impl SshPool {
 
     /// Close every connection.
     pub async fn close_all(&self) {
-        let conns: Vec<_> = self.conns.lock().await.drain().map(|(_, c)| c).collect();
-        for c in conns {
-            c.close().await;
+        let slots: Vec<Slot> = self.slots().drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            if let Some(c) = slot.lock().await.take() {
+                c.close().await;
+            }
         }
     }
 }
