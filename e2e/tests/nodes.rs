@@ -382,6 +382,20 @@ fn a_build_prints_the_scheduling_plan_with_pins_and_skips_a_stopped_node() {
         .ok();
     assert!(r.stderr.contains("scheduling:"), "{}", r.stderr);
     assert!(env.run(&["images", "app"]).ok().stdout.contains("app"));
+    // --quiet prints only the digest: no plan on stderr.
+    let r = env
+        .run(&[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64",
+            "--node",
+            "linux/amd64=local",
+            s(ctx.path()),
+        ])
+        .ok();
+    assert!(r.stdout.trim().starts_with("sha256:"), "{}", r.stdout);
+    assert!(!r.stderr.contains("scheduling:"), "{}", r.stderr);
 
     sshd.stop();
     let r = outline(&[]).ok();

@@ -298,12 +298,21 @@ pub struct NodePlan {
 /// print the plan (and warnings for skipped nodes) on stderr. `None` when
 /// no node is configured and nothing is pinned: the build stays local as
 /// always.
-pub async fn plan_build(platforms: &[Platform], pins: &[String]) -> Result<Option<NodePlan>> {
+pub async fn plan_build(
+    platforms: &[Platform],
+    pins: &[String],
+    show_plan: bool,
+) -> Result<Option<NodePlan>> {
     let pins = pins
         .iter()
         .map(|p| Pin::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let inv = inventory()?;
+    // Without HOME and XBUILD_CONFIG there is no configuration: no nodes.
+    let inv = match crate::paths::config_file() {
+        Ok(path) => Inventory::load(&path)?,
+        Err(_) if pins.is_empty() => return Ok(None),
+        Err(e) => return Err(e),
+    };
     if inv.nodes().is_empty() && pins.is_empty() {
         return Ok(None);
     }
@@ -329,9 +338,11 @@ pub async fn plan_build(platforms: &[Platform], pins: &[String]) -> Result<Optio
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
-    eprintln!("scheduling:");
-    for a in &plan.assignments {
-        eprintln!("  {a}");
+    if show_plan {
+        eprintln!("scheduling:");
+        for a in &plan.assignments {
+            eprintln!("  {a}");
+        }
     }
     Ok(Some(NodePlan {
         plan,
@@ -340,14 +351,33 @@ pub async fn plan_build(platforms: &[Platform], pins: &[String]) -> Result<Optio
     }))
 }
 
+impl NodePlan {
+    /// Start the agent of node `name` on a new channel of the connection
+    /// the health check opened.
+    #[allow(dead_code)] // Called by the coordinator when it dispatches to nodes.
+    pub async fn open_agent(&self, name: &str) -> Result<xbuild_remote::AgentStream> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node named {name:?}"))?;
+        Ok(self.pool.connect_agent(node).await?)
+    }
+}
+
 /// Run [`plan_build`] on its own runtime, for commands that only print the
 /// plan (`--call outline`) or build everything locally afterwards.
 /// Until builds can run on nodes (the agent protocol), a plan that sends a
 /// platform to a node is an error that says how to keep it local.
-pub fn plan_build_blocking(platforms: &[Platform], pins: &[String], building: bool) -> Result<()> {
+pub fn plan_build_blocking(
+    platforms: &[Platform],
+    pins: &[String],
+    building: bool,
+    show_plan: bool,
+) -> Result<()> {
     let rt = runtime()?;
     let plan = rt.block_on(async {
-        let plan = plan_build(platforms, pins).await;
+        let plan = plan_build(platforms, pins, show_plan).await;
         if let Ok(Some(p)) = &plan {
             p.pool.close_all().await;
         }
