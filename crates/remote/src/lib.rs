@@ -28,3 +28,9 @@ impl fmt::Debug for AgentStream {
             .finish_non_exhaustive()
     }
 }
+
+pub mod health;
+pub mod inventory;
+pub mod known_hosts;
+pub mod schedule;
+pub mod ssh;

@@ -7,16 +7,20 @@
 //!   `SKIPPED: <reason>`) only when a facility is truly absent;
 //! - [`skopeo_inspect_raw`], [`skopeo_inspect_config`]: a third-party
 //!   client's view of what we pushed;
+//! - [`Sshd`]: OpenSSH's sshd on 127.0.0.2, 127.0.0.3, … with its own host
+//!   key and an authorized client key, for remote-node tests;
 //! - [`BusyboxRootfs`]: a root filesystem from Debian's `busybox-static`
 //!   for amd64 or arm64.
 #![warn(missing_docs)]
 
 mod busybox;
+mod sshd;
 
 pub use busybox::{
     busybox_binary, cache_dir, ensure_foreign_arch, host_arch, write_base_context, BusyboxRootfs,
     BASE_DOCKERFILE,
 };
+pub use sshd::{fingerprint, keygen, Sshd, SSHD_BIN};
 
 use std::fmt;
 use std::io::{Read, Write};

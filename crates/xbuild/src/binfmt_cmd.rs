@@ -6,7 +6,7 @@ use xbuild_oci::Platform;
 use xbuild_sandbox::binfmt::{self, Support, BINFMT_MISC_DIR};
 
 /// The platforms `status` reports and `install` registers by default.
-const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "linux/amd64",
     "linux/arm64",
     "linux/arm/v7",

@@ -139,6 +139,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         "targets" => run_targets(&df, call.json),
         "outline" => {
             let graphs = plan_all(&df, &opts, &platforms)?;
+            crate::nodes::plan_build_blocking(&platforms, &args.nodes, false, true)?;
             if call.json {
                 println!("{}", serde_json::to_string_pretty(&graphs)?);
             } else {
@@ -146,7 +147,15 @@ pub fn run(args: BuildArgs) -> Result<()> {
             }
             Ok(())
         }
-        _ => crate::run_build::run(&args, &df, &opts, &platforms),
+        _ => {
+            let show = !args.quiet
+                && !matches!(
+                    args.progress,
+                    crate::cli::ProgressMode::Quiet | crate::cli::ProgressMode::Rawjson
+                );
+            crate::nodes::plan_build_blocking(&platforms, &args.nodes, true, show)?;
+            crate::run_build::run(&args, &df, &opts, &platforms)
+        }
     }
 }
 

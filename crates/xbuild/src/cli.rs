@@ -210,7 +210,7 @@ pub enum SaveFormat {
 /// `xbuild node ...`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Add a node.
+    /// Add a node: connect to it, check its host key and that it runs the agent.
     Add {
         /// Node name.
         name: String,
@@ -219,21 +219,39 @@ pub enum NodeCommand {
         /// Platforms the node builds natively.
         #[arg(long, value_delimiter = ',', required = true)]
         platform: Vec<String>,
-        /// SSH private key file.
+        /// SSH private key file (without passphrase; else the ssh-agent and
+        /// ~/.ssh/id_* are used).
         #[arg(long)]
         identity: Option<PathBuf>,
         /// Builds the node runs at once.
         #[arg(long)]
         max_parallel: Option<u32>,
+        /// Record the node's host key if none is known yet (like OpenSSH's
+        /// `StrictHostKeyChecking accept-new`); a changed key is still refused.
+        #[arg(long)]
+        accept_new_host_key: bool,
+        /// Command that starts the agent on the node.
+        #[arg(long, value_name = "COMMAND", default_value = "xbuild agent --stdio")]
+        agent_command: String,
+        /// known_hosts file for this node (default: ~/.ssh/known_hosts).
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<PathBuf>,
+        /// Save the node without connecting to it.
+        #[arg(long)]
+        no_check: bool,
     },
-    /// List nodes.
-    Ls,
+    /// List nodes with their health, as each node reports it.
+    Ls {
+        /// Output format: `table` or `json`.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
     /// Remove a node.
     Rm {
         /// Node name.
         name: String,
     },
-    /// Show a node's details.
+    /// Show a node's configuration and what it reports, as JSON.
     Inspect {
         /// Node name.
         name: String,
@@ -244,8 +262,14 @@ pub enum NodeCommand {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Speak the protocol on standard input and output.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "info")]
     pub stdio: bool,
+    /// Print this machine's agent version, platforms, load and CPUs as JSON, then exit.
+    #[arg(long, conflicts_with = "stdio")]
+    pub info: bool,
+    /// State directory for the agent (default: `$XBUILD_ROOT` or its default).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
 }
 
 /// `xbuild binfmt ...`.

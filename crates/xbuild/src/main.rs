@@ -9,6 +9,7 @@ mod docgen;
 mod images;
 mod imagetools;
 mod login;
+mod nodes;
 mod output;
 mod paths;
 mod progress;
@@ -42,8 +43,11 @@ fn not_built(what: &str, issue: u32) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Build(args) => build::run(*args),
-        Commands::Node(_) => not_built("node", 6),
-        Commands::Agent(_) => not_built("agent", 6),
+        Commands::Node(cmd) => nodes::cmd_node(cmd),
+        Commands::Agent(a) => match nodes::cmd_agent(&a)? {
+            true => Ok(()),
+            false => not_built("agent --stdio", 6),
+        },
         Commands::Binfmt(cli::BinfmtCommand::Status) => binfmt_cmd::cmd_status(),
         Commands::Binfmt(cli::BinfmtCommand::Install { platforms }) => {
             binfmt_cmd::cmd_install(&platforms)
