@@ -687,7 +687,7 @@ impl Engine {
         let record = if skip_lookup || *missed {
             None
         } else {
-            inner.cache.get(platform, &new_key, &inner.store)
+            self.lookup(req, platform, &new_key).await
         };
         if let Some(rec) = record {
             if let Op::Config(c) = &step.op {
@@ -792,6 +792,27 @@ impl Engine {
         }
         *key = new_key;
         Ok(false)
+    }
+
+    /// A usable cache record of `key`; when the record is there but its
+    /// layer blob is not, the request's source is asked for the blob (a
+    /// remote agent gets it from its coordinator) before giving up.
+    async fn lookup(
+        &self,
+        req: &SolveRequest<'_>,
+        platform: &Platform,
+        key: &Digest,
+    ) -> Option<CacheRecord> {
+        let inner = &self.inner;
+        if let Some(rec) = inner.cache.get(platform, key, &inner.store) {
+            return Some(rec);
+        }
+        let layer = inner.cache.get_raw(platform, key)?.layer?;
+        req.source
+            .fetch_blobs(std::slice::from_ref(&layer), &inner.store)
+            .await
+            .ok()?;
+        inner.cache.get(platform, key, &inner.store)
     }
 
     #[allow(clippy::too_many_arguments)]

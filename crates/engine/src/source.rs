@@ -36,6 +36,18 @@ pub trait ImageSource: Send + Sync {
         store: &'a BlobStore,
         events: &'a dyn EventSink,
     ) -> PullFuture<'a>;
+
+    /// Makes blobs named by cache records available in `store`, when this
+    /// source can get them from elsewhere (a remote agent asks its
+    /// coordinator). The default has nowhere to look and does nothing; the
+    /// caller checks the store afterwards.
+    fn fetch_blobs<'a>(
+        &'a self,
+        _blobs: &'a [Descriptor],
+        _store: &'a BlobStore,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Resolves images from the local store only: `ImageRef.digest` when set,

@@ -246,6 +246,9 @@ pub struct AgentArgs {
     /// Speak the protocol on standard input and output.
     #[arg(long, required = true)]
     pub stdio: bool,
+    /// State directory of the agent (default: `$XBUILD_ROOT`).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
 }
 
 /// `xbuild binfmt ...`.

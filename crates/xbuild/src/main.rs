@@ -1,5 +1,6 @@
 //! The `xbuild` binary: CLI, coordinator and agent in one.
 
+mod agent_cmd;
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
@@ -13,6 +14,7 @@ mod output;
 mod paths;
 mod progress;
 mod run_build;
+mod workers;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -43,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Build(args) => build::run(*args),
         Commands::Node(_) => not_built("node", 6),
-        Commands::Agent(_) => not_built("agent", 6),
+        Commands::Agent(args) => agent_cmd::run(&args),
         Commands::Binfmt(cli::BinfmtCommand::Status) => binfmt_cmd::cmd_status(),
         Commands::Binfmt(cli::BinfmtCommand::Install { platforms }) => {
             binfmt_cmd::cmd_install(&platforms)

@@ -198,7 +198,7 @@ async fn build(
             secrets: &secrets,
             source_date_epoch: epoch,
         };
-        eng.solve(req)
+        crate::workers::solve(eng, req)
     });
     let results = futures_util::future::join_all(solves).await;
 
@@ -206,13 +206,14 @@ async fn build(
     let mut failures = Vec::new();
     for (g, r) in graphs.iter().zip(results) {
         match r {
-            Ok(res) => done.push(PlatformResult {
-                platform: res.platform.clone(),
-                worker: coordinator::local_worker(&g.platform).to_string(),
-                manifest: res.manifest.clone(),
-                steps: res.steps,
-                cached: res.cached,
-                duration: res.duration,
+            Ok(solved) => done.push(PlatformResult {
+                platform: solved.result.platform.clone(),
+                worker: solved.worker,
+                manifest: solved.result.manifest.clone(),
+                steps: solved.result.steps,
+                cached: solved.result.cached,
+                duration: solved.result.duration,
+                bytes_sent: solved.bytes_sent,
             }),
             Err(e) => failures.push((g.platform.clone(), e)),
         }
@@ -407,6 +408,7 @@ fn write_metadata(
                     "steps": d.steps,
                     "cached": d.cached,
                     "duration_seconds": d.duration.as_secs_f64(),
+                    "bytes_sent_to_worker": d.bytes_sent,
                 }),
             )
         })
