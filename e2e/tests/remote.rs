@@ -52,6 +52,22 @@ fn index_platforms(tag: &str) -> Vec<String> {
     v
 }
 
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else if !p.to_string_lossy().contains("/tmp") && !p.ends_with("lock") {
+            out.push(p);
+        }
+    }
+    out
+}
+
 const BIG: usize = 4 << 20;
 const SMALL: usize = 256 << 10;
 
@@ -104,7 +120,12 @@ fn amd64_on_an_agent_arm64_under_qemu_cache_follows_the_platform_and_only_change
     let m1p = xb.root().join("m1.json");
     let first = build("a1", &m1p);
     let m1 = metadata(&m1p);
-    assert_eq!(platform_meta(&m1, "linux/amd64")["worker"], "node amd1");
+    assert_eq!(
+        platform_meta(&m1, "linux/amd64")["worker"],
+        "node amd1",
+        "{}",
+        first.stderr
+    );
     assert_eq!(platform_meta(&m1, "linux/arm64")["worker"], "qemu");
     assert!(
         first
@@ -158,7 +179,12 @@ fn amd64_on_an_agent_arm64_under_qemu_cache_follows_the_platform_and_only_change
     let m2p = xb.root().join("m2.json");
     let second = build("a2", &m2p);
     let m2 = metadata(&m2p);
-    assert_eq!(platform_meta(&m2, "linux/amd64")["worker"], "node amd1");
+    assert_eq!(
+        platform_meta(&m2, "linux/amd64")["worker"],
+        "node amd1",
+        "{}",
+        second.stderr
+    );
     assert_eq!(second.missed_steps(), 0, "{}", second.stderr);
     assert_eq!(
         second.cached_steps(),
@@ -175,6 +201,18 @@ fn amd64_on_an_agent_arm64_under_qemu_cache_follows_the_platform_and_only_change
     assert_eq!(m2["containerimage.digest"], m1["containerimage.digest"]);
     // No RUN ran on the fresh agent: its cache holds only the synced records.
     assert_eq!(records(&agents.path().join("a2")), records(xb.root()));
+    // And nothing it did not need travelled: no layer, no context file.
+    let sent2 = platform_meta(&m2, "linux/amd64")["bytes_sent_to_worker"]
+        .as_u64()
+        .unwrap();
+    eprintln!("bytes sent to a fresh agent for a fully cached build: {sent2}");
+    assert!(sent2 < 64 << 10, "fully cached build sent {sent2} bytes");
+    let ctx_cache = agents.path().join("a2/remote/context/blobs");
+    let cached_files = walk_files(&ctx_cache);
+    assert!(
+        cached_files.is_empty(),
+        "context files sent: {cached_files:?}"
+    );
 
     // 3. One changed context file: about that file's size goes to the agent.
     std::fs::write(ctx.path().join("small.bin"), noise(SMALL, 3)).unwrap();

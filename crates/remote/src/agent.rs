@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use xbuild_engine::cache::CacheRecord;
 use xbuild_engine::context::{ContextIndex, EntryKind};
 use xbuild_engine::events::{Event, EventSink};
-use xbuild_engine::source::resolve_in_store;
+use xbuild_engine::source::BoxFuture;
 use xbuild_engine::{
     Engine, EngineConfig, EngineError, ImageSource, PullFuture, PulledImage, Secrets, SolveRequest,
     VertexIds,
@@ -140,19 +140,94 @@ impl Link {
     }
 }
 
-/// Base images and cache blobs come from the coordinator.
-struct CoordinatorSource {
-    link: Arc<Link>,
+/// The job's context, fetched and laid out the first time a step reads it.
+struct LazyContext {
+    index: ContextIndex,
+    mtimes: BTreeMap<String, (i64, i64)>,
+    files: BlobStore,
+    dir: PathBuf,
+    ready: tokio::sync::Mutex<bool>,
 }
 
-fn complete_in_store(image: &ImageRef, store: &BlobStore) -> Option<PulledImage> {
-    image.digest.as_ref()?;
-    let p = resolve_in_store(image, store).ok()?;
-    p.image
-        .layers
-        .iter()
-        .all(|l| store.exists(&l.digest))
-        .then_some(p)
+/// Base images, layers and the context come from the coordinator, each
+/// only when the solve needs it.
+struct CoordinatorSource {
+    link: Arc<Link>,
+    context: Option<LazyContext>,
+}
+
+impl CoordinatorSource {
+    async fn ensure_context(&self) -> Result<(), String> {
+        let Some(c) = &self.context else {
+            return Ok(());
+        };
+        let mut ready = c.ready.lock().await;
+        if *ready {
+            return Ok(());
+        }
+        let missing: Vec<Digest> = c
+            .index
+            .entries
+            .iter()
+            .filter_map(|e| e.digest.clone())
+            .filter(|d| !c.files.exists(d))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            match self
+                .link
+                .request(|id| Message::WantFiles {
+                    id,
+                    digests: missing.clone(),
+                })
+                .await?
+            {
+                ReplyBody::Fetched => {}
+                other => return Err(format!("unexpected answer to a context request: {other:?}")),
+            }
+            if let Some(d) = missing.iter().find(|d| !c.files.exists(d)) {
+                return Err(format!("the coordinator did not send context file {d}"));
+            }
+        }
+        let (index, mtimes, files, dir) = (
+            c.index.clone(),
+            c.mtimes.clone(),
+            c.files.clone(),
+            c.dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || materialize(&index, &mtimes, &files, &dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        *ready = true;
+        Ok(())
+    }
+}
+
+/// An image by manifest digest whose manifest and config are in the store
+/// (its layers are fetched when a step reads them).
+fn manifest_in_store(store: &BlobStore, digest: &Digest) -> Result<PulledImage, String> {
+    let image = xbuild_engine::image::read_manifest(store, digest).map_err(|e| e.to_string())?;
+    let config = xbuild_engine::image::read_config(store, &image.config.digest)
+        .map_err(|e| e.to_string())?;
+    let size = store.size_of(digest).map_err(|e| e.to_string())?;
+    let manifest = Descriptor::new(
+        image.effective_media_type().to_string(),
+        digest.clone(),
+        size,
+    )
+    .with_platform(&config.platform());
+    Ok(PulledImage {
+        manifest,
+        image,
+        config,
+    })
+}
+
+fn known_in_store(image: &ImageRef, store: &BlobStore) -> Option<PulledImage> {
+    let d = Digest::parse(image.digest.as_ref()?).ok()?;
+    manifest_in_store(store, &d).ok()
 }
 
 impl ImageSource for CoordinatorSource {
@@ -163,7 +238,7 @@ impl ImageSource for CoordinatorSource {
         _events: &'a dyn EventSink,
     ) -> PullFuture<'a> {
         Box::pin(async move {
-            if let Some(p) = complete_in_store(image, store) {
+            if let Some(p) = known_in_store(image, store) {
                 return Ok(p);
             }
             let (manifest, blobs) = match self
@@ -177,22 +252,26 @@ impl ImageSource for CoordinatorSource {
                 ReplyBody::Pulled { manifest, blobs } => (manifest, blobs),
                 other => return Err(format!("unexpected answer to a pull: {other:?}")),
             };
-            self.link.fetch(store, &blobs).await?;
-            let mut pinned = image.clone();
-            pinned.digest = Some(manifest.digest.to_string());
-            resolve_in_store(&pinned, store)
+            // Manifest and config now; layers when a step reads them.
+            self.link.fetch(store, &blobs[..blobs.len().min(2)]).await?;
+            manifest_in_store(store, &manifest.digest)
         })
     }
 
-    fn fetch_blobs<'a>(
-        &'a self,
-        blobs: &'a [Descriptor],
-        store: &'a BlobStore,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    fn can_fetch(&self, _blob: &Descriptor) -> bool {
+        // The coordinator offers only records whose blobs it has.
+        true
+    }
+
+    fn fetch_blobs<'a>(&'a self, blobs: &'a [Descriptor], store: &'a BlobStore) -> BoxFuture<'a> {
         Box::pin(async move {
             let digests: Vec<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
             self.link.fetch(store, &digests).await
         })
+    }
+
+    fn prepare_context(&self) -> BoxFuture<'_> {
+        Box::pin(self.ensure_context())
     }
 }
 
@@ -443,38 +522,21 @@ async fn run_job(
         other => return Err(unexpected(peer, "records", &other)),
     }
 
-    // Context files the agent lacks, then the context directory.
-    if let Some(index) = &job.context {
-        let missing: Vec<Digest> = index
-            .entries
-            .iter()
-            .filter_map(|e| e.digest.clone())
-            .filter(|d| !ctx_store.exists(d))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        send(Message::WantFiles {
-            digests: missing.clone(),
-        })?;
-        match expect(rx, peer).await? {
-            Message::FilesDone => {}
-            other => return Err(unexpected(peer, "files_done", &other)),
-        }
-        if let Some(d) = missing.iter().find(|d| !ctx_store.exists(d)) {
-            return Err(RemoteError::Protocol {
-                peer: peer.to_string(),
-                what: format!("context file {d} was not sent"),
-            });
-        }
-        materialize(index, &job.mtimes, ctx_store, ctx_dir)?;
-    }
-
     let link = Arc::new(Link {
         out: out.clone(),
         next: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
     });
-    let source = CoordinatorSource { link: link.clone() };
+    let source = CoordinatorSource {
+        link: link.clone(),
+        context: job.context.as_ref().map(|index| LazyContext {
+            index: index.clone(),
+            mtimes: job.mtimes.clone(),
+            files: ctx_store.clone(),
+            dir: ctx_dir.to_path_buf(),
+            ready: tokio::sync::Mutex::new(false),
+        }),
+    };
     let ev_out = out.clone();
     let events = move |event: Event| {
         let _ = ev_out.send(Outgoing::Msg(Message::Event { event }));

@@ -172,11 +172,16 @@ impl RemoteWorker {
         let store = req.engine.store();
         let platform = req.graph.platform.clone();
         let worker = self.worker_name();
-        let records = req
+        // Records whose layer this store still has: the agent may count
+        // them as hits and fetch the layer only if it needs the files.
+        let records: Vec<_> = req
             .engine
             .cache()
             .list(&platform)
-            .map_err(RemoteError::from)?;
+            .map_err(RemoteError::from)?
+            .into_iter()
+            .filter(|r| r.layer.as_ref().is_none_or(|l| store.exists(&l.digest)))
+            .collect();
         let mtimes = match (req.context_dir, req.context) {
             (Some(dir), Some(ix)) => mtimes_of(dir, ix),
             _ => BTreeMap::new(),
@@ -210,9 +215,16 @@ impl RemoteWorker {
                     self.writer.send(&Message::Records { records }).await?;
                     self.writer.flush().await?;
                 }
-                Message::WantFiles { digests } => {
+                Message::WantFiles { id, digests } => {
+                    // A file that cannot be read half-way leaves the stream
+                    // unusable: any error ends the conversation.
                     context_bytes += self.send_context(&req, &digests).await?;
-                    self.writer.send(&Message::FilesDone).await?;
+                    self.writer
+                        .send(&Message::Reply {
+                            id,
+                            result: Ok(ReplyBody::Fetched),
+                        })
+                        .await?;
                     self.writer.flush().await?;
                 }
                 Message::Event { event } => {

@@ -15,12 +15,19 @@
 //! ```text
 //! C: Hello                 A: Welcome          (versions must match)
 //! C: Solve                 A: WantRecords      C: Records
-//!                          A: WantFiles        C: Blob* FilesDone
-//!   ... A: Event* | Pull -> C: Reply | Fetch -> C: Blob* Reply ...
+//!   ... A: Event*
+//!       | Pull      -> C: Reply                (base image manifest)
+//!       | Fetch     -> C: Blob* Reply          (store blobs the agent lacks)
+//!       | WantFiles -> C: Blob* Reply          (context files it lacks) ...
 //!                          A: Solved | Failed
 //! C: WantBlobs             A: Blob* BlobsDone
 //! (next Solve, or C closes the agent's stdin and the agent exits)
 //! ```
+//!
+//! The agent asks for nothing it does not read: layers of cache hits and
+//! of base images are fetched only when a step that misses needs their
+//! files, and the context only when a step reads it, so a fully cached
+//! build moves cache records, manifests and configs, not layers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -300,11 +307,11 @@ pub enum Message {
     },
     /// A→C: context file contents the agent lacks.
     WantFiles {
+        /// Request id.
+        id: u64,
         /// Content digests.
         digests: Vec<Digest>,
     },
-    /// C→A: all requested context files were sent.
-    FilesDone,
     /// Either way: a blob follows in data frames, `size` bytes in all.
     Blob {
         /// Content digest.
@@ -333,7 +340,7 @@ pub enum Message {
         /// Digests.
         digests: Vec<Digest>,
     },
-    /// C→A: answer to `Pull` or `Fetch`.
+    /// C→A: answer to `Pull`, `Fetch` or `WantFiles`.
     Reply {
         /// Request id.
         id: u64,
@@ -373,7 +380,6 @@ impl Message {
             Message::WantRecords { .. } => "want_records",
             Message::Records { .. } => "records",
             Message::WantFiles { .. } => "want_files",
-            Message::FilesDone => "files_done",
             Message::Blob { .. } => "blob",
             Message::Event { .. } => "event",
             Message::Pull { .. } => "pull",
