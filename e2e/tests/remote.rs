@@ -368,6 +368,71 @@ fn an_agent_killed_mid_build_has_its_platform_rebuilt_here_and_the_push_succeeds
     assert!(!alive(killed.unwrap()));
 }
 
+#[test]
+fn a_step_failing_on_the_agent_fails_the_build_with_the_dockerfile_line_and_is_not_rebuilt_here() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let ctx = xbuild_e2e::context(&[(
+        "Dockerfile",
+        "ARG BASE\nFROM $BASE\nRUN echo about to fail\nRUN echo oops >&2 && exit 3\n",
+    )]);
+    let agent_root = tempfile::tempdir().unwrap();
+    let spec = format!("linux/amd64=amd1:{}", s(agent_root.path()));
+    let tag = reg.reference("remote/failing:1");
+    let run = xb
+        .run_with(
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                "linux/amd64",
+                "--build-arg",
+                &format!("BASE={base}"),
+                "-t",
+                &tag,
+                "--push",
+                s(ctx.path()),
+            ],
+            &[("XBUILD_LOCAL_AGENT", spec.as_str())],
+            None,
+        )
+        .failed();
+    let err = &run.stderr;
+    assert!(err.contains("Dockerfile:4\n"), "{err}");
+    assert!(
+        err.contains(">>>    4 | RUN echo oops >&2 && exit 3"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: [linux/amd64 @ node amd1] ")
+                && l.contains("Dockerfile:4: RUN echo oops >&2 && exit 3: process")
+                && l.ends_with("exit code: 3 (on node amd1)")),
+        "{err}"
+    );
+    // The step's output streamed back from the agent.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with('#') && l.ends_with(" oops")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("instead"),
+        "a build error is not rescheduled: {err}"
+    );
+    assert!(
+        testbed::skopeo_inspect_raw(&tag).is_err(),
+        "nothing is pushed for a failed build"
+    );
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;

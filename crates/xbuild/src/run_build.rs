@@ -250,7 +250,11 @@ async fn build(
                 } => format!("{location}: {instruction}: {source}"),
                 other => other.to_string(),
             };
-            eprintln!("error: [{p} @ {}] {msg}", coordinator::local_worker(p));
+            let worker = match e.root_cause() {
+                EngineError::Remote { worker, .. } => worker.clone(),
+                _ => coordinator::local_worker(p).to_string(),
+            };
+            eprintln!("error: [{p} @ {worker}] {msg}");
         }
         if !done.is_empty() {
             eprintln!(
