@@ -235,6 +235,34 @@ fn amd64_on_an_agent_arm64_under_qemu_cache_follows_the_platform_and_only_change
         buildah_run(&tag, "amd64", "cat /small.size").trim(),
         SMALL.to_string()
     );
+
+    // 4. A fresh agent where a step misses after a hit: the hit's layer and
+    //    the base layers come from the coordinator when the miss needs them.
+    std::fs::write(ctx.path().join("small.bin"), noise(SMALL / 2, 4)).unwrap();
+    let m4p = xb.root().join("m4.json");
+    let fourth = build("a3", &m4p);
+    let m4 = metadata(&m4p);
+    assert_eq!(
+        platform_meta(&m4, "linux/amd64")["worker"],
+        "node amd1",
+        "{}",
+        fourth.stderr
+    );
+    assert_eq!(platform_meta(&m4, "linux/amd64")["cached"], 1);
+    assert_eq!(
+        buildah_run(
+            &tag,
+            "amd64",
+            "wc -c < /big.bin; cat /small.size; cat /arch"
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        [
+            BIG.to_string(),
+            (SMALL / 2).to_string(),
+            "x86_64".to_string()
+        ]
+    );
 }
 
 /// Pids whose command line contains `marker`.
