@@ -175,6 +175,14 @@ fn amd64_on_an_agent_arm64_under_qemu_cache_follows_the_platform_and_only_change
     assert!(records(xb.root()) >= 3, "coordinator has the amd64 records");
     assert_eq!(records(xb.root()), records(&agents.path().join("a1")));
 
+    // The agent exited once the coordinator closed its input.
+    let pid1: i32 = std::fs::read_to_string(agents.path().join("a1/agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(pid1), "agent {pid1} outlived the build");
+
     // 2. A fresh agent: every step is a cache hit, nothing runs there.
     let m2p = xb.root().join("m2.json");
     let second = build("a2", &m2p);
@@ -408,7 +416,9 @@ fn a_step_failing_on_the_agent_fails_the_build_with_the_dockerfile_line_and_is_n
     let base = publish_base(&xb, &reg);
     let ctx = xbuild_e2e::context(&[(
         "Dockerfile",
-        "ARG BASE\nFROM $BASE\nRUN echo about to fail\nRUN echo oops >&2 && exit 3\n",
+        "ARG BASE\nFROM $BASE\n\
+         RUN --mount=type=secret,id=tok test \"$(tr 3 e < /run/secrets/tok)\" = secret && echo secret-ok\n\
+         RUN echo oops >&2 && exit 3\n",
     )]);
     let agent_root = tempfile::tempdir().unwrap();
     let spec = format!("linux/amd64=amd1:{}", s(agent_root.path()));
@@ -423,12 +433,14 @@ fn a_step_failing_on_the_agent_fails_the_build_with_the_dockerfile_line_and_is_n
                 "linux/amd64",
                 "--build-arg",
                 &format!("BASE={base}"),
+                "--secret",
+                "id=tok,env=TOK",
                 "-t",
                 &tag,
                 "--push",
                 s(ctx.path()),
             ],
-            &[("XBUILD_LOCAL_AGENT", spec.as_str())],
+            &[("XBUILD_LOCAL_AGENT", spec.as_str()), ("TOK", "s3cret")],
             None,
         )
         .failed();
@@ -445,6 +457,9 @@ fn a_step_failing_on_the_agent_fails_the_build_with_the_dockerfile_line_and_is_n
                 && l.ends_with("exit code: 3 (on node amd1)")),
         "{err}"
     );
+    // The secret reached the RUN on the agent, and never the output.
+    assert!(err.lines().any(|l| l.ends_with(" secret-ok")), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
     // The step's output streamed back from the agent.
     assert!(
         err.lines()

@@ -153,6 +153,23 @@ impl RemoteWorker {
         self.writer.sent()
     }
 
+    /// Ends the conversation: closes the agent's input (it exits when its
+    /// stdin closes) and waits up to `grace` for it to hang up.
+    pub async fn close(self, grace: Duration) {
+        let RemoteWorker {
+            mut reader,
+            mut writer,
+            ..
+        } = self;
+        // Shutdown sends EOF on a channel; a pipe closes only when dropped.
+        let _ = writer.shutdown().await;
+        drop(writer);
+        let _ = tokio::time::timeout(grace, async {
+            while let Ok(Some(_)) = reader.read_frame().await {}
+        })
+        .await;
+    }
+
     fn peer(&self) -> String {
         self.reader.peer().to_string()
     }

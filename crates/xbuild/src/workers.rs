@@ -137,9 +137,11 @@ async fn solve_remote(
             source_date_epoch: req.source_date_epoch,
         })
         .await?;
+    let name = worker.worker_name();
+    worker.close(std::time::Duration::from_secs(5)).await;
     Ok(Solved {
         result: out.result,
-        worker: worker.worker_name(),
+        worker: name,
         bytes_sent: Some(out.bytes_sent),
     })
 }
