@@ -313,6 +313,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = cfg.peer.clone();
+    remove_stale_contexts(&cfg.root.join("remote"));
     let store = BlobStore::open(cfg.root.join("content"))?;
     let ctx_store = BlobStore::open(context_cache_dir(&cfg.root))?;
 
@@ -376,6 +377,26 @@ where
     // The writer ends once every sender is gone; let it flush what is queued.
     let _ = writer_task.await;
     r
+}
+
+/// Removes context directories (`ctx-PID-N`) left by agents that died.
+fn remove_stale_contexts(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ctx-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 async fn recv(
@@ -732,4 +753,83 @@ pub fn materialize(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xbuild_engine::context::IndexEntry;
+
+    fn entry(path: &str, kind: EntryKind, mode: u32, digest: Option<Digest>) -> IndexEntry {
+        IndexEntry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 1000,
+            gid: 1001,
+            size: 0,
+            link_target: (kind == EntryKind::Symlink).then(|| "f.txt".into()),
+            digest,
+        }
+    }
+
+    #[test]
+    fn the_context_is_laid_out_with_modes_owners_links_and_times() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobStore::open(dir.path().join("files")).unwrap();
+        let d = files.put_bytes(b"hello\n").unwrap();
+        let index = ContextIndex {
+            entries: vec![
+                entry("sub", EntryKind::Dir, 0o750, None),
+                entry("sub/f.txt", EntryKind::File, 0o640, Some(d)),
+                entry("sub/link", EntryKind::Symlink, 0o777, None),
+            ],
+            ..Default::default()
+        };
+        let mut mtimes = BTreeMap::new();
+        mtimes.insert("sub".to_string(), (1_600_000_000, 5));
+        mtimes.insert("sub/f.txt".to_string(), (1_500_000_000, 7));
+        let out = dir.path().join("ctx");
+        materialize(&index, &mtimes, &files, &out).unwrap();
+        let f = fs::symlink_metadata(out.join("sub/f.txt")).unwrap();
+        assert_eq!(fs::read(out.join("sub/f.txt")).unwrap(), b"hello\n");
+        assert_eq!(f.mode() & 0o7777, 0o640);
+        assert_eq!((f.mtime(), f.mtime_nsec()), (1_500_000_000, 7));
+        let dm = fs::symlink_metadata(out.join("sub")).unwrap();
+        assert_eq!(dm.mode() & 0o7777, 0o750);
+        assert_eq!((dm.mtime(), dm.mtime_nsec()), (1_600_000_000, 5));
+        assert_eq!(
+            fs::read_link(out.join("sub/link")).unwrap(),
+            Path::new("f.txt")
+        );
+        if nix_is_root() {
+            assert_eq!((f.uid(), f.gid()), (1000, 1001));
+        }
+        // Paths that leave the directory are refused.
+        let bad = ContextIndex {
+            entries: vec![entry("../x", EntryKind::Dir, 0o755, None)],
+            ..Default::default()
+        };
+        let e = materialize(&bad, &BTreeMap::new(), &files, &out).unwrap_err();
+        assert!(e.to_string().contains("invalid context path"), "{e}");
+    }
+
+    fn nix_is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn stale_context_directories_of_dead_agents_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("ctx-999999999-1");
+        let mine = dir.path().join(format!("ctx-{}-1", std::process::id()));
+        let other = dir.path().join("context");
+        for d in [&dead, &mine, &other] {
+            fs::create_dir_all(d).unwrap();
+        }
+        remove_stale_contexts(dir.path());
+        assert!(!dead.exists() && mine.exists() && other.exists());
+    }
 }
