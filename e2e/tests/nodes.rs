@@ -623,3 +623,123 @@ async fn futures_join(pool: &SshPool, specs: &[NodeSpec]) -> Vec<Result<(), Stri
         .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
         .collect()
 }
+
+/// The headline of issue #6 through a real OpenSSH server: amd64 goes to
+/// the node (its agent started over SSH, its own state directory), arm64
+/// builds here through QEMU; the pushed index is right as skopeo sees it;
+/// a rebuild on a fresh node state is all cache hits; the agent leaves no
+/// process behind.
+#[test]
+fn a_build_sends_amd64_to_an_ssh_node_and_arm64_to_qemu_and_pushes_one_index() {
+    if xbuild_e2e::require_multiplatform().is_none() {
+        return;
+    }
+    let Some(sshd) = Sshd::start_or_skip("127.0.0.3") else {
+        return;
+    };
+    if testbed::host_arch() != "amd64" {
+        testbed::skip("the node is an amd64 node: the host must be amd64");
+        return;
+    }
+    let Some(reg) = testbed::Registry::start_or_skip() else {
+        return;
+    };
+    let env = Env::new();
+    let base = xbuild_e2e::publish_base(&env.xb, &reg);
+    sshd.write_known_hosts(&env.known_hosts()).unwrap();
+    env.add("amd1", &sshd, &[]).ok();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "ARG BASE\nFROM $BASE\nCOPY hello.txt /hello.txt\nRUN uname -m > /arch\n",
+        ),
+        ("hello.txt", "hello over ssh\n"),
+    ]);
+    let tag = reg.reference("nodes/app:1");
+    let meta = env.xb.root().join("meta.json");
+    let base_arg = format!("BASE={base}");
+    let build = || {
+        env.run(&[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            &base_arg,
+            "-t",
+            &tag,
+            "--push",
+            "--metadata-file",
+            s(&meta),
+            s(ctx.path()),
+        ])
+        .ok()
+    };
+    let first = build();
+    assert!(
+        first.stderr.contains("linux/amd64 → node amd1 (native)"),
+        "{}",
+        first.stderr
+    );
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(
+        m["xbuild.platforms"]["linux/amd64"]["worker"], "node amd1",
+        "{m}"
+    );
+    assert_eq!(
+        m["xbuild.platforms"]["linux/arm64"]["worker"], "qemu",
+        "{m}"
+    );
+    // The node's own state directory holds the amd64 work.
+    assert!(
+        env.home.path().join("amd1").join("content").is_dir(),
+        "the agent kept no state on the node"
+    );
+    let raw = testbed::skopeo_inspect_raw(&tag).unwrap();
+    let mut plats: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("linux/{}", e["platform"]["architecture"].as_str().unwrap()))
+        .collect();
+    plats.sort();
+    assert_eq!(plats, ["linux/amd64", "linux/arm64"]);
+    if testbed::require_cmd("buildah").is_some() {
+        let out = xbuild_e2e::buildah_run(&tag, "amd64", "cat /arch /hello.txt");
+        assert_eq!(out, "x86_64\nhello over ssh\n");
+        let out = xbuild_e2e::buildah_run(&tag, "arm64", "cat /arch");
+        assert_eq!(out, "aarch64\n");
+    }
+
+    // A fresh node state (the node was reinstalled): the coordinator's
+    // cache follows the platform, nothing runs on the node.
+    std::fs::remove_dir_all(env.home.path().join("amd1")).unwrap();
+    let second = build();
+    assert_eq!(second.missed_steps(), 0, "{}", second.stderr);
+    let m2: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m2["containerimage.digest"], m["containerimage.digest"]);
+    assert_eq!(m2["xbuild.platforms"]["linux/amd64"]["worker"], "node amd1");
+
+    // No agent is left running on the node.
+    let agent_root = env.home.path().join("amd1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("agent --stdio --root {}", agent_root.display()),
+            ])
+            .output()
+            .unwrap();
+        if out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan agent processes: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -163,6 +163,42 @@ impl CacheStore {
         }
     }
 
+    /// The record of `key` as stored, whether or not its layer blob is present.
+    pub fn get_raw(&self, p: &Platform, key: &Digest) -> Option<CacheRecord> {
+        let bytes = fs::read(self.record_path(p, key)).ok()?;
+        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        (rec.key == *key).then_some(rec)
+    }
+
+    /// Every record of platform `p` (unreadable files are skipped), by key.
+    pub fn list(&self, p: &Platform) -> Result<Vec<CacheRecord>, CacheError> {
+        let dir = self.platform_dir(p);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("read directory", &dir)(e)),
+        };
+        let mut out = Vec::new();
+        for f in rd.flatten() {
+            let name = f.file_name();
+            let Some(hex) = name
+                .to_string_lossy()
+                .strip_suffix(".json")
+                .map(String::from)
+            else {
+                continue;
+            };
+            let Ok(key) = Digest::parse(&format!("sha256:{hex}")) else {
+                continue;
+            };
+            if let Some(rec) = self.get_raw(p, &key) {
+                out.push(rec);
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     fn write_atomic(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let tmp = dir.join(format!(".tmp-{}", crate::snapshot::unique_name()));
@@ -286,7 +322,7 @@ mod tests {
             created: "2024-01-01T00:00:00Z".into(),
         };
         cache.put(&p, &rec).unwrap();
-        assert_eq!(cache.get(&p, &key, &store), Some(rec));
+        assert_eq!(cache.get(&p, &key, &store), Some(rec.clone()));
         // A record whose layer blob is gone is not usable.
         let key2 = Digest::sha256_of(b"k2");
         let rec2 = CacheRecord {
@@ -301,5 +337,14 @@ mod tests {
         cache.put(&p, &rec2).unwrap();
         assert_eq!(cache.get(&p, &key2, &store), None);
         assert_eq!(cache.roots().unwrap(), vec![Digest::sha256_of(b"blob")]);
+        // Listing and raw reads see records whose blob is missing, too.
+        assert_eq!(cache.get_raw(&p, &key2), Some(rec2.clone()));
+        let mut want = vec![rec, rec2];
+        want.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(cache.list(&p).unwrap(), want);
+        assert!(cache
+            .list(&Platform::parse("linux/s390x").unwrap())
+            .unwrap()
+            .is_empty());
     }
 }

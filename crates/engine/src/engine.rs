@@ -132,6 +132,15 @@ pub enum EngineError {
     /// A worker task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The build failed on another worker (a remote node); the message is
+    /// the worker's.
+    #[error("{message} (on {worker})")]
+    Remote {
+        /// The worker (`node amd1`).
+        worker: String,
+        /// Its error, formatted.
+        message: String,
+    },
     /// A step failed.
     #[error("[{platform}] {location}: {instruction}: {source}")]
     Step {
@@ -302,6 +311,11 @@ impl Engine {
     /// The content store.
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
+    }
+
+    /// The build cache records.
+    pub fn cache(&self) -> &CacheStore {
+        &self.inner.cache
     }
 
     /// The state directory (canonical).

@@ -264,6 +264,18 @@ impl ImageBuilder {
         store: &BlobStore,
         source_date_epoch: Option<i64>,
     ) -> Result<(Descriptor, ImageConfig), ImageError> {
+        self.write_with(store, source_date_epoch, &|_| false)
+    }
+
+    /// [`write`](Self::write), accepting layers absent from `store` for
+    /// which `elsewhere` is true (a remote agent's layers that its
+    /// coordinator holds and the agent never needed to fetch).
+    pub fn write_with(
+        &self,
+        store: &BlobStore,
+        source_date_epoch: Option<i64>,
+        elsewhere: &(dyn Fn(&Descriptor) -> bool + Send + Sync),
+    ) -> Result<(Descriptor, ImageConfig), ImageError> {
         let now = timestamp(source_date_epoch);
         let mut config = self.config.clone();
         for h in config.history.iter_mut() {
@@ -291,7 +303,7 @@ impl ImageBuilder {
             config.created = Some(rfc3339(epoch));
         }
         for l in &self.layers {
-            if !store.exists(&l.digest) {
+            if !store.exists(&l.digest) && !elsewhere(l) {
                 return Err(ImageError::MissingBlob(l.digest.clone()));
             }
         }

@@ -32,18 +32,35 @@ use crate::snapshot::Scratch;
 use crate::source::PulledImage;
 use xbuild_dockerfile::instructions::MountType;
 
-/// A finished stage: its snapshots (bottom first), image state and final key.
+/// One layer of a filesystem being built: an extracted snapshot, or a
+/// layer known by its blob and diffID and extracted only when a later step
+/// needs the files (a fully cached build extracts nothing, and a remote
+/// agent fetches no layer it does not read).
+#[derive(Debug, Clone)]
+pub(crate) enum ChainLayer {
+    /// Extracted.
+    Ready(PathBuf),
+    /// Not extracted yet.
+    Pending {
+        /// The layer blob.
+        layer: Box<Descriptor>,
+        /// Its diffID (the snapshot's name).
+        diff_id: Digest,
+    },
+}
+
+/// A finished stage: its layers (bottom first), image state and final key.
 #[derive(Debug, Clone)]
 pub(crate) struct StageOut {
-    chain: Vec<PathBuf>,
+    chain: Vec<ChainLayer>,
     builder: ImageBuilder,
     key: Digest,
     steps: usize,
     cached: usize,
 }
 
-/// A pulled image and its snapshots, bottom first.
-type ImageLayers = (Arc<PulledImage>, Vec<PathBuf>);
+/// A pulled image and its layers, bottom first.
+type ImageLayers = (Arc<PulledImage>, Vec<ChainLayer>);
 
 /// What one solve shares between its stages.
 struct Shared<'r, 'a> {
@@ -307,9 +324,19 @@ impl Engine {
         let store = self.inner.store.clone();
         let builder = out.builder.clone();
         let sde = req.source_date_epoch;
-        let (manifest, config) = tokio::task::spawn_blocking(move || builder.write(&store, sde))
-            .await
-            .map_err(|e| EngineError::Task(e.to_string()))??;
+        // Layers the store lacks are fine when the source holds them (a
+        // remote agent's cache hits, never fetched because nothing read them).
+        let elsewhere: std::collections::HashSet<Digest> = builder
+            .layers()
+            .iter()
+            .filter(|l| !store.exists(&l.digest) && req.source.can_fetch(l))
+            .map(|l| l.digest.clone())
+            .collect();
+        let (manifest, config) = tokio::task::spawn_blocking(move || {
+            builder.write_with(&store, sde, &|l| elsewhere.contains(&l.digest))
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))??;
         Ok(SolveResult {
             platform: g.platform.clone(),
             manifest,
@@ -355,17 +382,16 @@ impl Engine {
                 img.image.layers.len()
             )));
         }
-        let layers = img.image.layers.clone();
-        let inner = self.inner.clone();
-        let chain = tokio::task::spawn_blocking(move || {
-            layers
-                .iter()
-                .zip(&diff_ids)
-                .map(|(l, d)| inner.snapshots.ensure(&inner.store, l, d))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| EngineError::Task(e.to_string()))??;
+        let chain = img
+            .image
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .map(|(l, d)| ChainLayer::Pending {
+                layer: Box::new(l.clone()),
+                diff_id: d.clone(),
+            })
+            .collect();
         let v = (Arc::new(img), chain);
         pulled.insert(id, v.clone());
         Ok(v)
@@ -623,16 +649,31 @@ impl Engine {
     ) -> Result<MountSource, EngineError> {
         Ok(match from {
             FileSource::Context => {
-                MountSource::Context(shared.context_dir.clone().ok_or(EngineError::NoContext)?)
+                let dir = shared.context_dir.clone().ok_or(EngineError::NoContext)?;
+                shared
+                    .req
+                    .source
+                    .prepare_context()
+                    .await
+                    .map_err(|message| EngineError::Remote {
+                        worker: self.inner.cfg.worker.clone(),
+                        message: format!("getting the build context: {message}"),
+                    })?;
+                MountSource::Context(dir)
             }
             FileSource::Stage(i) => MountSource::Layers(
-                deps.get(i)
-                    .ok_or_else(|| EngineError::Graph(format!("stage {i} not built")))?
-                    .chain
-                    .clone(),
+                self.materialize(
+                    shared.req,
+                    &deps
+                        .get(i)
+                        .ok_or_else(|| EngineError::Graph(format!("stage {i} not built")))?
+                        .chain,
+                )
+                .await?,
             ),
             FileSource::Image(r) => {
-                MountSource::Layers(self.image_chain(shared, r, &step.location).await?.1)
+                let chain = self.image_chain(shared, r, &step.location).await?.1;
+                MountSource::Layers(self.materialize(shared.req, &chain).await?)
             }
         })
     }
@@ -658,7 +699,7 @@ impl Engine {
         deps: &HashMap<usize, Arc<StageOut>>,
         vid: VertexId,
         t0: Instant,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<ChainLayer>,
         builder: &mut ImageBuilder,
         key: &mut Digest,
         skip_lookup: bool,
@@ -687,7 +728,7 @@ impl Engine {
         let record = if skip_lookup || *missed {
             None
         } else {
-            inner.cache.get(platform, &new_key, &inner.store)
+            self.lookup(req, platform, &new_key).await
         };
         if let Some(rec) = record {
             if let Op::Config(c) = &step.op {
@@ -695,15 +736,10 @@ impl Engine {
             }
             match (rec.layer, rec.diff_id) {
                 (Some(layer), Some(diff_id)) => {
-                    let i2 = inner.clone();
-                    let l2 = layer.clone();
-                    let d2 = diff_id.clone();
-                    let snap = tokio::task::spawn_blocking(move || {
-                        i2.snapshots.ensure(&i2.store, &l2, &d2)
-                    })
-                    .await
-                    .map_err(|e| EngineError::Task(e.to_string()))??;
-                    chain.push(snap);
+                    chain.push(ChainLayer::Pending {
+                        layer: Box::new(layer.clone()),
+                        diff_id: diff_id.clone(),
+                    });
                     builder.add_layer(layer, diff_id, &step.created_by, Some(rec.created));
                 }
                 _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
@@ -740,7 +776,8 @@ impl Engine {
                 match c {
                     ConfigOp::Workdir(dir) => {
                         let user = builder.config().config.user.clone();
-                        let (inner2, chain2, dir) = (inner.clone(), chain.clone(), dir.clone());
+                        let chain2 = self.materialize(req, chain).await?;
+                        let (inner2, dir) = (inner.clone(), dir.clone());
                         blocking(req.events, vid, t0, move |_tx| {
                             fs_step(&inner2, &chain2, sde, |root| {
                                 let (uid, gid) = if user.is_empty() {
@@ -763,7 +800,7 @@ impl Engine {
         let now = timestamp(None);
         let (desc, diff_id) = match layer {
             Some((desc, diff_id, snap)) => {
-                chain.push(snap);
+                chain.push(ChainLayer::Ready(snap));
                 builder.add_layer(
                     desc.clone(),
                     diff_id.clone(),
@@ -794,6 +831,72 @@ impl Engine {
         Ok(false)
     }
 
+    /// A usable cache record of `key`: its layer blob is in the store, or
+    /// the request's source can fetch it when a later step needs the
+    /// layer's files (a remote agent, from its coordinator).
+    async fn lookup(
+        &self,
+        req: &SolveRequest<'_>,
+        platform: &Platform,
+        key: &Digest,
+    ) -> Option<CacheRecord> {
+        let inner = &self.inner;
+        if let Some(rec) = inner.cache.get(platform, key, &inner.store) {
+            return Some(rec);
+        }
+        let rec = inner.cache.get_raw(platform, key)?;
+        rec.diff_id.as_ref()?;
+        let layer = rec.layer.as_ref()?;
+        req.source.can_fetch(layer).then_some(rec)
+    }
+
+    /// Extracts the pending layers of `chain` (fetching blobs the store
+    /// lacks from the request's source) and returns the snapshot paths.
+    async fn materialize(
+        &self,
+        req: &SolveRequest<'_>,
+        chain: &[ChainLayer],
+    ) -> Result<Vec<PathBuf>, EngineError> {
+        let inner = &self.inner;
+        let missing: Vec<Descriptor> = chain
+            .iter()
+            .filter_map(|c| match c {
+                ChainLayer::Pending { layer, diff_id }
+                    if inner.snapshots.get(diff_id).is_none()
+                        && !inner.store.exists(&layer.digest) =>
+                {
+                    Some((**layer).clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if !missing.is_empty() {
+            req.source
+                .fetch_blobs(&missing, &inner.store)
+                .await
+                .map_err(|message| EngineError::Remote {
+                    worker: inner.cfg.worker.clone(),
+                    message: format!("fetching layers: {message}"),
+                })?;
+        }
+        let inner = inner.clone();
+        let chain = chain.to_vec();
+        tokio::task::spawn_blocking(move || {
+            chain
+                .iter()
+                .map(|c| match c {
+                    ChainLayer::Ready(p) => Ok(p.clone()),
+                    ChainLayer::Pending { layer, diff_id } => {
+                        inner.snapshots.ensure(&inner.store, layer, diff_id)
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?
+        .map_err(EngineError::from)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn run_exec(
         &self,
@@ -803,7 +906,7 @@ impl Engine {
         step: &Step,
         vid: VertexId,
         t0: Instant,
-        chain: &[PathBuf],
+        chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
         let mut sources = Vec::with_capacity(op.mounts.len());
@@ -838,7 +941,7 @@ impl Engine {
         let env = self.exec_env(&shared.platform);
         let platform = shared.platform.clone();
         let inner = self.inner.clone();
-        let chain = chain.to_vec();
+        let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
         blocking(req.events, vid, t0, move |tx| {
             fs_step(&inner, &chain, sde, |root| {
@@ -868,7 +971,7 @@ impl Engine {
         step: &Step,
         vid: VertexId,
         t0: Instant,
-        chain: &[PathBuf],
+        chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
         let needs_source = !op.sources.is_empty();
@@ -883,7 +986,7 @@ impl Engine {
         };
         let env = self.exec_env(&shared.platform);
         let inner = self.inner.clone();
-        let chain = chain.to_vec();
+        let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
         let op = op.clone();
         blocking(req.events, vid, t0, move |_tx| {

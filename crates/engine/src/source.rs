@@ -26,6 +26,9 @@ pub struct PulledImage {
 /// Future returned by [`ImageSource::pull`].
 pub type PullFuture<'a> = Pin<Box<dyn Future<Output = Result<PulledImage, String>> + Send + 'a>>;
 
+/// Future of the optional [`ImageSource`] hooks; errors are shown as they are.
+pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// Makes a base image's manifest, config and layers available in a store.
 pub trait ImageSource: Send + Sync {
     /// Pulls `image` (for `image.platform`) into `store`. The error text is
@@ -36,6 +39,28 @@ pub trait ImageSource: Send + Sync {
         store: &'a BlobStore,
         events: &'a dyn EventSink,
     ) -> PullFuture<'a>;
+
+    /// Whether [`fetch_blobs`](Self::fetch_blobs) can provide `blob` when
+    /// the store lacks it (a remote agent asks its coordinator). When true,
+    /// a cache record whose layer blob is absent still counts as a hit; the
+    /// blob is fetched only if a later step reads the layer's files.
+    fn can_fetch(&self, _blob: &Descriptor) -> bool {
+        false
+    }
+
+    /// Makes layer blobs available in `store` when this source can get them
+    /// from elsewhere. The default has nowhere to look and does nothing;
+    /// the caller checks the store afterwards.
+    fn fetch_blobs<'a>(&'a self, _blobs: &'a [Descriptor], _store: &'a BlobStore) -> BoxFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Called before a step reads the build context directory, so a source
+    /// that delivers the context lazily (a remote agent) can fetch and lay
+    /// it out first. The default does nothing.
+    fn prepare_context(&self) -> BoxFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Resolves images from the local store only: `ImageRef.digest` when set,

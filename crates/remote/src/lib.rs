@@ -7,6 +7,11 @@
 //! channel. Everything above the stream (protocol, context and cache sync)
 //! is the same for both.
 
+pub mod agent;
+pub mod client;
+pub mod local;
+pub mod protocol;
+
 use std::fmt;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -139,7 +139,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         "targets" => run_targets(&df, call.json),
         "outline" => {
             let graphs = plan_all(&df, &opts, &platforms)?;
-            crate::nodes::plan_build_blocking(&platforms, &args.nodes, false, true)?;
+            crate::nodes::plan_build_blocking(&platforms, &args.nodes, true)?;
             if call.json {
                 println!("{}", serde_json::to_string_pretty(&graphs)?);
             } else {
@@ -147,15 +147,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
             }
             Ok(())
         }
-        _ => {
-            let show = !args.quiet
-                && !matches!(
-                    args.progress,
-                    crate::cli::ProgressMode::Quiet | crate::cli::ProgressMode::Rawjson
-                );
-            crate::nodes::plan_build_blocking(&platforms, &args.nodes, true, show)?;
-            crate::run_build::run(&args, &df, &opts, &platforms)
-        }
+        // The build decides where each platform goes itself, on the
+        // runtime that then keeps the node connections open.
+        _ => crate::run_build::run(&args, &df, &opts, &platforms),
     }
 }
 

@@ -241,6 +241,8 @@ pub struct PlatformResult {
     pub cached: usize,
     /// Wall time.
     pub duration: Duration,
+    /// Bytes sent to a remote worker (`None` when built here).
+    pub bytes_sent: Option<u64>,
 }
 
 /// Print the end-of-build table (issue #7's summary).

@@ -1,5 +1,6 @@
 //! The `xbuild` binary: CLI, coordinator and agent in one.
 
+mod agent_cmd;
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
@@ -14,6 +15,7 @@ mod output;
 mod paths;
 mod progress;
 mod run_build;
+mod workers;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -31,22 +33,13 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// A command that later issues build: a clear error, never a pretence.
-fn not_built(what: &str, issue: u32) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`xbuild {what}` is not implemented yet (planned in issue #{issue}); \
-         this build of xbuild can parse, plan and check Dockerfiles: \
-         try `xbuild build --call outline|targets|check PATH`"
-    )
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Build(args) => build::run(*args),
         Commands::Node(cmd) => nodes::cmd_node(cmd),
         Commands::Agent(a) => match nodes::cmd_agent(&a)? {
             true => Ok(()),
-            false => not_built("agent --stdio", 6),
+            false => agent_cmd::run(&a),
         },
         Commands::Binfmt(cli::BinfmtCommand::Status) => binfmt_cmd::cmd_status(),
         Commands::Binfmt(cli::BinfmtCommand::Install { platforms }) => {

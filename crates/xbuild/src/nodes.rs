@@ -290,7 +290,6 @@ pub struct NodePlan {
     /// Connections opened while checking the nodes.
     pub pool: Arc<SshPool>,
     /// The configured nodes.
-    #[allow(dead_code)] // Read by the coordinator when it dispatches to nodes.
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -352,9 +351,16 @@ pub async fn plan_build(
 }
 
 impl NodePlan {
+    /// The node `platform` is scheduled on, if any.
+    pub fn node_for(&self, platform: &Platform) -> Option<&str> {
+        match self.plan.worker(platform)? {
+            Worker::Node(name) => Some(name),
+            _ => None,
+        }
+    }
+
     /// Start the agent of node `name` on a new channel of the connection
     /// the health check opened.
-    #[allow(dead_code)] // Called by the coordinator when it dispatches to nodes.
     pub async fn open_agent(&self, name: &str) -> Result<xbuild_remote::AgentStream> {
         let node = self
             .nodes
@@ -365,41 +371,16 @@ impl NodePlan {
     }
 }
 
-/// Run [`plan_build`] on its own runtime, for commands that only print the
-/// plan (`--call outline`) or build everything locally afterwards.
-/// Until builds can run on nodes (the agent protocol), a plan that sends a
-/// platform to a node is an error that says how to keep it local.
-pub fn plan_build_blocking(
-    platforms: &[Platform],
-    pins: &[String],
-    building: bool,
-    show_plan: bool,
-) -> Result<()> {
+/// Run [`plan_build`] on its own runtime and close the connections: for
+/// `--call outline`, which shows where each platform would build.
+pub fn plan_build_blocking(platforms: &[Platform], pins: &[String], show_plan: bool) -> Result<()> {
     let rt = runtime()?;
-    let plan = rt.block_on(async {
+    rt.block_on(async {
         let plan = plan_build(platforms, pins, show_plan).await;
         if let Ok(Some(p)) = &plan {
             p.pool.close_all().await;
         }
         plan
     })?;
-    let Some(plan) = plan else { return Ok(()) };
-    if building {
-        if let Some(a) = plan
-            .plan
-            .assignments
-            .iter()
-            .find(|a| matches!(a.worker, Worker::Node(_)))
-        {
-            bail!(
-                "{} is scheduled on {}, but this xbuild cannot run builds on nodes yet \
-                 (the coordinator-agent protocol is not part of it); build it here with \
-                 --node {}=local",
-                a.platform,
-                a.worker,
-                a.platform
-            );
-        }
-    }
     Ok(())
 }

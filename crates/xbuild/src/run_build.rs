@@ -143,10 +143,20 @@ async fn build(
         }
     }
 
-    // A platform whose RUN steps cannot execute here fails the whole build
-    // before any work starts, naming the platform and the fix.
+    // Where each platform builds: configured nodes are checked and the
+    // plan printed before any work starts. Their connections stay open for
+    // the agents of this build.
+    let show_plan =
+        !args.quiet && !matches!(args.progress, ProgressMode::Quiet | ProgressMode::Rawjson);
+    let node_plan = crate::nodes::plan_build(platforms, &args.nodes, show_plan).await?;
+    let on_node = |p: &Platform| node_plan.as_ref().and_then(|n| n.node_for(p)).is_some();
+
+    // A platform whose RUN steps cannot execute here (and that no node
+    // builds) fails the whole build before any work starts, naming the
+    // platform and the fix.
     let unrunnable: Vec<String> = graphs
         .iter()
+        .filter(|g| !on_node(&g.platform))
         .filter_map(|g| xbuild_engine::check_platforms(g).err())
         .map(|e| e.to_string())
         .collect();
@@ -198,21 +208,25 @@ async fn build(
             secrets: &secrets,
             source_date_epoch: epoch,
         };
-        eng.solve(req)
+        crate::workers::solve(eng, req, node_plan.as_ref())
     });
     let results = futures_util::future::join_all(solves).await;
+    if let Some(n) = &node_plan {
+        n.pool.close_all().await;
+    }
 
     let mut done = Vec::new();
     let mut failures = Vec::new();
     for (g, r) in graphs.iter().zip(results) {
         match r {
-            Ok(res) => done.push(PlatformResult {
-                platform: res.platform.clone(),
-                worker: coordinator::local_worker(&g.platform).to_string(),
-                manifest: res.manifest.clone(),
-                steps: res.steps,
-                cached: res.cached,
-                duration: res.duration,
+            Ok(solved) => done.push(PlatformResult {
+                platform: solved.result.platform.clone(),
+                worker: solved.worker,
+                manifest: solved.result.manifest.clone(),
+                steps: solved.result.steps,
+                cached: solved.result.cached,
+                duration: solved.result.duration,
+                bytes_sent: solved.bytes_sent,
             }),
             Err(e) => failures.push((g.platform.clone(), e)),
         }
@@ -249,7 +263,11 @@ async fn build(
                 } => format!("{location}: {instruction}: {source}"),
                 other => other.to_string(),
             };
-            eprintln!("error: [{p} @ {}] {msg}", coordinator::local_worker(p));
+            let worker = match e.root_cause() {
+                EngineError::Remote { worker, .. } => worker.clone(),
+                _ => coordinator::local_worker(p).to_string(),
+            };
+            eprintln!("error: [{p} @ {worker}] {msg}");
         }
         if !done.is_empty() {
             eprintln!(
@@ -407,6 +425,7 @@ fn write_metadata(
                     "steps": d.steps,
                     "cached": d.cached,
                     "duration_seconds": d.duration.as_secs_f64(),
+                    "bytes_sent_to_worker": d.bytes_sent,
                 }),
             )
         })

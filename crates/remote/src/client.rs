@@ -1,0 +1,717 @@
+//! The coordinator's side: a [`RemoteWorker`] drives one agent over an
+//! [`AgentStream`] and lands the image it builds in the coordinator's
+//! store and cache exactly as a local solve would.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use xbuild_engine::context::ContextIndex;
+use xbuild_engine::events::{Event, EventSink, Transfer, VertexId};
+use xbuild_engine::{Engine, EngineError, ImageSource, SolveResult, VertexIds};
+use xbuild_oci::{BlobStore, Digest};
+use xbuild_plan::BuildGraph;
+
+use crate::protocol::{
+    check_version, BlobDest, FrameReader, FrameWriter, Message, NodeInfo, RemoteError, ReplyBody,
+    SecretValues, SolveJob, StepFailure, PROTOCOL_VERSION,
+};
+use crate::AgentStream;
+
+type Reader = FrameReader<Pin<Box<dyn AsyncRead + Send>>>;
+type Writer = FrameWriter<Pin<Box<dyn AsyncWrite + Send>>>;
+
+/// One platform's build for a remote worker.
+pub struct RemoteSolve<'a> {
+    /// The coordinator's engine: its store receives the image, its cache
+    /// the records, and its records are offered to the agent.
+    pub engine: &'a Engine,
+    /// The graph.
+    pub graph: &'a BuildGraph,
+    /// The context directory.
+    pub context_dir: Option<&'a Path>,
+    /// The scanned context.
+    pub context: Option<&'a ContextIndex>,
+    /// Where base images come from (pulled into the coordinator's store,
+    /// then sent).
+    pub source: &'a dyn ImageSource,
+    /// Progress.
+    pub events: &'a dyn EventSink,
+    /// Vertex ids of this invocation (agent ids are mapped onto them).
+    pub ids: &'a VertexIds,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--no-cache-filter`.
+    pub no_cache_filter: &'a [String],
+    /// Secret values for `RUN --mount=type=secret`.
+    pub secrets: SecretValues,
+    /// `SOURCE_DATE_EPOCH`.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A remote solve's result.
+#[derive(Debug, Clone)]
+pub struct RemoteOutcome {
+    /// As a local solve reports it; the image is in the coordinator's store.
+    pub result: SolveResult,
+    /// Bytes sent to the agent for this build.
+    pub bytes_sent: u64,
+    /// Of which build-context file contents.
+    pub context_bytes: u64,
+    /// Bytes received from the agent for this build (blobs of the result).
+    pub bytes_received: u64,
+}
+
+/// Why a remote build did not produce an image.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    /// The transport or protocol failed: the platform may be built elsewhere.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The build itself failed on the node.
+    #[error("{0}")]
+    Build(EngineError),
+}
+
+impl SolveError {
+    /// Whether the build should be tried on another worker: the agent was
+    /// lost or failed outside a Dockerfile step.
+    pub fn reschedule(&self) -> bool {
+        match self {
+            SolveError::Remote(_) => true,
+            SolveError::Build(e) => !matches!(e, EngineError::Step { .. }),
+        }
+    }
+}
+
+/// A connected agent.
+pub struct RemoteWorker {
+    reader: Reader,
+    writer: Writer,
+    name: String,
+    info: NodeInfo,
+}
+
+impl std::fmt::Debug for RemoteWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteWorker")
+            .field("name", &self.name)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteWorker {
+    /// Handshakes with the agent at the end of `stream`. `name` is the
+    /// node's name (`amd1`); progress shows `node amd1`.
+    pub async fn connect(stream: AgentStream, name: &str) -> Result<RemoteWorker, RemoteError> {
+        let peer = format!("node {name} ({})", stream.label);
+        let mut reader = FrameReader::new(stream.reader, peer.clone());
+        let mut writer = FrameWriter::new(stream.writer, peer.clone());
+        writer
+            .send(&Message::Hello {
+                protocol: PROTOCOL_VERSION,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .await?;
+        writer.flush().await?;
+        let info = match reader.expect_message().await? {
+            Message::Welcome(info) => info,
+            Message::Error { message } => return Err(RemoteError::Remote { peer, message }),
+            other => {
+                return Err(RemoteError::Protocol {
+                    peer,
+                    what: format!("expected welcome, got {}", other.name()),
+                })
+            }
+        };
+        check_version(&peer, info.protocol, &info.version)?;
+        Ok(RemoteWorker {
+            reader,
+            writer,
+            name: name.to_string(),
+            info,
+        })
+    }
+
+    /// What the node reported in the handshake.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The worker name shown in progress and the summary (`node amd1`).
+    pub fn worker_name(&self) -> String {
+        format!("node {}", self.name)
+    }
+
+    /// Bytes sent to the agent on this connection so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.writer.sent()
+    }
+
+    /// Ends the conversation: closes the agent's input (it exits when its
+    /// stdin closes) and waits up to `grace` for it to hang up.
+    pub async fn close(self, grace: Duration) {
+        let RemoteWorker {
+            mut reader,
+            mut writer,
+            ..
+        } = self;
+        // Shutdown sends EOF on a channel; a pipe closes only when dropped.
+        let _ = writer.shutdown().await;
+        drop(writer);
+        let _ = tokio::time::timeout(grace, async {
+            while let Ok(Some(_)) = reader.read_frame().await {}
+        })
+        .await;
+    }
+
+    fn peer(&self) -> String {
+        self.reader.peer().to_string()
+    }
+
+    fn protocol(&self, what: String) -> RemoteError {
+        RemoteError::Protocol {
+            peer: self.peer(),
+            what,
+        }
+    }
+
+    /// Builds one platform on the agent and lands the image (manifest,
+    /// config, layers) and the cache records the agent wrote in the
+    /// coordinator's store and cache.
+    pub async fn solve(&mut self, req: RemoteSolve<'_>) -> Result<RemoteOutcome, SolveError> {
+        let sent0 = self.writer.sent();
+        let store = req.engine.store();
+        let platform = req.graph.platform.clone();
+        let worker = self.worker_name();
+        // Records whose layer this store still has: the agent may count
+        // them as hits and fetch the layer only if it needs the files.
+        let records: Vec<_> = req
+            .engine
+            .cache()
+            .list(&platform)
+            .map_err(RemoteError::from)?
+            .into_iter()
+            .filter(|r| r.layer.as_ref().is_none_or(|l| store.exists(&l.digest)))
+            .collect();
+        let mtimes = match (req.context_dir, req.context) {
+            (Some(dir), Some(ix)) => mtimes_of(dir, ix),
+            _ => BTreeMap::new(),
+        };
+        self.writer
+            .send(&Message::Solve(Box::new(SolveJob {
+                worker: worker.clone(),
+                graph: req.graph.clone(),
+                context: req.context.cloned(),
+                mtimes,
+                cache_keys: records.iter().map(|r| r.key.clone()).collect(),
+                no_cache: req.no_cache,
+                no_cache_filter: req.no_cache_filter.to_vec(),
+                secrets: req.secrets.clone(),
+                source_date_epoch: req.source_date_epoch,
+            })))
+            .await?;
+        self.writer.flush().await?;
+
+        let mut ids: HashMap<VertexId, VertexId> = HashMap::new();
+        let mut context_bytes = 0;
+        let solved = loop {
+            match self.reader.expect_message().await? {
+                Message::WantRecords { keys } => {
+                    let keys: BTreeSet<Digest> = keys.into_iter().collect();
+                    let records = records
+                        .iter()
+                        .filter(|r| keys.contains(&r.key))
+                        .cloned()
+                        .collect();
+                    self.writer.send(&Message::Records { records }).await?;
+                    self.writer.flush().await?;
+                }
+                Message::WantFiles { id, digests } => {
+                    // A file that cannot be read half-way leaves the stream
+                    // unusable: any error ends the conversation.
+                    context_bytes += self.send_context(&req, &digests).await?;
+                    self.writer
+                        .send(&Message::Reply {
+                            id,
+                            result: Ok(ReplyBody::Fetched),
+                        })
+                        .await?;
+                    self.writer.flush().await?;
+                }
+                Message::Event { event } => {
+                    req.events
+                        .emit(map_event(event, &mut ids, req.ids, &worker));
+                }
+                Message::Pull { id, image } => {
+                    let result = match req.source.pull(&image, store, req.events).await {
+                        Ok(p) => {
+                            let mut blobs = vec![p.manifest.digest.clone()];
+                            blobs.push(p.image.config.digest.clone());
+                            blobs.extend(p.image.layers.iter().map(|l| l.digest.clone()));
+                            Ok(ReplyBody::Pulled {
+                                manifest: Box::new(p.manifest),
+                                blobs,
+                            })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    self.writer.send(&Message::Reply { id, result }).await?;
+                    self.writer.flush().await?;
+                }
+                Message::Fetch { id, digests } => {
+                    let mut result = Ok(ReplyBody::Fetched);
+                    for d in &digests {
+                        match store.size_of(d) {
+                            Ok(size) => {
+                                self.writer
+                                    .send_file(d, size, BlobDest::Store, &store.path_of(d))
+                                    .await?
+                            }
+                            Err(_) => {
+                                result = Err(format!("the coordinator has no blob {d}"));
+                                break;
+                            }
+                        }
+                    }
+                    self.writer.send(&Message::Reply { id, result }).await?;
+                    self.writer.flush().await?;
+                }
+                Message::Solved(s) => break s,
+                Message::Failed { message, step } => {
+                    return Err(SolveError::Build(build_error(
+                        &platform, &worker, message, step,
+                    )))
+                }
+                Message::Error { message } => {
+                    return Err(RemoteError::Remote {
+                        peer: self.peer(),
+                        message,
+                    }
+                    .into())
+                }
+                other => {
+                    return Err(self
+                        .protocol(format!("unexpected {} during a build", other.name()))
+                        .into())
+                }
+            }
+        };
+
+        // The result: ask for what the coordinator lacks, then record it.
+        let mut wanted: BTreeSet<Digest> = solved.blobs.iter().cloned().collect();
+        for r in &solved.records {
+            if let Some(l) = &r.layer {
+                wanted.insert(l.digest.clone());
+            }
+        }
+        let wanted: Vec<Digest> = wanted.into_iter().filter(|d| !store.exists(d)).collect();
+        self.writer
+            .send(&Message::WantBlobs {
+                digests: wanted.clone(),
+            })
+            .await?;
+        self.writer.flush().await?;
+        let mut received = 0;
+        loop {
+            match self.reader.expect_message().await? {
+                Message::Blob { digest, size, .. } => {
+                    if !wanted.contains(&digest) {
+                        return Err(self
+                            .protocol(format!("blob {digest} was not asked for"))
+                            .into());
+                    }
+                    receive(&mut self.reader, store, &digest, size).await?;
+                    received += size;
+                }
+                Message::BlobsDone => break,
+                other => {
+                    return Err(self
+                        .protocol(format!("expected blobs, got {}", other.name()))
+                        .into())
+                }
+            }
+        }
+        if let Some(d) = solved.blobs.iter().find(|d| !store.exists(d)) {
+            return Err(self
+                .protocol(format!("the agent did not send blob {d}"))
+                .into());
+        }
+        let cache = req.engine.cache();
+        for r in &solved.records {
+            let usable = r.layer.as_ref().is_none_or(|l| store.exists(&l.digest));
+            if usable && r.platform == platform.to_string() {
+                cache.put(&platform, r).map_err(RemoteError::from)?;
+            }
+        }
+        let manifest = xbuild_engine::image::read_manifest(store, &solved.manifest.digest)
+            .map_err(|e| SolveError::Build(e.into()))?;
+        let config = xbuild_engine::image::read_config(store, &manifest.config.digest)
+            .map_err(|e| SolveError::Build(e.into()))?;
+        let bytes_sent = self.writer.sent() - sent0;
+        req.events.emit(Event::Bytes {
+            id: None,
+            kind: Transfer::Context,
+            label: format!("in all to {worker} for {platform}"),
+            current: bytes_sent,
+            total: Some(bytes_sent),
+        });
+        Ok(RemoteOutcome {
+            result: SolveResult {
+                platform,
+                manifest: solved.manifest.clone(),
+                config,
+                steps: solved.steps,
+                cached: solved.cached,
+                duration: Duration::from_millis(solved.duration_ms),
+            },
+            bytes_sent,
+            context_bytes,
+            bytes_received: received,
+        })
+    }
+
+    /// Streams the context files with these digests; returns the bytes.
+    async fn send_context(
+        &mut self,
+        req: &RemoteSolve<'_>,
+        digests: &[Digest],
+    ) -> Result<u64, RemoteError> {
+        let (Some(dir), Some(ix)) = (req.context_dir, req.context) else {
+            if digests.is_empty() {
+                return Ok(0);
+            }
+            return Err(self.protocol("context files asked for, but the build has none".into()));
+        };
+        let by_digest: HashMap<&Digest, &xbuild_engine::context::IndexEntry> = ix
+            .entries
+            .iter()
+            .filter_map(|e| e.digest.as_ref().map(|d| (d, e)))
+            .collect();
+        let total: u64 = digests
+            .iter()
+            .filter_map(|d| by_digest.get(d).map(|e| e.size))
+            .sum();
+        let mut done = 0;
+        for d in digests {
+            let e = by_digest
+                .get(d)
+                .ok_or_else(|| self.protocol(format!("context file {d} is not in the context")))?;
+            self.writer
+                .send_file(d, e.size, BlobDest::Context, &dir.join(&e.path))
+                .await?;
+            done += e.size;
+            req.events.emit(Event::Bytes {
+                id: None,
+                kind: Transfer::Context,
+                label: format!("context files to {}", self.worker_name()),
+                current: done,
+                total: Some(total),
+            });
+        }
+        Ok(done)
+    }
+}
+
+/// Receives one blob into the store, verifying digest and size.
+async fn receive<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    store: &BlobStore,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), RemoteError> {
+    let mut w = store.writer(digest.algorithm())?;
+    let mut failed = None;
+    reader
+        .read_data(size, |b| {
+            if failed.is_none() {
+                failed = w.write_all(b).err();
+            }
+            Ok(())
+        })
+        .await?;
+    if let Some(source) = failed {
+        return Err(RemoteError::Io {
+            op: "write blob into",
+            path: store.root().display().to_string(),
+            source,
+        });
+    }
+    w.commit_checked(Some(digest), Some(size))?;
+    Ok(())
+}
+
+/// Modification times of the context entries (for identical COPY layers).
+fn mtimes_of(dir: &Path, ix: &ContextIndex) -> BTreeMap<String, (i64, i64)> {
+    ix.entries
+        .iter()
+        .filter_map(|e| {
+            let md = std::fs::symlink_metadata(dir.join(&e.path)).ok()?;
+            Some((e.path.clone(), (md.mtime(), md.mtime_nsec())))
+        })
+        .collect()
+}
+
+/// An agent's event with its vertex id mapped into this invocation's ids.
+fn map_event(
+    mut event: Event,
+    map: &mut HashMap<VertexId, VertexId>,
+    ids: &VertexIds,
+    worker: &str,
+) -> Event {
+    let mut remap = |id: &mut VertexId| {
+        *id = *map.entry(*id).or_insert_with(|| ids.next_id());
+    };
+    match &mut event {
+        Event::Started { id, worker: w, .. } => {
+            remap(id);
+            *w = worker.to_string();
+        }
+        Event::Cached { id }
+        | Event::Miss { id, .. }
+        | Event::Log { id, .. }
+        | Event::Done { id, .. }
+        | Event::Failed { id, .. } => remap(id),
+        Event::Bytes { id: Some(id), .. } => remap(id),
+        Event::Bytes { id: None, .. } | Event::Warning { .. } => {}
+    }
+    event
+}
+
+fn build_error(
+    platform: &xbuild_oci::Platform,
+    worker: &str,
+    message: String,
+    step: Option<StepFailure>,
+) -> EngineError {
+    let inner = EngineError::Remote {
+        worker: worker.to_string(),
+        message,
+    };
+    match step {
+        Some(s) => EngineError::Step {
+            location: s.location,
+            instruction: s.instruction,
+            platform: platform.to_string(),
+            source: Box::new(inner),
+        },
+        None => inner,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{self, AgentConfig};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn stream(
+        r: impl AsyncRead + Send + 'static,
+        w: impl AsyncWrite + Send + 'static,
+    ) -> AgentStream {
+        AgentStream {
+            reader: Box::pin(r),
+            writer: Box::pin(w),
+            label: "test pipe".into(),
+        }
+    }
+
+    #[test]
+    fn a_peer_speaking_another_protocol_is_refused_naming_both_versions() {
+        rt().block_on(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            // A fake agent that claims protocol 99 and xbuild 42.0.0.
+            let fake = tokio::spawn(async move {
+                let (r, w) = tokio::io::split(theirs);
+                let mut r = FrameReader::new(r, "coordinator");
+                let mut w = FrameWriter::new(w, "coordinator");
+                let hello = r.expect_message().await.unwrap();
+                assert!(
+                    matches!(hello, Message::Hello { protocol, .. } if protocol == PROTOCOL_VERSION)
+                );
+                w.send(&Message::Welcome(NodeInfo {
+                    protocol: 99,
+                    version: "42.0.0".into(),
+                    capabilities: vec![],
+                    native: xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                    emulated: vec![],
+                    load: 0.0,
+                    cpus: 1,
+                }))
+                .await
+                .unwrap();
+                w.flush().await.unwrap();
+            });
+            let (r, w) = tokio::io::split(ours);
+            let e = RemoteWorker::connect(stream(r, w), "amd1")
+                .await
+                .unwrap_err();
+            let s = e.to_string();
+            assert!(matches!(e, RemoteError::Version { theirs: 99, .. }), "{s}");
+            assert!(
+                s.starts_with("node amd1 (test pipe): protocol version mismatch"),
+                "{s}"
+            );
+            assert!(s.contains("xbuild 42.0.0) speaks protocol 99"), "{s}");
+            assert!(
+                s.contains(&format!(
+                    "this xbuild {} speaks protocol {PROTOCOL_VERSION}",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                "{s}"
+            );
+            fake.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn the_agent_refuses_a_coordinator_of_another_protocol_and_a_dead_agent_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (ar, aw) = tokio::io::split(theirs);
+            let cfg = AgentConfig {
+                root: dir.path().join("agent"),
+                init_program: "/nonexistent".into(),
+                init_args: vec![],
+                native: xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                emulated: vec![],
+                peer: "coordinator".into(),
+            };
+            let served = tokio::spawn(agent::serve(ar, aw, cfg.clone()));
+            let (r, w) = tokio::io::split(ours);
+            let mut r = FrameReader::new(r, "agent");
+            let mut w = FrameWriter::new(w, "agent");
+            w.send(&Message::Hello {
+                protocol: 77,
+                version: "0.0.1".into(),
+            })
+            .await
+            .unwrap();
+            w.flush().await.unwrap();
+            match r.expect_message().await.unwrap() {
+                Message::Welcome(info) => {
+                    assert_eq!(info.protocol, PROTOCOL_VERSION);
+                    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+                    assert!(info.capabilities.iter().any(|c| c == "solve"));
+                }
+                other => panic!("{other:?}"),
+            }
+            let e = served.await.unwrap().unwrap_err().to_string();
+            assert!(e.contains("speaks protocol 77"), "{e}");
+
+            // An agent that goes away right after the handshake: the
+            // coordinator's solve reports a lost connection.
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (ar, aw) = tokio::io::split(theirs);
+            let fake = tokio::spawn(async move {
+                let mut r = FrameReader::new(ar, "coordinator");
+                let mut w = FrameWriter::new(aw, "coordinator");
+                r.expect_message().await.unwrap();
+                w.send(&Message::Welcome(NodeInfo {
+                    protocol: PROTOCOL_VERSION,
+                    version: "x".into(),
+                    capabilities: vec![],
+                    native: xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                    emulated: vec![],
+                    load: 0.0,
+                    cpus: 1,
+                }))
+                .await
+                .unwrap();
+                w.flush().await.unwrap();
+                // Read the solve, then die.
+                r.expect_message().await.unwrap();
+            });
+            let (r, w) = tokio::io::split(ours);
+            let mut worker = RemoteWorker::connect(stream(r, w), "amd1").await.unwrap();
+            let engine = Engine::open(xbuild_engine::EngineConfig {
+                root: dir.path().join("coord"),
+                init_program: "/nonexistent".into(),
+                init_args: vec![],
+                worker: "local".into(),
+                snapshotter: Some(xbuild_engine::Snapshotter::Copy),
+            })
+            .unwrap();
+            let graph = xbuild_plan::plan_source(
+                "FROM scratch\nENV A=1\n",
+                &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                &xbuild_plan::PlanOptions::new("Dockerfile"),
+                &mut xbuild_plan::OfflineResolver,
+            )
+            .unwrap();
+            let ids = VertexIds::new();
+            let e = worker
+                .solve(RemoteSolve {
+                    engine: &engine,
+                    graph: &graph,
+                    context_dir: None,
+                    context: None,
+                    source: &xbuild_engine::StoreSource,
+                    events: &xbuild_engine::events::NullSink,
+                    ids: &ids,
+                    no_cache: false,
+                    no_cache_filter: &[],
+                    secrets: SecretValues::default(),
+                    source_date_epoch: None,
+                })
+                .await
+                .unwrap_err();
+            assert!(e.reschedule(), "{e}");
+            assert!(matches!(&e, SolveError::Remote(r) if r.is_lost()), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("node amd1 (test pipe): connection lost"),
+                "{e}"
+            );
+            fake.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn agent_vertex_ids_are_mapped_and_the_worker_named() {
+        let ids = VertexIds::new();
+        ids.next_id();
+        let mut map = HashMap::new();
+        let e = map_event(
+            Event::Started {
+                id: VertexId(1),
+                platform: xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                stage: "s".into(),
+                index: 1,
+                total: 2,
+                name: "FROM x".into(),
+                worker: "local".into(),
+            },
+            &mut map,
+            &ids,
+            "node a",
+        );
+        match e {
+            Event::Started { id, worker, .. } => {
+                assert_eq!(id, VertexId(2));
+                assert_eq!(worker, "node a");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            map_event(Event::Cached { id: VertexId(1) }, &mut map, &ids, "node a"),
+            Event::Cached { id: VertexId(2) }
+        );
+        assert_eq!(
+            map_event(Event::Cached { id: VertexId(7) }, &mut map, &ids, "node a"),
+            Event::Cached { id: VertexId(3) }
+        );
+    }
+}

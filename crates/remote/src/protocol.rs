@@ -1,0 +1,838 @@
+//! The coordinator↔agent protocol.
+//!
+//! Both directions are a sequence of frames:
+//!
+//! ```text
+//! u32 big-endian payload length | u8 kind | payload
+//! ```
+//!
+//! Kind 1 is a JSON [`Message`]; kind 2 is raw bytes belonging to the blob
+//! announced by the preceding [`Message::Blob`] (file contents travel in
+//! chunks of [`CHUNK`] bytes, so a layer is never held in memory whole).
+//!
+//! The conversation (C = coordinator, A = agent):
+//!
+//! ```text
+//! C: Hello                 A: Welcome          (versions must match)
+//! C: Solve                 A: WantRecords      C: Records
+//!   ... A: Event*
+//!       | Pull      -> C: Reply                (base image manifest)
+//!       | Fetch     -> C: Blob* Reply          (store blobs the agent lacks)
+//!       | WantFiles -> C: Blob* Reply          (context files it lacks) ...
+//!                          A: Solved | Failed
+//! C: WantBlobs             A: Blob* BlobsDone
+//! (next Solve, or C closes the agent's stdin and the agent exits)
+//! ```
+//!
+//! The agent asks for nothing it does not read: layers of cache hits and
+//! of base images are fetched only when a step that misses needs their
+//! files, and the context only when a step reads it, so a fully cached
+//! build moves cache records, manifests and configs, not layers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use xbuild_engine::cache::{CacheError, CacheRecord};
+use xbuild_engine::context::ContextIndex;
+use xbuild_engine::events::Event;
+use xbuild_engine::EngineError;
+use xbuild_oci::store::StoreError;
+use xbuild_oci::{Descriptor, Digest, Platform};
+use xbuild_plan::{BuildGraph, ImageRef, Location};
+
+/// The protocol version; both ends must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest frame accepted (a JSON message: graph, context manifest).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Size of the data frames blob and file contents are sent in.
+pub const CHUNK: usize = 256 << 10;
+
+const KIND_JSON: u8 = 1;
+const KIND_DATA: u8 = 2;
+
+/// Errors of the remote layer: transport, protocol, and the remote build.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The peer went away (EOF, broken pipe, reset): the agent died or the
+    /// connection dropped. The caller may build the platform elsewhere.
+    #[error("{peer}: connection lost: {reason}")]
+    Lost {
+        /// Who (`node amd1 (local agent pid 42)`).
+        peer: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A frame ended before its announced length.
+    #[error("{peer}: truncated frame: expected {expected} bytes, got {got}")]
+    Truncated {
+        /// Who.
+        peer: String,
+        /// Announced length.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// A frame is larger than [`MAX_FRAME`].
+    #[error("{peer}: frame of {len} bytes exceeds the limit of {max} bytes")]
+    Oversized {
+        /// Who.
+        peer: String,
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame of an unknown kind, or data where a message was expected.
+    #[error("{peer}: protocol error: {what}")]
+    Protocol {
+        /// Who.
+        peer: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// A message could not be decoded.
+    #[error("{peer}: malformed message: {source}")]
+    Decode {
+        /// Who.
+        peer: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The two ends speak different protocol versions.
+    #[error(
+        "{peer}: protocol version mismatch: this xbuild {our_version} speaks protocol \
+         {ours}, the other end (xbuild {their_version}) speaks protocol {theirs}; install the \
+         same xbuild version on both machines"
+    )]
+    Version {
+        /// Who.
+        peer: String,
+        /// Our protocol version.
+        ours: u32,
+        /// Theirs.
+        theirs: u32,
+        /// Our `CARGO_PKG_VERSION`.
+        our_version: String,
+        /// Theirs.
+        their_version: String,
+    },
+    /// A local filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The content store failed.
+    #[error("content store: {0}")]
+    Store(#[from] StoreError),
+    /// The cache store failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The engine failed (agent side).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The other end reported an error it could not recover from.
+    #[error("{peer}: {message}")]
+    Remote {
+        /// Who.
+        peer: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl RemoteError {
+    /// Whether the error means the connection (or the agent) is gone, so
+    /// the platform should be built elsewhere.
+    pub fn is_lost(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Lost { .. } | RemoteError::Truncated { .. }
+        )
+    }
+}
+
+fn lost(peer: &str, e: &io::Error) -> RemoteError {
+    RemoteError::Lost {
+        peer: peer.to_string(),
+        reason: match e.kind() {
+            io::ErrorKind::UnexpectedEof => "the agent closed the connection".into(),
+            io::ErrorKind::BrokenPipe => "broken pipe (the agent exited)".into(),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// What a node reports about itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Protocol version.
+    pub protocol: u32,
+    /// The agent's `CARGO_PKG_VERSION`.
+    pub version: String,
+    /// Features: `solve`, `context-cache`, `cache-sync`.
+    pub capabilities: Vec<String>,
+    /// The native platform of the node.
+    pub native: Platform,
+    /// Platforms it can also run through binfmt_misc emulation.
+    pub emulated: Vec<Platform>,
+    /// 1-minute load average.
+    pub load: f64,
+    /// Logical CPUs.
+    pub cpus: usize,
+}
+
+/// Secret values sent with a job; never shown by `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct SecretValues(pub BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(self.0.keys().map(|k| format!("{k}=<redacted>")))
+            .finish()
+    }
+}
+
+/// One platform's build, sent to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SolveJob {
+    /// The worker name for progress (`node amd1`).
+    pub worker: String,
+    /// The platform's graph.
+    pub graph: BuildGraph,
+    /// The context manifest (paths, metadata, content digests).
+    pub context: Option<ContextIndex>,
+    /// Modification times (seconds, nanoseconds) of context entries, so
+    /// COPY writes the same layers as on the coordinator.
+    pub mtimes: BTreeMap<String, (i64, i64)>,
+    /// Cache keys of the platform the coordinator has records for.
+    pub cache_keys: Vec<Digest>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--no-cache-filter`.
+    pub no_cache_filter: Vec<String>,
+    /// `--secret` values.
+    pub secrets: SecretValues,
+    /// `SOURCE_DATE_EPOCH`.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// Where a received blob goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobDest {
+    /// The content store (layers, configs, manifests).
+    Store,
+    /// The agent's cache of build-context file contents.
+    Context,
+}
+
+/// The answer to a request the agent made during a solve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyBody {
+    /// A base image is in the coordinator's store: its manifest and blobs.
+    Pulled {
+        /// The single-platform manifest.
+        manifest: Box<Descriptor>,
+        /// Manifest, config and layer digests.
+        blobs: Vec<Digest>,
+    },
+    /// The requested blobs were sent.
+    Fetched,
+}
+
+/// Where a failed build failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepFailure {
+    /// Dockerfile location.
+    pub location: Location,
+    /// The instruction.
+    pub instruction: String,
+}
+
+/// The agent's build result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Solved {
+    /// The image manifest (platform set).
+    pub manifest: Descriptor,
+    /// Manifest, config and layer digests of the image.
+    pub blobs: Vec<Digest>,
+    /// Cache records the agent wrote during the solve.
+    pub records: Vec<CacheRecord>,
+    /// Steps.
+    pub steps: usize,
+    /// Cached steps.
+    pub cached: usize,
+    /// Solve time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// C→A: first message.
+    Hello {
+        /// Protocol version.
+        protocol: u32,
+        /// `CARGO_PKG_VERSION`.
+        version: String,
+    },
+    /// A→C: the handshake answer.
+    Welcome(NodeInfo),
+    /// C→A: build a platform.
+    Solve(Box<SolveJob>),
+    /// A→C: cache records the agent lacks.
+    WantRecords {
+        /// Keys.
+        keys: Vec<Digest>,
+    },
+    /// C→A: the records asked for (those the coordinator still has).
+    Records {
+        /// Records.
+        records: Vec<CacheRecord>,
+    },
+    /// A→C: context file contents the agent lacks.
+    WantFiles {
+        /// Request id.
+        id: u64,
+        /// Content digests.
+        digests: Vec<Digest>,
+    },
+    /// Either way: a blob follows in data frames, `size` bytes in all.
+    Blob {
+        /// Content digest.
+        digest: Digest,
+        /// Size in bytes.
+        size: u64,
+        /// Where it goes.
+        dest: BlobDest,
+    },
+    /// A→C: a progress event of the build.
+    Event {
+        /// The event.
+        event: Event,
+    },
+    /// A→C: make a base image available.
+    Pull {
+        /// Request id.
+        id: u64,
+        /// The image.
+        image: ImageRef,
+    },
+    /// A→C: send these store blobs.
+    Fetch {
+        /// Request id.
+        id: u64,
+        /// Digests.
+        digests: Vec<Digest>,
+    },
+    /// C→A: answer to `Pull`, `Fetch` or `WantFiles`.
+    Reply {
+        /// Request id.
+        id: u64,
+        /// The answer, or an error message.
+        result: Result<ReplyBody, String>,
+    },
+    /// A→C: the build succeeded.
+    Solved(Box<Solved>),
+    /// A→C: the build failed.
+    Failed {
+        /// The error, formatted.
+        message: String,
+        /// The failing step, when a step failed.
+        step: Option<StepFailure>,
+    },
+    /// C→A: send these blobs of the result.
+    WantBlobs {
+        /// Digests.
+        digests: Vec<Digest>,
+    },
+    /// A→C: all requested blobs were sent.
+    BlobsDone,
+    /// Either way: a fatal error; the sender closes the connection.
+    Error {
+        /// Message.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The message's name for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Solve(_) => "solve",
+            Message::WantRecords { .. } => "want_records",
+            Message::Records { .. } => "records",
+            Message::WantFiles { .. } => "want_files",
+            Message::Blob { .. } => "blob",
+            Message::Event { .. } => "event",
+            Message::Pull { .. } => "pull",
+            Message::Fetch { .. } => "fetch",
+            Message::Reply { .. } => "reply",
+            Message::Solved(_) => "solved",
+            Message::Failed { .. } => "failed",
+            Message::WantBlobs { .. } => "want_blobs",
+            Message::BlobsDone => "blobs_done",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
+/// One frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A JSON message.
+    Json(Vec<u8>),
+    /// Blob bytes.
+    Data(Vec<u8>),
+}
+
+/// Reads frames from the peer.
+pub struct FrameReader<R> {
+    inner: R,
+    peer: String,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Frames from `inner`; `peer` names the other end in errors.
+    pub fn new(inner: R, peer: impl Into<String>) -> Self {
+        FrameReader {
+            inner,
+            peer: peer.into(),
+            max: MAX_FRAME,
+        }
+    }
+
+    /// Lowers the frame size limit (tests).
+    pub fn with_limit(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// The peer's name.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The next frame; `None` at a clean end of stream between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, RemoteError> {
+        let mut head = [0u8; 5];
+        let mut got = 0;
+        while got < head.len() {
+            match self.inner.read(&mut head[got..]).await {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => {
+                    return Err(RemoteError::Truncated {
+                        peer: self.peer.clone(),
+                        expected: head.len(),
+                        got,
+                    })
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(lost(&self.peer, &e)),
+            }
+        }
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > self.max {
+            return Err(RemoteError::Oversized {
+                peer: self.peer.clone(),
+                len,
+                max: self.max,
+            });
+        }
+        let kind = head[4];
+        if kind != KIND_JSON && kind != KIND_DATA {
+            return Err(RemoteError::Protocol {
+                peer: self.peer.clone(),
+                what: format!("unknown frame kind {kind}"),
+            });
+        }
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match self.inner.read(&mut buf[got..]).await {
+                Ok(0) => {
+                    return Err(RemoteError::Truncated {
+                        peer: self.peer.clone(),
+                        expected: len,
+                        got,
+                    })
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(lost(&self.peer, &e)),
+            }
+        }
+        Ok(Some(if kind == KIND_JSON {
+            Frame::Json(buf)
+        } else {
+            Frame::Data(buf)
+        }))
+    }
+
+    /// The next message; `None` at a clean end of stream.
+    pub async fn next_message(&mut self) -> Result<Option<Message>, RemoteError> {
+        self.next_json().await
+    }
+
+    /// The next JSON frame decoded as `T`; `None` at a clean end of stream.
+    pub async fn next_json<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RemoteError> {
+        match self.read_frame().await? {
+            None => Ok(None),
+            Some(Frame::Json(b)) => {
+                serde_json::from_slice(&b)
+                    .map(Some)
+                    .map_err(|source| RemoteError::Decode {
+                        peer: self.peer.clone(),
+                        source,
+                    })
+            }
+            Some(Frame::Data(_)) => Err(RemoteError::Protocol {
+                peer: self.peer.clone(),
+                what: "blob data without a blob header".into(),
+            }),
+        }
+    }
+
+    /// The next message; the end of stream is [`RemoteError::Lost`].
+    pub async fn expect_message(&mut self) -> Result<Message, RemoteError> {
+        self.next_message().await?.ok_or_else(|| RemoteError::Lost {
+            peer: self.peer.clone(),
+            reason: "the agent closed the connection".into(),
+        })
+    }
+
+    /// Reads `size` bytes of blob data frames into `sink`.
+    pub async fn read_data(
+        &mut self,
+        size: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), RemoteError>,
+    ) -> Result<(), RemoteError> {
+        let mut left = size;
+        while left > 0 {
+            match self.read_frame().await? {
+                Some(Frame::Data(b)) => {
+                    if b.len() as u64 > left {
+                        return Err(RemoteError::Protocol {
+                            peer: self.peer.clone(),
+                            what: format!("blob data overruns its announced size of {size} bytes"),
+                        });
+                    }
+                    left -= b.len() as u64;
+                    sink(&b)?;
+                }
+                Some(Frame::Json(_)) => {
+                    return Err(RemoteError::Protocol {
+                        peer: self.peer.clone(),
+                        what: format!("a message arrived with {left} bytes of a blob outstanding"),
+                    })
+                }
+                None => {
+                    return Err(RemoteError::Lost {
+                        peer: self.peer.clone(),
+                        reason: format!("end of stream with {left} bytes of a blob outstanding"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes frames to the peer, counting the bytes.
+pub struct FrameWriter<W> {
+    inner: W,
+    peer: String,
+    sent: Arc<AtomicU64>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Frames to `inner`; `peer` names the other end in errors.
+    pub fn new(inner: W, peer: impl Into<String>) -> Self {
+        FrameWriter {
+            inner,
+            peer: peer.into(),
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The counter of bytes written (frame headers included).
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+
+    /// Bytes written so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    async fn frame(&mut self, kind: u8, payload: &[u8]) -> Result<(), RemoteError> {
+        if payload.len() > MAX_FRAME {
+            return Err(RemoteError::Oversized {
+                peer: self.peer.clone(),
+                len: payload.len(),
+                max: MAX_FRAME,
+            });
+        }
+        let mut head = [0u8; 5];
+        head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        head[4] = kind;
+        let r = async {
+            self.inner.write_all(&head).await?;
+            self.inner.write_all(payload).await
+        }
+        .await;
+        r.map_err(|e| lost(&self.peer, &e))?;
+        self.sent
+            .fetch_add((head.len() + payload.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), RemoteError> {
+        self.send_json(msg).await
+    }
+
+    /// Sends any JSON value as a message frame.
+    pub async fn send_json<T: Serialize>(&mut self, msg: &T) -> Result<(), RemoteError> {
+        let bytes = serde_json::to_vec(msg).map_err(|source| RemoteError::Decode {
+            peer: self.peer.clone(),
+            source,
+        })?;
+        self.frame(KIND_JSON, &bytes).await
+    }
+
+    /// Sends raw data frames.
+    pub async fn send_data(&mut self, data: &[u8]) -> Result<(), RemoteError> {
+        for chunk in data.chunks(CHUNK) {
+            self.frame(KIND_DATA, chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a blob header and the file's bytes, streamed in chunks. The
+    /// file must hold exactly `size` bytes.
+    pub async fn send_file(
+        &mut self,
+        digest: &Digest,
+        size: u64,
+        dest: BlobDest,
+        path: &std::path::Path,
+    ) -> Result<(), RemoteError> {
+        let io_err = |source| RemoteError::Io {
+            op: "read",
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = tokio::fs::File::open(path).await.map_err(io_err)?;
+        self.send(&Message::Blob {
+            digest: digest.clone(),
+            size,
+            dest,
+        })
+        .await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = size;
+        while left > 0 {
+            let want = (left as usize).min(CHUNK);
+            f.read_exact(&mut buf[..want]).await.map_err(io_err)?;
+            self.frame(KIND_DATA, &buf[..want]).await?;
+            left -= want as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes buffered bytes.
+    pub async fn flush(&mut self) -> Result<(), RemoteError> {
+        self.inner.flush().await.map_err(|e| lost(&self.peer, &e))
+    }
+
+    /// Flushes and closes the write side.
+    pub async fn shutdown(&mut self) -> Result<(), RemoteError> {
+        self.inner
+            .shutdown()
+            .await
+            .map_err(|e| lost(&self.peer, &e))
+    }
+}
+
+/// Checks the other end's handshake values.
+pub fn check_version(peer: &str, protocol: u32, version: &str) -> Result<(), RemoteError> {
+    if protocol != PROTOCOL_VERSION {
+        return Err(RemoteError::Version {
+            peer: peer.to_string(),
+            ours: PROTOCOL_VERSION,
+            theirs: protocol,
+            our_version: env!("CARGO_PKG_VERSION").to_string(),
+            their_version: version.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frames_of(bytes: Vec<u8>, limit: usize) -> Vec<Result<Option<Frame>, String>> {
+        let mut r = FrameReader::new(&bytes[..], "test peer").with_limit(limit);
+        let mut out = Vec::new();
+        loop {
+            let f = r.read_frame().await;
+            let stop = !matches!(f, Ok(Some(_)));
+            out.push(f.map_err(|e| e.to_string()));
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn messages_and_data_round_trip() {
+        rt().block_on(async {
+            let mut buf = Vec::new();
+            let mut w = FrameWriter::new(&mut buf, "peer");
+            w.send(&Message::Hello {
+                protocol: PROTOCOL_VERSION,
+                version: "9.9.9".into(),
+            })
+            .await
+            .unwrap();
+            let data = vec![7u8; CHUNK * 2 + 10];
+            w.send_data(&data).await.unwrap();
+            let sent = w.sent();
+            assert_eq!(sent as usize, buf.len());
+            let mut r = FrameReader::new(&buf[..], "peer");
+            match r.next_message().await.unwrap() {
+                Some(Message::Hello { protocol, version }) => {
+                    assert_eq!((protocol, version.as_str()), (PROTOCOL_VERSION, "9.9.9"))
+                }
+                other => panic!("{other:?}"),
+            }
+            let mut got = Vec::new();
+            r.read_data(data.len() as u64, |b| {
+                got.extend_from_slice(b);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(got, data);
+            assert!(r.next_message().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn truncated_oversized_and_garbage_frames_are_errors() {
+        rt().block_on(async {
+            // A header announcing 10 bytes, followed by 3.
+            let mut b = 10u32.to_be_bytes().to_vec();
+            b.push(KIND_JSON);
+            b.extend_from_slice(b"{\"a");
+            let f = frames_of(b, MAX_FRAME).await;
+            assert!(
+                f[0].as_ref()
+                    .unwrap_err()
+                    .contains("truncated frame: expected 10 bytes, got 3"),
+                "{f:?}"
+            );
+            // A header cut short.
+            let f = frames_of(vec![0, 0], MAX_FRAME).await;
+            assert!(f[0].as_ref().unwrap_err().contains("truncated"), "{f:?}");
+            // Oversized.
+            let mut b = 1000u32.to_be_bytes().to_vec();
+            b.push(KIND_DATA);
+            let f = frames_of(b, 100).await;
+            assert!(
+                f[0].as_ref()
+                    .unwrap_err()
+                    .contains("frame of 1000 bytes exceeds the limit of 100 bytes"),
+                "{f:?}"
+            );
+            // Unknown kind.
+            let f = frames_of(vec![0, 0, 0, 1, 9, 0], MAX_FRAME).await;
+            assert!(
+                f[0].as_ref().unwrap_err().contains("unknown frame kind 9"),
+                "{f:?}"
+            );
+            // Garbage JSON.
+            let mut b = 4u32.to_be_bytes().to_vec();
+            b.push(KIND_JSON);
+            b.extend_from_slice(b"nope");
+            let mut r = FrameReader::new(&b[..], "peer x");
+            let e = r.next_message().await.unwrap_err().to_string();
+            assert!(e.starts_with("peer x: malformed message"), "{e}");
+            // Data where a message is expected.
+            let mut b = 1u32.to_be_bytes().to_vec();
+            b.push(KIND_DATA);
+            b.push(0);
+            let mut r = FrameReader::new(&b[..], "peer x");
+            let e = r.next_message().await.unwrap_err().to_string();
+            assert!(e.contains("blob data without a blob header"), "{e}");
+            // Data overrunning the announced blob size.
+            let mut buf = Vec::new();
+            let mut w = FrameWriter::new(&mut buf, "p");
+            w.send_data(&[1, 2, 3]).await.unwrap();
+            let mut r = FrameReader::new(&buf[..], "peer x");
+            let e = r.read_data(2, |_| Ok(())).await.unwrap_err().to_string();
+            assert!(e.contains("overruns its announced size of 2"), "{e}");
+        });
+    }
+
+    #[test]
+    fn lost_and_version_errors() {
+        let e = check_version("node a", PROTOCOL_VERSION + 1, "7.0.0").unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains(&format!("speaks protocol {PROTOCOL_VERSION}")),
+            "{s}"
+        );
+        assert!(s.contains(&format!(
+            "xbuild 7.0.0) speaks protocol {}",
+            PROTOCOL_VERSION + 1
+        )));
+        assert!(s.contains(env!("CARGO_PKG_VERSION")));
+        assert!(!e.is_lost());
+        assert!(check_version("n", PROTOCOL_VERSION, "x").is_ok());
+        let e = lost("node a", &io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(e.is_lost());
+        assert_eq!(
+            e.to_string(),
+            "node a: connection lost: broken pipe (the agent exited)"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let mut s = SecretValues::default();
+        s.0.insert("token".into(), b"hunter2".to_vec());
+        let d = format!("{s:?}");
+        assert!(
+            d.contains("token=<redacted>") && !d.contains("hunter2"),
+            "{d}"
+        );
+    }
+}
