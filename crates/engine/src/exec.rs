@@ -88,8 +88,11 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Exe
 pub enum MountSource {
     /// Nothing to resolve (cache without `from`, tmpfs, secret).
     None,
-    /// The build context directory.
+    /// The build context directory (everything in it).
     Context(PathBuf),
+    /// The build context directory, limited to what its index holds
+    /// (`.dockerignore` applied).
+    FilteredContext(PathBuf, std::sync::Arc<crate::context::ContextIndex>),
     /// A stage's or image's snapshots, bottom first.
     Layers(Vec<PathBuf>),
 }
@@ -372,6 +375,11 @@ fn mount_one(
                         copyfs::copy_one(&p, &copy)?;
                         copy
                     }
+                }
+                MountSource::FilteredContext(dir, index) => {
+                    let n = fs::read_dir(files_dir).map(|r| r.count()).unwrap_or(0);
+                    let into = files_dir.join(format!("bind-{n}"));
+                    crate::bindctx::filtered_view(&dir, &index, &src_rel, &into, m.readonly)?
                 }
                 MountSource::Layers(layers) => {
                     let view = overlay_view(env, &layers, !m.readonly, setup)?;

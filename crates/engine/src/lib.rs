@@ -5,6 +5,7 @@
 //! It never prints: everything it has to say goes through [`events`].
 #![warn(missing_docs)]
 
+mod bindctx;
 pub mod cache;
 pub mod context;
 pub mod copy;

@@ -811,13 +811,21 @@ impl Engine {
         for m in &op.mounts {
             sources.push(match (&m.kind, &m.from) {
                 (MountType::Bind, from) => {
-                    self.layers_of(
-                        shared,
-                        from.as_ref().unwrap_or(&FileSource::Context),
-                        deps,
-                        step,
-                    )
-                    .await?
+                    match self
+                        .layers_of(
+                            shared,
+                            from.as_ref().unwrap_or(&FileSource::Context),
+                            deps,
+                            step,
+                        )
+                        .await?
+                    {
+                        MountSource::Context(dir) => match &shared.index {
+                            Some(index) => MountSource::FilteredContext(dir, index.clone()),
+                            None => MountSource::Context(dir),
+                        },
+                        other => other,
+                    }
                 }
                 _ => MountSource::None,
             });
@@ -891,7 +899,7 @@ impl Engine {
                 let mut setup = Setup::default();
                 let empty;
                 let src_root: &Path = match &source {
-                    MountSource::Context(dir) => dir,
+                    MountSource::Context(dir) | MountSource::FilteredContext(dir, _) => dir,
                     MountSource::Layers(l) => {
                         empty = exec::overlay_view(&env, l, false, &mut setup)?;
                         &empty
