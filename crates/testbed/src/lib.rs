@@ -12,6 +12,9 @@
 #![warn(missing_docs)]
 
 mod busybox;
+mod rawtar;
+
+pub use rawtar::{hostile_hardlinks, hostile_layer, RawEntry, RawKind, RawTar};
 
 pub use busybox::{
     busybox_binary, cache_dir, ensure_foreign_arch, host_arch, write_base_context, BusyboxRootfs,
