@@ -399,3 +399,184 @@ fn copy_from_outside_the_context_is_refused_with_file_and_line() {
     );
     assert!(!out.path().join("secret.txt").exists());
 }
+
+/// One broken Dockerfile: its text, extra flags, and what the error must
+/// contain (`Dockerfile:N` for a line, or a phrase).
+struct Bad {
+    name: &'static str,
+    text: Vec<u8>,
+    flags: Vec<&'static str>,
+    expect: Vec<String>,
+}
+
+fn bad(name: &'static str, text: impl Into<Vec<u8>>, expect: &[&str]) -> Bad {
+    Bad {
+        name,
+        text: text.into(),
+        flags: Vec::new(),
+        expect: expect.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn bad_corpus() -> Vec<Bad> {
+    let mut v = vec![
+        bad(
+            "unterminated heredoc",
+            "FROM scratch\nRUN <<EOF\necho hi\n",
+            &["Dockerfile:2", "heredoc"],
+        ),
+        bad(
+            "bad JSON form where JSON is required",
+            "FROM scratch\nSHELL [\"/bin/sh\", \"-c\"\n",
+            &["Dockerfile:2", "SHELL"],
+        ),
+        bad(
+            "unknown flag",
+            "FROM scratch\n\nCOPY --bogus=1 a /b\n",
+            &["Dockerfile:3", "unknown flag: --bogus"],
+        ),
+        bad(
+            "unknown instruction",
+            "FROM scratch\nFROBNICATE x\n",
+            &["Dockerfile:2", "unknown instruction"],
+        ),
+        bad(
+            "stage index that is not defined yet",
+            "FROM scratch AS a\nCOPY --from=3 /x /y\n",
+            &["Dockerfile:2", "from flag"],
+        ),
+        bad("empty file", "", &["Dockerfile:1", "no instructions"]),
+        bad(
+            "only comments",
+            "# nothing\n# here\n",
+            &["Dockerfile:", "no instructions"],
+        ),
+        bad(
+            "instruction before FROM",
+            "\n\nRUN true\nFROM scratch\n",
+            &["Dockerfile:3", "FROM"],
+        ),
+        bad(
+            "no FROM at all",
+            "ARG A=1\nARG B\n",
+            &["Dockerfile:2", "FROM"],
+        ),
+        bad(
+            "binary garbage",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
+                .collect::<Vec<u8>>(),
+            &["Dockerfile:1", "UTF-8"],
+        ),
+        bad(
+            "NUL bytes after a valid line",
+            b"FROM scratch\nRUN a\0b\n\xff\xfe\n".to_vec(),
+            &["Dockerfile:3", "UTF-8"],
+        ),
+        bad(
+            "unterminated quote in a flag",
+            "FROM scratch\nCOPY --chown=\"root a /b\n",
+            &["Dockerfile:2"],
+        ),
+        bad(
+            "bad variable expansion",
+            "FROM scratch\nENV A=${B:?required}\n",
+            &["Dockerfile:2", "required"],
+        ),
+        bad(
+            "deeply nested expansion",
+            format!(
+                "FROM scratch\nENV A={}x{}\nBOGUS\n",
+                "${A:-".repeat(20_000),
+                "}".repeat(20_000)
+            ),
+            &["Dockerfile:3", "unknown instruction"],
+        ),
+    ];
+    // A 50 MB file: valid comments, then an error on its last line.
+    let line = format!("# {}\n", "x".repeat(98));
+    let mut big = String::with_capacity(51 << 20);
+    big.push_str("FROM scratch\n");
+    for _ in 0..500_000 {
+        big.push_str(&line);
+    }
+    big.push_str("BOGUS x\n");
+    v.push(bad(
+        "50 MB file",
+        big,
+        &["Dockerfile:500002", "unknown instruction"],
+    ));
+    // Deep continuation chains: 200,000 lines of one instruction.
+    v.push(bad(
+        "deep continuation chain into an unknown instruction",
+        format!(
+            "FROM scratch\nFROBNICATE \\\n{}end\n",
+            "  a \\\n".repeat(200_000)
+        ),
+        &["Dockerfile:2", "unknown instruction"],
+    ));
+    v.push(bad(
+        "deep continuation chain with a bad flag",
+        format!(
+            "FROM scratch\nCOPY \\\n{}--nope a b\n",
+            "\\\n".repeat(200_000)
+        ),
+        &["Dockerfile:2", "unknown flag"],
+    ));
+    v.push(bad(
+        "a 10 MB line",
+        format!("FROM scratch\nFROBNICATE {}\n", "z".repeat(10 << 20)),
+        &["Dockerfile:2", "unknown instruction"],
+    ));
+    let mut target = bad(
+        "undefined target stage",
+        "FROM scratch AS a\nCOPY x /x\n",
+        &["target stage \"ghost\" could not be found", "stages: a"],
+    );
+    target.flags = vec!["--target", "ghost"];
+    v.push(target);
+    v
+}
+
+/// A corpus of broken Dockerfiles: each gives a clear error (file:line where
+/// there is a line), a non-zero exit, no panic, a bounded error message and
+/// bounded time. No registry is needed: nothing gets as far as a pull.
+#[test]
+fn broken_dockerfiles_fail_cleanly_with_file_and_line() {
+    let xb = Xbuild::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("x"), "x\n").unwrap();
+    let mut failures = Vec::new();
+    for case in bad_corpus() {
+        std::fs::write(ctx.path().join("Dockerfile"), &case.text).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut args = vec!["build", "--progress", "plain", "--platform", "linux/amd64"];
+        args.extend(case.flags.iter().copied());
+        args.push(s(ctx.path()));
+        let r = xb.run(&args);
+        let took = t0.elapsed();
+        let mut why = Vec::new();
+        if r.code == 0 {
+            why.push("exit 0".to_string());
+        }
+        if r.stderr.contains("panicked") || r.code == 101 || r.code < 0 {
+            why.push(format!("crashed (exit {})", r.code));
+        }
+        for e in &case.expect {
+            if !r.stderr.contains(e.as_str()) {
+                why.push(format!("no {e:?} in the error"));
+            }
+        }
+        if took > std::time::Duration::from_secs(20) {
+            why.push(format!("took {took:?}"));
+        }
+        if r.stderr.len() > 16 * 1024 {
+            why.push(format!("{} bytes of error output", r.stderr.len()));
+        }
+        if !why.is_empty() {
+            let tail: String = r.stderr.chars().take(600).collect();
+            failures.push(format!("{}: {}\n{tail}", case.name, why.join(", ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

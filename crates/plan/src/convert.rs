@@ -244,8 +244,15 @@ impl<'a> Planner<'a> {
         let ins = &df.instructions;
         let first_from = ins.iter().position(|i| matches!(i.kind, Kind::From(_)));
         let Some(first_from) = first_from else {
+            if let Some(i) = ins.iter().find(|i| !matches!(i.kind, Kind::Arg(_))) {
+                return Err(self.at(
+                    i,
+                    "only ARG may come before the first FROM (no build stage in current context)",
+                ));
+            }
             return Err(PlanError::NoStage {
                 file: self.file().to_string(),
+                line: ins.last().map_or(1, |i| i.span.end_line),
             });
         };
         // Only ARG may come before the first FROM.
