@@ -16,6 +16,7 @@ pub mod exec;
 pub mod housekeeping;
 pub mod image;
 pub mod mount;
+pub mod redact;
 pub mod secrets;
 pub mod snapshot;
 mod solve;
