@@ -12,7 +12,10 @@
 #![warn(missing_docs)]
 
 mod busybox;
+mod faultproxy;
 mod rawtar;
+
+pub use faultproxy::{Action, FaultProxy, Rule, Seen};
 
 pub use rawtar::{hostile_hardlinks, hostile_layer, RawEntry, RawKind, RawTar};
 
