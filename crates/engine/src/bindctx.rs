@@ -111,3 +111,80 @@ pub(crate) fn filtered_view(
     }
     Ok(into.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{scan, ScanOptions};
+    use std::os::unix::fs::MetadataExt;
+
+    fn ctx() -> (tempfile::TempDir, ContextIndex) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::write(p.join(".dockerignore"), "secret.txt\n**/*.log\n").unwrap();
+        fs::write(p.join("a.txt"), "a\n").unwrap();
+        fs::write(p.join("secret.txt"), "no\n").unwrap();
+        fs::create_dir(p.join("sub")).unwrap();
+        fs::write(p.join("sub/b.txt"), "b\n").unwrap();
+        fs::write(p.join("sub/x.log"), "no\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("link")).unwrap();
+        let index = scan(p, None, &ScanOptions::default(), None).unwrap();
+        (d, index)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn views_hold_only_indexed_entries() {
+        let (c, index) = ctx();
+        let out = tempfile::tempdir().unwrap();
+        for readonly in [true, false] {
+            let into = out.path().join(format!("ro-{readonly}"));
+            let v = filtered_view(c.path(), &index, ".", &into, readonly).unwrap();
+            assert_eq!(names(&v), [".dockerignore", "a.txt", "link", "sub"]);
+            assert_eq!(names(&v.join("sub")), ["b.txt"]);
+            assert_eq!(
+                fs::read_link(v.join("link")).unwrap(),
+                Path::new("/etc/passwd")
+            );
+            let same_inode = fs::metadata(v.join("a.txt")).unwrap().ino()
+                == fs::metadata(c.path().join("a.txt")).unwrap().ino();
+            // Writable views never share a file with the context.
+            assert!(readonly || !same_inode);
+            let sub = filtered_view(
+                c.path(),
+                &index,
+                "sub",
+                &into.with_extension("sub"),
+                readonly,
+            )
+            .unwrap();
+            assert_eq!(names(&sub), ["b.txt"]);
+        }
+    }
+
+    #[test]
+    fn ignored_or_missing_sources_are_missing() {
+        let (c, index) = ctx();
+        let out = tempfile::tempdir().unwrap();
+        for src in ["secret.txt", "sub/x.log", "nope", "../../etc"] {
+            let r = filtered_view(c.path(), &index, src, &out.path().join("v"), true);
+            if src == "../../etc" {
+                // `..` stops at the context root: the whole (filtered) context.
+                assert!(r.is_ok(), "{src}");
+                continue;
+            }
+            assert!(
+                matches!(r, Err(ExecError::SourceMissing { .. })),
+                "{src}: {r:?}"
+            );
+        }
+    }
+}
