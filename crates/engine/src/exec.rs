@@ -379,7 +379,18 @@ fn mount_one(
                 MountSource::FilteredContext(dir, index) => {
                     let n = fs::read_dir(files_dir).map(|r| r.count()).unwrap_or(0);
                     let into = files_dir.join(format!("bind-{n}"));
-                    crate::bindctx::filtered_view(&dir, &index, &src_rel, &into, m.readonly)?
+                    // A directory view shares inodes with the context; a
+                    // writable one gets a throw-away overlay on top (copy-up
+                    // never writes to the lower file). A single file is
+                    // copied when writable.
+                    let shared = m.readonly || resolve_in_root(&dir, &src_rel).is_dir();
+                    let view =
+                        crate::bindctx::filtered_view(&dir, &index, &src_rel, &into, shared)?;
+                    if m.readonly || !view.is_dir() {
+                        view
+                    } else {
+                        overlay_view(env, &[view], true, setup)?
+                    }
                 }
                 MountSource::Layers(layers) => {
                     let view = overlay_view(env, &layers, !m.readonly, setup)?;
