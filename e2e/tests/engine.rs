@@ -4,9 +4,8 @@
 //! run by buildah, an OCI archive read by skopeo, `login`/`logout` against
 //! an htpasswd registry (password on stdin, typed at a terminal, or kept by
 //! a credential helper), and reproducible digests with `SOURCE_DATE_EPOCH`.
-//!
-//! Tests marked `#[ignore = "engine bug: ..."]` assert documented behaviour
-//! the engine does not have yet; `--run-ignored only` shows them failing.
+//! Also: `.dockerignore` applied to bind mounts of the context, ADD of
+//! bzip2/xz tarballs, and EXPOSE port ranges (once engine bugs, now fixed).
 
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1179,7 +1178,6 @@ fn build_local(xb: &Xbuild, ctx: &Path, out: &Path, extra: &[&str]) -> xbuild_e2
 /// context before it's sent to the builder", so no ADD, COPY or bind mount
 /// can see them.
 #[test]
-#[ignore = "engine bug: RUN --mount=type=bind of the build context shows files excluded by .dockerignore"]
 fn bind_mount_of_the_context_honours_dockerignore() {
     if require_multiplatform().is_none() {
         return;
@@ -1570,7 +1568,6 @@ fn interactive_login_reads_the_password_without_echo() {
 /// uncompressed), the archive is decompressed and extracted into the
 /// specified destination."
 #[test]
-#[ignore = "engine bug: ADD copies local bzip2 and xz tarballs as files instead of extracting them"]
 fn add_extracts_bzip2_and_xz_tarballs() {
     if require_multiplatform().is_none() {
         return;
@@ -1622,7 +1619,6 @@ fn add_extracts_bzip2_and_xz_tarballs() {
 /// BuildKit (and the classic builder) read EXPOSE through Docker's port-spec
 /// parser, which expands a range into one entry per port.
 #[test]
-#[ignore = "engine bug (BuildKit compatibility): EXPOSE 80-82 is stored as one \"80-82/tcp\" key instead of 80/tcp, 81/tcp, 82/tcp"]
 fn expose_expands_port_ranges() {
     if require_multiplatform().is_none() {
         return;

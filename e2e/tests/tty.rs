@@ -3,7 +3,8 @@
 //! build and again at the end. Mid-build there is one live block per
 //! platform with its worker; at the end the live area is gone and the
 //! summary table sits under the log of finished steps. The captured screens
-//! are saved as `e2e/fixtures/tty-screen-mid.txt` and `tty-screen-end.txt`.
+//! are saved as `e2e/fixtures/tty-screen-mid.txt` and `tty-screen-end.txt`
+//! (rewritten with `XBUILD_UPDATE_FIXTURES=1`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,10 +138,19 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+/// Where a captured screen is saved: the committed fixture with
+/// `XBUILD_UPDATE_FIXTURES=1`, else cargo's temp dir for integration tests
+/// (so a test run never dirties the work tree; the path is printed).
+fn save_screen(name: &str, text: &str) {
+    let dir = if std::env::var_os("XBUILD_UPDATE_FIXTURES").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    };
+    std::fs::create_dir_all(&dir).expect("fixtures dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the captured screen");
+    eprintln!("captured screen saved as {}", path.display());
 }
 
 #[test]
@@ -192,15 +202,14 @@ fn tty_progress_shows_live_platform_blocks_then_a_clean_summary() {
     assert!(mid.contains("linux/arm64 @ qemu"), "{mid}");
     assert!(mid.contains("RUN for i in 1 2 3 4 5 6"), "{mid}");
     assert!(!mid.contains("xbuild exited"), "{mid}");
-    std::fs::create_dir_all(fixture("")).expect("fixtures dir");
-    std::fs::write(fixture("tty-screen-mid.txt"), &mid).expect("write fixture");
+    save_screen("tty-screen-mid.txt", &mid);
 
     // The end: the summary under the log, the live area cleared.
     tmux.wait_for("the end of the build", Duration::from_secs(300), |sc| {
         sc.contains("xbuild exited")
     });
     let end = tmux.capture(true, false);
-    std::fs::write(fixture("tty-screen-end.txt"), &end).expect("write fixture");
+    save_screen("tty-screen-end.txt", &end);
     let all = tmux.capture(true, true);
     assert!(end.contains("xbuild exited 0"), "{all}");
     let lines: Vec<&str> = end.lines().collect();

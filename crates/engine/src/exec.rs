@@ -88,8 +88,11 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Exe
 pub enum MountSource {
     /// Nothing to resolve (cache without `from`, tmpfs, secret).
     None,
-    /// The build context directory.
+    /// The build context directory (everything in it).
     Context(PathBuf),
+    /// The build context directory, limited to what its index holds
+    /// (`.dockerignore` applied).
+    FilteredContext(PathBuf, std::sync::Arc<crate::context::ContextIndex>),
     /// A stage's or image's snapshots, bottom first.
     Layers(Vec<PathBuf>),
 }
@@ -371,6 +374,22 @@ fn mount_one(
                         let copy = files_dir.join(format!("bind-{n}"));
                         copyfs::copy_one(&p, &copy)?;
                         copy
+                    }
+                }
+                MountSource::FilteredContext(dir, index) => {
+                    let n = fs::read_dir(files_dir).map(|r| r.count()).unwrap_or(0);
+                    let into = files_dir.join(format!("bind-{n}"));
+                    // A directory view shares inodes with the context; a
+                    // writable one gets a throw-away overlay on top (copy-up
+                    // never writes to the lower file). A single file is
+                    // copied when writable.
+                    let shared = m.readonly || resolve_in_root(&dir, &src_rel).is_dir();
+                    let view =
+                        crate::bindctx::filtered_view(&dir, &index, &src_rel, &into, shared)?;
+                    if m.readonly || !view.is_dir() {
+                        view
+                    } else {
+                        overlay_view(env, &[view], true, setup)?
                     }
                 }
                 MountSource::Layers(layers) => {

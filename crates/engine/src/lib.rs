@@ -5,6 +5,7 @@
 //! It never prints: everything it has to say goes through [`events`].
 #![warn(missing_docs)]
 
+mod bindctx;
 pub mod cache;
 pub mod context;
 pub mod copy;
@@ -15,6 +16,7 @@ pub mod exec;
 pub mod housekeeping;
 pub mod image;
 pub mod mount;
+pub mod redact;
 pub mod secrets;
 pub mod snapshot;
 mod solve;

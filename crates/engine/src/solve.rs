@@ -28,6 +28,7 @@ use crate::events::{Event, EventSink, LogStream, VertexId};
 use crate::exec::{self, ExecEnv, ExecError, ExecPlan, MountSource, Setup};
 use crate::image::{timestamp, ImageBuilder};
 use crate::mount::mount_overlay;
+use crate::redact::Redactor;
 use crate::snapshot::Scratch;
 use crate::source::PulledImage;
 use xbuild_dockerfile::instructions::MountType;
@@ -914,13 +915,21 @@ impl Engine {
         for m in &op.mounts {
             sources.push(match (&m.kind, &m.from) {
                 (MountType::Bind, from) => {
-                    self.layers_of(
-                        shared,
-                        from.as_ref().unwrap_or(&FileSource::Context),
-                        deps,
-                        step,
-                    )
-                    .await?
+                    match self
+                        .layers_of(
+                            shared,
+                            from.as_ref().unwrap_or(&FileSource::Context),
+                            deps,
+                            step,
+                        )
+                        .await?
+                    {
+                        MountSource::Context(dir) => match &shared.index {
+                            Some(index) => MountSource::FilteredContext(dir, index.clone()),
+                            None => MountSource::Context(dir),
+                        },
+                        other => other,
+                    }
                 }
                 _ => MountSource::None,
             });
@@ -945,11 +954,30 @@ impl Engine {
         let sde = req.source_date_epoch;
         blocking(req.events, vid, t0, move |tx| {
             fs_step(&inner, &chain, sde, |root| {
+                // Secret values never reach the log: masked per stream.
+                let values = || plan.secrets.iter().flatten().map(Vec::as_slice);
+                let mut out_mask = Redactor::new(values());
+                let mut err_mask = Redactor::new(values());
                 let mut log = |s: OutputStream, d: &[u8]| {
-                    let _ = tx.send((s, d.to_vec()));
+                    let masked = match s {
+                        OutputStream::Stdout => out_mask.push(d),
+                        OutputStream::Stderr => err_mask.push(d),
+                    };
+                    if !masked.is_empty() {
+                        let _ = tx.send((s, masked));
+                    }
                 };
-                let r = exec::run(&env, &plan, root, &mut log)
-                    .map_err(|e| map_exec_err(e, &platform))?;
+                let r = exec::run(&env, &plan, root, &mut log);
+                for (s, m) in [
+                    (OutputStream::Stdout, &mut out_mask),
+                    (OutputStream::Stderr, &mut err_mask),
+                ] {
+                    let rest = m.finish();
+                    if !rest.is_empty() {
+                        let _ = tx.send((s, rest));
+                    }
+                }
+                let r = r.map_err(|e| map_exec_err(e, &platform))?;
                 if !r.success() {
                     return Err(EngineError::ProcessFailed {
                         command: plan.op.args.join(" "),
@@ -994,7 +1022,7 @@ impl Engine {
                 let mut setup = Setup::default();
                 let empty;
                 let src_root: &Path = match &source {
-                    MountSource::Context(dir) => dir,
+                    MountSource::Context(dir) | MountSource::FilteredContext(dir, _) => dir,
                     MountSource::Layers(l) => {
                         empty = exec::overlay_view(&env, l, false, &mut setup)?;
                         &empty

@@ -244,8 +244,15 @@ impl<'a> Planner<'a> {
         let ins = &df.instructions;
         let first_from = ins.iter().position(|i| matches!(i.kind, Kind::From(_)));
         let Some(first_from) = first_from else {
+            if let Some(i) = ins.iter().find(|i| !matches!(i.kind, Kind::Arg(_))) {
+                return Err(self.at(
+                    i,
+                    "only ARG may come before the first FROM (no build stage in current context)",
+                ));
+            }
             return Err(PlanError::NoStage {
                 file: self.file().to_string(),
+                line: ins.last().map_or(1, |i| i.span.end_line),
             });
         };
         // Only ARG may come before the first FROM.
@@ -723,13 +730,16 @@ impl<'a> Planner<'a> {
             }
             Kind::Expose(ports) => {
                 let mut out = Vec::new();
+                let mut each = Vec::new();
                 for p in ports {
                     for w in ex.words(p).map_err(|x| self.at(ins, e(x)))? {
-                        out.push(normalize_port(&w).map_err(|m| self.at(ins, m))?);
+                        let spec = normalize_port(&w).map_err(|m| self.at(ins, m))?;
+                        each.extend(expand_port_range(&spec));
+                        out.push(spec);
                     }
                 }
                 let t = format!("EXPOSE {}", out.join(" "));
-                (t.clone(), t, Op::Config(ConfigOp::Expose(out)))
+                (t.clone(), t, Op::Config(ConfigOp::Expose(each)))
             }
             Kind::Volume(vols) => {
                 let mut out = Vec::new();
@@ -1161,6 +1171,17 @@ fn normalize_port(p: &str) -> Result<String, String> {
     Ok(format!("{port}/{proto}"))
 }
 
+/// One `PORT/PROTO` per port of a normalized `START-END/PROTO` (Docker's
+/// port-spec parser does the same, so `EXPOSE 80-82` exposes 80, 81, 82).
+fn expand_port_range(spec: &str) -> Vec<String> {
+    let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let (a, b) = port.split_once('-').unwrap_or((port, port));
+    match (a.parse::<u16>(), b.parse::<u16>()) {
+        (Ok(a), Ok(b)) => (a..=b).map(|p| format!("{p}/{proto}")).collect(),
+        _ => vec![spec.to_string()],
+    }
+}
+
 fn validate_chmod(m: &str) -> Result<(), String> {
     if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) && m.len() <= 4 {
         return Ok(());
@@ -1204,6 +1225,12 @@ mod tests {
         assert!(normalize_port("http").is_err());
         assert!(normalize_port("80/xyz").is_err());
         assert!(normalize_port("99999").is_err());
+        assert_eq!(
+            expand_port_range("8000-8002/tcp"),
+            ["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
+        assert_eq!(expand_port_range("53/udp"), ["53/udp"]);
+        assert_eq!(expand_port_range("080/tcp"), ["80/tcp"]);
     }
 
     #[test]

@@ -126,10 +126,12 @@ pub enum PlanError {
         message: String,
     },
     /// No FROM at all.
-    #[error("{file}: no build stage: the Dockerfile has no FROM instruction")]
+    #[error("{file}:{line}: no build stage: the Dockerfile has no FROM instruction")]
     NoStage {
         /// Dockerfile name.
         file: String,
+        /// The last line read (where a FROM was still missing).
+        line: usize,
     },
     /// `--target` names no stage.
     #[error("target stage {target:?} could not be found (stages: {})", available.join(", "))]

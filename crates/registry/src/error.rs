@@ -231,7 +231,7 @@ impl Ctx<'_> {
         if e.is_builder() {
             return self.protocol(None, e.to_string());
         }
-        self.unreachable(error_chain(e))
+        self.unreachable(strip_url_queries(&error_chain(e)))
     }
 
     /// Map an I/O error from a blob stream: a wrapped digest failure is a
@@ -288,10 +288,9 @@ impl Ctx<'_> {
                     self.protocol(None, msg)
                 }
             }
-            E::ServerError { code, message, .. } => self.status(
-                code,
-                format!("HTTP {code}: {}", truncate(message.trim(), 300)),
-            ),
+            E::ServerError { code, message, .. } => {
+                self.status(code, truncate(message.trim(), 300))
+            }
             E::RequestError(r) => self.reqwest(&r),
             E::DigestError(d) => {
                 let expected = Digest::parse(&self.what_digest()).ok();
@@ -322,6 +321,30 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// Drops the query of every URL in `s`: upload URLs carry long opaque
+/// state tokens that make errors unreadable (and may carry credentials).
+fn strip_url_queries(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("http") {
+        let (before, from) = rest.split_at(i);
+        out.push_str(before);
+        if !(from.starts_with("http://") || from.starts_with("https://")) {
+            out.push_str("http");
+            rest = &from[4..];
+            continue;
+        }
+        let end = from
+            .find(|c: char| c.is_whitespace() || c == ')' || c == '"')
+            .unwrap_or(from.len());
+        let url = &from[..end];
+        out.push_str(url.split_once('?').map_or(url, |(u, _)| u));
+        rest = &from[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
@@ -338,6 +361,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn url_queries_are_dropped_from_messages() {
+        assert_eq!(
+            super::strip_url_queries(
+                "error sending request for url (http://h:1/v2/r/blobs/uploads/u?_state=abc%3D): closed"
+            ),
+            "error sending request for url (http://h:1/v2/r/blobs/uploads/u): closed"
+        );
+        assert_eq!(super::strip_url_queries("no url, httpd"), "no url, httpd");
+    }
+
     use super::*;
 
     fn ctx() -> Ctx<'static> {

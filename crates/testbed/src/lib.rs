@@ -14,7 +14,13 @@
 #![warn(missing_docs)]
 
 mod busybox;
+mod faultproxy;
+mod rawtar;
 mod sshd;
+
+pub use faultproxy::{Action, FaultProxy, Rule, Seen};
+
+pub use rawtar::{hostile_hardlinks, hostile_layer, RawEntry, RawKind, RawTar};
 
 pub use busybox::{
     busybox_binary, cache_dir, ensure_foreign_arch, host_arch, write_base_context, BusyboxRootfs,

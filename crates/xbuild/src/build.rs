@@ -59,10 +59,9 @@ pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
     let bytes =
         std::fs::read(&path).with_context(|| format!("failed to read Dockerfile {display}"))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{display}: not valid UTF-8 text (byte {})",
-            e.utf8_error().valid_up_to()
-        )
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        anyhow::anyhow!("{display}:{line}: not valid UTF-8 text (byte offset {at})")
     })?;
     Ok(LoadedDockerfile { display, text })
 }

@@ -44,22 +44,43 @@ fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
         .map(|p| p.to_string_lossy().replace('\\', "/"))
 }
 
+/// Lines of an instruction shown at most; longer spans show their first and
+/// last lines around a count of the ones left out.
+const EXCERPT_MAX_SPAN: usize = 12;
+/// Characters of one line shown at most.
+const EXCERPT_MAX_WIDTH: usize = 240;
+
 /// A few lines of the Dockerfile around `line`, numbered, the line marked.
+/// Bounded: a span of thousands of continuation lines or a megabyte-long
+/// line does not flood the terminal.
 pub fn excerpt(text: &str, file: &str, start: usize, end: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let from = start.saturating_sub(3).max(1);
     let to = (end + 2).min(lines.len());
     let mut s = format!("{file}:{start}\n--------------------\n");
+    let skip = if end.saturating_sub(start) + 1 > EXCERPT_MAX_SPAN {
+        Some((start + 6, end.saturating_sub(3)))
+    } else {
+        None
+    };
     for n in from..=to {
+        if let Some((a, b)) = skip {
+            if n == a {
+                s.push_str(&format!(">>>  ... | ({} more lines)\n", b + 1 - a));
+            }
+            if (a..=b).contains(&n) {
+                continue;
+            }
+        }
         let mark = if (start..=end).contains(&n) {
             ">>>"
         } else {
             "   "
         };
-        s.push_str(&format!(
-            "{mark} {n:>4} | {}\n",
-            lines.get(n - 1).unwrap_or(&"")
-        ));
+        let line = lines.get(n - 1).unwrap_or(&"");
+        let shown: String = line.chars().take(EXCERPT_MAX_WIDTH).collect();
+        let more = if shown.len() < line.len() { " …" } else { "" };
+        s.push_str(&format!("{mark} {n:>4} | {shown}{more}\n"));
     }
     s.push_str("--------------------");
     s
@@ -460,5 +481,16 @@ mod tests {
         assert!(x.contains(">>>    3 | RUN c \\"));
         assert!(x.contains(">>>    4 |   d"));
         assert!(x.contains("       5 | CMD e"));
+    }
+
+    #[test]
+    fn excerpt_is_bounded() {
+        let text = format!("FROM a\nRUN b \\\n{}  c\n", "\\\n".repeat(100_000));
+        let x = excerpt(&text, "Dockerfile", 2, 100_003);
+        assert!(x.lines().count() < 20, "{x}");
+        assert!(x.contains("(99993 more lines)"), "{x}");
+        assert!(x.contains(">>> 100003 |   c"), "{x}");
+        let long = format!("FROM a\nRUN {}\n", "y".repeat(1_000_000));
+        assert!(excerpt(&long, "Dockerfile", 2, 2).len() < 1000);
     }
 }

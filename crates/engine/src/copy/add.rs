@@ -1,10 +1,10 @@
-//! ADD: local tar archives (plain or gzip, detected by content) and
+//! ADD: local tar archives (plain, gzip, bzip2 or xz, detected by content) and
 //! `http(s)://` downloads.
 
-use super::{dest, Copier, CopyError, Target};
+use super::{decompress, dest, Copier, CopyError, Target};
 use crate::context::{select, FsTree};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,38 +39,12 @@ fn tar_header_ok(h: &[u8]) -> bool {
     sum == stored
 }
 
-fn read_block<R: Read>(mut r: R) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 512];
-    let mut n = 0;
-    while n < 512 {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(n);
-    Ok(buf)
-}
-
-/// Whether `host` is a tar archive, plain or gzip-compressed (judged by
-/// content, not by name). bzip2, xz and zstd archives are not recognised
-/// and are copied as files.
+/// Whether `host` is a tar archive, plain or compressed with gzip, bzip2 or
+/// xz (judged by content, not by name), as Docker's ADD recognises. zstd
+/// archives are not recognised and are copied as files.
 pub(crate) fn is_tar_archive(host: &Path) -> Result<bool, CopyError> {
-    let f = fs::File::open(host).map_err(dest::io_at("open", host))?;
-    let mut head = [0u8; 2];
-    let mut r = io::BufReader::new(f);
-    let n = r.read(&mut head).map_err(dest::io_at("read", host))?;
-    let f = fs::File::open(host).map_err(dest::io_at("open", host))?;
-    let block = if n == 2 && head == [0x1f, 0x8b] {
-        match read_block(flate2::read::MultiGzDecoder::new(f)) {
-            Ok(b) => b,
-            Err(_) => return Ok(false),
-        }
-    } else {
-        read_block(f).map_err(dest::io_at("read", host))?
-    };
+    let kind = decompress::sniff(host)?;
+    let block = decompress::decoded_prefix(host, kind, 512)?;
     Ok(tar_header_ok(&block))
 }
 
@@ -163,7 +137,9 @@ impl Copier<'_> {
     ) -> Result<(), CopyError> {
         let staging = staging_dir(self.dest_root)?;
         let sp = staging.path();
-        let f = fs::File::open(host).map_err(dest::io_at("open", host))?;
+        let kind = decompress::sniff(host)?;
+        let decoded = staging_dir(self.dest_root)?;
+        let f = decompress::open_for_apply(host, kind, decoded.path())?;
         apply_layer(
             f,
             sp,

@@ -16,6 +16,7 @@
 //!   downloads `http(s)://` URLs (never unpacked), verifying `--checksum`.
 
 mod add;
+mod decompress;
 mod dest;
 mod mode;
 
