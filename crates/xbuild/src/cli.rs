@@ -192,8 +192,9 @@ pub struct BuildArgs {
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
     #[arg(long = "node", value_name = "PLATFORM=NODE")]
     pub nodes: Vec<String>,
-    /// What to do instead of building: `build`, `outline`, `targets`, `check`
-    /// (append `,format=json` for JSON).
+    /// What to do instead of building: `build`, `outline`, `targets`, `check`,
+    /// `explain` (per platform and step: cache hit or miss and why, nothing
+    /// run) (append `,format=json` for JSON).
     #[arg(long = "call", value_name = "METHOD", default_value = "build")]
     pub call: String,
 }

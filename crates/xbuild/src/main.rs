@@ -6,6 +6,7 @@ mod cache_cmd;
 mod cli;
 mod coordinator;
 mod docgen;
+mod explain_cmd;
 mod images;
 mod imagetools;
 mod login;

@@ -280,7 +280,7 @@ impl Renderer {
                 drop(st);
                 self.line(&format!("#{n} CACHED"));
             }
-            Event::Miss { id, reason } => {
+            Event::Miss { id, reason, .. } => {
                 let Some(v) = st.vertices.get(id) else {
                     return;
                 };

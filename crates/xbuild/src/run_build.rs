@@ -32,7 +32,7 @@ fn style(mode: ProgressMode) -> Style {
 
 /// The Dockerfile's path relative to the context, when it lies inside it
 /// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
-fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
+pub(crate) fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
     let file = match &args.file {
         Some(f) => f.clone(),
         None => context_dir.join("Dockerfile"),
