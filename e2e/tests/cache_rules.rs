@@ -226,3 +226,260 @@ fn no_cache_filter_rebuilds_only_that_stage() {
         reasons(&filtered)
     );
 }
+
+fn files_named(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            e.file_name() == name || (p.is_dir() && files_named(&p, name))
+        })
+}
+
+fn two_platform_build(xb: &Xbuild, dir: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        "linux/amd64,linux/arm64",
+    ];
+    args.extend(extra);
+    args.push(s(dir));
+    xb.run(&args).ok()
+}
+
+fn skopeo_raw(reference: &str) -> Value {
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn index_platforms(index: &Value) -> Vec<String> {
+    let mut v: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The line `cache import: N record(s) imported, M layer(s) fetched`.
+fn import_counts(r: &Run) -> (usize, usize) {
+    let l = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("cache import: "))
+        .unwrap_or_else(|| panic!("no import line:\n{}", r.stderr));
+    let n: Vec<usize> = l
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+#[test]
+fn cache_export_and_import_keep_every_platform() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let df = |last: &str| {
+        format!(
+            "FROM {base} AS build\nRUN echo built > /built\n\
+             FROM {base}\nCOPY a.txt /a.txt\nRUN uname -m > /arch\n\
+             COPY --from=build /built /built\nRUN echo {last} > /last\n"
+        )
+    };
+    let ctx = context(&[("Dockerfile", &df("one")), ("a.txt", "a\n")]);
+    let cache_ref = reg.reference("cache/app:buildcache");
+    let local = tempfile::tempdir().unwrap();
+    let local_dir = local.path().join("cache");
+    let first = two_platform_build(
+        &xb,
+        ctx.path(),
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache_ref},mode=max"),
+            "--cache-to",
+            &format!("type=local,dest={}", s(&local_dir)),
+        ],
+    );
+    // 5 steps per platform.
+    assert_eq!(first.missed_steps(), 10, "{}", first.stderr);
+
+    // The registry holds one index over both platforms; so does the dir.
+    let idx = skopeo_raw(&cache_ref);
+    assert_eq!(idx["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(index_platforms(&idx), vec!["linux/amd64", "linux/arm64"]);
+    let local_idx: Value =
+        serde_json::from_slice(&std::fs::read(local_dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index_platforms(&local_idx),
+        vec!["linux/amd64", "linux/arm64"]
+    );
+    assert!(local_dir.join("oci-layout").is_file());
+    // mode=min (local): only the target stage's 4 steps per platform;
+    // mode=max (registry): the build stage's step too.
+    let records_of = |manifest: &Value, blob: &dyn Fn(&str) -> Vec<u8>| -> usize {
+        let cfg = manifest["config"]["digest"].as_str().unwrap();
+        let v: Value = serde_json::from_slice(&blob(cfg)).unwrap();
+        v["records"].as_array().unwrap().len()
+    };
+    let local_blob = |d: &str| {
+        std::fs::read(
+            local_dir
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    for m in local_idx["manifests"].as_array().unwrap() {
+        let man: Value =
+            serde_json::from_slice(&local_blob(m["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            man["config"]["mediaType"],
+            "application/vnd.xbuild.cache.records.v1+json"
+        );
+        assert_eq!(records_of(&man, &local_blob), 4, "{man}");
+        // Every layer the manifest names is in the layout.
+        for l in man["layers"].as_array().unwrap() {
+            local_blob(l["digest"].as_str().unwrap());
+        }
+    }
+    let repo = reg.reference("cache/app");
+    let mut all_layers = std::collections::BTreeSet::new();
+    for m in idx["manifests"].as_array().unwrap() {
+        let man = skopeo_raw(&format!("{repo}@{}", m["digest"].as_str().unwrap()));
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--config", "--tls-verify=false"])
+            .arg(format!("docker://{repo}@{}", m["digest"].as_str().unwrap()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(cfg["records"].as_array().unwrap().len(), 5, "{man}");
+        for l in man["layers"].as_array().unwrap() {
+            all_layers.insert(l["digest"].as_str().unwrap().to_string());
+        }
+    }
+    let secret_free = std::fs::read_dir(local_dir.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert!(secret_free > 0);
+
+    // An empty state directory importing from the registry: fully cached
+    // on every platform.
+    let fresh = Xbuild::new();
+    let imported = two_platform_build(
+        &fresh,
+        ctx.path(),
+        &["--cache-from", &format!("type=registry,ref={cache_ref}")],
+    );
+    assert_eq!(imported.missed_steps(), 0, "{}", imported.stderr);
+    assert_eq!(imported.cached_steps(), 10, "{}", imported.stderr);
+    // Every record; each distinct layer blob once.
+    assert_eq!(
+        import_counts(&imported),
+        (10, all_layers.len()),
+        "{}",
+        imported.stderr
+    );
+
+    // From the local directory (mode=min: the build stage reruns; COPY
+    // --from it still hits, its key being the stage's), with the last step
+    // changed: the hits' layers are fetched, the rest never.
+    std::fs::write(ctx.path().join("Dockerfile"), df("two")).unwrap();
+    let fresh = Xbuild::new();
+    let partial = two_platform_build(
+        &fresh,
+        ctx.path(),
+        &["--cache-from", &format!("type=local,src={}", s(&local_dir))],
+    );
+    assert_eq!(partial.cached_steps(), 6, "{}", partial.stderr);
+    assert_eq!(partial.missed_steps(), 4, "{}", partial.stderr);
+    // Records of 4 steps per platform; only the hits' layers are fetched:
+    // never the changed last step's.
+    let (records, fetched) = import_counts(&partial);
+    assert_eq!(records, 8, "{}", partial.stderr);
+    assert!((1..=6).contains(&fetched), "{}", partial.stderr);
+    assert_eq!(
+        reasons(&partial)
+            .iter()
+            .filter(|r| *r == "no cache record")
+            .count(),
+        2,
+        "the build stage was not exported with mode=min: {:?}",
+        reasons(&partial)
+    );
+    let mut last_layers = Vec::new();
+    for m in local_idx["manifests"].as_array().unwrap() {
+        let man: Value =
+            serde_json::from_slice(&local_blob(m["digest"].as_str().unwrap())).unwrap();
+        let cfg: Value =
+            serde_json::from_slice(&local_blob(man["config"]["digest"].as_str().unwrap())).unwrap();
+        for r in cfg["records"].as_array().unwrap() {
+            if r["text"] == "RUN echo one > /last" {
+                last_layers.push(r["layer"]["digest"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(last_layers.len(), 2);
+    let blobs = fresh.root().join("content");
+    for d in &last_layers {
+        let hex = d.trim_start_matches("sha256:");
+        assert!(
+            !files_named(&blobs, hex),
+            "the layer of the step that missed was fetched: {d}"
+        );
+    }
+    assert!(
+        reasons(&partial)
+            .iter()
+            .any(|r| r
+                == "instruction changed: \"RUN echo one > /last\" -> \"RUN echo two > /last\""),
+        "{:?}",
+        reasons(&partial)
+    );
+
+    // A missing cache is a warning, not a failure.
+    let none = two_platform_build(
+        &Xbuild::new(),
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={}", reg.reference("cache/none:x")),
+        ],
+    );
+    assert!(
+        none.stderr.contains("cache import from registry"),
+        "{}",
+        none.stderr
+    );
+}

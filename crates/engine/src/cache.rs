@@ -269,8 +269,8 @@ impl CacheStore {
     }
 
     /// The last build's record to compare a missing step with: the newest
-    /// record under `parent` in the same slot, else the newest under
-    /// `parent`, else the last record built in `slot`.
+    /// record under `parent` in the same slot, else the last record built
+    /// in `slot` (under another parent).
     pub fn previous(&self, p: &Platform, parent: &Digest, slot: &str) -> Option<CacheRecord> {
         let pd = self.platform_dir(p);
         let children =
@@ -282,10 +282,10 @@ impl CacheStore {
             .filter_map(|k| self.get_raw(p, &k))
             .collect();
         let same_slot = recs
-            .iter()
+            .into_iter()
             .find(|r| r.trace.as_ref().is_some_and(|t| t.slot == slot));
-        if let Some(r) = same_slot.or(recs.first()) {
-            return Some(r.clone());
+        if let Some(r) = same_slot {
+            return Some(r);
         }
         let name = Digest::sha256_of(slot.as_bytes()).hex().to_string();
         let key = fs::read_to_string(pd.join("slots").join(name)).ok()?;

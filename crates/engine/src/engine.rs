@@ -319,6 +319,11 @@ impl Engine {
         &self.inner.cfg.worker
     }
 
+    /// The cache records (for export and import).
+    pub fn cache(&self) -> &CacheStore {
+        &self.inner.cache
+    }
+
     /// Layer blobs referenced by cache records (roots for garbage collection).
     pub fn cache_roots(&self) -> Result<Vec<Digest>, EngineError> {
         Ok(self.inner.cache.roots()?)

@@ -3,6 +3,7 @@
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
+mod cache_io;
 mod cli;
 mod coordinator;
 mod docgen;

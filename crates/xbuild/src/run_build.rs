@@ -115,6 +115,7 @@ async fn build(
             .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
     }
     let secrets = Secrets::from(coordinator::parse_secrets(&args.secrets)?);
+    let (cache_to, cache_from) = crate::cache_io::parse_args(&args.cache_to, &args.cache_from)?;
     let epoch = source_date_epoch()?;
     let root = crate::paths::xbuild_root()?;
     let renderer = Renderer::stderr(style(if args.quiet {
@@ -177,6 +178,23 @@ async fn build(
     let source = RegistrySource {
         registry: registry.clone(),
     };
+    let key_inputs = crate::cache_io::KeyInputs {
+        context_dir: context_dir.as_deref(),
+        index: index.as_ref(),
+        source: &source,
+    };
+    let (imported, fetched) = crate::cache_io::import(
+        &engine,
+        &registry,
+        &cache_from,
+        &graphs,
+        &key_inputs,
+        &renderer,
+    )
+    .await?;
+    if !cache_from.is_empty() && !args.quiet && args.progress != ProgressMode::Quiet {
+        eprintln!("cache import: {imported} record(s) imported, {fetched} layer(s) fetched");
+    }
     let ids = VertexIds::new();
     let mut engines = Vec::new();
     for g in &graphs {
@@ -325,6 +343,16 @@ async fn build(
             }
         }
     }
+
+    crate::cache_io::export(
+        &engine,
+        &registry,
+        &cache_to,
+        &graphs,
+        &key_inputs,
+        &renderer,
+    )
+    .await?;
 
     // The image the user asked for: the Docker-typed one when the image
     // output asked for Docker media types.
