@@ -483,3 +483,152 @@ fn cache_export_and_import_keep_every_platform() {
         none.stderr
     );
 }
+
+#[test]
+fn pull_hits_an_unchanged_base_and_misses_a_repushed_one() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let publisher = Xbuild::new();
+    let busybox = publish_base(&publisher, &reg);
+    let base = reg.reference("xbuild/base2:latest");
+    let push_base = |version: &str| {
+        let c = context(&[(
+            "Dockerfile",
+            &format!("FROM {busybox}\nRUN echo {version} > /version\n"),
+        )]);
+        build(&publisher, c.path(), &["-t", &base, "--push"]);
+    };
+    push_base("v1");
+    let xb = Xbuild::new();
+    let app = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN cat /version > /seen\n"),
+    )]);
+    let first = build(&xb, app.path(), &["--pull"]);
+    assert_eq!(first.missed_steps(), 1, "{}", first.stderr);
+    let same = build(&xb, app.path(), &["--pull"]);
+    assert_eq!(same.cached_steps(), 1, "{}", same.stderr);
+    assert_eq!(same.missed_steps(), 0, "{}", same.stderr);
+
+    push_base("v2");
+    let explain = xb
+        .run(&[
+            "build",
+            "--call",
+            "explain",
+            "--pull",
+            "--platform",
+            "linux/amd64",
+            s(app.path()),
+        ])
+        .ok();
+    assert!(
+        explain
+            .stdout
+            .contains(&format!("MISS   base image {base} changed: sha256:")),
+        "{}",
+        explain.stdout
+    );
+    let changed = build(&xb, app.path(), &["--pull"]);
+    assert_eq!(changed.missed_steps(), 1, "{}", changed.stderr);
+    let r = reasons(&changed);
+    assert!(
+        r[0].starts_with(&format!("base image {base} changed: sha256:"))
+            && r[0].contains(" -> sha256:"),
+        "{r:?}"
+    );
+}
+
+/// The lines of the `log` file in cache mount `id` of linux/amd64.
+fn cache_mount_log(xb: &Xbuild, id: &str) -> Vec<String> {
+    let p = xb
+        .root()
+        .join("cachemounts/linux-amd64")
+        .join(id)
+        .join("log");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Two builds at once use the cache mount `sharing`; returns its log.
+fn two_concurrent_users(xb: &Xbuild, base: &str, sharing: &str) -> Vec<String> {
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\nARG N\n\
+             RUN --mount=type=cache,id={sharing},target=/c,sharing={sharing} \
+             echo \"start $N\" >> /c/log && sleep 2 && echo \"end $N\" >> /c/log\n"
+        ),
+    )]);
+    let spawn = |n: &str| {
+        xb.command()
+            .args(["build", "--progress", "plain", "--platform", "linux/amd64"])
+            .args(["--build-arg", &format!("N={n}")])
+            .arg(ctx.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("a");
+    let b = spawn("b");
+    for c in [a, b] {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cache_mount_log(xb, sharing)
+}
+
+#[test]
+fn cache_mount_sharing_modes_with_two_concurrent_builds() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    // Warm the base image once, so both builds reach their RUN together.
+    let warm = context(&[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
+    build(&xb, warm.path(), &[]);
+
+    // shared: both write into the one directory at the same time.
+    let log = two_concurrent_users(&xb, &base, "shared");
+    assert_eq!(log.len(), 4, "{log:?}");
+    assert!(
+        log[0].starts_with("start") && log[1].starts_with("start"),
+        "{log:?}"
+    );
+
+    // locked: the second waits for the first: no interleaving.
+    let log = two_concurrent_users(&xb, &base, "locked");
+    assert_eq!(log.len(), 4, "{log:?}");
+    let who = |l: &str| l.split_whitespace().nth(1).unwrap().to_string();
+    assert!(
+        log[0].starts_with("start") && log[1].starts_with("end"),
+        "{log:?}"
+    );
+    assert_eq!(who(&log[0]), who(&log[1]), "{log:?}");
+    assert!(
+        log[2].starts_with("start") && log[3].starts_with("end"),
+        "{log:?}"
+    );
+
+    // private: the concurrent user gets its own copy; the shared
+    // directory sees one build only.
+    let log = two_concurrent_users(&xb, &base, "private");
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(who(&log[0]), who(&log[1]), "{log:?}");
+}
