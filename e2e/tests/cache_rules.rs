@@ -191,9 +191,27 @@ fn cache_rules_and_miss_reasons() {
     );
 
     // --no-cache: nothing cached.
-    let nocache = b(&["--no-cache"]);
+    let exported = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={},mode=max", s(exported.path()));
+    let nocache = b(&[
+        "--no-cache",
+        "--build-arg",
+        "V=an-arg-value",
+        "--cache-to",
+        &dest,
+    ]);
     assert_eq!(nocache.cached_steps(), 0, "{}", nocache.stderr);
     assert!(reasons(&nocache).iter().all(|r| r == "--no-cache"));
+    // The exported records hold neither the secret nor build-arg values.
+    let mut files = 0;
+    for e in std::fs::read_dir(exported.path().join("blobs/sha256")).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("another-secret-value") && !text.contains("s3cret-one"));
+        assert!(!text.contains("an-arg-value"), "{text}");
+        files += 1;
+    }
+    assert!(files > 2);
 }
 
 #[test]

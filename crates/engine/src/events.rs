@@ -259,3 +259,36 @@ impl<F: Fn(Event) + Send + Sync> EventSink for F {
         self(event)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn miss_events_carry_structured_causes_and_read_old_ones() {
+        let e = Event::Miss {
+            id: VertexId(3),
+            reason: "build arg V changed".into(),
+            causes: vec![MissReason::BuildArgsChanged {
+                names: vec!["V".into()],
+            }],
+        };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["type"], "miss");
+        assert_eq!(j["causes"][0]["kind"], "build_args_changed");
+        assert_eq!(j["causes"][0]["names"][0], "V");
+        assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
+        let old: Event =
+            serde_json::from_str(r#"{"type":"miss","id":1,"reason":"no cache record"}"#).unwrap();
+        assert!(matches!(old, Event::Miss { causes, .. } if causes.is_empty()));
+        let b = MissReason::BaseChanged {
+            base: "image alpine:3".into(),
+            old: format!("sha256:{}", "a".repeat(64)),
+            new: format!("sha256:{}", "b".repeat(64)),
+        };
+        assert_eq!(
+            b.to_string(),
+            "base image alpine:3 changed: sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb"
+        );
+    }
+}

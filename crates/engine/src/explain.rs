@@ -103,7 +103,7 @@ impl Engine {
                 {
                     Vec::new()
                 } else {
-                    self.miss_causes(&platform, &key, &step.text, &sk)
+                    self.miss_causes(&platform, &key, &sk)
                 };
                 if !causes.is_empty() && missed.is_none() {
                     missed = Some(step_label(stage, si + 2, &step.text));

@@ -22,6 +22,8 @@ const MAX_PATHS: usize = 5;
 #[derive(Debug, Clone)]
 pub(crate) struct StepKey {
     pub(crate) key: Digest,
+    /// The text the key holds (the step's, but `ARG NAME...` without values).
+    pub(crate) text: String,
     pub(crate) trace: StepTrace,
 }
 
@@ -217,7 +219,11 @@ impl Engine {
             base: base.cloned(),
             sources,
         };
-        Ok(StepKey { key, trace })
+        Ok(StepKey {
+            key,
+            text: key_text.to_string(),
+            trace,
+        })
     }
 
     /// What identifies the files a step reads from `from`.
@@ -294,10 +300,10 @@ impl Engine {
         &self,
         platform: &Platform,
         parent: &Digest,
-        text: &str,
         sk: &StepKey,
     ) -> Vec<MissReason> {
         let cache = &self.inner.cache;
+        let text = sk.text.as_str();
         if cache.get_raw(platform, &sk.key).is_some() {
             return vec![MissReason::LayerMissing];
         }

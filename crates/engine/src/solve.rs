@@ -608,7 +608,7 @@ impl Engine {
         } else if let Some(step) = missed.clone() {
             vec![MissReason::ParentMissed { step }]
         } else {
-            self.miss_causes(platform, &parent, &step.text, &sk)
+            self.miss_causes(platform, &parent, &sk)
         };
         req.events.emit(Event::Miss {
             id: vid,
@@ -664,7 +664,7 @@ impl Engine {
             key: new_key.clone(),
             parent: Some(parent),
             platform: platform.to_string(),
-            text: step.text.clone(),
+            text: sk.text.clone(),
             layer: desc,
             diff_id,
             created: now,

@@ -29,6 +29,10 @@ use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
 use xbuild_plan::BuildGraph;
 use xbuild_registry::{Progress, Registry};
 
+/// Listing entries a records blob carries at most (it is read into memory
+/// on import); past it, misses name the source instead of the paths.
+const MAX_LISTING_ENTRIES: usize = 50_000;
+
 /// Media type of the records blob (the manifest's config).
 pub const RECORDS_MEDIA_TYPE: &str = "application/vnd.xbuild.cache.records.v1+json";
 /// Artifact type of the per-platform manifests and of the index.
@@ -198,6 +202,7 @@ fn platform_manifest(
     };
     let mut layers: Vec<Descriptor> = Vec::new();
     let mut seen = HashSet::new();
+    let mut listed = 0;
     for s in steps {
         if s.index == 1 || (!max && s.stage != target) || !seen.insert(s.key.clone()) {
             continue;
@@ -212,8 +217,14 @@ fn platform_manifest(
         }
         for src in rec.trace.iter().flat_map(|t| &t.sources) {
             if let Some(d) = &src.listing {
+                if blob.listings.contains_key(d.as_str()) {
+                    continue;
+                }
                 if let Some(l) = cache.get_listing(d) {
-                    blob.listings.insert(d.to_string(), l);
+                    if listed + l.len() <= MAX_LISTING_ENTRIES {
+                        listed += l.len();
+                        blob.listings.insert(d.to_string(), l);
+                    }
                 }
             }
         }
