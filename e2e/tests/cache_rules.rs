@@ -412,6 +412,28 @@ fn cache_export_and_import_keep_every_platform() {
         .count();
     assert!(secret_free > 0);
 
+    // A later one-platform export to the same ref keeps the other
+    // platform's cache (the flaw of buildx issue 1044).
+    let amd = xb
+        .run(&[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64",
+            "--cache-to",
+            &format!("type=registry,ref={cache_ref},mode=max"),
+            s(ctx.path()),
+        ])
+        .ok();
+    assert_eq!(amd.missed_steps(), 0, "{}", amd.stderr);
+    let again = skopeo_raw(&cache_ref);
+    assert_eq!(index_platforms(&again), vec!["linux/amd64", "linux/arm64"]);
+    assert_eq!(
+        again["manifests"], idx["manifests"],
+        "same records, same manifests"
+    );
+
     // An empty state directory importing from the registry: fully cached
     // on every platform.
     let fresh = Xbuild::new();
