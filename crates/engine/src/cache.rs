@@ -313,6 +313,80 @@ impl CacheStore {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Drops what only explained removed records: listings no remaining
+    /// record names, parent and slot indexes whose keys are all gone.
+    /// Returns the number of files removed. Run after records are pruned.
+    pub fn gc_indexes(&self) -> Result<usize, CacheError> {
+        let mut removed = 0;
+        let mut listed: std::collections::BTreeSet<String> = Default::default();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("read directory", &self.dir)(e)),
+        };
+        let mut remove = |p: &Path| {
+            if fs::remove_file(p).is_ok() {
+                removed += 1;
+            }
+        };
+        for pd in rd.flatten() {
+            let pdir = pd.path();
+            if pd.file_name() == "_listings" || !pdir.is_dir() {
+                continue;
+            }
+            let exists = |hex: &str| pdir.join(format!("{hex}.json")).exists();
+            let Ok(files) = fs::read_dir(&pdir) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let Some(rec) = fs::read(f.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
+                else {
+                    continue;
+                };
+                for src in rec.trace.iter().flat_map(|t| &t.sources) {
+                    if let Some(l) = &src.listing {
+                        listed.insert(l.hex().to_string());
+                    }
+                }
+            }
+            for f in fs::read_dir(pdir.join("children"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let keys = fs::read_to_string(f.path()).unwrap_or_default();
+                if !keys.lines().any(exists) {
+                    remove(&f.path());
+                }
+            }
+            for f in fs::read_dir(pdir.join("slots"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let key = fs::read_to_string(f.path()).unwrap_or_default();
+                let hex = key.trim().rsplit(':').next().unwrap_or("");
+                if !exists(hex) {
+                    remove(&f.path());
+                }
+            }
+        }
+        for f in fs::read_dir(self.listings_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().to_string();
+            let hex = name.trim_end_matches(".json");
+            if !name.starts_with(".tmp-") && !listed.contains(hex) {
+                remove(&f.path());
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every record of platform `p` (for cache export).
     pub fn records(&self, p: &Platform) -> Vec<CacheRecord> {
         let mut out = Vec::new();
@@ -430,6 +504,56 @@ mod tests {
         };
         cache.put(&p, &rec2).unwrap();
         assert_eq!(cache.get(&p, &key2, &store), None);
+        assert_eq!(cache.get_raw(&p, &key2), Some(rec2.clone()));
         assert_eq!(cache.roots().unwrap(), vec![Digest::sha256_of(b"blob")]);
+    }
+
+    #[test]
+    fn previous_records_and_index_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheStore::open(&dir.path().join("cache")).unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let parent = Digest::sha256_of(b"parent");
+        let listing = cache
+            .put_listing(&[("a.txt".into(), "0123".into())])
+            .unwrap();
+        let rec = |key: &[u8], slot: &str, text: &str, parent: &Digest| CacheRecord {
+            key: Digest::sha256_of(key),
+            parent: Some(parent.clone()),
+            platform: p.to_string(),
+            text: text.into(),
+            layer: None,
+            diff_id: None,
+            created: "2024-01-01T00:00:00Z".into(),
+            trace: Some(StepTrace {
+                slot: slot.into(),
+                sources: vec![InputTrace {
+                    label: "context".into(),
+                    id: "x".into(),
+                    listing: Some(listing.clone()),
+                }],
+                ..Default::default()
+            }),
+        };
+        let a = rec(b"a", "s 2", "RUN a", &parent);
+        let b = rec(b"b", "t 2", "RUN b", &parent);
+        for r in [&a, &b] {
+            cache.put(&p, r).unwrap();
+            cache.index(&p, r).unwrap();
+        }
+        // Same parent, same slot; another slot is never compared.
+        assert_eq!(cache.previous(&p, &parent, "s 2"), Some(a.clone()));
+        // Another parent: the slot's last record.
+        let other = Digest::sha256_of(b"other");
+        assert_eq!(cache.previous(&p, &other, "t 2"), Some(b.clone()));
+        assert_eq!(cache.previous(&p, &other, "u 2"), None);
+        assert_eq!(cache.get_listing(&listing).unwrap().len(), 1);
+        // Nothing is collected while records use it.
+        assert_eq!(cache.gc_indexes().unwrap(), 0);
+        fs::remove_file(cache.record_path(&p, &a.key)).unwrap();
+        fs::remove_file(cache.record_path(&p, &b.key)).unwrap();
+        // The children file, both slots and the listing go.
+        assert_eq!(cache.gc_indexes().unwrap(), 4);
+        assert!(cache.get_listing(&listing).is_none());
     }
 }
