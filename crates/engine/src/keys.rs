@@ -323,15 +323,21 @@ impl Engine {
         let new = &sk.trace;
         let mut out = Vec::new();
         if prev.parent.as_ref() != Some(parent) {
-            if let (Some(ob), Some(nb)) = (&old.base, &new.base) {
-                if ob.id != nb.id {
-                    return vec![MissReason::BaseChanged {
+            // The slot's last record, under another parent: it explains the
+            // miss only when the same base reference now has another digest
+            // (or the same base stage another key). Anything else (another
+            // project's stage, an earlier step that hit an older variant)
+            // is not compared.
+            return match (&old.base, &new.base) {
+                (Some(ob), Some(nb)) if ob.label == nb.label && ob.id != nb.id => {
+                    vec![MissReason::BaseChanged {
                         base: nb.label.clone(),
                         old: ob.id.clone(),
                         new: nb.id.clone(),
-                    }];
+                    }]
                 }
-            }
+                _ => vec![MissReason::NoRecord],
+            };
         }
         if prev.text != text {
             out.push(MissReason::InstructionChanged {
