@@ -8,9 +8,15 @@
 //! Dockerfile and context give the same keys everywhere.
 //!
 //! ```text
-//! cache/<platform>/<key hex>.json   CacheRecord
-//! cache/<platform>/s-<hex>          "this step existed with other sources" marker
+//! cache/<platform>/<key hex>.json       CacheRecord (with its StepTrace)
+//! cache/<platform>/children/<parent hex> keys recorded under a parent, one a line
+//! cache/<platform>/slots/<hex>           the last key built in a step slot
+//! cache/_listings/<hex>.json             context listings named by traces
 //! ```
+//!
+//! The trace, the children and the slots exist only to say why a step
+//! missed: the last build's record for the same parent (or the same step
+//! slot: stage and position) is compared with this build's inputs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -110,6 +116,43 @@ pub struct CacheRecord {
     pub diff_id: Option<Digest>,
     /// When the record was written (RFC 3339).
     pub created: String,
+    /// What the key was made of, to explain later misses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<StepTrace>,
+}
+
+/// The inputs of a step's key, kept to explain misses. No secret and no
+/// build-arg value is stored: args are kept as short hashes of their values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTrace {
+    /// The step slot: `<stage> <position>`.
+    pub slot: String,
+    /// Build args the step uses: name -> short sha256 of the value.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// The stage's base (image digest or stage key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<InputTrace>,
+    /// What the step reads (COPY sources, RUN bind mounts), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<InputTrace>,
+}
+
+/// One input of a key: what it is and its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputTrace {
+    /// `context`, `stage build`, `image alpine:3`.
+    pub label: String,
+    /// Checksum, key or digest.
+    pub id: String,
+    /// For context sources: the listing (see [`CacheStore::put_listing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<Digest>,
+}
+
+/// Short hash of a build-arg value (what traces keep instead of the value).
+pub fn arg_hash(value: &str) -> String {
+    Digest::sha256_of(value.as_bytes()).hex()[..16].to_string()
 }
 
 /// The cache records of one engine root.
@@ -229,17 +272,169 @@ impl CacheStore {
         )
     }
 
-    /// Remembers that a step with this `shape` (its key without the source
-    /// checksum) has been built, to explain later misses.
-    pub fn mark_shape(&self, p: &Platform, shape: &Digest) -> Result<(), CacheError> {
-        self.write_atomic(&self.platform_dir(p), &format!("s-{}", shape.hex()), b"")
+    /// Indexes `rec` under its parent and its slot, for [`previous`](Self::previous).
+    pub fn index(&self, p: &Platform, rec: &CacheRecord) -> Result<(), CacheError> {
+        let pd = self.platform_dir(p);
+        if let Some(parent) = &rec.parent {
+            let dir = pd.join("children");
+            fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+            let file = dir.join(parent.hex());
+            let known = fs::read_to_string(&file).unwrap_or_default();
+            if !known.lines().any(|l| l == rec.key.hex()) {
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&file)
+                    .map_err(io_err("open", &file))?;
+                f.write_all(format!("{}\n", rec.key.hex()).as_bytes())
+                    .map_err(io_err("append to", &file))?;
+            }
+        }
+        if let Some(t) = &rec.trace {
+            let name = Digest::sha256_of(t.slot.as_bytes()).hex().to_string();
+            self.write_atomic(&pd.join("slots"), &name, rec.key.as_str().as_bytes())?;
+        }
+        Ok(())
     }
 
-    /// Whether [`mark_shape`](Self::mark_shape) was called for `shape`.
-    pub fn has_shape(&self, p: &Platform, shape: &Digest) -> bool {
-        self.platform_dir(p)
-            .join(format!("s-{}", shape.hex()))
-            .exists()
+    /// The last build's record to compare a missing step with: the newest
+    /// record under `parent` in the same slot, else the last record built
+    /// in `slot` (under another parent).
+    pub fn previous(&self, p: &Platform, parent: &Digest, slot: &str) -> Option<CacheRecord> {
+        let pd = self.platform_dir(p);
+        let children =
+            fs::read_to_string(pd.join("children").join(parent.hex())).unwrap_or_default();
+        let recs: Vec<CacheRecord> = children
+            .lines()
+            .rev()
+            .filter_map(|h| Digest::parse(&format!("sha256:{h}")).ok())
+            .filter_map(|k| self.get_raw(p, &k))
+            .collect();
+        let same_slot = recs
+            .into_iter()
+            .find(|r| r.trace.as_ref().is_some_and(|t| t.slot == slot));
+        if let Some(r) = same_slot {
+            return Some(r);
+        }
+        let name = Digest::sha256_of(slot.as_bytes()).hex().to_string();
+        let key = fs::read_to_string(pd.join("slots").join(name)).ok()?;
+        self.get_raw(p, &Digest::parse(key.trim()).ok()?)
+    }
+
+    fn listings_dir(&self) -> PathBuf {
+        self.dir.join("_listings")
+    }
+
+    /// Stores a context listing (path, entry hash), returning its name.
+    pub fn put_listing(&self, listing: &[(String, String)]) -> Result<Digest, CacheError> {
+        let bytes = serde_json::to_vec(listing).map_err(|e| CacheError::Encode(e.to_string()))?;
+        let d = Digest::sha256_of(&bytes);
+        let dir = self.listings_dir();
+        if !dir.join(format!("{}.json", d.hex())).exists() {
+            self.write_atomic(&dir, &format!("{}.json", d.hex()), &bytes)?;
+        }
+        Ok(d)
+    }
+
+    /// A listing stored by [`put_listing`](Self::put_listing).
+    pub fn get_listing(&self, d: &Digest) -> Option<Vec<(String, String)>> {
+        let bytes = fs::read(self.listings_dir().join(format!("{}.json", d.hex()))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Drops what only explained removed records: listings no remaining
+    /// record names, parent and slot indexes whose keys are all gone.
+    /// Returns the number of files removed. Run after records are pruned.
+    pub fn gc_indexes(&self) -> Result<usize, CacheError> {
+        let mut removed = 0;
+        let mut listed: std::collections::BTreeSet<String> = Default::default();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("read directory", &self.dir)(e)),
+        };
+        let mut remove = |p: &Path| {
+            if fs::remove_file(p).is_ok() {
+                removed += 1;
+            }
+        };
+        for pd in rd.flatten() {
+            let pdir = pd.path();
+            if pd.file_name() == "_listings" || !pdir.is_dir() {
+                continue;
+            }
+            let exists = |hex: &str| pdir.join(format!("{hex}.json")).exists();
+            let Ok(files) = fs::read_dir(&pdir) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let Some(rec) = fs::read(f.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
+                else {
+                    continue;
+                };
+                for src in rec.trace.iter().flat_map(|t| &t.sources) {
+                    if let Some(l) = &src.listing {
+                        listed.insert(l.hex().to_string());
+                    }
+                }
+            }
+            for f in fs::read_dir(pdir.join("children"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let keys = fs::read_to_string(f.path()).unwrap_or_default();
+                if !keys.lines().any(exists) {
+                    remove(&f.path());
+                }
+            }
+            for f in fs::read_dir(pdir.join("slots"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let key = fs::read_to_string(f.path()).unwrap_or_default();
+                let hex = key.trim().rsplit(':').next().unwrap_or("");
+                if !exists(hex) {
+                    remove(&f.path());
+                }
+            }
+        }
+        for f in fs::read_dir(self.listings_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().to_string();
+            let hex = name.trim_end_matches(".json");
+            if !name.starts_with(".tmp-") && !listed.contains(hex) {
+                remove(&f.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every record of platform `p` (for cache export).
+    pub fn records(&self, p: &Platform) -> Vec<CacheRecord> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.platform_dir(p)) else {
+            return out;
+        };
+        for f in rd.flatten() {
+            if !f.file_name().to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            if let Some(rec) = fs::read(f.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
+            {
+                out.push(rec);
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
     }
 
     /// Every layer blob referenced by a record (GC roots).
@@ -320,6 +515,7 @@ mod tests {
             layer: None,
             diff_id: None,
             created: "2024-01-01T00:00:00Z".into(),
+            trace: None,
         };
         cache.put(&p, &rec).unwrap();
         assert_eq!(cache.get(&p, &key, &store), Some(rec.clone()));
@@ -333,9 +529,11 @@ mod tests {
             layer: Some(Descriptor::new("x", Digest::sha256_of(b"blob"), 4)),
             diff_id: Some(Digest::sha256_of(b"d")),
             created: "2024-01-01T00:00:00Z".into(),
+            trace: None,
         };
         cache.put(&p, &rec2).unwrap();
         assert_eq!(cache.get(&p, &key2, &store), None);
+        assert_eq!(cache.get_raw(&p, &key2), Some(rec2.clone()));
         assert_eq!(cache.roots().unwrap(), vec![Digest::sha256_of(b"blob")]);
         // Listing and raw reads see records whose blob is missing, too.
         assert_eq!(cache.get_raw(&p, &key2), Some(rec2.clone()));
@@ -346,5 +544,54 @@ mod tests {
             .list(&Platform::parse("linux/s390x").unwrap())
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn previous_records_and_index_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheStore::open(&dir.path().join("cache")).unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let parent = Digest::sha256_of(b"parent");
+        let listing = cache
+            .put_listing(&[("a.txt".into(), "0123".into())])
+            .unwrap();
+        let rec = |key: &[u8], slot: &str, text: &str, parent: &Digest| CacheRecord {
+            key: Digest::sha256_of(key),
+            parent: Some(parent.clone()),
+            platform: p.to_string(),
+            text: text.into(),
+            layer: None,
+            diff_id: None,
+            created: "2024-01-01T00:00:00Z".into(),
+            trace: Some(StepTrace {
+                slot: slot.into(),
+                sources: vec![InputTrace {
+                    label: "context".into(),
+                    id: "x".into(),
+                    listing: Some(listing.clone()),
+                }],
+                ..Default::default()
+            }),
+        };
+        let a = rec(b"a", "s 2", "RUN a", &parent);
+        let b = rec(b"b", "t 2", "RUN b", &parent);
+        for r in [&a, &b] {
+            cache.put(&p, r).unwrap();
+            cache.index(&p, r).unwrap();
+        }
+        // Same parent, same slot; another slot is never compared.
+        assert_eq!(cache.previous(&p, &parent, "s 2"), Some(a.clone()));
+        // Another parent: the slot's last record.
+        let other = Digest::sha256_of(b"other");
+        assert_eq!(cache.previous(&p, &other, "t 2"), Some(b.clone()));
+        assert_eq!(cache.previous(&p, &other, "u 2"), None);
+        assert_eq!(cache.get_listing(&listing).unwrap().len(), 1);
+        // Nothing is collected while records use it.
+        assert_eq!(cache.gc_indexes().unwrap(), 0);
+        fs::remove_file(cache.record_path(&p, &a.key)).unwrap();
+        fs::remove_file(cache.record_path(&p, &b.key)).unwrap();
+        // The children file, both slots and the listing go.
+        assert_eq!(cache.gc_indexes().unwrap(), 4);
+        assert!(cache.get_listing(&listing).is_none());
     }
 }

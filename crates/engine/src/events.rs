@@ -36,6 +36,109 @@ pub enum Transfer {
     Export,
 }
 
+/// Why a step missed the cache. A step may have several (its text and a
+/// build arg changed); [`std::fmt::Display`] gives the one-line form the
+/// progress stream shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MissReason {
+    /// `--no-cache`.
+    NoCache,
+    /// `--no-cache-filter` names the stage.
+    NoCacheFilter {
+        /// The stage.
+        stage: String,
+    },
+    /// An earlier step of the stage missed, so this one rebuilds.
+    ParentMissed {
+        /// The first step of the stage that missed (`[build 2/5] RUN make`).
+        step: String,
+    },
+    /// The instruction text (after expansion) differs from the last build's.
+    InstructionChanged {
+        /// The last build's text.
+        old: String,
+        /// This build's text.
+        new: String,
+    },
+    /// Build args the step uses have other values (names only, never values).
+    BuildArgsChanged {
+        /// The args, sorted.
+        names: Vec<String>,
+    },
+    /// Files the step reads from the build context changed.
+    ContextFilesChanged {
+        /// The first few changed, added or removed paths.
+        paths: Vec<String>,
+        /// How many more are not listed.
+        more: usize,
+    },
+    /// The files the step reads from another stage or an image changed.
+    SourceChanged {
+        /// What (`stage build`, `image alpine:3`).
+        from: String,
+    },
+    /// The stage's base changed (a re-pushed tag, or a rebuilt stage).
+    BaseChanged {
+        /// What (`image alpine:3`, `stage build`).
+        base: String,
+        /// The last build's digest or key.
+        old: String,
+        /// This build's.
+        new: String,
+    },
+    /// A record exists, but its layer is gone from the content store.
+    LayerMissing,
+    /// Nothing was ever built for this step under this parent.
+    NoRecord,
+}
+
+fn short(s: &str) -> &str {
+    match s.split_once(':') {
+        Some((_, hex)) if hex.len() > 12 => &s[..s.len() - hex.len() + 12],
+        _ => s,
+    }
+}
+
+impl std::fmt::Display for MissReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MissReason::NoCache => write!(f, "--no-cache"),
+            MissReason::NoCacheFilter { stage } => write!(f, "--no-cache-filter {stage}"),
+            MissReason::ParentMissed { step } => write!(f, "parent missed: {step}"),
+            MissReason::InstructionChanged { old, new } => {
+                write!(f, "instruction changed: {old:?} -> {new:?}")
+            }
+            MissReason::BuildArgsChanged { names } => {
+                let s = if names.len() == 1 { "" } else { "s" };
+                write!(f, "build arg{s} {} changed", names.join(", "))
+            }
+            MissReason::ContextFilesChanged { paths, more } => {
+                write!(f, "context files changed: {}", paths.join(", "))?;
+                if *more > 0 {
+                    write!(f, " (+{more} more)")?;
+                }
+                Ok(())
+            }
+            MissReason::SourceChanged { from } => write!(f, "files from {from} changed"),
+            MissReason::BaseChanged { base, old, new } => {
+                write!(f, "base {base} changed: {} -> {}", short(old), short(new))
+            }
+            MissReason::LayerMissing => write!(f, "cached layer missing from the content store"),
+            MissReason::NoRecord => write!(f, "no cache record"),
+        }
+    }
+}
+
+/// The one-line form of several reasons.
+pub fn reasons_text(causes: &[MissReason]) -> String {
+    causes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One progress event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -66,8 +169,12 @@ pub enum Event {
     Miss {
         /// Vertex.
         id: VertexId,
-        /// Human-readable reason (`instruction changed`, `build arg VERSION changed`, ...).
+        /// Human-readable reason (`instruction changed`, `build arg VERSION changed`, ...):
+        /// the causes below, joined by `; `.
         reason: String,
+        /// The same, structured (empty from older agents).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        causes: Vec<MissReason>,
     },
     /// Output of a running step.
     Log {
@@ -150,5 +257,38 @@ impl VecSink {
 impl<F: Fn(Event) + Send + Sync> EventSink for F {
     fn emit(&self, event: Event) {
         self(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn miss_events_carry_structured_causes_and_read_old_ones() {
+        let e = Event::Miss {
+            id: VertexId(3),
+            reason: "build arg V changed".into(),
+            causes: vec![MissReason::BuildArgsChanged {
+                names: vec!["V".into()],
+            }],
+        };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["type"], "miss");
+        assert_eq!(j["causes"][0]["kind"], "build_args_changed");
+        assert_eq!(j["causes"][0]["names"][0], "V");
+        assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
+        let old: Event =
+            serde_json::from_str(r#"{"type":"miss","id":1,"reason":"no cache record"}"#).unwrap();
+        assert!(matches!(old, Event::Miss { causes, .. } if causes.is_empty()));
+        let b = MissReason::BaseChanged {
+            base: "image alpine:3".into(),
+            old: format!("sha256:{}", "a".repeat(64)),
+            new: format!("sha256:{}", "b".repeat(64)),
+        };
+        assert_eq!(
+            b.to_string(),
+            "base image alpine:3 changed: sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb"
+        );
     }
 }

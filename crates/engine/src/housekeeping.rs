@@ -403,6 +403,10 @@ pub fn prune(
             Err(e) => return Err(io_err("remove cache record", &r.path)(e)),
         }
     }
+    // What explained the removed records' misses goes with them.
+    if let Ok(cache) = crate::cache::CacheStore::open(&root.join("cache")) {
+        let _ = cache.gc_indexes();
+    }
     if opts.all {
         if let Ok(rd) = fs::read_dir(root.join("cachemounts")) {
             for pd in rd.flatten() {

@@ -104,14 +104,19 @@ impl Scratch {
     pub fn new(parent: &Path) -> Result<Scratch, SnapshotError> {
         let dir = parent.join(unique_name());
         fs::create_dir(&dir).map_err(io_err("create directory", &dir))?;
+        // The lock file is locked before it appears as `.lock`: another
+        // process's `cleanup_scratch` must never find it unlocked (it would
+        // take the lock itself, or remove the directory).
+        let new_path = dir.join(".lock.new");
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&lock_path)
-            .map_err(io_err("create lock file", &lock_path))?;
+            .open(&new_path)
+            .map_err(io_err("create lock file", &new_path))?;
         lock.try_lock_exclusive()
-            .map_err(io_err("lock", &lock_path))?;
+            .map_err(io_err("lock", &new_path))?;
+        fs::rename(&new_path, &lock_path).map_err(io_err("rename lock file", &lock_path))?;
         Ok(Scratch {
             dir,
             lock: Some(lock),
@@ -315,5 +320,37 @@ impl Snapshots {
             });
         }
         self.commit(scratch, diff_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another process cleaning up while this one creates scratch
+    /// directories never takes a live scratch's lock or removes it.
+    #[test]
+    fn cleanup_never_races_a_scratch_being_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().to_path_buf();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cleaner = {
+            let (parent, stop) = (parent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    cleanup_scratch(&parent).unwrap();
+                }
+            })
+        };
+        for _ in 0..600 {
+            // Before the fix: "lock: Resource temporarily unavailable", or
+            // the directory gone under its owner.
+            let s = Scratch::new(&parent).unwrap();
+            let x = s.subdir("x").unwrap();
+            std::fs::write(x.join("f"), b"data").unwrap();
+            assert!(x.join("f").is_file(), "a live scratch was removed");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        cleaner.join().unwrap();
     }
 }

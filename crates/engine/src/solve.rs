@@ -3,7 +3,7 @@
 //! looked up in the cache, and on a miss executed on a blocking thread over
 //! an overlay of the stage's snapshots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,22 +11,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde_json::json;
 use xbuild_oci::digest::Algorithm;
 use xbuild_oci::layer::{write_layer, SourceMode, WriteOptions};
 use xbuild_oci::{Descriptor, Digest, Platform};
-use xbuild_plan::{Base, ConfigOp, CopyOp, ExecOp, FileSource, ImageRef, Op, Step, PROXY_ARGS};
+use xbuild_plan::{Base, ConfigOp, CopyOp, ExecOp, FileSource, ImageRef, Op, Step};
 use xbuild_sandbox::binfmt::{self, Support};
 use xbuild_sandbox::{InitError, OutputStream, SandboxError};
 
-use crate::cache::{platform_dir_name, CacheRecord, KeyInput};
-use crate::context::{self, ContextIndex};
+use crate::cache::{platform_dir_name, CacheRecord};
+use crate::context::ContextIndex;
 use crate::copy::{self, AddOptions, CopyRequest};
 use crate::copyfs::{self, Snapshotter};
 use crate::engine::{Engine, EngineError, Inner, SolveRequest, SolveResult};
-use crate::events::{Event, EventSink, LogStream, VertexId};
+use crate::events::{reasons_text, Event, EventSink, LogStream, MissReason, VertexId};
 use crate::exec::{self, ExecEnv, ExecError, ExecPlan, MountSource, Setup};
 use crate::image::{timestamp, ImageBuilder};
+use crate::keys::StepKey;
 use crate::mount::mount_overlay;
 use crate::redact::Redactor;
 use crate::snapshot::Scratch;
@@ -64,12 +64,24 @@ pub(crate) struct StageOut {
 type ImageLayers = (Arc<PulledImage>, Vec<ChainLayer>);
 
 /// What one solve shares between its stages.
-struct Shared<'r, 'a> {
-    req: &'r SolveRequest<'a>,
-    platform: Platform,
-    index: Option<Arc<ContextIndex>>,
-    context_dir: Option<PathBuf>,
-    pulled: tokio::sync::Mutex<HashMap<String, ImageLayers>>,
+pub(crate) struct Shared<'r, 'a> {
+    pub(crate) req: &'r SolveRequest<'a>,
+    pub(crate) platform: Platform,
+    pub(crate) index: Option<Arc<ContextIndex>>,
+    pub(crate) context_dir: Option<PathBuf>,
+    pub(crate) pulled: tokio::sync::Mutex<HashMap<String, ImageLayers>>,
+}
+
+impl<'r, 'a> Shared<'r, 'a> {
+    pub(crate) fn new(req: &'r SolveRequest<'a>) -> Self {
+        Shared {
+            req,
+            platform: req.graph.platform.clone(),
+            index: req.context.map(|c| Arc::new(c.clone())),
+            context_dir: req.context_dir.map(Path::to_path_buf),
+            pulled: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 type LogTx = tokio::sync::mpsc::UnboundedSender<(OutputStream, Vec<u8>)>;
@@ -284,13 +296,7 @@ impl Engine {
         if g.target >= g.stages.len() {
             return Err(EngineError::Graph("target stage out of range".into()));
         }
-        let shared = Shared {
-            req: &req,
-            platform: g.platform.clone(),
-            index: req.context.map(|c| Arc::new(c.clone())),
-            context_dir: req.context_dir.map(Path::to_path_buf),
-            pulled: tokio::sync::Mutex::new(HashMap::new()),
-        };
+        let shared = Shared::new(&req);
         let mut results: Vec<Option<Arc<StageOut>>> = vec![None; g.stages.len()];
         let mut started_stages = vec![false; g.stages.len()];
         let mut running = FuturesUnordered::new();
@@ -349,7 +355,7 @@ impl Engine {
     }
 
     /// Pulls `r` (once per solve) and makes sure its layers have snapshots.
-    async fn image_chain(
+    pub(crate) async fn image_chain(
         &self,
         shared: &Shared<'_, '_>,
         r: &ImageRef,
@@ -424,46 +430,33 @@ impl Engine {
         // FROM.
         let vid = start_vertex(1, &stage.from_text);
         let t0 = Instant::now();
-        let no_args = BTreeMap::new();
+        let dep_keys: HashMap<usize, Digest> =
+            deps.iter().map(|(i, d)| (*i, d.key.clone())).collect();
+        let dep_names: HashMap<usize, String> = deps
+            .keys()
+            .map(|i| (*i, req.graph.stages[*i].display_name()))
+            .collect();
         let from = async {
-            Ok::<_, EngineError>(match &stage.base {
-                Base::Scratch => {
-                    let key =
-                        KeyInput::new(None, platform, "FROM", &no_args, json!({"from": "scratch"}))
-                            .key()?;
-                    (Vec::new(), ImageBuilder::scratch(platform), key)
-                }
+            let (key, base) = self
+                .stage_base_key(shared, stage, &dep_keys, &dep_names)
+                .await?;
+            let (chain, builder) = match &stage.base {
+                Base::Scratch => (Vec::new(), ImageBuilder::scratch(platform)),
                 Base::Image(r) => {
                     let (img, chain) = self.image_chain(shared, r, &stage.location).await?;
-                    let key = KeyInput::new(
-                        None,
-                        platform,
-                        "FROM",
-                        &no_args,
-                        json!({"from": img.manifest.digest.as_str()}),
-                    )
-                    .key()?;
                     (
                         chain,
                         ImageBuilder::from_base(&img.image, &img.config, platform),
-                        key,
                     )
                 }
                 Base::Stage(i) => {
                     let d = &deps[i];
-                    let key = KeyInput::new(
-                        Some(&d.key),
-                        platform,
-                        "FROM",
-                        &no_args,
-                        json!({"from": "stage"}),
-                    )
-                    .key()?;
-                    (d.chain.clone(), d.builder.clone(), key)
+                    (d.chain.clone(), d.builder.clone())
                 }
-            })
+            };
+            Ok::<_, EngineError>((chain, builder, key, base))
         };
-        let (mut chain, mut builder, mut key) = match from.await {
+        let (mut chain, mut builder, mut key, base) = match from.await {
             Ok(v) => v,
             Err(e) => {
                 req.events.emit(Event::Failed {
@@ -484,25 +477,40 @@ impl Engine {
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(n))
             });
-        let mut missed = false;
+        let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
             let vid = start_vertex(si + 2, &step.text);
             let t0 = Instant::now();
-            let r = self
-                .solve_step(
+            let r = async {
+                let sk = self
+                    .step_key(
+                        shared,
+                        stage,
+                        si + 2,
+                        step,
+                        &key,
+                        base.as_ref(),
+                        &dep_keys,
+                        &dep_names,
+                    )
+                    .await?;
+                self.solve_step(
                     shared,
                     step,
                     &deps,
-                    vid,
-                    t0,
-                    &mut chain,
-                    &mut builder,
-                    &mut key,
-                    skip_lookup,
+                    (vid, t0),
+                    (&mut chain, &mut builder, &mut key),
+                    sk,
+                    skip_lookup.then(|| stage.display_name()),
                     &mut missed,
                 )
-                .await;
+                .await
+            }
+            .await;
+            if r.as_ref().is_ok_and(|hit| !hit) && missed.is_none() {
+                missed = Some(crate::keys::step_label(stage, si + 2, &step.text));
+            }
             match r {
                 Ok(hit) => {
                     if hit {
@@ -534,110 +542,6 @@ impl Engine {
             key,
             steps: stage.steps.len(),
             cached,
-        })
-    }
-
-    /// The op-specific part of a step's key, and its "shape" (the same
-    /// without source checksums, to explain misses).
-    async fn op_key(
-        &self,
-        shared: &Shared<'_, '_>,
-        step: &Step,
-        deps: &HashMap<usize, Arc<StageOut>>,
-    ) -> Result<(serde_json::Value, Option<serde_json::Value>), EngineError> {
-        match &step.op {
-            Op::Config(c) => Ok((json!({ "config": c }), None)),
-            Op::Exec(e) => {
-                let mut e = e.clone();
-                e.env.retain(|kv| {
-                    let k = kv.split('=').next().unwrap_or("");
-                    !PROXY_ARGS.contains(&k)
-                });
-                let mut binds = Vec::new();
-                for m in &e.mounts {
-                    if m.kind != MountType::Bind {
-                        continue;
-                    }
-                    let src = m.source.clone().unwrap_or_else(|| ".".into());
-                    let from = m.from.clone().unwrap_or(FileSource::Context);
-                    binds.push(
-                        self.source_key(
-                            shared,
-                            &from,
-                            std::slice::from_ref(&src),
-                            &[],
-                            false,
-                            deps,
-                            step,
-                        )
-                        .await?,
-                    );
-                }
-                Ok((json!({ "exec": e, "binds": binds }), None))
-            }
-            Op::Copy(c) => {
-                let local: Vec<String> = c
-                    .sources
-                    .iter()
-                    .filter(|s| {
-                        let l = s.to_ascii_lowercase();
-                        !(c.add && (l.starts_with("http://") || l.starts_with("https://")))
-                    })
-                    .cloned()
-                    .collect();
-                let src = if local.is_empty() {
-                    serde_json::Value::Null
-                } else {
-                    self.source_key(shared, &c.from, &local, &c.exclude, c.parents, deps, step)
-                        .await?
-                };
-                Ok((
-                    json!({ "copy": c, "src": src }),
-                    Some(json!({ "copy": c, "src": "shape" })),
-                ))
-            }
-        }
-    }
-
-    /// What identifies the files a step reads from `from`.
-    #[allow(clippy::too_many_arguments)]
-    async fn source_key(
-        &self,
-        shared: &Shared<'_, '_>,
-        from: &FileSource,
-        sources: &[String],
-        exclude: &[String],
-        parents: bool,
-        deps: &HashMap<usize, Arc<StageOut>>,
-        step: &Step,
-    ) -> Result<serde_json::Value, EngineError> {
-        Ok(match from {
-            FileSource::Context => {
-                let sum = match (&shared.index, &shared.context_dir) {
-                    (Some(ix), _) => context::checksum(ix, sources, exclude, parents)?,
-                    (None, Some(dir)) => {
-                        let (dir, sources, exclude) =
-                            (dir.clone(), sources.to_vec(), exclude.to_vec());
-                        tokio::task::spawn_blocking(move || {
-                            context::checksum_dir(&dir, &sources, &exclude, parents)
-                        })
-                        .await
-                        .map_err(|e| EngineError::Task(e.to_string()))??
-                    }
-                    (None, None) => return Err(EngineError::NoContext),
-                };
-                json!({ "context": sum.as_str() })
-            }
-            FileSource::Stage(i) => {
-                let d = deps
-                    .get(i)
-                    .ok_or_else(|| EngineError::Graph(format!("stage {i} not built")))?;
-                json!({ "stage": d.key.as_str(), "sources": sources, "exclude": exclude })
-            }
-            FileSource::Image(r) => {
-                let (img, _) = self.image_chain(shared, r, &step.location).await?;
-                json!({ "image": img.manifest.digest.as_str(), "sources": sources, "exclude": exclude })
-            }
         })
     }
 
@@ -698,35 +602,19 @@ impl Engine {
         shared: &Shared<'_, '_>,
         step: &Step,
         deps: &HashMap<usize, Arc<StageOut>>,
-        vid: VertexId,
-        t0: Instant,
-        chain: &mut Vec<ChainLayer>,
-        builder: &mut ImageBuilder,
-        key: &mut Digest,
-        skip_lookup: bool,
-        missed: &mut bool,
+        (vid, t0): (VertexId, Instant),
+        (chain, builder, key): (&mut Vec<ChainLayer>, &mut ImageBuilder, &mut Digest),
+        sk: StepKey,
+        skip_lookup: Option<String>,
+        missed: &mut Option<String>,
     ) -> Result<bool, EngineError> {
         let req = shared.req;
         let platform = &shared.platform;
         let inner = &self.inner;
-        let (op_json, shape_json) = self.op_key(shared, step, deps).await?;
         let parent = key.clone();
-        let new_key = KeyInput::new(
-            Some(&parent),
-            platform,
-            &step.text,
-            &step.build_args,
-            op_json,
-        )
-        .key()?;
-        let shape = match shape_json {
-            Some(s) => Some(
-                KeyInput::new(Some(&parent), platform, &step.text, &step.build_args, s).key()?,
-            ),
-            None => None,
-        };
+        let new_key = sk.key.clone();
 
-        let record = if skip_lookup || *missed {
+        let record = if skip_lookup.is_some() || missed.is_some() {
             None
         } else {
             self.lookup(req, platform, &new_key).await
@@ -750,25 +638,20 @@ impl Engine {
             return Ok(true);
         }
 
-        let reason = if req.no_cache {
-            "--no-cache"
-        } else if skip_lookup {
-            "--no-cache-filter"
-        } else if *missed {
-            "parent step rebuilt"
-        } else if shape
-            .as_ref()
-            .is_some_and(|s| inner.cache.has_shape(platform, s))
-        {
-            "source files changed"
+        let causes = if req.no_cache {
+            vec![MissReason::NoCache]
+        } else if let Some(stage) = skip_lookup {
+            vec![MissReason::NoCacheFilter { stage }]
+        } else if let Some(step) = missed.clone() {
+            vec![MissReason::ParentMissed { step }]
         } else {
-            "no cache record"
+            self.miss_causes(platform, &parent, &sk)
         };
         req.events.emit(Event::Miss {
             id: vid,
-            reason: reason.to_string(),
+            reason: reasons_text(&causes),
+            causes,
         });
-        *missed = true;
 
         let sde = req.source_date_epoch;
         let layer: Option<NewLayer> = match &step.op {
@@ -819,15 +702,14 @@ impl Engine {
             key: new_key.clone(),
             parent: Some(parent),
             platform: platform.to_string(),
-            text: step.text.clone(),
+            text: sk.text.clone(),
             layer: desc,
             diff_id,
             created: now,
+            trace: Some(sk.trace),
         };
         inner.cache.put(platform, &rec)?;
-        if let Some(s) = shape {
-            inner.cache.mark_shape(platform, &s)?;
-        }
+        inner.cache.index(platform, &rec)?;
         *key = new_key;
         Ok(false)
     }

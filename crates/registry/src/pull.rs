@@ -260,8 +260,9 @@ impl Registry {
             .map_err(|e| c.oci(e))
     }
 
-    /// Download one layer into `store` unless it is there already.
-    async fn pull_blob(
+    /// Download one blob of `r`'s repository into `store` (streamed,
+    /// verified, retried) unless it is there already.
+    pub async fn pull_blob(
         &self,
         r: &Reference,
         desc: &Descriptor,

@@ -116,8 +116,11 @@ fn parse_call(s: &str) -> Result<Call> {
             _ => bail!("invalid --call option {p:?} (expected format=json or format=text)"),
         }
     }
-    if !matches!(method.as_str(), "build" | "outline" | "targets" | "check") {
-        bail!("unknown --call method {method:?} (build, outline, targets or check)");
+    if !matches!(
+        method.as_str(),
+        "build" | "outline" | "targets" | "check" | "explain"
+    ) {
+        bail!("unknown --call method {method:?} (build, outline, targets, check or explain)");
     }
     Ok(Call { method, json })
 }
@@ -136,6 +139,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     match call.method.as_str() {
         "check" => run_check(&df, &opts, &platforms, call.json),
         "targets" => run_targets(&df, call.json),
+        "explain" => crate::explain_cmd::run(&args, &df, &opts, &platforms, call.json),
         "outline" => {
             let graphs = plan_all(&df, &opts, &platforms)?;
             crate::nodes::plan_build_blocking(&platforms, &args.nodes, true)?;

@@ -174,10 +174,14 @@ pub struct BuildArgs {
     /// Output destination (`type=image[,push=true]|oci,dest=F|docker,dest=F|local,dest=DIR`).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
-    /// External cache sources (`type=registry,ref=REF` | `type=local,src=DIR`).
+    /// External cache sources, repeatable (`type=registry,ref=REF` |
+    /// `type=local,src=DIR`): records are read, then only the layers of
+    /// steps that hit are fetched.
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
-    /// Cache export destinations (`type=registry,ref=REF[,mode=max]` | `type=local,dest=DIR`).
+    /// Cache export destinations (`type=registry,ref=REF[,mode=min|max]` |
+    /// `type=local,dest=DIR[,mode=min|max]`): one OCI index over platforms;
+    /// `min` exports the target stage's steps, `max` every stage's.
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
     /// Progress output.
@@ -192,8 +196,9 @@ pub struct BuildArgs {
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
     #[arg(long = "node", value_name = "PLATFORM=NODE")]
     pub nodes: Vec<String>,
-    /// What to do instead of building: `build`, `outline`, `targets`, `check`
-    /// (append `,format=json` for JSON).
+    /// What to do instead of building: `build`, `outline`, `targets`, `check`,
+    /// `explain` (per platform and step: cache hit or miss and why, nothing
+    /// run) (append `,format=json` for JSON).
     #[arg(long = "call", value_name = "METHOD", default_value = "build")]
     pub call: String,
 }

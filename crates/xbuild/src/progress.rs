@@ -280,7 +280,7 @@ impl Renderer {
                 drop(st);
                 self.line(&format!("#{n} CACHED"));
             }
-            Event::Miss { id, reason } => {
+            Event::Miss { id, reason, .. } => {
                 let Some(v) = st.vertices.get(id) else {
                     return;
                 };
@@ -556,6 +556,8 @@ struct TtyVertex {
     tail: VecDeque<String>,
     /// Everything it printed, for the failure report.
     logs: Vec<String>,
+    /// Why it missed the cache, shown with its DONE line.
+    miss: Option<String>,
     cached: bool,
     finished: bool,
 }
@@ -717,6 +719,7 @@ impl TtyState {
                         partial: Default::default(),
                         tail: VecDeque::new(),
                         logs: Vec::new(),
+                        miss: None,
                         cached: false,
                         finished: false,
                     },
@@ -735,7 +738,12 @@ impl TtyState {
                 }
                 Vec::new()
             }
-            Event::Miss { .. } => Vec::new(),
+            Event::Miss { id, reason, .. } => {
+                if let Some(v) = self.vertices.get_mut(id) {
+                    v.miss = Some(reason.clone());
+                }
+                Vec::new()
+            }
             Event::Log {
                 id, stream, data, ..
             } => {
@@ -777,7 +785,10 @@ impl TtyState {
                 } else {
                     format!("DONE {}", secs(*duration))
                 };
-                let line = format!("#{} {}  {status}", v.number, one_line(&v.display));
+                let mut line = format!("#{} {}  {status}", v.number, one_line(&v.display));
+                if let (false, Some(m)) = (v.cached, &v.miss) {
+                    line.push_str(&format!("  (cache miss: {})", one_line(m)));
+                }
                 let block = v.block;
                 self.end_vertex(*id, block, now, false);
                 vec![line]
@@ -1333,6 +1344,31 @@ mod tests {
                 "[linux/arm64 stage-1 2/6] RUN false".to_string(),
                 vec!["first".to_string(), "last words".to_string()]
             )]
+        );
+    }
+
+    #[test]
+    fn tty_done_lines_say_why_a_step_missed() {
+        let buf = Buf::default();
+        let r = Renderer::to_writer(Style::Tty, Box::new(buf.clone()));
+        r.emit(started_on(1, "linux/amd64", "local", 2, "RUN echo b"));
+        r.emit(Event::Miss {
+            id: VertexId(1),
+            reason: "instruction changed: \"RUN echo a\" -> \"RUN echo b\"".into(),
+            causes: Vec::new(),
+        });
+        r.emit(Event::Done {
+            id: VertexId(1),
+            duration: Duration::from_millis(300),
+        });
+        r.finish();
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.contains(
+                "#1 [linux/amd64 stage-1 2/6] RUN echo b  DONE 0.3s  \
+                 (cache miss: instruction changed: \"RUN echo a\" -> \"RUN echo b\")"
+            ),
+            "{out}"
         );
     }
 

@@ -32,7 +32,7 @@ fn style(mode: ProgressMode) -> Style {
 
 /// The Dockerfile's path relative to the context, when it lies inside it
 /// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
-fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
+pub(crate) fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
     let file = match &args.file {
         Some(f) => f.clone(),
         None => context_dir.join("Dockerfile"),
@@ -136,6 +136,7 @@ async fn build(
             .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
     }
     let secrets = Secrets::from(coordinator::parse_secrets(&args.secrets)?);
+    let (cache_to, cache_from) = crate::cache_io::parse_args(&args.cache_to, &args.cache_from)?;
     let epoch = source_date_epoch()?;
     let root = crate::paths::xbuild_root()?;
     let renderer = Renderer::stderr(style(if args.quiet {
@@ -208,6 +209,23 @@ async fn build(
     let source = RegistrySource {
         registry: registry.clone(),
     };
+    let key_inputs = crate::cache_io::KeyInputs {
+        context_dir: context_dir.as_deref(),
+        index: index.as_ref(),
+        source: &source,
+    };
+    let (imported, fetched) = crate::cache_io::import(
+        &engine,
+        &registry,
+        &cache_from,
+        &graphs,
+        &key_inputs,
+        &renderer,
+    )
+    .await?;
+    if !cache_from.is_empty() && !args.quiet && args.progress != ProgressMode::Quiet {
+        eprintln!("cache import: {imported} record(s) imported, {fetched} layer(s) fetched");
+    }
     let ids = VertexIds::new();
     let mut engines = Vec::new();
     for g in &graphs {
@@ -364,6 +382,16 @@ async fn build(
             }
         }
     }
+
+    crate::cache_io::export(
+        &engine,
+        &registry,
+        &cache_to,
+        &graphs,
+        &key_inputs,
+        &renderer,
+    )
+    .await?;
 
     // The image the user asked for: the Docker-typed one when the image
     // output asked for Docker media types.

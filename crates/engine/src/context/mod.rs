@@ -508,6 +508,40 @@ pub fn checksum(
     Ok(select::digest_roots(&roots, parents))
 }
 
+/// What [`checksum`] covers, one line per selected entry: its real path in
+/// the context and a short hash of what the checksum takes from it (kind,
+/// mode, owner, size, link target, content digest). Kept with cache records
+/// so a later miss can name the paths that changed; never mtimes.
+pub fn listing(
+    index: &ContextIndex,
+    sources: &[String],
+    exclude: &[String],
+    parents: bool,
+) -> Result<Vec<(String, String)>, ContextError> {
+    let roots = select(&IndexTree(index), sources, exclude, parents)?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for r in &roots {
+        for se in &r.entries {
+            let e = &se.entry;
+            let line = format!(
+                "{}\0{:o}\0{}\0{}\0{}\0{}\0{}",
+                e.kind.as_str(),
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.link_target.as_deref().unwrap_or(""),
+                e.digest.as_ref().map_or("", |d| d.as_str()),
+            );
+            let d = Digest::sha256_of(line.as_bytes());
+            out.push((e.path.clone(), d.hex()[..16].to_string()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Like [`checksum`], for a directory tree that is not a scanned context
 /// (a stage's or an image's root filesystem, for `COPY --from`). Symlinks in
 /// source paths are resolved inside `root`. Only the selected subtrees are

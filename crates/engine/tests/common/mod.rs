@@ -179,7 +179,7 @@ pub fn cache_stats(events: &[Event]) -> (usize, usize, Vec<(String, String)>) {
                 names.insert(*id, name.clone());
             }
             Event::Cached { .. } => hits += 1,
-            Event::Miss { id, reason } => {
+            Event::Miss { id, reason, .. } => {
                 misses += 1;
                 reasons.push((names.get(id).cloned().unwrap_or_default(), reason.clone()));
             }

@@ -1,0 +1,127 @@
+//! `xbuild build --call explain`: per step, would it hit the cache, and if
+//! not, why — with the solver's own key computation, without running or
+//! pulling anything (base images are pinned by planning).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use xbuild_oci::{Digest, Platform};
+
+use crate::engine::{Engine, EngineError, SolveRequest};
+use crate::events::MissReason;
+use crate::keys::step_label;
+use crate::solve::Shared;
+
+/// One vertex of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainStep {
+    /// The platform.
+    pub platform: Platform,
+    /// Stage display name.
+    pub stage: String,
+    /// 1-based position in the stage (FROM is 1).
+    pub index: usize,
+    /// Vertices in the stage, FROM included.
+    pub total: usize,
+    /// The instruction text.
+    pub name: String,
+    /// The step's cache key.
+    pub key: Digest,
+    /// Whether a build now would take it from the cache (FROM: always).
+    pub cached: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<MissReason>,
+}
+
+impl Engine {
+    /// Every stage's FROM and steps with their keys and cache verdicts.
+    pub async fn explain(&self, req: SolveRequest<'_>) -> Result<Vec<ExplainStep>, EngineError> {
+        let g = req.graph;
+        let shared = Shared::new(&req);
+        let platform = g.platform.clone();
+        let mut keys: HashMap<usize, Digest> = HashMap::new();
+        let names: HashMap<usize, String> = g
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.display_name()))
+            .collect();
+        let mut out = Vec::new();
+        for (i, stage) in g.stages.iter().enumerate() {
+            let total = stage.steps.len() + 1;
+            let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
+            out.push(ExplainStep {
+                platform: platform.clone(),
+                stage: stage.display_name(),
+                index: 1,
+                total,
+                name: stage.from_text.clone(),
+                key: key.clone(),
+                cached: true,
+                causes: Vec::new(),
+            });
+            let skip = req.no_cache
+                || stage.name.as_deref().is_some_and(|n| {
+                    req.no_cache_filter
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case(n))
+                });
+            let mut missed: Option<String> = None;
+            for (si, step) in stage.steps.iter().enumerate() {
+                let sk = self
+                    .step_key(
+                        &shared,
+                        stage,
+                        si + 2,
+                        step,
+                        &key,
+                        base.as_ref(),
+                        &keys,
+                        &names,
+                    )
+                    .await
+                    .map_err(|e| EngineError::Step {
+                        location: step.location.clone(),
+                        instruction: step.text.clone(),
+                        platform: platform.to_string(),
+                        source: Box::new(e),
+                    })?;
+                let causes = if req.no_cache {
+                    vec![MissReason::NoCache]
+                } else if skip {
+                    vec![MissReason::NoCacheFilter {
+                        stage: stage.display_name(),
+                    }]
+                } else if let Some(s) = &missed {
+                    vec![MissReason::ParentMissed { step: s.clone() }]
+                } else if self
+                    .inner
+                    .cache
+                    .get(&platform, &sk.key, &self.inner.store)
+                    .is_some()
+                {
+                    Vec::new()
+                } else {
+                    self.miss_causes(&platform, &key, &sk)
+                };
+                if !causes.is_empty() && missed.is_none() {
+                    missed = Some(step_label(stage, si + 2, &step.text));
+                }
+                out.push(ExplainStep {
+                    platform: platform.clone(),
+                    stage: stage.display_name(),
+                    index: si + 2,
+                    total,
+                    name: step.text.clone(),
+                    key: sk.key.clone(),
+                    cached: causes.is_empty(),
+                    causes,
+                });
+                key = sk.key;
+            }
+            keys.insert(i, key);
+        }
+        Ok(out)
+    }
+}

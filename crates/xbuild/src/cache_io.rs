@@ -1,0 +1,578 @@
+//! `--cache-to` / `--cache-from`: build cache export and import.
+//!
+//! The exported cache is one OCI image index over platforms, so a
+//! multi-platform build never loses a platform's cache. Each platform is an
+//! image manifest whose config is the records blob (the platform's cache
+//! records and the context listings they name, as JSON; no secret and no
+//! build-arg value is in it) and whose layers are the records' layer blobs.
+//! The registry form is that index under a tag; the local form is an OCI
+//! layout directory (`oci-layout`, `index.json`, `blobs/sha256/`).
+//! Exporting merges with what the destination already holds for other
+//! platforms.
+//!
+//! `mode=min` (the default) exports the steps of the target stage;
+//! `mode=max` every stage's. Import writes the records, then fetches only
+//! the layer blobs of the steps that will hit and are missing locally.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use xbuild_engine::cache::CacheRecord;
+use xbuild_engine::context::ContextIndex;
+use xbuild_engine::events::{Event, EventSink, NullSink, Transfer};
+use xbuild_engine::explain::ExplainStep;
+use xbuild_engine::{Engine, ImageSource, Secrets, SolveRequest, VertexIds};
+use xbuild_oci::manifest::{ImageIndex, ImageManifest};
+use xbuild_oci::reference::Reference;
+use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
+use xbuild_plan::BuildGraph;
+use xbuild_registry::{Progress, Registry};
+
+/// Listing entries a records blob carries at most (it is read into memory
+/// on import); past it, misses name the source instead of the paths.
+const MAX_LISTING_ENTRIES: usize = 50_000;
+
+/// Media type of the records blob (the manifest's config).
+pub const RECORDS_MEDIA_TYPE: &str = "application/vnd.xbuild.cache.records.v1+json";
+/// Artifact type of the per-platform manifests and of the index.
+pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.xbuild.cache.v1";
+
+/// Where a cache goes or comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheSpec {
+    /// `type=registry,ref=REF`.
+    Registry {
+        /// The reference (a tag).
+        reference: Reference,
+        /// `mode=max`.
+        max: bool,
+    },
+    /// `type=local,dest=DIR` / `type=local,src=DIR`.
+    Local {
+        /// The OCI layout directory.
+        dir: PathBuf,
+        /// `mode=max`.
+        max: bool,
+    },
+}
+
+impl std::fmt::Display for CacheSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheSpec::Registry { reference, .. } => write!(f, "registry {}", reference.familiar()),
+            CacheSpec::Local { dir, .. } => write!(f, "local {}", dir.display()),
+        }
+    }
+}
+
+/// Parse one `--cache-to` (`to = true`) or `--cache-from` spec.
+pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
+    let flag = if to { "--cache-to" } else { "--cache-from" };
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    for (i, part) in raw.split(',').enumerate() {
+        match part.split_once('=') {
+            Some((k, v)) => {
+                fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+            // `--cache-from user/app:cache`, as buildx accepts.
+            None if i == 0 && !part.is_empty() => {
+                fields.insert("type".into(), "registry".into());
+                fields.insert("ref".into(), part.trim().to_string());
+            }
+            None => bail!("invalid {flag} {raw:?}: expected key=value fields"),
+        }
+    }
+    let max = match fields.get("mode").map(String::as_str) {
+        None | Some("min") => false,
+        Some("max") => true,
+        Some(other) => bail!("invalid {flag} {raw:?}: mode must be min or max, not {other:?}"),
+    };
+    for k in fields.keys() {
+        if !matches!(
+            k.as_str(),
+            "type" | "ref" | "mode" | "dest" | "src" | "oci-mediatypes" | "ignore-error"
+        ) {
+            bail!("invalid {flag} {raw:?}: unknown field {k:?}");
+        }
+    }
+    match fields.get("type").map(String::as_str) {
+        Some("registry") => {
+            let r = fields
+                .get("ref")
+                .ok_or_else(|| anyhow!("invalid {flag} {raw:?}: type=registry needs ref=REF"))?;
+            let reference: Reference = r
+                .parse()
+                .map_err(|e| anyhow!("invalid {flag} {raw:?}: ref {r:?}: {e}"))?;
+            Ok(CacheSpec::Registry { reference, max })
+        }
+        Some("local") => {
+            let key = if to { "dest" } else { "src" };
+            let dir = fields
+                .get(key)
+                .ok_or_else(|| anyhow!("invalid {flag} {raw:?}: type=local needs {key}=DIR"))?;
+            Ok(CacheSpec::Local {
+                dir: PathBuf::from(dir),
+                max,
+            })
+        }
+        Some(t) => bail!("invalid {flag} {raw:?}: unsupported type {t:?} (registry or local)"),
+        None => bail!("invalid {flag} {raw:?}: give type=registry or type=local"),
+    }
+}
+
+/// Parse every `--cache-to` and `--cache-from`.
+pub fn parse_args(to: &[String], from: &[String]) -> Result<(Vec<CacheSpec>, Vec<CacheSpec>)> {
+    let to = to
+        .iter()
+        .map(|s| parse_spec(s, true))
+        .collect::<Result<_>>()?;
+    let from = from
+        .iter()
+        .map(|s| parse_spec(s, false))
+        .collect::<Result<_>>()?;
+    Ok((to, from))
+}
+
+/// What the records blob holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RecordsBlob {
+    version: u32,
+    platform: String,
+    records: Vec<CacheRecord>,
+    #[serde(default)]
+    listings: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// The inputs every key computation needs (as a build's).
+pub struct KeyInputs<'a> {
+    /// The build context.
+    pub context_dir: Option<&'a Path>,
+    /// Its index.
+    pub index: Option<&'a ContextIndex>,
+    /// Where images come from.
+    pub source: &'a dyn ImageSource,
+}
+
+/// Every step's key for `g`, with the local cache's verdict.
+async fn keys_of(engine: &Engine, g: &BuildGraph, inp: &KeyInputs<'_>) -> Result<Vec<ExplainStep>> {
+    let secrets = Secrets::default();
+    let ids = VertexIds::new();
+    let req = SolveRequest {
+        graph: g,
+        context_dir: inp.context_dir,
+        context: inp.index,
+        source: inp.source,
+        events: &NullSink,
+        ids: &ids,
+        no_cache: false,
+        no_cache_filter: &[],
+        secrets: &secrets,
+        source_date_epoch: None,
+    };
+    Ok(engine.explain(req).await?)
+}
+
+fn transfer(events: &dyn EventSink, kind: Transfer, label: String) -> impl Fn(Progress) + '_ {
+    move |p: Progress| {
+        events.emit(Event::Bytes {
+            id: None,
+            kind,
+            label: format!("{label} {}", p.digest.short()),
+            current: p.current,
+            total: Some(p.total),
+        })
+    }
+}
+
+/// One platform's exported manifest, written into the local store.
+fn platform_manifest(
+    engine: &Engine,
+    platform: &Platform,
+    steps: &[ExplainStep],
+    target: &str,
+    max: bool,
+) -> Result<(Descriptor, Vec<Descriptor>)> {
+    let cache = engine.cache();
+    let store = engine.store();
+    let mut blob = RecordsBlob {
+        version: 1,
+        platform: platform.to_string(),
+        ..Default::default()
+    };
+    let mut layers: Vec<Descriptor> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut listed = 0;
+    for s in steps {
+        if s.index == 1 || (!max && s.stage != target) || !seen.insert(s.key.clone()) {
+            continue;
+        }
+        let Some(rec) = cache.get(platform, &s.key, store) else {
+            continue;
+        };
+        if let Some(l) = &rec.layer {
+            if !layers.iter().any(|x| x.digest == l.digest) {
+                layers.push(l.clone());
+            }
+        }
+        for src in rec.trace.iter().flat_map(|t| &t.sources) {
+            if let Some(d) = &src.listing {
+                if blob.listings.contains_key(d.as_str()) {
+                    continue;
+                }
+                if let Some(l) = cache.get_listing(d) {
+                    if listed + l.len() <= MAX_LISTING_ENTRIES {
+                        listed += l.len();
+                        blob.listings.insert(d.to_string(), l);
+                    }
+                }
+            }
+        }
+        blob.records.push(rec);
+    }
+    let bytes = serde_json::to_vec(&blob)?;
+    let config = Descriptor::new(
+        RECORDS_MEDIA_TYPE,
+        store.put_bytes(&bytes)?,
+        bytes.len() as u64,
+    );
+    let mut m = ImageManifest::new_oci(config, layers.clone());
+    m.artifact_type = Some(CACHE_ARTIFACT_TYPE.to_string());
+    let enc = m.encode()?;
+    store.put_bytes(&enc.bytes)?;
+    Ok((enc.descriptor.with_platform(platform), layers))
+}
+
+/// Export this build's cache to every `--cache-to` destination.
+pub async fn export(
+    engine: &Engine,
+    registry: &Registry,
+    specs: &[CacheSpec],
+    graphs: &[BuildGraph],
+    inp: &KeyInputs<'_>,
+    events: &dyn EventSink,
+) -> Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let mut keyed = Vec::new();
+    for g in graphs {
+        keyed.push((g, keys_of(engine, g, inp).await?));
+    }
+    for spec in specs {
+        let max = match spec {
+            CacheSpec::Registry { max, .. } | CacheSpec::Local { max, .. } => *max,
+        };
+        let mut manifests = Vec::new();
+        for (g, steps) in &keyed {
+            let target = g.stages[g.target].display_name();
+            manifests.push(platform_manifest(engine, &g.platform, steps, &target, max)?);
+        }
+        match spec {
+            CacheSpec::Registry { reference, .. } => {
+                export_registry(engine.store(), registry, reference, &manifests, events)
+                    .await
+                    .with_context(|| format!("exporting the build cache to {spec}"))?
+            }
+            CacheSpec::Local { dir, .. } => export_local(engine.store(), dir, &manifests)
+                .with_context(|| format!("exporting the build cache to {spec}"))?,
+        }
+    }
+    Ok(())
+}
+
+/// The new index: this build's platforms, plus the other platforms of `old`.
+fn merged_index(
+    old: Option<ImageIndex>,
+    manifests: &[(Descriptor, Vec<Descriptor>)],
+) -> ImageIndex {
+    let mut all: Vec<Descriptor> = manifests.iter().map(|(d, _)| d.clone()).collect();
+    if let Some(old) = old {
+        for d in old.manifests {
+            let p = d.platform();
+            if p.is_some() && !all.iter().any(|n| n.platform() == p) {
+                all.push(d);
+            }
+        }
+    }
+    all.sort_by_key(|d| d.platform().map(|p| p.to_string()).unwrap_or_default());
+    let mut idx = ImageIndex::new_oci(all);
+    idx.artifact_type = Some(CACHE_ARTIFACT_TYPE.to_string());
+    idx
+}
+
+async fn export_registry(
+    store: &BlobStore,
+    registry: &Registry,
+    r: &Reference,
+    manifests: &[(Descriptor, Vec<Descriptor>)],
+    events: &dyn EventSink,
+) -> Result<()> {
+    let progress = transfer(events, Transfer::Push, format!("cache {}", r.familiar()));
+    for (m, _) in manifests {
+        registry.push_image_untagged(r, store, m, &progress).await?;
+    }
+    let old = match registry.fetch_manifest(r).await {
+        Ok((bytes, _, _)) => ImageIndex::from_slice(&bytes)
+            .ok()
+            .filter(|i| i.artifact_type.as_deref() == Some(CACHE_ARTIFACT_TYPE)),
+        Err(_) => None,
+    };
+    let enc = merged_index(old, manifests).encode()?;
+    store.put_bytes(&enc.bytes)?;
+    registry
+        .push_index(r, store, &enc.descriptor, &progress)
+        .await?;
+    Ok(())
+}
+
+fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join("blobs").join(d.algorithm().as_str()).join(d.hex())
+}
+
+fn copy_blob(store: &BlobStore, dir: &Path, d: &Digest) -> Result<()> {
+    let dest = blob_path(dir, d);
+    if dest.exists() {
+        return Ok(());
+    }
+    let parent = dest.parent().expect("blob paths have a parent");
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), d.hex()));
+    std::fs::copy(store.path_of(d), &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn export_local(
+    store: &BlobStore,
+    dir: &Path,
+    manifests: &[(Descriptor, Vec<Descriptor>)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (m, layers) in manifests {
+        for l in layers {
+            copy_blob(store, dir, &l.digest)?;
+        }
+        let bytes = store.read_to_vec(&m.digest)?;
+        let man = ImageManifest::from_slice(&bytes)?;
+        copy_blob(store, dir, &man.config.digest)?;
+        copy_blob(store, dir, &m.digest)?;
+    }
+    let old = std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| ImageIndex::from_slice(&b).ok());
+    let idx = merged_index(old, manifests);
+    write_atomic(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    write_atomic(&dir.join("index.json"), &idx.encode()?.bytes)?;
+    Ok(())
+}
+
+/// Where an imported record's blobs are.
+#[derive(Clone)]
+enum Origin {
+    Registry(Reference),
+    Local(PathBuf),
+}
+
+async fn read_manifest_of(
+    registry: &Registry,
+    spec: &CacheSpec,
+    platform: &Platform,
+) -> Result<Option<(RecordsBlob, Origin)>> {
+    let (index, origin) = match spec {
+        CacheSpec::Registry { reference, .. } => {
+            let (bytes, _, _) = registry.fetch_manifest(reference).await?;
+            (
+                ImageIndex::from_slice(&bytes)?,
+                Origin::Registry(reference.clone()),
+            )
+        }
+        CacheSpec::Local { dir, .. } => {
+            let p = dir.join("index.json");
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            (ImageIndex::from_slice(&bytes)?, Origin::Local(dir.clone()))
+        }
+    };
+    let Some(desc) = index.find_platform(platform).cloned() else {
+        return Ok(None);
+    };
+    let m_bytes = match &origin {
+        Origin::Registry(r) => {
+            registry
+                .fetch_manifest(&r.with_digest(desc.digest.clone()))
+                .await?
+                .0
+        }
+        Origin::Local(dir) => std::fs::read(blob_path(dir, &desc.digest))?,
+    };
+    if Digest::sha256_of(&m_bytes) != desc.digest {
+        bail!("manifest {} does not match its digest", desc.digest);
+    }
+    let m = ImageManifest::from_slice(&m_bytes)?;
+    if m.config.media_type != RECORDS_MEDIA_TYPE {
+        bail!(
+            "{} is not an xbuild cache (config type {})",
+            desc.digest,
+            m.config.media_type
+        );
+    }
+    let c_bytes = match &origin {
+        Origin::Registry(r) => registry.fetch_blob(r, &m.config).await?,
+        Origin::Local(dir) => std::fs::read(blob_path(dir, &m.config.digest))?,
+    };
+    if Digest::sha256_of(&c_bytes) != m.config.digest {
+        bail!("records blob {} does not match its digest", m.config.digest);
+    }
+    let blob: RecordsBlob = serde_json::from_slice(&c_bytes)
+        .with_context(|| format!("reading the records blob {}", m.config.digest))?;
+    if blob.platform != platform.to_string() {
+        bail!("records of {} listed for {platform}", blob.platform);
+    }
+    Ok(Some((blob, origin)))
+}
+
+async fn fetch_layer(
+    store: &BlobStore,
+    registry: &Registry,
+    origin: &Origin,
+    layer: &Descriptor,
+    events: &dyn EventSink,
+) -> Result<()> {
+    match origin {
+        Origin::Registry(r) => {
+            let progress = transfer(events, Transfer::Pull, format!("cache {}", r.familiar()));
+            registry.pull_blob(r, layer, store, &progress).await?;
+        }
+        Origin::Local(dir) => {
+            let p = blob_path(dir, &layer.digest);
+            let f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+            store.ingest(f, Some(&layer.digest), Some(layer.size))?;
+        }
+    }
+    Ok(())
+}
+
+/// Import every `--cache-from` source for the platforms of `graphs`. A
+/// source that cannot be read is a warning, as in buildx. Returns the
+/// number of records imported and of layer blobs fetched.
+pub async fn import(
+    engine: &Engine,
+    registry: &Registry,
+    specs: &[CacheSpec],
+    graphs: &[BuildGraph],
+    inp: &KeyInputs<'_>,
+    events: &dyn EventSink,
+) -> Result<(usize, usize)> {
+    let (mut imported, mut fetched) = (0, 0);
+    if specs.is_empty() {
+        return Ok((0, 0));
+    }
+    let cache = engine.cache();
+    let store = engine.store();
+    for g in graphs {
+        let p = &g.platform;
+        // Records first (all of them: small), remembering where each came from.
+        let mut origin_of: HashMap<Digest, (CacheRecord, Origin)> = HashMap::new();
+        for spec in specs {
+            match read_manifest_of(registry, spec, p).await {
+                Ok(Some((blob, origin))) => {
+                    for (d, l) in &blob.listings {
+                        if Digest::parse(d).is_ok() {
+                            cache.put_listing(l)?;
+                        }
+                    }
+                    for rec in blob.records {
+                        if rec.platform != p.to_string() {
+                            continue;
+                        }
+                        if cache.get_raw(p, &rec.key).is_none() {
+                            cache.put(p, &rec)?;
+                            cache.index(p, &rec)?;
+                            imported += 1;
+                        }
+                        origin_of
+                            .entry(rec.key.clone())
+                            .or_insert((rec, origin.clone()));
+                    }
+                }
+                Ok(None) => events.emit(Event::Warning {
+                    message: format!("cache import from {spec}: no cache for {p}"),
+                }),
+                Err(e) => events.emit(Event::Warning {
+                    message: format!("cache import from {spec} failed: {e:#}"),
+                }),
+            }
+        }
+        // Then only the layers of the steps that will hit: in each stage,
+        // the steps up to the first one no record covers.
+        let steps = keys_of(engine, g, inp).await?;
+        let mut stage_open = true;
+        for s in &steps {
+            if s.index == 1 {
+                stage_open = true;
+                continue;
+            }
+            if !stage_open {
+                continue;
+            }
+            if cache.get(p, &s.key, store).is_some() {
+                continue;
+            }
+            let Some((rec, origin)) = origin_of.get(&s.key) else {
+                stage_open = false;
+                continue;
+            };
+            if let Some(l) = &rec.layer {
+                if !store.exists(&l.digest) {
+                    fetch_layer(store, registry, origin, l, events)
+                        .await
+                        .with_context(|| format!("fetching cache layer {}", l.digest))?;
+                    fetched += 1;
+                }
+            }
+        }
+    }
+    Ok((imported, fetched))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_like_buildx() {
+        let s = parse_spec("type=registry,ref=localhost:5000/app:cache,mode=max", true).unwrap();
+        assert!(matches!(s, CacheSpec::Registry { max: true, .. }));
+        let s = parse_spec("localhost:5000/app:cache", false).unwrap();
+        assert!(matches!(s, CacheSpec::Registry { max: false, .. }));
+        let s = parse_spec("type=local,dest=/tmp/c", true).unwrap();
+        assert_eq!(
+            s,
+            CacheSpec::Local {
+                dir: "/tmp/c".into(),
+                max: false
+            }
+        );
+        let s = parse_spec("type=local,src=/tmp/c", false).unwrap();
+        assert!(matches!(s, CacheSpec::Local { .. }));
+        for bad in [
+            "type=local,src=/x",
+            "type=registry",
+            "type=s3,ref=x",
+            "type=registry,ref=a/b:c,mode=all",
+            "type=registry,ref=a/b:c,color=red",
+        ] {
+            assert!(parse_spec(bad, true).is_err(), "{bad}");
+        }
+        assert!(parse_spec("type=local,dest=/x", false).is_err());
+    }
+}

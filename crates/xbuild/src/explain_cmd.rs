@@ -1,0 +1,132 @@
+//! `xbuild build --call explain[,format=json]`: per platform and step, would
+//! the build hit the cache, and why not — base images resolved, the context
+//! hashed and keys computed exactly as a build would, nothing run.
+
+use crate::build::LoadedDockerfile;
+use crate::cli::BuildArgs;
+use crate::coordinator;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use xbuild_engine::context::{self, HashCache, ScanOptions};
+use xbuild_engine::events::{reasons_text, NullSink};
+use xbuild_engine::explain::ExplainStep;
+use xbuild_engine::{Secrets, SolveRequest, VertexIds};
+use xbuild_oci::Platform;
+use xbuild_plan::PlanOptions;
+use xbuild_registry::{Registry, RegistryConfig};
+
+/// Print the explanation.
+pub fn run(
+    args: &BuildArgs,
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    json: bool,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let steps = rt.block_on(explain(args, df, opts, platforms))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&steps)?);
+    } else {
+        print!("{}", table(&steps));
+    }
+    Ok(())
+}
+
+async fn explain(
+    args: &BuildArgs,
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+) -> Result<Vec<ExplainStep>> {
+    let root = crate::paths::xbuild_root()?;
+    let registry = Registry::new(RegistryConfig {
+        origins: Some(root.join("origins")),
+        ..RegistryConfig::default()
+    });
+    let engine = coordinator::open_engine(root.clone(), "local")?;
+    let graphs =
+        coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
+            .await?;
+    let context_dir: Option<PathBuf> = (args.context != "-").then(|| PathBuf::from(&args.context));
+    let index = match &context_dir {
+        Some(dir) => {
+            let rel = crate::run_build::dockerfile_rel(dir, args);
+            let mut cache = HashCache::for_context(&root, dir).ok();
+            let idx = context::scan(dir, rel.as_deref(), &ScanOptions::default(), cache.as_mut())
+                .with_context(|| format!("reading the build context {}", dir.display()))?;
+            if let Some(c) = cache.as_mut() {
+                let _ = c.save();
+            }
+            Some(idx)
+        }
+        None => None,
+    };
+    let source = coordinator::RegistrySource { registry };
+    let secrets = Secrets::default();
+    let ids = VertexIds::new();
+    let mut out = Vec::new();
+    for g in &graphs {
+        let req = SolveRequest {
+            graph: g,
+            context_dir: context_dir.as_deref(),
+            context: index.as_ref(),
+            source: &source,
+            events: &NullSink,
+            ids: &ids,
+            no_cache: args.no_cache,
+            no_cache_filter: &args.no_cache_filter,
+            secrets: &secrets,
+            source_date_epoch: None,
+        };
+        out.extend(engine.explain(req).await?);
+    }
+    Ok(out)
+}
+
+/// The human table: one line per vertex.
+pub fn table(steps: &[ExplainStep]) -> String {
+    let label = |s: &ExplainStep| format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name);
+    let width = steps
+        .iter()
+        .map(|s| label(s).chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
+    let mut out = format!(
+        "{:<14} {:<width$} {:<6} REASON\n",
+        "PLATFORM", "STEP", "CACHE"
+    );
+    for s in steps {
+        let mut l = label(s);
+        if l.chars().count() > width {
+            l = l.chars().take(width - 3).collect::<String>() + "...";
+        }
+        let verdict = match (s.index, s.cached) {
+            (1, _) => "-",
+            (_, true) => "HIT",
+            (_, false) => "MISS",
+        };
+        out.push_str(
+            format!(
+                "{:<14} {:<width$} {:<6} {}",
+                s.platform.to_string(),
+                l,
+                verdict,
+                reasons_text(&s.causes)
+            )
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    let misses = steps.iter().filter(|s| !s.cached).count();
+    let total = steps.iter().filter(|s| s.index > 1).count();
+    out.push_str(&format!(
+        "{} of {total} step(s) would be cached, {misses} would run\n",
+        total - misses
+    ));
+    out
+}
