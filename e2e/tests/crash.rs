@@ -27,10 +27,10 @@ fn dockerfile(base: &str) -> String {
     format!(
         "FROM {base}\n\
          ARG N=0\n\
-         RUN sleep 0.2 && echo \"run $N\" > /a\n\
+         RUN sleep 0.6 && echo \"run $N\" > /a\n\
          COPY data.bin /data.bin\n\
-         RUN sleep 0.2 && head -c 300000 /dev/urandom > /b && cat /data.bin >> /b\n\
-         RUN sleep 0.1 && echo done > /c\n"
+         RUN sleep 0.6 && head -c 300000 /dev/urandom > /b && cat /data.bin >> /b\n\
+         RUN sleep 0.3 && echo done > /c\n"
     )
 }
 
@@ -96,7 +96,7 @@ fn kill_9_at_random_points_leaves_a_usable_state() {
         .unwrap();
         let n = format!("N={i}");
         let tag = format!("crash:{i}");
-        let delay = Duration::from_millis(100 + rng.next() % 1400);
+        let delay = Duration::from_millis(100 + rng.next() % 1200);
         let mut child = xb
             .command()
             .args(build_args(&tag, &n, ctx.path()))
