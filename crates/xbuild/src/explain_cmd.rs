@@ -13,7 +13,6 @@ use xbuild_engine::explain::ExplainStep;
 use xbuild_engine::{Secrets, SolveRequest, VertexIds};
 use xbuild_oci::Platform;
 use xbuild_plan::PlanOptions;
-use xbuild_registry::{Registry, RegistryConfig};
 
 /// Print the explanation.
 pub fn run(
@@ -43,10 +42,7 @@ async fn explain(
     platforms: &[Platform],
 ) -> Result<Vec<ExplainStep>> {
     let root = crate::paths::xbuild_root()?;
-    let registry = Registry::new(RegistryConfig {
-        origins: Some(root.join("origins")),
-        ..RegistryConfig::default()
-    });
+    let registry = crate::config::registry(Some(&root))?;
     let engine = coordinator::open_engine(root.clone(), "local")?;
     let graphs =
         coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)

@@ -6,14 +6,11 @@ use std::collections::BTreeMap;
 use xbuild_oci::manifest::{ImageIndex, Manifest};
 use xbuild_oci::media_types as mt;
 use xbuild_oci::{Descriptor, ImageConfig, Platform, Reference};
-use xbuild_registry::{Registry, RegistryConfig};
+use xbuild_registry::Registry;
 
 fn registry() -> Result<Registry> {
     let root = crate::paths::xbuild_root()?;
-    Ok(Registry::new(RegistryConfig {
-        origins: Some(root.join("origins")),
-        ..RegistryConfig::default()
-    }))
+    crate::config::registry(Some(&root))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -12,7 +12,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use xbuild_registry::auth::normalize_registry_key;
-use xbuild_registry::{DockerConfig, Registry, RegistryConfig, Secret};
+use xbuild_registry::{DockerConfig, Secret};
 
 /// What `xbuild login` is about to check and store; `Debug` never shows
 /// the password ([`Secret`] redacts it).
@@ -45,7 +45,7 @@ fn registry_key(registry: &str) -> Result<String> {
 pub fn cmd_login(registry: &str, username: Option<&str>, password_stdin: bool) -> Result<()> {
     let registry = registry_key(registry)?;
     let login = read_credentials(registry, username, password_stdin)?;
-    let client = Registry::new(RegistryConfig::default());
+    let client = crate::config::registry(None)?;
     let config_path = client.docker_config_path().to_path_buf();
     let result = runtime()?.block_on(client.login(
         &login.registry,
@@ -81,7 +81,7 @@ pub fn cmd_login(registry: &str, username: Option<&str>, password_stdin: bool) -
 /// `xbuild logout`.
 pub fn cmd_logout(registry: &str) -> Result<()> {
     let registry = registry_key(registry)?;
-    let client = Registry::new(RegistryConfig::default());
+    let client = crate::config::registry(None)?;
     let removed = client
         .logout(&registry)
         .with_context(|| format!("logout from {registry} failed"))?;

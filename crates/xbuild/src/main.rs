@@ -6,6 +6,7 @@ mod build;
 mod cache_cmd;
 mod cache_io;
 mod cli;
+mod config;
 mod coordinator;
 mod docgen;
 mod explain_cmd;

@@ -58,7 +58,6 @@ pub fn cache_dir(root: &std::path::Path) -> PathBuf {
 }
 
 /// The configuration file: `$XBUILD_CONFIG` or its default (which may not exist).
-#[allow(dead_code)] // Read by the coordinator's config loader.
 pub fn config_file() -> Result<PathBuf> {
     if let Some(p) = env_path("XBUILD_CONFIG") {
         return Ok(p);

@@ -17,7 +17,7 @@ use xbuild_engine::{EngineError, Secrets, SolveRequest, VertexIds};
 use xbuild_oci::reference::Reference;
 use xbuild_oci::{Descriptor, Platform};
 use xbuild_plan::PlanOptions;
-use xbuild_registry::{Progress, Registry, RegistryConfig};
+use xbuild_registry::{Progress, Registry};
 
 fn style(mode: ProgressMode) -> Style {
     match mode {
@@ -144,10 +144,7 @@ async fn build(
     } else {
         args.progress
     }));
-    let registry = Registry::new(RegistryConfig {
-        origins: Some(root.join("origins")),
-        ..RegistryConfig::default()
-    });
+    let registry = crate::config::registry(Some(&root))?;
 
     // The engine for planning-time lookups; one per worker kind for solving.
     let engine = coordinator::open_engine(root.clone(), "local")?;
