@@ -182,3 +182,225 @@ fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here()
     let left = leftovers(agent_root.path(), Duration::from_secs(10));
     assert!(left.trim().is_empty(), "left on the node: {left}");
 }
+
+/// Builds `ctx` for the host platform with an agent at `agent_root` and
+/// extra environment, pushing to `tag`; returns the run and the worker the
+/// metadata file names.
+fn build_on_agent(
+    xb: &Xbuild,
+    base: &str,
+    ctx: &Path,
+    agent_root: &Path,
+    tag: &str,
+    env: &[(&str, &str)],
+) -> (xbuild_e2e::Run, String) {
+    let platform = host_platform();
+    let meta = xb.root().join("meta.json");
+    let _ = std::fs::remove_file(&meta);
+    let spec = format!("{platform}=amd1:{}", s(agent_root));
+    let mut all = vec![("XBUILD_LOCAL_AGENT", spec.as_str())];
+    all.extend_from_slice(env);
+    let run = xb.run_with(
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            "--build-arg",
+            &format!("BASE={base}"),
+            "-t",
+            tag,
+            "--push",
+            "--metadata-file",
+            s(&meta),
+            s(ctx),
+        ],
+        &all,
+        None,
+    );
+    let worker = if run.code == 0 {
+        worker_of(&meta, &platform)
+    } else {
+        String::new()
+    };
+    (run, worker)
+}
+
+#[test]
+fn an_agent_of_an_older_protocol_is_named_and_its_platform_built_here() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let ctx =
+        xbuild_e2e::context(&[("Dockerfile", "ARG BASE\nFROM $BASE\nRUN uname -m > /arch\n")]);
+    let agent_root = tempfile::tempdir().unwrap();
+    let tag = reg.reference("faults/old:1");
+    let (run, worker) = build_on_agent(
+        &xb,
+        &base,
+        ctx.path(),
+        agent_root.path(),
+        &tag,
+        &[("XBUILD_TEST_AGENT_PROTOCOL", "1")],
+    );
+    let run = run.ok();
+    let platform = host_platform();
+    let version = env!("CARGO_PKG_VERSION");
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("protocol version mismatch"))
+        .unwrap_or_else(|| panic!("no version warning:\n{}", run.stderr));
+    eprintln!("{warning}");
+    assert!(
+        warning.contains("node amd1 (")
+            && warning.contains(&format!("this xbuild {version} speaks protocol 2"))
+            && warning.contains(&format!("(xbuild {version}) speaks protocol 1"))
+            && warning.contains(&format!(
+                "building {platform} on this machine (local) instead"
+            )),
+        "{warning}"
+    );
+    assert_eq!(worker, "local", "{}", run.stderr);
+    assert!(testbed::skopeo_inspect_raw(&tag).is_ok(), "pushed");
+    let left = leftovers(agent_root.path(), Duration::from_secs(10));
+    assert!(left.trim().is_empty(), "left on the node: {left}");
+}
+
+/// A tmpfs of `size` mounted on a new directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir.path()),
+            ])
+            .status()
+            .is_ok_and(|st| st.success());
+        if !ok {
+            testbed::skip("cannot mount a tmpfs (mount -t tmpfs failed)");
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily, so a process still holding it cannot keep it mounted.
+        let _ = Command::new("umount")
+            .args(["-l", s(self.dir.path())])
+            .status();
+    }
+}
+
+/// Deterministic bytes that do not compress.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_with_a_full_disk_is_named_and_its_platform_built_here() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let Some(disk) = Tmpfs::mount("12m") else {
+        return;
+    };
+    let agent_root = disk.path().join("agent");
+    let platform = host_platform();
+
+    // 1. A context file larger than the node's disk (COPY).
+    const BIG: usize = 20 << 20;
+    let ctx = xbuild_e2e::context(&[(
+        "Dockerfile",
+        "ARG BASE\nFROM $BASE\nCOPY big.bin /big.bin\nRUN wc -c < /big.bin > /big.size\n",
+    )]);
+    std::fs::write(ctx.path().join("big.bin"), noise(BIG)).unwrap();
+    let tag = reg.reference("faults/full:1");
+    let (run, worker) = build_on_agent(&xb, &base, ctx.path(), &agent_root, &tag, &[]);
+    let run = run.ok();
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("no space left on device"))
+        .unwrap_or_else(|| panic!("no full-disk warning:\n{}", run.stderr));
+    eprintln!("{warning}");
+    assert!(
+        warning.contains("node amd1 (")
+            && warning.contains(s(&agent_root))
+            && warning.contains(&format!(
+                "building {platform} on this machine (local) instead"
+            )),
+        "{warning}"
+    );
+    assert_eq!(worker, "local", "{}", run.stderr);
+    if testbed::require_cmd("buildah").is_some() {
+        let size = buildah_run(&tag, testbed::host_arch(), "cat /big.size");
+        assert_eq!(size.trim(), BIG.to_string());
+    }
+    let left = leftovers(&agent_root, Duration::from_secs(10));
+    assert!(left.trim().is_empty(), "left on the node: {left}");
+
+    // 2. A RUN that fills the node's disk.
+    let ctx = xbuild_e2e::context(&[(
+        "Dockerfile",
+        "ARG BASE\nFROM $BASE\nRUN dd if=/dev/zero of=/fill bs=1048576 count=24 && wc -c < /fill > /fill.size\n",
+    )]);
+    let tag = reg.reference("faults/full:2");
+    let (run, worker) = build_on_agent(&xb, &base, ctx.path(), &agent_root, &tag, &[]);
+    let run = run.ok();
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("no space left on device"))
+        .unwrap_or_else(|| panic!("no full-disk warning:\n{}", run.stderr));
+    eprintln!("{warning}");
+    assert!(
+        warning.contains("node amd1 (")
+            && warning.contains(&format!(
+                "building {platform} on this machine (local) instead"
+            )),
+        "{warning}"
+    );
+    assert_eq!(worker, "local", "{}", run.stderr);
+    if testbed::require_cmd("buildah").is_some() {
+        let size = buildah_run(&tag, testbed::host_arch(), "cat /fill.size");
+        assert_eq!(size.trim(), (24 << 20).to_string());
+    }
+    let left = leftovers(&agent_root, Duration::from_secs(10));
+    assert!(left.trim().is_empty(), "left on the node: {left}");
+    drop(disk);
+}
