@@ -58,6 +58,63 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// What [`stop_agent_mid_build`] saw.
+struct Stopped {
+    status: std::process::ExitStatus,
+    text: String,
+    pid: i32,
+    gave_up: Option<Duration>,
+    survived: bool,
+}
+
+/// Follows the build's progress; when the line with `marker` (the RUN on
+/// the agent) shows, SIGSTOPs the agent whose pid is in `agent_root`.
+fn stop_agent_mid_build(
+    mut child: std::process::Child,
+    agent_root: &Path,
+    marker: &str,
+) -> Stopped {
+    let stderr = child.stderr.take().unwrap();
+    let watchdog = watchdog(child.id() as i32, Duration::from_secs(120));
+    let mut lines = Vec::new();
+    let mut stopped: Option<(i32, Instant)> = None;
+    let mut gave_up = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if stopped.is_none() && line.contains(marker) {
+            // The RUN is on the agent: freeze the agent (its pipes stay open).
+            let pid = agent_pid(agent_root);
+            // SAFETY: kill(2) on the agent's pid.
+            assert_eq!(unsafe { kill(pid, SIGSTOP) }, 0, "SIGSTOP agent {pid}");
+            stopped = Some((pid, Instant::now()));
+        }
+        if gave_up.is_none() && line.contains("no sign of life") {
+            gave_up = stopped.map(|(_, t)| t.elapsed());
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    drop(watchdog);
+    let text = lines.join("\n");
+    let (pid, _) = stopped.unwrap_or_else(|| panic!("the RUN never started on the agent:\n{text}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survived = alive(pid);
+    if survived {
+        // SAFETY: a leftover stopped agent must not outlive the test.
+        unsafe { kill(pid, SIGKILL) };
+    }
+    Stopped {
+        status,
+        text,
+        pid,
+        gave_up,
+        survived,
+    }
+}
+
 /// Kills the build `pid` if it is still running after `limit`, so that a
 /// coordinator that waits forever fails the test instead of hanging it.
 /// Dropping the guard disarms it.
@@ -100,7 +157,7 @@ fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here()
     let meta = xb.root().join("meta.json");
     let spec = format!("{platform}=amd1:{}", s(agent_root.path()));
     let started = Instant::now();
-    let mut child = xb
+    let child = xb
         .command()
         .args([
             "build",
@@ -123,34 +180,13 @@ fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let watchdog = watchdog(child.id() as i32, Duration::from_secs(120));
-    let mut lines = Vec::new();
-    let mut stopped: Option<(i32, Instant)> = None;
-    let mut gave_up = None;
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        if stopped.is_none() && line.contains(&marker) {
-            // The RUN is on the agent: freeze the agent (its pipes stay open).
-            let pid = agent_pid(agent_root.path());
-            // SAFETY: kill(2) on the agent's pid.
-            assert_eq!(unsafe { kill(pid, SIGSTOP) }, 0, "SIGSTOP agent {pid}");
-            stopped = Some((pid, Instant::now()));
-        }
-        if gave_up.is_none() && line.contains("no sign of life") {
-            gave_up = stopped.map(|(_, t)| t.elapsed());
-        }
-        lines.push(line);
-    }
-    let status = child.wait().unwrap();
-    drop(watchdog);
-    let text = lines.join("\n");
-    let (pid, _) = stopped.unwrap_or_else(|| panic!("the RUN never started on the agent:\n{text}"));
-    // SAFETY: a leftover stopped agent must not outlive the test.
-    let survived = alive(pid);
-    if survived {
-        unsafe { kill(pid, SIGKILL) };
-    }
+    let Stopped {
+        status,
+        text,
+        pid,
+        gave_up,
+        survived,
+    } = stop_agent_mid_build(child, agent_root.path(), &marker);
     assert!(status.success(), "{text}");
     let warning = text
         .lines()
@@ -164,7 +200,7 @@ fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here()
             )),
         "{warning}"
     );
-    let waited = gave_up.expect("the warning came after the stop");
+    let waited = gave_up.unwrap_or_else(|| panic!("the warning came after the stop:\n{text}"));
     eprintln!(
         "gave up on the stopped agent after {waited:?}; build took {:?}",
         started.elapsed()
@@ -403,4 +439,116 @@ fn a_node_with_a_full_disk_is_named_and_its_platform_built_here() {
     let left = leftovers(&agent_root, Duration::from_secs(10));
     assert!(left.trim().is_empty(), "left on the node: {left}");
     drop(disk);
+}
+
+#[test]
+fn a_hung_agent_behind_a_live_sshd_is_given_up_and_killed_through_the_connection() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let Some(sshd) = testbed::Sshd::start_or_skip("127.0.0.2") else {
+        return;
+    };
+    if testbed::host_arch() != "amd64" {
+        testbed::skip("the node is an amd64 node: the host must be amd64");
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let home = tempfile::tempdir().unwrap();
+    let env = [
+        ("HOME", s(home.path())),
+        ("SSH_AUTH_SOCK", ""),
+        ("XBUILD_NODE_TIMEOUT", "5s"),
+    ];
+    let base = publish_base(&xb, &reg);
+    sshd.write_known_hosts(&home.path().join(".ssh/known_hosts"))
+        .unwrap();
+    let agent_root = home.path().join("amd1");
+    let agent = format!(
+        "{} agent --stdio --root {}",
+        xbuild_e2e::xbuild_bin().display(),
+        agent_root.display()
+    );
+    let key = sshd.client_key();
+    xb.run_with(
+        &[
+            "node",
+            "add",
+            "amd1",
+            &sshd.url(),
+            "--platform",
+            "linux/amd64",
+            "--identity",
+            s(&key),
+            "--agent-command",
+            &agent,
+        ],
+        &env,
+        None,
+    )
+    .ok();
+    let marker = format!("xbuild-ssh-hang-{}", std::process::id());
+    let ctx = xbuild_e2e::context(&[(
+        "Dockerfile",
+        &format!("ARG BASE\nFROM $BASE\nRUN echo {marker}; sleep 3; uname -m > /arch\n"),
+    )]);
+    let tag = reg.reference("faults/ssh-hung:1");
+    let meta = xb.root().join("meta.json");
+    let child = xb
+        .command()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64",
+            "--build-arg",
+            &format!("BASE={base}"),
+            "-t",
+            &tag,
+            "--push",
+            "--metadata-file",
+            s(&meta),
+            s(ctx.path()),
+        ])
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Stopped {
+        status,
+        text,
+        pid,
+        gave_up,
+        survived,
+    } = stop_agent_mid_build(child, &agent_root, &marker);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("linux/amd64 → node amd1"), "{text}");
+    let warning = text
+        .lines()
+        .find(|l| l.contains("no sign of life"))
+        .unwrap_or_else(|| panic!("no warning about the silent node:\n{text}"));
+    assert!(
+        warning.contains("node amd1 (ssh://")
+            && warning.contains("no sign of life for 5s")
+            && warning.contains("building linux/amd64 on this machine (local) instead"),
+        "{warning}"
+    );
+    let waited = gave_up.unwrap_or_else(|| panic!("the warning came after the stop:\n{text}"));
+    eprintln!("gave up on the stopped agent behind sshd after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(20),
+        "the coordinator waited {waited:?} for a 5s node timeout"
+    );
+    assert_eq!(worker_of(&meta, "linux/amd64"), "local");
+    assert!(
+        !survived,
+        "the stopped agent {pid} was left behind on the node"
+    );
+    let left = leftovers(&agent_root, Duration::from_secs(10));
+    assert!(left.trim().is_empty(), "left on the node: {left}");
 }
