@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -52,7 +52,87 @@ pub struct AgentConfig {
 }
 
 /// The capabilities this agent announces.
-pub const CAPABILITIES: &[&str] = &["solve", "context-cache", "cache-sync"];
+pub const CAPABILITIES: &[&str] = &["solve", "context-cache", "cache-sync", "heartbeat"];
+
+/// Env var honoured only by the end-to-end tests: the agent claims this
+/// protocol version in the handshake (and checks the coordinator's against
+/// it), as an agent of an older xbuild would.
+pub const CLAIM_PROTOCOL_ENV: &str = "XBUILD_TEST_AGENT_PROTOCOL";
+
+fn claimed_protocol() -> u32 {
+    std::env::var(CLAIM_PROTOCOL_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(PROTOCOL_VERSION)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends [`Message::Heartbeat`] every [`crate::liveness::HEARTBEAT`] until
+/// dropped. It runs on its own task, so a long step, a blocked solve or a
+/// slow transfer does not silence it; only a stopped or wedged agent does.
+fn heartbeat(out: mpsc::UnboundedSender<Outgoing>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::liveness::HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if out.send(Outgoing::Msg(Message::Heartbeat)).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// Whether `e` or one of its causes is ENOSPC.
+pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(io) = x.downcast_ref::<io::Error>() {
+            if io.raw_os_error() == Some(libc::ENOSPC) {
+                return true;
+            }
+        }
+        if x.to_string().contains("No space left on device") {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// Bytes available to unprivileged writers on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The message sent to the coordinator for an error that ends the
+/// conversation; a full disk says so plainly, with the state directory.
+fn fatal_message(e: &RemoteError, root: &Path) -> String {
+    if is_no_space(e) {
+        let free = free_bytes(root).map_or_else(|| "unknown".into(), |b| format!("{b} bytes"));
+        format!(
+            "no space left on device in the agent's state directory {} ({free} free): {e}",
+            root.display()
+        )
+    } else {
+        e.to_string()
+    }
+}
 
 /// What leaves the agent. Messages are by far the common case (events),
 /// so they are not boxed.
@@ -372,8 +452,18 @@ where
         let _ = w.shutdown().await;
     });
 
+    let err_tx = out_tx.clone();
     let r = conversation(&cfg, &store, &ctx_store, &mut in_rx, out_tx).await;
     reader_task.abort();
+    // Tell the coordinator why, unless it is the coordinator that went away.
+    if let Err(e) = &r {
+        if !e.is_lost() {
+            let _ = err_tx.send(Outgoing::Msg(Message::Error {
+                message: fatal_message(e, &cfg.root),
+            }));
+        }
+    }
+    drop(err_tx);
     // The writer ends once every sender is gone; let it flush what is queued.
     let _ = writer_task.await;
     r
@@ -452,16 +542,31 @@ async fn conversation(
         other => return Err(unexpected(peer, "hello", &other)),
     };
     // Answer even on a mismatch, so the coordinator can name both versions.
+    let ours = claimed_protocol();
     send(Message::Welcome(NodeInfo {
-        protocol: PROTOCOL_VERSION,
+        protocol: ours,
         version: env!("CARGO_PKG_VERSION").to_string(),
         capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
         native: cfg.native.clone(),
         emulated: cfg.emulated.clone(),
         load: load_average(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        pid: Some(std::process::id()),
     }))?;
-    check_version(peer, protocol, &version)?;
+    if ours != PROTOCOL_VERSION {
+        if protocol != ours {
+            return Err(RemoteError::Version {
+                peer: peer.to_string(),
+                ours,
+                theirs: protocol,
+                our_version: env!("CARGO_PKG_VERSION").to_string(),
+                their_version: version,
+            });
+        }
+    } else {
+        check_version(peer, protocol, &version)?;
+    }
+    let _heartbeat = heartbeat(out.clone());
 
     let mut jobs = 0u64;
     loop {
@@ -559,7 +664,15 @@ async fn run_job(
         }),
     };
     let ev_out = out.clone();
+    // A step whose output says the disk is full failed because of the node.
+    let saw_no_space = Arc::new(AtomicBool::new(false));
+    let saw = saw_no_space.clone();
     let events = move |event: Event| {
+        if let Event::Log { data, .. } = &event {
+            if String::from_utf8_lossy(data).contains("No space left on device") {
+                saw.store(true, Ordering::Relaxed);
+            }
+        }
         let _ = ev_out.send(Outgoing::Msg(Message::Event { event }));
     };
     let ids = VertexIds::new();
@@ -593,6 +706,13 @@ async fn run_job(
     };
     let res = match result {
         Ok(res) => res,
+        Err(e) if is_no_space(&e) || saw_no_space.load(Ordering::Relaxed) => {
+            // Not the Dockerfile's fault: end the conversation with an error
+            // naming the full disk, so the coordinator builds elsewhere.
+            return Err(RemoteError::NoSpace {
+                message: e.to_string(),
+            });
+        }
         Err(e) => {
             let (message, step) = match &e {
                 EngineError::Step {

@@ -107,11 +107,23 @@ impl std::fmt::Debug for RemoteWorker {
 
 impl RemoteWorker {
     /// Handshakes with the agent at the end of `stream`. `name` is the
-    /// node's name (`amd1`); progress shows `node amd1`.
+    /// node's name (`amd1`); progress shows `node amd1`. The agent may be
+    /// silent for at most [`crate::liveness::DEFAULT_TIMEOUT`].
     pub async fn connect(stream: AgentStream, name: &str) -> Result<RemoteWorker, RemoteError> {
+        Self::connect_with(stream, name, crate::liveness::DEFAULT_TIMEOUT).await
+    }
+
+    /// [`RemoteWorker::connect`] with a silence limit: the handshake, and
+    /// every later read or write, fails with [`RemoteError::Silent`] when the
+    /// agent gives no sign of life (it heartbeats) for `limit`.
+    pub async fn connect_with(
+        stream: AgentStream,
+        name: &str,
+        limit: Duration,
+    ) -> Result<RemoteWorker, RemoteError> {
         let peer = format!("node {name} ({})", stream.label);
-        let mut reader = FrameReader::new(stream.reader, peer.clone());
-        let mut writer = FrameWriter::new(stream.writer, peer.clone());
+        let mut reader = FrameReader::new(stream.reader, peer.clone()).with_idle_limit(limit);
+        let mut writer = FrameWriter::new(stream.writer, peer.clone()).with_idle_limit(limit);
         writer
             .send(&Message::Hello {
                 protocol: PROTOCOL_VERSION,
@@ -282,6 +294,7 @@ impl RemoteWorker {
                     self.writer.send(&Message::Reply { id, result }).await?;
                     self.writer.flush().await?;
                 }
+                Message::Heartbeat => {}
                 Message::Solved(s) => break s,
                 Message::Failed { message, step } => {
                     return Err(SolveError::Build(build_error(
@@ -330,6 +343,7 @@ impl RemoteWorker {
                     received += size;
                 }
                 Message::BlobsDone => break,
+                Message::Heartbeat => {}
                 other => {
                     return Err(self
                         .protocol(format!("expected blobs, got {}", other.name()))
@@ -548,6 +562,7 @@ mod tests {
                     emulated: vec![],
                     load: 0.0,
                     cpus: 1,
+                    pid: None,
                 }))
                 .await
                 .unwrap();
@@ -627,6 +642,7 @@ mod tests {
                     emulated: vec![],
                     load: 0.0,
                     cpus: 1,
+                    pid: None,
                 }))
                 .await
                 .unwrap();
@@ -676,6 +692,154 @@ mod tests {
                 "{e}"
             );
             fake.await.unwrap();
+        });
+    }
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            protocol: PROTOCOL_VERSION,
+            version: "x".into(),
+            capabilities: vec![],
+            native: xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+            emulated: vec![],
+            load: 0.0,
+            cpus: 1,
+            pid: Some(4242),
+        }
+    }
+
+    #[test]
+    fn a_silent_agent_fails_the_handshake_and_the_build_within_the_limit() {
+        rt().block_on(async {
+            let limit = Duration::from_millis(400);
+            // An agent that never answers the hello.
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (r, w) = tokio::io::split(ours);
+            let t0 = std::time::Instant::now();
+            let e = RemoteWorker::connect_with(stream(r, w), "hung", limit)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, RemoteError::Silent { .. }), "{e}");
+            assert!(e.is_lost());
+            assert!(
+                e.to_string()
+                    .starts_with("node hung (test pipe): no sign of life for 400ms"),
+                "{e}"
+            );
+            assert!(t0.elapsed() < Duration::from_secs(3));
+            drop(theirs);
+
+            // One that answers, then goes silent without closing anything.
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (ar, aw) = tokio::io::split(theirs);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let fake = tokio::spawn(async move {
+                let mut r = FrameReader::new(ar, "coordinator");
+                let mut w = FrameWriter::new(aw, "coordinator");
+                r.expect_message().await.unwrap();
+                w.send(&Message::Welcome(info())).await.unwrap();
+                // A few heartbeats: they keep it alive past the limit.
+                for _ in 0..4 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    w.send(&Message::Heartbeat).await.unwrap();
+                    w.flush().await.unwrap();
+                }
+                // Then hang, holding the stream open.
+                let _ = done_rx.await;
+            });
+            let (r, w) = tokio::io::split(ours);
+            let mut worker = RemoteWorker::connect_with(stream(r, w), "amd1", limit)
+                .await
+                .unwrap();
+            assert_eq!(worker.info().pid, Some(4242));
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(xbuild_engine::EngineConfig {
+                root: dir.path().join("coord"),
+                init_program: "/nonexistent".into(),
+                init_args: vec![],
+                worker: "local".into(),
+                snapshotter: Some(xbuild_engine::Snapshotter::Copy),
+            })
+            .unwrap();
+            let graph = xbuild_plan::plan_source(
+                "FROM scratch\nENV A=1\n",
+                &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                &xbuild_plan::PlanOptions::new("Dockerfile"),
+                &mut xbuild_plan::OfflineResolver,
+            )
+            .unwrap();
+            let ids = VertexIds::new();
+            let t0 = std::time::Instant::now();
+            let e = worker
+                .solve(RemoteSolve {
+                    engine: &engine,
+                    graph: &graph,
+                    context_dir: None,
+                    context: None,
+                    source: &xbuild_engine::StoreSource,
+                    events: &xbuild_engine::events::NullSink,
+                    ids: &ids,
+                    no_cache: false,
+                    no_cache_filter: &[],
+                    secrets: SecretValues::default(),
+                    source_date_epoch: None,
+                })
+                .await
+                .unwrap_err();
+            let waited = t0.elapsed();
+            assert!(e.reschedule(), "{e}");
+            assert!(
+                matches!(&e, SolveError::Remote(RemoteError::Silent { .. })),
+                "{e}"
+            );
+            assert!(
+                waited >= Duration::from_millis(1000) && waited < Duration::from_secs(5),
+                "heartbeats kept it alive, silence ended it: {waited:?}"
+            );
+            let _ = done_tx.send(());
+            fake.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn the_agent_heartbeats_after_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (ar, aw) = tokio::io::split(theirs);
+            let cfg = AgentConfig {
+                root: dir.path().join("agent"),
+                init_program: "/nonexistent".into(),
+                init_args: vec![],
+                native: xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                emulated: vec![],
+                peer: "coordinator".into(),
+            };
+            let served = tokio::spawn(agent::serve(ar, aw, cfg));
+            let (r, w) = tokio::io::split(ours);
+            let worker = RemoteWorker::connect_with(stream(r, w), "a", Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(worker.info().pid, Some(std::process::id()));
+            assert!(worker.info().capabilities.iter().any(|c| c == "heartbeat"));
+            let RemoteWorker {
+                mut reader,
+                mut writer,
+                ..
+            } = worker;
+            let t0 = std::time::Instant::now();
+            let mut beats = 0;
+            while t0.elapsed() < crate::liveness::HEARTBEAT * 3 + Duration::from_millis(500) {
+                match reader.expect_message().await.unwrap() {
+                    Message::Heartbeat => beats += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(beats >= 3, "{beats} heartbeats");
+            // Closing its input ends the agent (and its heartbeat).
+            writer.shutdown().await.unwrap();
+            drop((reader, writer));
+            served.await.unwrap().unwrap();
         });
     }
 

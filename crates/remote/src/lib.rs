@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod liveness;
 pub mod local;
 pub mod protocol;
 

@@ -24,6 +24,11 @@
 //! (next Solve, or C closes the agent's stdin and the agent exits)
 //! ```
 //!
+//! After the handshake the agent also sends a [`Message::Heartbeat`] every
+//! [`crate::liveness::HEARTBEAT`] from a task of its own, whatever the solve
+//! is doing; the coordinator reads with a silence limit
+//! ([`FrameReader::with_idle_limit`]) and treats a silent agent as lost.
+//!
 //! The agent asks for nothing it does not read: layers of cache hits and
 //! of base images are fetched only when a step that misses needs their
 //! files, and the context only when a step reads it, so a fully cached
@@ -46,7 +51,8 @@ use xbuild_oci::{Descriptor, Digest, Platform};
 use xbuild_plan::{BuildGraph, ImageRef, Location};
 
 /// The protocol version; both ends must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added the agent's heartbeat.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The largest frame accepted (a JSON message: graph, context manifest).
 pub const MAX_FRAME: usize = 64 << 20;
 /// Size of the data frames blob and file contents are sent in.
@@ -66,6 +72,18 @@ pub enum RemoteError {
         peer: String,
         /// What happened.
         reason: String,
+    },
+    /// Nothing at all (not even a heartbeat) came from the peer for longer
+    /// than the silence limit: the agent hangs, or the node does.
+    #[error(
+        "{peer}: no sign of life for {limit:?} (no heartbeat, no data): the node or its agent \
+         is hung"
+    )]
+    Silent {
+        /// Who.
+        peer: String,
+        /// The silence limit.
+        limit: std::time::Duration,
     },
     /// A frame ended before its announced length.
     #[error("{peer}: truncated frame: expected {expected} bytes, got {got}")]
@@ -133,6 +151,13 @@ pub enum RemoteError {
         #[source]
         source: io::Error,
     },
+    /// The node's disk is full (a step failed with ENOSPC, or its output
+    /// said so): a node problem, not a Dockerfile one.
+    #[error("No space left on device: {message}")]
+    NoSpace {
+        /// The failure.
+        message: String,
+    },
     /// The content store failed.
     #[error("content store: {0}")]
     Store(#[from] StoreError),
@@ -158,7 +183,7 @@ impl RemoteError {
     pub fn is_lost(&self) -> bool {
         matches!(
             self,
-            RemoteError::Lost { .. } | RemoteError::Truncated { .. }
+            RemoteError::Lost { .. } | RemoteError::Truncated { .. } | RemoteError::Silent { .. }
         )
     }
 }
@@ -191,6 +216,10 @@ pub struct NodeInfo {
     pub load: f64,
     /// Logical CPUs.
     pub cpus: usize,
+    /// The agent's process id on the node, so that a coordinator giving up
+    /// on a hung agent can kill it through the node's SSH connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Secret values sent with a job; never shown by `Debug`.
@@ -363,6 +392,8 @@ pub enum Message {
     },
     /// A→C: all requested blobs were sent.
     BlobsDone,
+    /// A→C: the agent is alive (sent every few seconds, whatever it does).
+    Heartbeat,
     /// Either way: a fatal error; the sender closes the connection.
     Error {
         /// Message.
@@ -389,6 +420,7 @@ impl Message {
             Message::Failed { .. } => "failed",
             Message::WantBlobs { .. } => "want_blobs",
             Message::BlobsDone => "blobs_done",
+            Message::Heartbeat => "heartbeat",
             Message::Error { .. } => "error",
         }
     }
@@ -408,6 +440,7 @@ pub struct FrameReader<R> {
     inner: R,
     peer: String,
     max: usize,
+    idle: Option<std::time::Duration>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -417,6 +450,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             peer: peer.into(),
             max: MAX_FRAME,
+            idle: None,
+        }
+    }
+
+    /// Fails every read that gets no byte at all for `limit` with
+    /// [`RemoteError::Silent`] (the coordinator's side: agents send
+    /// heartbeats, so silence means a hung agent or node).
+    pub fn with_idle_limit(mut self, limit: std::time::Duration) -> Self {
+        self.idle = Some(limit);
+        self
+    }
+
+    /// One read from the stream, bounded by the silence limit.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<io::Result<usize>, RemoteError> {
+        match self.idle {
+            None => Ok(self.inner.read(buf).await),
+            Some(limit) => tokio::time::timeout(limit, self.inner.read(buf))
+                .await
+                .map_err(|_| RemoteError::Silent {
+                    peer: self.peer.clone(),
+                    limit,
+                }),
         }
     }
 
@@ -436,7 +491,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut head = [0u8; 5];
         let mut got = 0;
         while got < head.len() {
-            match self.inner.read(&mut head[got..]).await {
+            match self.read_some(&mut head[got..]).await? {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => {
                     return Err(RemoteError::Truncated {
@@ -468,7 +523,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < len {
-            match self.inner.read(&mut buf[got..]).await {
+            match self.read_some(&mut buf[got..]).await? {
                 Ok(0) => {
                     return Err(RemoteError::Truncated {
                         peer: self.peer.clone(),
@@ -562,6 +617,7 @@ pub struct FrameWriter<W> {
     inner: W,
     peer: String,
     sent: Arc<AtomicU64>,
+    idle: Option<std::time::Duration>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -571,7 +627,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             inner,
             peer: peer.into(),
             sent: Arc::new(AtomicU64::new(0)),
+            idle: None,
         }
+    }
+
+    /// Fails a frame (at most [`CHUNK`] bytes) or a flush that the peer
+    /// does not take within `limit` with [`RemoteError::Silent`]: a stopped
+    /// agent stops reading, and its pipe fills.
+    pub fn with_idle_limit(mut self, limit: std::time::Duration) -> Self {
+        self.idle = Some(limit);
+        self
     }
 
     /// The counter of bytes written (frame headers included).
@@ -595,12 +660,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let mut head = [0u8; 5];
         head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
         head[4] = kind;
-        let r = async {
-            self.inner.write_all(&head).await?;
-            self.inner.write_all(payload).await
-        }
-        .await;
-        r.map_err(|e| lost(&self.peer, &e))?;
+        let inner = &mut self.inner;
+        bounded(self.idle, &self.peer, async {
+            inner.write_all(&head).await?;
+            inner.write_all(payload).await
+        })
+        .await?;
         self.sent
             .fetch_add((head.len() + payload.len()) as u64, Ordering::Relaxed);
         Ok(())
@@ -662,7 +727,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Flushes buffered bytes.
     pub async fn flush(&mut self) -> Result<(), RemoteError> {
-        self.inner.flush().await.map_err(|e| lost(&self.peer, &e))
+        bounded(self.idle, &self.peer, self.inner.flush()).await
     }
 
     /// Flushes and closes the write side.
@@ -672,6 +737,24 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             .await
             .map_err(|e| lost(&self.peer, &e))
     }
+}
+
+/// Runs one write, bounded by the silence limit when there is one.
+async fn bounded<T>(
+    idle: Option<std::time::Duration>,
+    peer: &str,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, RemoteError> {
+    let r = match idle {
+        None => f.await,
+        Some(limit) => tokio::time::timeout(limit, f)
+            .await
+            .map_err(|_| RemoteError::Silent {
+                peer: peer.to_string(),
+                limit,
+            })?,
+    };
+    r.map_err(|e| lost(peer, &e))
 }
 
 /// Checks the other end's handshake values.

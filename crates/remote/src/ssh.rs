@@ -329,6 +329,9 @@ impl client::Handler for ClientHandler {
     }
 }
 
+/// How long opening a channel and starting a command on it may take.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One authenticated SSH connection to a node; channels are opened on it
 /// for every command (agent, info) of one xbuild invocation.
 pub struct SshConnection {
@@ -538,7 +541,15 @@ impl SshConnection {
         command: &str,
         label: String,
     ) -> Result<AgentStream, SshError> {
-        let ch = self.exec(command).await?;
+        // A node whose sshd accepts the connection but never answers the
+        // channel request must not hold the build: bound the start.
+        let ch = tokio::time::timeout(START_TIMEOUT, self.exec(command))
+            .await
+            .map_err(|_| SshError::Timeout {
+                host: self.host.clone(),
+                stage: "starting the agent",
+                limit: START_TIMEOUT,
+            })??;
         let (reader, writer) = tokio::io::split(ch.into_stream());
         Ok(AgentStream {
             reader: Box::pin(KeepConnection {

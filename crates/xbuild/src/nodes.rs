@@ -371,6 +371,25 @@ impl NodePlan {
     }
 }
 
+impl NodePlan {
+    /// Kill the agent process `pid` on node `name` (with its build
+    /// processes, which die with it), through the node's SSH connection.
+    pub async fn kill_agent(&self, name: &str, pid: u32) -> Result<()> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node named {name:?}"))?;
+        let conn = self.pool.connection(node).await?;
+        conn.run(
+            &format!("kill -KILL {pid}"),
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 /// Run [`plan_build`] on its own runtime and close the connections: for
 /// `--call outline`, which shows where each platform would build.
 pub fn plan_build_blocking(platforms: &[Platform], pins: &[String], show_plan: bool) -> Result<()> {

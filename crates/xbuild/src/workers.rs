@@ -125,8 +125,16 @@ async fn solve_remote(
     req: &SolveRequest<'_>,
     stream: AgentStream,
     name: &str,
+    agent_pid: &mut Option<u32>,
 ) -> Result<Solved, xbuild_remote::client::SolveError> {
-    let mut worker = RemoteWorker::connect(stream, name).await?;
+    let limit = xbuild_remote::liveness::node_timeout().map_err(|e| {
+        xbuild_remote::protocol::RemoteError::Remote {
+            peer: format!("node {name}"),
+            message: e.to_string(),
+        }
+    })?;
+    let mut worker = RemoteWorker::connect_with(stream, name, limit).await?;
+    *agent_pid = worker.info().pid;
     let secrets = SecretValues(
         req.secrets
             .ids()
@@ -177,29 +185,57 @@ pub async fn solve(
     let platform = req.graph.platform.clone();
     match worker_for(&platform, nodes).await {
         Ok(Worker::Local) => solve_here(engine, req).await,
-        Ok(Worker::Remote(stream, name)) => match solve_remote(engine, &req, stream, &name).await {
-            Ok(s) => Ok(s),
-            Err(e) if e.reschedule() => {
-                req.events.emit(Event::Warning {
-                    message: format!(
-                        "{e}; building {platform} on this machine ({}) instead",
-                        crate::coordinator::local_worker(&platform)
-                    ),
-                });
-                solve_here(engine, same_request(&req)).await
+        Ok(Worker::Remote(stream, name)) => {
+            let mut pid = None;
+            let r = solve_remote(engine, &req, stream, &name, &mut pid).await;
+            if let (Err(e), Some(plan), Some(pid)) = (&r, nodes, pid) {
+                // A hung agent behind a live sshd stays stopped when its
+                // channel closes: kill it through the node's connection.
+                if e.reschedule() && plan.node_for(&platform) == Some(name.as_str()) {
+                    if let Err(k) = plan.kill_agent(&name, pid).await {
+                        req.events.emit(Event::Warning {
+                            message: format!("could not stop the agent on node {name}: {k:#}"),
+                        });
+                    }
+                }
             }
-            Err(xbuild_remote::client::SolveError::Build(e)) => Err(e),
-            Err(e) => Err(EngineError::Remote {
-                worker: format!("node {name}"),
-                message: e.to_string(),
-            }),
-        },
+            remote_outcome(engine, req, r, &name, &platform).await
+        }
         Err(e) => {
             req.events.emit(Event::Warning {
                 message: format!("{e:#}; building {platform} on this machine instead"),
             });
             solve_here(engine, req).await
         }
+    }
+}
+
+/// What a remote build's outcome means: its result, a local rebuild with
+/// a warning (the worker was lost or failed outside a Dockerfile step), or
+/// the build's error.
+async fn remote_outcome(
+    engine: &Engine,
+    req: SolveRequest<'_>,
+    r: Result<Solved, xbuild_remote::client::SolveError>,
+    name: &str,
+    platform: &Platform,
+) -> Result<Solved, EngineError> {
+    match r {
+        Ok(s) => Ok(s),
+        Err(e) if e.reschedule() => {
+            req.events.emit(Event::Warning {
+                message: format!(
+                    "{e}; building {platform} on this machine ({}) instead",
+                    crate::coordinator::local_worker(platform)
+                ),
+            });
+            solve_here(engine, same_request(&req)).await
+        }
+        Err(xbuild_remote::client::SolveError::Build(e)) => Err(e),
+        Err(e) => Err(EngineError::Remote {
+            worker: format!("node {name}"),
+            message: e.to_string(),
+        }),
     }
 }
 
