@@ -22,6 +22,7 @@
 #   XBUILD_BENCH_OUT=FILE   where to write the report instead
 #   XBUILD_BENCH_MICRO=0    skip the micro-benchmarks
 #   XBUILD_SKIP_SETUP=1     do not run scripts/setup.sh
+#   XBUILD_BENCH_MIN_FREE_GB=N  free space required in /tmp (default 6, quick 1)
 #   CARGO_TARGET_DIR        honoured (default target/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +75,17 @@ xb=$target_dir/release/xbuild
 testbed=$target_dir/release/xbuild-testbed
 
 work=$(mktemp -d /tmp/xbuild-bench.XXXXXX)
+# The cold states are kept until the end (see new_state) and buildah's vfs
+# storage copies every layer: a full run needs several GB in $work. Fail
+# now, clearly, rather than with ENOSPC half-way through.
+min_free_gb=${XBUILD_BENCH_MIN_FREE_GB:-$([ "$quick" = 1 ] && echo 1 || echo 6)}
+free_gb=$(df --output=avail -B1G "$work" | tail -n 1 | tr -d ' ')
+if [ "$free_gb" -lt "$min_free_gb" ]; then
+  echo "only $free_gb GB free in $(dirname "$work"); the bench needs about $min_free_gb GB" \
+    "(XBUILD_BENCH_MIN_FREE_GB overrides)" >&2
+  rmdir "$work"
+  exit 1
+fi
 logs_keep=$target_dir/bench/logs # the output of every measured command, kept
 registry_pid=
 sshd_pid=
