@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue #8: xbuild side by side with `buildah bud --isolation chroot --layers`
 # on the same machine, in one run, on Dockerfiles this script generates
-# (nothing is downloaded). Prints a table of medians with the ratio
+# (nothing is downloaded). The cpu workload also builds on a remote node:
+# a throw-away OpenSSH sshd on 127.0.0.2 that the script starts (own keys,
+# config, HOME and XBUILD_CONFIG; the user's configuration is not read) and
+# stops. Prints a table of medians with the ratio
 # xbuild/buildah and PASS/MISS against the targets (never fails on timing),
 # then runs the criterion micro-benchmarks of the hot paths
 # (`cargo bench -p xbuild-engine --bench hot_paths`) and times sha256sum,
@@ -19,6 +22,7 @@
 #   XBUILD_BENCH_OUT=FILE   where to write the report instead
 #   XBUILD_BENCH_MICRO=0    skip the micro-benchmarks
 #   XBUILD_SKIP_SETUP=1     do not run scripts/setup.sh
+#   XBUILD_BENCH_MIN_FREE_GB=N  free space required in /tmp (default 6, quick 1)
 #   CARGO_TARGET_DIR        honoured (default target/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +30,8 @@ repo=$PWD
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 runs=${XBUILD_BENCH_RUNS:-3}
+# The machine may be shared: the load when the run starts goes into the report.
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 quick=${XBUILD_BENCH_QUICK:-0}
 micro=${XBUILD_BENCH_MICRO:-1}
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -64,17 +70,31 @@ command -v pigz >/dev/null 2>&1 && have_pigz=1
 
 log "building xbuild (release)"
 CARGO_TARGET_DIR=$target_dir cargo build --release --locked -p xbuild -p xbuild-testbed
+t_measure=$SECONDS
 xb=$target_dir/release/xbuild
 testbed=$target_dir/release/xbuild-testbed
 
 work=$(mktemp -d /tmp/xbuild-bench.XXXXXX)
+# The cold states are kept until the end (see new_state) and buildah's vfs
+# storage copies every layer: a full run needs several GB in $work. Fail
+# now, clearly, rather than with ENOSPC half-way through.
+min_free_gb=${XBUILD_BENCH_MIN_FREE_GB:-$([ "$quick" = 1 ] && echo 1 || echo 6)}
+free_gb=$(df --output=avail -B1G "$work" | tail -n 1 | tr -d ' ')
+if [ "$free_gb" -lt "$min_free_gb" ]; then
+  echo "only $free_gb GB free in $(dirname "$work"); the bench needs about $min_free_gb GB" \
+    "(XBUILD_BENCH_MIN_FREE_GB overrides)" >&2
+  rmdir "$work"
+  exit 1
+fi
 logs_keep=$target_dir/bench/logs # the output of every measured command, kept
 registry_pid=
+sshd_pid=
 cleanup() {
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
+  local pid
+  for pid in $sshd_pid $registry_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   # Nothing should stay mounted, but never delete through a mount.
   { findmnt -rn -o TARGET 2>/dev/null | grep -F "$work/" | sort -r |
     while read -r m; do umount -l "$m" 2>/dev/null || true; done; } || true
@@ -85,6 +105,10 @@ cleanup() {
   rm -rf "$work" || true
 }
 trap cleanup EXIT
+# xbuild reads no configuration of the user's: an empty one (no nodes), so
+# that every build except the SSH-node rows runs here. The node rows use
+# their own HOME and XBUILD_CONFIG (see the SSH node section).
+export XBUILD_CONFIG=$work/config-no-nodes.yaml
 
 # ---------------------------------------------------------------- helpers
 
@@ -124,15 +148,17 @@ bytes_of() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s +
 tab=$'\t'
 rows=()
 # add_time LABEL KEY TARGET: a timed row; TARGET is a maximum ratio or "".
+# add_time LABEL KEY TARGET [NOTE]: NOTE fills the result cell of a row
+# without a target.
 add_time() {
-  local label=$1 key=$2 goal=$3 x b ratio verdict=""
+  local label=$1 key=$2 goal=$3 x b ratio verdict=${4:-}
   x=$(median "$work/t/x-$key")
   b=$(median "$work/t/b-$key")
   ratio=$(awk -v x="$x" -v b="$b" 'BEGIN { if (x == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f", x / b }')
   if [ -n "$goal" ] && [ "$ratio" != NA ]; then
     verdict=$(awk -v r="$ratio" -v g="$goal" 'BEGIN {
       m = (g - r) / g * 100
-      if (r <= g) printf "PASS (%.0f%% under)", m; else printf "MISS (%.0f%% over)", -m }')
+      if (r <= g) printf "PASS: %.2f× ≤ %s× (%.0f%% under)", r, g, m; else printf "MISS: %.2f× > %s× (%.0f%% over)", r, g, -m }')
   fi
   local tcell=—
   [ -z "$goal" ] || tcell="≤${goal}×"
@@ -147,7 +173,7 @@ add_thrpt() {
   if [ -n "$goal" ] && [ "$ratio" != NA ]; then
     verdict=$(awk -v r="$ratio" -v g="$goal" 'BEGIN {
       m = (r - g) / g * 100
-      if (r >= g) printf "PASS (%.0f%% over)", m; else printf "MISS (%.0f%% under)", -m }')
+      if (r >= g) printf "PASS: %.2f× ≥ %s× (%.0f%% over)", r, g, m; else printf "MISS: %.2f× < %s× (%.0f%% under)", r, g, -m }')
   fi
   local tcell=—
   [ -z "$goal" ] || tcell="≥${goal}×"
@@ -296,6 +322,137 @@ for plat in amd64 arm64; do
   done
 done
 
+# 3b. cpu on a loopback SSH node: a throw-away OpenSSH sshd on 127.0.0.2
+# (its own host key, authorized key and config; stopped by the EXIT trap),
+# registered as a linux/amd64 node in a configuration of its own, with the
+# agent's state in its own directory. The node is this machine, so the row
+# measures what going through a node costs (SSH session, agent start,
+# context and cache sync, layers back), not what a faster node would save.
+node_name=bench
+node_na=
+node_dir=$work/node
+node_home=$node_dir/home
+# xbuild with the node's configuration; SSH_AUTH_SOCK unset so that only
+# the node's key is offered.
+xn() { HOME=$node_home XBUILD_CONFIG=$node_home/config.yaml SSH_AUTH_SOCK= "$xb" build --progress plain "$@"; }
+start_node() {
+  if [ "$(uname -m)" != x86_64 ]; then
+    node_na="n/a: the node is an amd64 node and this host is $(uname -m)"
+    return
+  fi
+  if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null 2>&1; then
+    node_na="n/a: openssh-server is not installed"
+    return
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    node_na="n/a: the loopback node logs in as root; run as root"
+    return
+  fi
+  mkdir -p "$node_home/.ssh" "$node_dir/state" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -C xbuild-bench-host -f "$node_dir/host_ed25519"
+  ssh-keygen -q -t ed25519 -N '' -C xbuild-bench-client -f "$node_dir/client_ed25519"
+  cp "$node_dir/client_ed25519.pub" "$node_dir/authorized_keys"
+  local p sport=
+  for p in $(shuf -i 20000-45000 -n 40); do
+    if (exec 3<>"/dev/tcp/127.0.0.2/$p") 2>/dev/null; then continue; fi
+    cat >"$node_dir/sshd_config" <<CFG
+Port $p
+ListenAddress 127.0.0.2
+HostKey $node_dir/host_ed25519
+PidFile $node_dir/sshd.pid
+AuthorizedKeysFile $node_dir/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+MaxStartups 50
+MaxSessions 50
+CFG
+    /usr/sbin/sshd -D -e -f "$node_dir/sshd_config" </dev/null >/dev/null 2>>"$node_dir/sshd.log" &
+    sshd_pid=$!
+    for _ in $(seq 100); do
+      if [ "$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.2/$1" && head -c 4 <&3' _ "$p" 2>/dev/null)" = SSH- ]; then
+        sport=$p
+        break
+      fi
+      kill -0 "$sshd_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ -n "$sport" ] && break
+    kill "$sshd_pid" 2>/dev/null || true
+    wait "$sshd_pid" 2>/dev/null || true
+    sshd_pid=
+  done
+  if [ -z "$sport" ]; then
+    echo "could not start sshd on 127.0.0.2:" >&2
+    cat "$node_dir/sshd.log" >&2
+    node_na="n/a: sshd did not start (see the log above)"
+    return
+  fi
+  # The host key is known beforehand: no --accept-new-host-key needed.
+  echo "[127.0.0.2]:$sport $(cut -d' ' -f1,2 "$node_dir/host_ed25519.pub")" >"$node_home/.ssh/known_hosts"
+  HOME=$node_home XBUILD_CONFIG=$node_home/config.yaml SSH_AUTH_SOCK= "$xb" node add "$node_name" \
+    "ssh://root@127.0.0.2:$sport" --platform linux/amd64 --identity "$node_dir/client_ed25519" \
+    --agent-command "$xb agent --stdio --root $node_dir/state" >&2
+  # One untimed build puts the base image into the node's state, and
+  # checks that the platform really goes to the node.
+  xn --platform linux/amd64 --build-arg "BASE=$base" --build-arg "SEED=warm-up" \
+    --metadata-file "$node_dir/meta.json" -t bench/cpu:latest "$cpu" >"$work/logs/node-warm-up.log" 2>&1 ||
+    { tail -n 30 "$work/logs/node-warm-up.log" >&2; exit 1; }
+  local worker
+  worker=$(jq -r '."xbuild.platforms"."linux/amd64".worker' "$node_dir/meta.json")
+  if [ "$worker" != "node $node_name" ]; then
+    echo "the warm-up build ran on '$worker', not on node $node_name:" >&2
+    tail -n 30 "$work/logs/node-warm-up.log" >&2
+    exit 1
+  fi
+}
+# expect_plan KEY LINE: every run logged in $work/logs/KEY.log printed LINE
+# in its scheduling plan (the rows measure what they claim to).
+expect_plan() {
+  local n
+  n=$(grep -cF -- "$2" "$work/logs/$1.log" || true)
+  if [ "$n" != "$runs" ]; then
+    echo "$1: '$2' in $n of $runs runs (see $work/logs/$1.log)" >&2
+    exit 1
+  fi
+}
+log "starting sshd on 127.0.0.2 and registering it as node $node_name"
+start_node
+if [ -z "$node_na" ]; then
+  log "cpu: linux/amd64 on the loopback SSH node"
+  for i in $(seq "$runs"); do
+    t_run x-cpu-node xn --platform linux/amd64 --build-arg "BASE=$base" --build-arg "SEED=$i-$RANDOM" -t bench/cpu:latest "$cpu"
+  done
+  expect_plan x-cpu-node "linux/amd64 → node $node_name (native)"
+  # buildah has no nodes: its column is its local native build.
+  cp "$work/t/b-cpu-amd64" "$work/t/b-cpu-node"
+else
+  log "skipping the SSH node rows: $node_na"
+fi
+# Both platforms in one build: xbuild all here (amd64 native + arm64 QEMU,
+# in parallel), xbuild with amd64 on the node, buildah doing both here.
+log "cpu: linux/amd64 + linux/arm64 in one build"
+for i in $(seq "$runs"); do
+  t_run x-cpu2-local x --platform "$both" --build-arg "BASE=$base" --build-arg "SEED=$i-$RANDOM" -t bench/cpu2:latest "$cpu"
+  if [ -z "$node_na" ]; then
+    t_run x-cpu2-node xn --platform "$both" --build-arg "BASE=$base" --build-arg "SEED=$i-$RANDOM" -t bench/cpu2:latest "$cpu"
+  fi
+  t_run b-cpu2 bud --platform "$both" --manifest bench-cpu2 --build-arg "BASE=$base" --build-arg "SEED=$i-$RANDOM" "$cpu"
+done
+cp "$work/t/b-cpu2" "$work/t/b-cpu2-local"
+if [ -z "$node_na" ]; then
+  expect_plan x-cpu2-node "linux/amd64 → node $node_name (native)"
+  expect_plan x-cpu2-node "linux/arm64 → local qemu"
+  cp "$work/t/b-cpu2" "$work/t/b-cpu2-node"
+  # The node is not needed any more.
+  kill "$sshd_pid" 2>/dev/null || true
+  wait "$sshd_pid" 2>/dev/null || true
+  sshd_pid=
+fi
+
 # 2. large context: mixed text (compressible) and random data, COPY . /ctx/.
 large=$work/large
 log "generating the large context ($((large_dirs * 200)) files, $((large_dirs * 36 / 10)) MB)"
@@ -364,7 +521,21 @@ add_time "large context, amd64, cold" large-cold 0.6
 add_time "large context, amd64, warm (nothing changed)" large-warm 0.1
 add_time "cpu loop, native (linux/amd64)" cpu-amd64 ""
 add_time "cpu loop, QEMU (linux/arm64)" cpu-arm64 ""
-add_na "cpu loop, loopback SSH node" "n/a: remote nodes not built yet"
+if [ -z "$node_na" ]; then
+  node_over=$(awk -v n="$(median "$work/t/x-cpu-node")" -v l="$(median "$work/t/x-cpu-amd64")" \
+    'BEGIN { printf "node − local: %+.3f s (%+.0f%%)", n - l, (n - l) / l * 100 }')
+  add_time "cpu loop, loopback SSH node (linux/amd64, native there)" cpu-node "" "$node_over"
+else
+  add_na "cpu loop, loopback SSH node (linux/amd64)" "$node_na"
+fi
+add_time "cpu loop, 2 platforms, both here (amd64 native + arm64 QEMU)" cpu2-local ""
+if [ -z "$node_na" ]; then
+  node_over2=$(awk -v n="$(median "$work/t/x-cpu2-node")" -v l="$(median "$work/t/x-cpu2-local")" \
+    'BEGIN { printf "node − here: %+.3f s (%+.0f%%)", n - l, (n - l) / l * 100 }')
+  add_time "cpu loop, 2 platforms, amd64 on the SSH node + arm64 QEMU here" cpu2-node "" "$node_over2"
+else
+  add_na "cpu loop, 2 platforms, amd64 on the SSH node + arm64 QEMU here" "$node_na"
+fi
 add_time "push small, 2 platforms, new repository" push-first ""
 add_time "push small, 2 platforms, one layer changed" push-change ""
 rss_row=
@@ -375,8 +546,8 @@ if [ "$have_time" = 1 ]; then
   bw=$(max_of "$work/t/b-large-warm.rss")
   rss_row=$(awk -v x="$xr" -v b="$br" -v xw="$xw" -v bw="$bw" 'BEGIN {
     r = x / b; ok = (x <= 262144) ? "PASS" : "MISS"
-    printf "peak RSS, large context cold (warm)\t%.0f MiB (%.0f MiB)\t%.0f MiB (%.0f MiB)\t%.2f×\t≤256 MiB\t%s (%.0f MiB %s)",
-      x / 1024, xw / 1024, b / 1024, bw / 1024, r, ok, (262144 - x) / 1024, (x <= 262144 ? "under" : "over") }')
+    printf "peak RSS, large context cold (warm)\t%.0f MiB (%.0f MiB)\t%.0f MiB (%.0f MiB)\t%.2f×\t≤256 MiB\t%s: %.0f MiB %s 256 MiB (%.0f MiB %s)",
+      x / 1024, xw / 1024, b / 1024, bw / 1024, r, ok, x / 1024, (x <= 262144 ? "≤" : ">"), (x <= 262144 ? 262144 - x : x - 262144) / 1024, (x <= 262144 ? "under" : "over") }')
   rows+=("$rss_row")
 else
   add_na "peak RSS, large context" "n/a: /usr/bin/time missing"
@@ -423,6 +594,11 @@ if [ "$micro" = 1 ]; then
     add_thrpt "context hashing, 1 thread (scan)" "$(crit hash/scan_1_thread)" "cat \\| openssl dgst -sha256" "$(mbs "$work/t/p-openssl")" ""
   fi
   add_thrpt "context hashing, all cores (scan)" "$(crit hash/scan_all_threads)" "sha256sum" "$(mbs "$work/t/p-sha256sum")" ""
+  # "Scaling to two" cores: here at least 1.5× the one-thread throughput.
+  scale_goal=
+  [ "$(nproc)" -lt 2 ] || scale_goal=1.5
+  add_thrpt "context hashing, all $(nproc) cores vs 1 thread (scaling)" "$(crit hash/scan_all_threads)" \
+    "xbuild, 1 thread" "$(crit hash/scan_1_thread)" "$scale_goal"
   add_thrpt "layer tar+gzip -1 (write_layer)" "$(crit layer/write_gzip1)" "tar \\| gzip -1" "$(mbs "$work/t/p-gzip")" ""
   if [ "$have_pigz" = 1 ]; then
     add_thrpt "layer tar+gzip -1 (write_layer)" "$(crit layer/write_gzip1)" "tar \\| pigz -1" "$(mbs "$work/t/p-pigz")" 1.0
@@ -446,6 +622,16 @@ commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit (+ uncommitted changes)"; fi
 os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")
 fs=$(df -T "$work" | awk 'NR == 2 { print $2 }')
+virt=$(lscpu 2>/dev/null | awk -F': +' '/Hypervisor vendor/ { print $2; exit }')
+cpu_id=$(lscpu 2>/dev/null | awk -F': +' '/^CPU family/ { f = $2 } /^Model:/ { m = $2 } END { if (f != "") printf "family %s model %s", f, m }')
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+ssh_version=$(ssh -V 2>&1 | sed 's/,.*//')
+# The targets passed and missed, for a one-line summary.
+n_pass=0
+n_miss=0
+for r in "${rows[@]}" "${micro_rows[@]}"; do
+  case $r in *"${tab}PASS:"*) n_pass=$((n_pass + 1)) ;; *"${tab}MISS:"*) n_miss=$((n_miss + 1)) ;; esac
+done
 
 report=$work/report.md
 {
@@ -455,25 +641,31 @@ report=$work/report.md
   echo
   echo "| machine | |"
   echo "|---|---|"
-  echo "| CPU | $cpu_model, $(nproc) cores |"
+  echo "| CPU | $cpu_model${cpu_id:+ ($cpu_id)}, $(nproc) cores${virt:+, virtual machine ($virt)} |"
+  echo "| load average (1, 5, 15 min) | $load_start when the run started, $load_end when it ended; the start value is other jobs on the machine |"
   echo "| memory | $mem |"
   echo "| kernel | $(uname -r) ($os) |"
   echo "| file system of the work dirs | $fs |"
   echo "| xbuild | commit $commit, release build |"
   echo "| buildah | $(buildah --version | sed 's/ (.*//') (vfs storage, chroot isolation, \`--layers\`) |"
   echo "| QEMU | $(qemu-aarch64-static --version | head -n 1) |"
+  echo "| SSH node | $ssh_version \`sshd\` on 127.0.0.2, started by the script: this machine |"
+  echo "| whole run, after the release build | $(((SECONDS - t_measure) / 60)) min $(((SECONDS - t_measure) % 60)) s |"
   echo
   echo "Workloads: small = busybox base, ARG, RUN, COPY of 50 files, CMD, built for"
   echo "linux/amd64 and linux/arm64 in one command (buildah: \`bud --platform"
   echo "linux/amd64,linux/arm64 --manifest NAME\`); large = $large_files files, $((large_bytes / 1000000)) MB"
   echo "(half log-like text, half random), \`COPY . /ctx/\`, linux/amd64; cpu = one RUN"
-  echo "of $cpu_loops iterations of a busybox \`sh\` loop; push = the small image pushed"
+  echo "of $cpu_loops iterations of a busybox \`sh\` loop (the SSH node rows: the same"
+  echo "build with linux/amd64 scheduled on a node that is an \`sshd\` on 127.0.0.2 of"
+  echo "this machine; buildah has no nodes, so its cell there is its local build);"
+  echo "push = the small image pushed"
   echo "to a registry on loopback (both tools: build with every step cached + push)."
   echo "Cold = new, empty state (\`XBUILD_ROOT\` / buildah \`--root\`), the base image"
   echo "pulled from the local registry; warm = the same state again. Wall-clock"
   echo "seconds; ratios are xbuild/buildah, lower is better; MB = 10^6 bytes."
   echo
-  echo "| workload | xbuild | buildah | ratio | target | result |"
+  echo "| workload | xbuild | buildah | ratio | target | result / note |"
   echo "|---|---|---|---|---|---|"
   for r in "${rows[@]}"; do echo "| ${r//$tab/ | } |"; done
   echo
@@ -492,6 +684,8 @@ report=$work/report.md
     echo "|---|---|---|---|---|---|"
     for r in "${micro_rows[@]}"; do echo "| ${r//$tab/ | } |"; done
   fi
+  echo
+  echo "Targets: $n_pass passed, $n_miss missed."
   echo
   echo "<!-- bench:end -->"
 } >"$report"
