@@ -192,6 +192,18 @@ impl CacheStore {
         self.platform_dir(p).join(format!("{}.json", key.hex()))
     }
 
+    /// Marks the record of `key` as used now (its file's mtime), which is
+    /// what `cache prune --filter until=` and `--keep-storage` go by.
+    /// Best effort: a record that cannot be touched is merely pruned earlier.
+    pub fn touch(&self, p: &Platform, key: &Digest) {
+        if let Ok(f) = fs::OpenOptions::new()
+            .write(true)
+            .open(self.record_path(p, key))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// The record of `key`, when there is a usable one (its layer blob present).
     pub fn get(&self, p: &Platform, key: &Digest, store: &BlobStore) -> Option<CacheRecord> {
         let bytes = fs::read(self.record_path(p, key)).ok()?;

@@ -125,6 +125,9 @@ pub struct UsageRow {
 struct RecordFile {
     path: PathBuf,
     rec: CacheRecord,
+    /// When a build last used the record: its file's mtime, which a cache
+    /// hit renews ([`CacheStore::touch`](crate::cache::CacheStore::touch)).
+    last_used: SystemTime,
 }
 
 fn read_records(cache_dir: &Path) -> Result<Vec<RecordFile>, HousekeepingError> {
@@ -147,8 +150,16 @@ fn read_records(cache_dir: &Path) -> Result<Vec<RecordFile>, HousekeepingError> 
             let Ok(bytes) = fs::read(&path) else {
                 continue;
             };
+            let last_used = f
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             if let Ok(rec) = serde_json::from_slice::<CacheRecord>(&bytes) {
-                out.push(RecordFile { path, rec });
+                out.push(RecordFile {
+                    path,
+                    rec,
+                    last_used,
+                });
             }
         }
     }
@@ -230,10 +241,11 @@ pub fn usage(root: &Path, store: &BlobStore) -> Result<Vec<UsageRow>, Housekeepi
 pub struct PruneOptions {
     /// Every record, cache mount and snapshot, not only the unused ones.
     pub all: bool,
-    /// Only entries older than this.
+    /// Only entries no build has used for this long (records: since the
+    /// last cache hit or since they were written).
     pub until: Option<Duration>,
     /// Stop once the cache (records' blobs + cache mounts + snapshots) is at
-    /// most this many bytes; oldest records go first.
+    /// most this many bytes; least recently used records go first.
     pub keep_storage: Option<u64>,
 }
 
@@ -280,20 +292,14 @@ fn image_content(store: &BlobStore) -> (BTreeSet<Digest>, BTreeSet<String>) {
     (layers, diff_ids)
 }
 
-fn created_before(rec: &CacheRecord, until: Option<Duration>) -> bool {
+/// Not used for at least `until` (every record without a filter).
+fn unused_for(r: &RecordFile, until: Option<Duration>) -> bool {
     let Some(age) = until else {
         return true;
     };
-    let Some(limit) = SystemTime::now().checked_sub(age) else {
-        return false;
-    };
-    let limit = crate::image::rfc3339(
-        limit
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    );
-    rec.created.as_str() < limit.as_str()
+    SystemTime::now()
+        .duration_since(r.last_used)
+        .is_ok_and(|idle| idle >= age)
 }
 
 fn remove_tree(p: &Path) -> Result<(), HousekeepingError> {
@@ -322,7 +328,8 @@ pub fn prune(
     let mut report = PruneReport::default();
     let (image_layers, image_diff_ids) = image_content(store);
     let mut records = read_records(&root.join("cache"))?;
-    records.sort_by(|a, b| a.rec.created.cmp(&b.rec.created));
+    // Least recently used first: what --keep-storage removes first.
+    records.sort_by_key(|r| r.last_used);
 
     let blob_bytes = |records: &[&RecordFile]| -> u64 {
         let blobs: BTreeSet<&Digest> = records
@@ -372,14 +379,14 @@ pub fn prune(
     let mut candidates = Vec::new();
     for r in records {
         let unused = !used.contains(&r.rec.key);
-        if (opts.all || unused) && created_before(&r.rec, opts.until) {
+        if (opts.all || unused) && unused_for(&r, opts.until) {
             candidates.push(r);
         } else {
             keep.push(r);
         }
     }
     if let Some(limit) = opts.keep_storage {
-        // Remove the oldest candidates until the cache fits in `limit`.
+        // Remove the least recently used candidates until the cache fits.
         let dirs = dir_usage(&root.join("cachemounts")).1 + dir_usage(&root.join("snapshots")).1;
         let mut queue: std::collections::VecDeque<RecordFile> = candidates.into();
         let mut removing = Vec::new();
@@ -476,5 +483,57 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].kind, Kind::Snapshots);
         assert_eq!(rows[0].entries, 0);
+    }
+
+    #[test]
+    fn until_goes_by_last_use_and_a_hit_renews_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = BlobStore::open(root.join("content")).unwrap();
+        let cache = crate::cache::CacheStore::open(&root.join("cache")).unwrap();
+        let p = xbuild_oci::Platform::parse("linux/amd64").unwrap();
+        let rec = |text: &str| CacheRecord {
+            key: Digest::sha256_of(text.as_bytes()),
+            parent: None,
+            platform: p.to_string(),
+            text: text.into(),
+            layer: None,
+            diff_id: None,
+            // Both written long ago: creation time must not decide.
+            created: "2020-01-01T00:00:00Z".into(),
+            trace: None,
+        };
+        let (old, hit) = (rec("ENV A=1"), rec("ENV B=2"));
+        for r in [&old, &hit] {
+            cache.put(&p, r).unwrap();
+            // The record's file, wherever the cache keeps the platform.
+            let name = format!("{}.json", r.key.hex());
+            let path = fs::read_dir(root.join("cache"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path().join(&name))
+                .find(|f| f.exists())
+                .expect("the record's file");
+            let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(3 * 86400))
+                .unwrap();
+        }
+        // A build hits `hit` today.
+        cache.touch(&p, &hit.key);
+        let lock = lock_exclusive(root, || {}).unwrap();
+        let report = prune(
+            root,
+            &store,
+            &PruneOptions {
+                all: true,
+                until: Some(Duration::from_secs(86400)),
+                keep_storage: None,
+            },
+            &lock,
+        )
+        .unwrap();
+        assert_eq!(report.records, 1);
+        assert!(cache.get_raw(&p, &old.key).is_none(), "unused for 3 days");
+        assert!(cache.get_raw(&p, &hit.key).is_some(), "used today");
     }
 }

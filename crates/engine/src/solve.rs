@@ -725,12 +725,17 @@ impl Engine {
     ) -> Option<CacheRecord> {
         let inner = &self.inner;
         if let Some(rec) = inner.cache.get(platform, key, &inner.store) {
+            inner.cache.touch(platform, key);
             return Some(rec);
         }
         let rec = inner.cache.get_raw(platform, key)?;
         rec.diff_id.as_ref()?;
         let layer = rec.layer.as_ref()?;
-        req.source.can_fetch(layer).then_some(rec)
+        let usable = req.source.can_fetch(layer);
+        if usable {
+            inner.cache.touch(platform, key);
+        }
+        usable.then_some(rec)
     }
 
     /// Extracts the pending layers of `chain` (fetching blobs the store

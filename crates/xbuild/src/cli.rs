@@ -345,10 +345,11 @@ pub enum CacheCommand {
         /// Remove all cache, not just unused records.
         #[arg(long)]
         all: bool,
-        /// Keep this much storage (e.g. 10GB).
+        /// Keep this much storage (e.g. 10GB); least recently used records go first.
         #[arg(long)]
         keep_storage: Option<String>,
-        /// Filter (`until=DURATION`).
+        /// Filter: `until=DURATION` (e.g. `24h`) removes only records no build
+        /// has used (hit or written) for that long.
         #[arg(long)]
         filter: Vec<String>,
     },
