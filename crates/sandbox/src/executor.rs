@@ -297,11 +297,22 @@ impl TempFile {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let path = std::env::temp_dir().join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_err(&format!("create {}", path.display()), e))?;
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        };
+        // Names are unique within this process; a file that exists already
+        // was left by a killed process that had our pid before us.
+        let mut file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&path);
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| io_err(&format!("create {}", path.display()), e))?;
         let guard = TempFile(path);
         file.write_all(contents)
             .map_err(|e| io_err(&format!("write {}", guard.0.display()), e))?;
@@ -312,5 +323,37 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_files_left_by_a_killed_process_with_our_pid_are_replaced() {
+        // Under nextest every test is its own process, so the counter starts
+        // at 0: the stale files sit exactly where the next names go.
+        let stale: Vec<PathBuf> = (0..4)
+            .map(|n| {
+                std::env::temp_dir().join(format!(
+                    ".xbuild-sandbox-hostname-{}-{n}",
+                    std::process::id()
+                ))
+            })
+            .collect();
+        for p in &stale {
+            std::fs::write(p, b"stale").unwrap();
+        }
+        let files: Vec<TempFile> = (0..4)
+            .map(|_| TempFile::create(b"sandbox\n").unwrap())
+            .collect();
+        for f in &files {
+            assert_eq!(std::fs::read(&f.0).unwrap(), b"sandbox\n");
+        }
+        drop(files);
+        for p in &stale {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
