@@ -45,6 +45,7 @@ use std::time::SystemTime;
 
 use crate::mount::mount_overlay;
 use crate::snapshot::{Scratch, SnapshotError};
+use xbuild_oci::layer::xattr;
 
 /// The environment variable that picks the snapshotter when
 /// [`crate::EngineConfig::snapshotter`] is `None`: `overlay`, `copy`, or
@@ -168,79 +169,23 @@ fn cpath(p: &Path) -> Result<CString> {
     })
 }
 
+/// Whether reading a file's xattrs failed only because the file system (or
+/// the caller's privileges) does not allow it: then it has none we can copy.
+fn xattrs_unavailable(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM))
+}
+
 fn xattr_names(p: &Path) -> Result<Vec<OsString>> {
-    let c = cpath(p)?;
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes and `c` is NUL-terminated.
-        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            break;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ERANGE) => {
-                let len = buf.len();
-                buf.resize(len * 4, 0);
-            }
-            Some(libc::ENOTSUP) | Some(libc::EPERM) => return Ok(Vec::new()),
-            _ => return Err(io_err("list xattrs of", p)(e)),
-        }
+    match xattr::list(p) {
+        Err(e) if xattrs_unavailable(&e) => Ok(Vec::new()),
+        r => r.map_err(io_err("list xattrs of", p)),
     }
-    Ok(buf
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| OsString::from_vec(s.to_vec()))
-        .collect())
 }
 
 fn xattr_get(p: &Path, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    let c = cpath(p)?;
-    let n = CString::new(name.as_bytes()).map_err(|_| CopyFsError::Io {
-        op: "read xattr of",
-        path: p.to_path_buf(),
-        source: io::Error::from_raw_os_error(libc::EINVAL),
-    })?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: buffers valid, strings NUL-terminated.
-        let r =
-            unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if r >= 0 {
-            buf.truncate(r as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) | Some(libc::EPERM) => return Ok(None),
-            Some(libc::ERANGE) => {
-                let len = buf.len();
-                buf.resize(len * 4, 0);
-            }
-            _ => return Err(io_err("read xattr of", p)(e)),
-        }
-    }
-}
-
-fn xattr_set(p: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
-    let bad = || io::Error::from_raw_os_error(libc::EINVAL);
-    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| bad())?;
-    let n = CString::new(name).map_err(|_| bad())?;
-    // SAFETY: buffers valid, strings NUL-terminated.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match xattr::get(p, name) {
+        Err(e) if xattrs_unavailable(&e) => Ok(None),
+        r => r.map_err(io_err("read xattr of", p)),
     }
 }
 
@@ -333,7 +278,7 @@ fn copy_meta(src: &Path, m: &Metadata, dst: &Path) -> Result<()> {
             .map_err(io_err("chmod", dst))?;
     }
     for (k, v) in file_xattrs(src)? {
-        match xattr_set(dst, &k, &v) {
+        match xattr::set(dst, &k, &v) {
             Ok(()) => {}
             // Best effort, as extraction does: a filesystem or a missing
             // privilege that refuses an attribute does not fail the step.
@@ -709,7 +654,7 @@ impl Differ<'_> {
             Err(CopyFsError::Io { source, .. }) if source.raw_os_error() == Some(libc::EPERM) => {
                 // Without CAP_MKNOD: overlayfs's xattr form of a whiteout.
                 File::create(&p).map_err(io_err("create", &p))?;
-                xattr_set(&p, b"user.overlay.whiteout", b"y")
+                xattr::set(&p, b"user.overlay.whiteout", b"y")
                     .map_err(io_err("set whiteout xattr of", &p))
             }
             Err(e) => Err(e),
@@ -749,11 +694,11 @@ impl Differ<'_> {
             let dst = self.upper.join(rel);
             let m = stat(&src)?;
             if *opaque {
-                if let Err(e) = xattr_set(&dst, b"trusted.overlay.opaque", b"y") {
+                if let Err(e) = xattr::set(&dst, b"trusted.overlay.opaque", b"y") {
                     if e.raw_os_error() != Some(libc::EPERM) {
                         return Err(io_err("mark opaque", &dst)(e));
                     }
-                    xattr_set(&dst, b"user.overlay.opaque", b"y")
+                    xattr::set(&dst, b"user.overlay.opaque", b"y")
                         .map_err(io_err("mark opaque", &dst))?;
                 }
             }
@@ -951,13 +896,13 @@ mod tests {
         std::os::unix::fs::chown(l1.join("etc/owned"), Some(0), Some(0)).unwrap();
         std::os::unix::fs::chown(l1.join("untouched/a/b"), Some(1000), Some(1000)).unwrap();
         fs::set_permissions(l1.join("etc/shadow"), fs::Permissions::from_mode(0o640)).unwrap();
-        xattr_set(&l1.join("etc/hosts"), b"user.kept", b"1").unwrap();
+        xattr::set(&l1.join("etc/hosts"), b"user.kept", b"1").unwrap();
         age(&l1, OLD);
 
         fs::create_dir_all(l2.join("etc")).unwrap();
         whiteout_at(&l2.join("etc/group"));
         write(&l2.join("d/new"), "new\n");
-        xattr_set(&l2.join("d"), b"trusted.overlay.opaque", b"y").unwrap();
+        xattr::set(&l2.join("d"), b"trusted.overlay.opaque", b"y").unwrap();
         write(&l2.join("top.txt"), "top\n");
         age(&l2, OLD + 100);
         vec![l1, l2]
@@ -974,7 +919,7 @@ mod tests {
         // A third layer with the xattr form of a whiteout.
         let l3 = t.path().join("l3");
         write(&l3.join("etc/hosts"), "");
-        xattr_set(&l3.join("etc/hosts"), b"user.overlay.whiteout", b"y").unwrap();
+        xattr::set(&l3.join("etc/hosts"), b"user.overlay.whiteout", b"y").unwrap();
         layers.push(l3);
         let m = materialize(t.path(), &layers).unwrap();
         let r = m.root();
@@ -1042,7 +987,7 @@ mod tests {
         std::os::unix::fs::symlink("etc/shadow", r.join("link")).unwrap();
         fs::set_permissions(r.join("etc/shadow"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::hard_link(r.join("bin/a2"), r.join("hl")).unwrap();
-        xattr_set(&r.join("etc/xattr_file"), b"user.k", b"v").unwrap();
+        xattr::set(&r.join("etc/xattr_file"), b"user.k", b"v").unwrap();
         std::os::unix::fs::chown(r.join("etc/owned"), Some(1000), Some(1000)).unwrap();
         // Same size, same mtime, other bytes.
         let mt = stat(&r.join("etc/samesize")).unwrap().mtime();

@@ -18,8 +18,9 @@ pub const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 /// Prefix of PAX records carrying extended attributes.
 pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
-/// Thin wrappers over the `l*xattr` system calls (never following symlinks).
-pub(crate) mod xattr {
+/// Thin wrappers over the `l*xattr` system calls (never following symlinks),
+/// shared by layer writing and applying and by the engine's copy snapshotter.
+pub mod xattr {
     use std::ffi::{CString, OsStr, OsString};
     use std::io;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
