@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -355,36 +355,6 @@ impl ImageSource for CoordinatorSource {
     }
 }
 
-/// Stores one incoming blob, verifying its digest.
-async fn receive_blob<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-    store: &BlobStore,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), RemoteError> {
-    let mut w = store.writer(digest.algorithm())?;
-    let mut failed = None;
-    reader
-        .read_data(size, |b| {
-            if failed.is_none() {
-                if let Err(e) = w.write_all(b) {
-                    failed = Some(e);
-                }
-            }
-            Ok(())
-        })
-        .await?;
-    if let Some(source) = failed {
-        return Err(RemoteError::Io {
-            op: "write blob",
-            path: store.root().display().to_string(),
-            source,
-        });
-    }
-    w.commit_checked(Some(digest), Some(size))?;
-    Ok(())
-}
-
 /// Serves one coordinator until it closes the stream. Returns `Ok` when
 /// the coordinator hung up between jobs.
 pub async fn serve<R, W>(reader: R, writer: W, cfg: AgentConfig) -> Result<(), RemoteError>
@@ -416,7 +386,7 @@ where
                     BlobDest::Store => &rstore,
                     BlobDest::Context => &rctx,
                 };
-                if let Err(e) = receive_blob(&mut frames, s, digest, *size).await {
+                if let Err(e) = frames.read_blob_into(s, digest, *size).await {
                     let _ = in_tx.send(Err(e));
                     return;
                 }

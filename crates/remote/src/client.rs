@@ -3,7 +3,6 @@
 //! store and cache exactly as a local solve would.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::pin::Pin;
@@ -13,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use xbuild_engine::context::ContextIndex;
 use xbuild_engine::events::{Event, EventSink, Transfer, VertexId};
 use xbuild_engine::{Engine, EngineError, ImageSource, SolveResult, VertexIds};
-use xbuild_oci::{BlobStore, Digest};
+use xbuild_oci::Digest;
 use xbuild_plan::BuildGraph;
 
 use crate::protocol::{
@@ -339,7 +338,7 @@ impl RemoteWorker {
                             .protocol(format!("blob {digest} was not asked for"))
                             .into());
                     }
-                    receive(&mut self.reader, store, &digest, size).await?;
+                    self.reader.read_blob_into(store, &digest, size).await?;
                     received += size;
                 }
                 Message::BlobsDone => break,
@@ -430,34 +429,6 @@ impl RemoteWorker {
         }
         Ok(done)
     }
-}
-
-/// Receives one blob into the store, verifying digest and size.
-async fn receive<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-    store: &BlobStore,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), RemoteError> {
-    let mut w = store.writer(digest.algorithm())?;
-    let mut failed = None;
-    reader
-        .read_data(size, |b| {
-            if failed.is_none() {
-                failed = w.write_all(b).err();
-            }
-            Ok(())
-        })
-        .await?;
-    if let Some(source) = failed {
-        return Err(RemoteError::Io {
-            op: "write blob into",
-            path: store.root().display().to_string(),
-            source,
-        });
-    }
-    w.commit_checked(Some(digest), Some(size))?;
-    Ok(())
 }
 
 /// Modification times of the context entries (for identical COPY layers).

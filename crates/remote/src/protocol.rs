@@ -575,6 +575,38 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         })
     }
 
+    /// Reads one blob's `size` bytes of data frames into `store`, verifying
+    /// its digest and size before it appears under its name. Both ends
+    /// receive blobs this way (layers, configs, context files).
+    pub async fn read_blob_into(
+        &mut self,
+        store: &xbuild_oci::BlobStore,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RemoteError> {
+        use std::io::Write;
+        let mut w = store.writer(digest.algorithm())?;
+        // A write error is kept and reported after the data is drained, so
+        // the stream stays in step.
+        let mut failed = None;
+        self.read_data(size, |b| {
+            if failed.is_none() {
+                failed = w.write_all(b).err();
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(source) = failed {
+            return Err(RemoteError::Io {
+                op: "write blob into",
+                path: store.root().display().to_string(),
+                source,
+            });
+        }
+        w.commit_checked(Some(digest), Some(size))?;
+        Ok(())
+    }
+
     /// Reads `size` bytes of blob data frames into `sink`.
     pub async fn read_data(
         &mut self,
