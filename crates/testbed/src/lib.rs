@@ -341,24 +341,28 @@ impl Registry {
 
     /// Stop the server (SIGTERM, then SIGKILL after 5 s) and reap it.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: the pid is our own live (or zombie) child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        if let Some(child) = self.child.take() {
+            stop_child(child);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+    }
+}
+
+/// Stops a server we started: SIGTERM, then SIGKILL after 5 s; reaps it.
+pub(crate) fn stop_child(mut child: Child) {
+    // SAFETY: the pid is our own live (or zombie) child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
             }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

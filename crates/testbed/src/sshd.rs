@@ -161,24 +161,8 @@ impl Sshd {
     /// connections are refused. Sessions already open end when their
     /// client disconnects, as with any OpenSSH server.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: the pid is our own live (or zombie) child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
+        if let Some(child) = self.child.take() {
+            crate::stop_child(child);
         }
     }
 

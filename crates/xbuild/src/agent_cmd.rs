@@ -9,27 +9,6 @@ use anyhow::{Context, Result};
 use std::os::fd::{FromRawFd, OwnedFd};
 use xbuild_oci::Platform;
 use xbuild_remote::agent::{self, AgentConfig};
-use xbuild_sandbox::binfmt::{self, Support};
-
-/// Platforms an agent checks for emulation support.
-const EMULATION_CANDIDATES: &[&str] = &[
-    "linux/amd64",
-    "linux/arm64",
-    "linux/arm/v7",
-    "linux/arm/v6",
-    "linux/386",
-    "linux/ppc64le",
-    "linux/s390x",
-    "linux/riscv64",
-];
-
-fn emulated() -> Vec<Platform> {
-    EMULATION_CANDIDATES
-        .iter()
-        .filter_map(|p| Platform::parse(p).ok())
-        .filter(|p| matches!(binfmt::can_run(p.architecture()), Support::Emulated { .. }))
-        .collect()
-}
 
 /// Takes fd 1 for the protocol and points fd 1 at stderr.
 fn protocol_stdout() -> Result<std::fs::File> {
@@ -65,7 +44,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         init_program,
         init_args,
         native: Platform::host_linux(),
-        emulated: emulated(),
+        emulated: crate::nodes::local_emulated(),
         peer: "coordinator".into(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

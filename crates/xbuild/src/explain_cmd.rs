@@ -6,8 +6,6 @@ use crate::build::LoadedDockerfile;
 use crate::cli::BuildArgs;
 use crate::coordinator;
 use anyhow::{Context, Result};
-use std::path::PathBuf;
-use xbuild_engine::context::{self, HashCache, ScanOptions};
 use xbuild_engine::events::{reasons_text, NullSink};
 use xbuild_engine::explain::ExplainStep;
 use xbuild_engine::{Secrets, SolveRequest, VertexIds};
@@ -47,20 +45,7 @@ async fn explain(
     let graphs =
         coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
             .await?;
-    let context_dir: Option<PathBuf> = (args.context != "-").then(|| PathBuf::from(&args.context));
-    let index = match &context_dir {
-        Some(dir) => {
-            let rel = crate::run_build::dockerfile_rel(dir, args);
-            let mut cache = HashCache::for_context(&root, dir).ok();
-            let idx = context::scan(dir, rel.as_deref(), &ScanOptions::default(), cache.as_mut())
-                .with_context(|| format!("reading the build context {}", dir.display()))?;
-            if let Some(c) = cache.as_mut() {
-                let _ = c.save();
-            }
-            Some(idx)
-        }
-        None => None,
-    };
+    let (context_dir, index) = crate::run_build::scan_context(&root, args)?;
     let source = coordinator::RegistrySource { registry };
     let secrets = Secrets::default();
     let ids = VertexIds::new();

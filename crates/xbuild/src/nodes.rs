@@ -234,8 +234,9 @@ fn cmd_inspect(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Platforms this machine runs through a registered QEMU handler.
-fn local_emulated() -> Vec<Platform> {
+/// The platforms this machine runs through a registered QEMU handler
+/// (what an agent reports, and what local scheduling may fall back on).
+pub fn local_emulated() -> Vec<Platform> {
     crate::binfmt_cmd::KNOWN
         .iter()
         .filter_map(|p| Platform::parse(p).ok())

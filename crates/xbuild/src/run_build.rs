@@ -11,7 +11,7 @@ use crate::Exit;
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use xbuild_engine::context::{self, HashCache, ScanOptions};
+use xbuild_engine::context::{self, ContextIndex, HashCache, ScanOptions};
 use xbuild_engine::events::EventSink;
 use xbuild_engine::{EngineError, Secrets, SolveRequest, VertexIds};
 use xbuild_oci::reference::Reference;
@@ -84,6 +84,31 @@ pub fn excerpt(text: &str, file: &str, start: usize, end: usize) -> String {
     }
     s.push_str("--------------------");
     s
+}
+
+/// The build context directory (none for `-`) and its index: every file
+/// hashed, with checksums remembered between builds under `root`.
+pub fn scan_context(
+    root: &Path,
+    args: &BuildArgs,
+) -> Result<(Option<PathBuf>, Option<ContextIndex>)> {
+    if args.context == "-" {
+        return Ok((None, None));
+    }
+    let dir = PathBuf::from(&args.context);
+    let rel = dockerfile_rel(&dir, args);
+    let mut cache = HashCache::for_context(root, &dir).ok();
+    let idx = context::scan(
+        &dir,
+        rel.as_deref(),
+        &ScanOptions::default(),
+        cache.as_mut(),
+    )
+    .with_context(|| format!("reading the build context {}", dir.display()))?;
+    if let Some(c) = cache.as_mut() {
+        let _ = c.save();
+    }
+    Ok((Some(dir), Some(idx)))
 }
 
 fn source_date_epoch() -> Result<Option<i64>> {
@@ -184,24 +209,7 @@ async fn build(
     }
 
     // The context is scanned and hashed once and shared by every platform.
-    let context_dir: Option<PathBuf> = if args.context == "-" {
-        None
-    } else {
-        Some(PathBuf::from(&args.context))
-    };
-    let index = match &context_dir {
-        Some(dir) => {
-            let rel = dockerfile_rel(dir, args);
-            let mut cache = HashCache::for_context(&root, dir).ok();
-            let idx = context::scan(dir, rel.as_deref(), &ScanOptions::default(), cache.as_mut())
-                .with_context(|| format!("reading the build context {}", dir.display()))?;
-            if let Some(c) = cache.as_mut() {
-                let _ = c.save();
-            }
-            Some(idx)
-        }
-        None => None,
-    };
+    let (context_dir, index) = scan_context(&root, args)?;
 
     let source = RegistrySource {
         registry: registry.clone(),
