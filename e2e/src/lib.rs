@@ -260,3 +260,22 @@ pub fn buildah_run(reference: &str, arch: &str, command: &str) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The `os/architecture` of each entry of an image index (as skopeo or the
+/// registry returns it), sorted.
+pub fn index_platforms(index: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = index["manifests"]
+        .as_array()
+        .expect("an index with manifests")
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}

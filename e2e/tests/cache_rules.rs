@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::path::Path;
 use xbuild_e2e::testbed::Registry;
-use xbuild_e2e::{context, publish_base, require_multiplatform, s, Run, Xbuild};
+use xbuild_e2e::{context, index_platforms, publish_base, require_multiplatform, s, Run, Xbuild};
 
 /// The `cache miss` reasons of a plain-progress run, in order.
 fn reasons(r: &Run) -> Vec<String> {
@@ -284,23 +284,6 @@ fn skopeo_raw(reference: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn index_platforms(index: &Value) -> Vec<String> {
-    let mut v: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// The line `cache import: N record(s) imported, M layer(s) fetched`.

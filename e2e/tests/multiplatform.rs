@@ -3,27 +3,13 @@
 //! by skopeo and by running the images with buildah.
 
 use serde_json::Value;
-use std::collections::BTreeSet;
 use xbuild_e2e::testbed::{self, Registry};
-use xbuild_e2e::{buildah_run, context, publish_base, require_multiplatform, s, Xbuild};
+use xbuild_e2e::{
+    buildah_run, context, index_platforms, publish_base, require_multiplatform, s, Xbuild,
+};
 
 fn hello_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello")
-}
-
-fn platforms_of(index: &Value) -> BTreeSet<String> {
-    index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -65,13 +51,7 @@ fn demo_app_builds_pushes_runs_and_rebuilds_from_cache() {
     // The registry holds an OCI index with both platforms.
     let raw = testbed::skopeo_inspect_raw(&tag).unwrap();
     assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
-    assert_eq!(
-        platforms_of(&raw),
-        ["linux/amd64", "linux/arm64"]
-            .into_iter()
-            .map(String::from)
-            .collect()
-    );
+    assert_eq!(index_platforms(&raw), ["linux/amd64", "linux/arm64"]);
     // The metadata file names the digest skopeo sees for the tag.
     let m: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
     let raw_bytes = testbed::skopeo_inspect_raw_bytes(&tag, None).unwrap();
@@ -378,13 +358,7 @@ fn imagetools_create_merges_per_platform_builds_without_pulling() {
         listed, digests,
         "the index lists the per-platform manifests as built"
     );
-    assert_eq!(
-        platforms_of(&raw),
-        ["linux/amd64", "linux/arm64"]
-            .into_iter()
-            .map(String::from)
-            .collect()
-    );
+    assert_eq!(index_platforms(&raw), ["linux/amd64", "linux/arm64"]);
     // The manifests were copied into the new repository: it runs by itself.
     if testbed::require_cmd("buildah").is_some() {
         assert_eq!(buildah_run(&target, "arm64", "cat /arch"), "aarch64\n");

@@ -136,6 +136,17 @@ extern "C" {
 const SIGKILL: i32 = 9;
 const SIGSTOP: i32 = 19;
 
+/// The line of `output` that contains `needle` (printed, for the test log);
+/// fails the test with the whole output when there is none.
+fn warning_line<'a>(output: &'a str, needle: &str) -> &'a str {
+    let line = output
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}:\n{output}"));
+    eprintln!("{line}");
+    line
+}
+
 #[test]
 fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here() {
     if testbed::require_root().is_none() {
@@ -188,10 +199,7 @@ fn a_hung_agent_is_given_up_after_the_node_timeout_and_its_platform_built_here()
         survived,
     } = stop_agent_mid_build(child, agent_root.path(), &marker);
     assert!(status.success(), "{text}");
-    let warning = text
-        .lines()
-        .find(|l| l.contains("no sign of life"))
-        .unwrap_or_else(|| panic!("no warning about the silent node:\n{text}"));
+    let warning = warning_line(&text, "no sign of life");
     assert!(
         warning.contains("node amd1 (")
             && warning.contains("no sign of life for 5s")
@@ -288,12 +296,7 @@ fn an_agent_of_an_older_protocol_is_named_and_its_platform_built_here() {
     let run = run.ok();
     let platform = host_platform();
     let version = env!("CARGO_PKG_VERSION");
-    let warning = run
-        .stderr
-        .lines()
-        .find(|l| l.contains("protocol version mismatch"))
-        .unwrap_or_else(|| panic!("no version warning:\n{}", run.stderr));
-    eprintln!("{warning}");
+    let warning = warning_line(&run.stderr, "protocol version mismatch");
     assert!(
         warning.contains("node amd1 (")
             && warning.contains(&format!("this xbuild {version} speaks protocol 2"))
@@ -388,12 +391,7 @@ fn a_node_with_a_full_disk_is_named_and_its_platform_built_here() {
     let tag = reg.reference("faults/full:1");
     let (run, worker) = build_on_agent(&xb, &base, ctx.path(), &agent_root, &tag, &[]);
     let run = run.ok();
-    let warning = run
-        .stderr
-        .lines()
-        .find(|l| l.contains("no space left on device"))
-        .unwrap_or_else(|| panic!("no full-disk warning:\n{}", run.stderr));
-    eprintln!("{warning}");
+    let warning = warning_line(&run.stderr, "no space left on device");
     assert!(
         warning.contains("node amd1 (")
             && warning.contains(s(&agent_root))
@@ -418,12 +416,7 @@ fn a_node_with_a_full_disk_is_named_and_its_platform_built_here() {
     let tag = reg.reference("faults/full:2");
     let (run, worker) = build_on_agent(&xb, &base, ctx.path(), &agent_root, &tag, &[]);
     let run = run.ok();
-    let warning = run
-        .stderr
-        .lines()
-        .find(|l| l.contains("no space left on device"))
-        .unwrap_or_else(|| panic!("no full-disk warning:\n{}", run.stderr));
-    eprintln!("{warning}");
+    let warning = warning_line(&run.stderr, "no space left on device");
     assert!(
         warning.contains("node amd1 (")
             && warning.contains(&format!(
@@ -528,10 +521,7 @@ fn a_hung_agent_behind_a_live_sshd_is_given_up_and_killed_through_the_connection
     } = stop_agent_mid_build(child, &agent_root, &marker);
     assert!(status.success(), "{text}");
     assert!(text.contains("linux/amd64 → node amd1"), "{text}");
-    let warning = text
-        .lines()
-        .find(|l| l.contains("no sign of life"))
-        .unwrap_or_else(|| panic!("no warning about the silent node:\n{text}"));
+    let warning = warning_line(&text, "no sign of life");
     assert!(
         warning.contains("node amd1 (ssh://")
             && warning.contains("no sign of life for 5s")

@@ -36,20 +36,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn index_platforms(tag: &str) -> Vec<String> {
     let raw = testbed::skopeo_inspect_raw(tag).expect("skopeo inspect --raw");
     assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
-    let mut v: Vec<String> = raw["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    xbuild_e2e::index_platforms(&raw)
 }
 
 fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
