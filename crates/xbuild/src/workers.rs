@@ -66,8 +66,7 @@ fn parse_local_agents(value: &str) -> Result<Vec<LocalAgentSpec>> {
 /// the node the scheduling plan chose (its agent started over the node's
 /// SSH connection), else this machine.
 pub async fn worker_for(platform: &Platform, nodes: Option<&NodePlan>) -> Result<Worker> {
-    if let Some(name) = nodes.and_then(|n| n.node_for(platform)) {
-        let plan = nodes.expect("node_for returned a node");
+    if let Some((plan, name)) = nodes.and_then(|n| Some((n, n.node_for(platform)?))) {
         let stream = plan
             .open_agent(name)
             .await
