@@ -215,9 +215,10 @@ pub struct SolveResult {
     pub manifest: Descriptor,
     /// The image config.
     pub config: ImageConfig,
-    /// Steps solved (FROM not counted).
+    /// Numbered steps solved (RUN, COPY, ADD, WORKDIR: the ones progress
+    /// output numbers; FROM and metadata-only instructions not counted).
     pub steps: usize,
-    /// Steps that came from the cache.
+    /// Of those, the steps that came from the cache.
     pub cached: usize,
     /// Wall-clock time of the solve.
     pub duration: Duration,

@@ -117,6 +117,8 @@ pub enum Commands {
         /// Registry host.
         registry: String,
     },
+    /// Show the version, git commit, compiler and platform of this binary.
+    Version,
 }
 
 /// `--progress` modes.
@@ -371,6 +373,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "cache",
     "login",
     "logout",
+    "version",
     "help",
 ];
 
@@ -407,6 +410,13 @@ mod tests {
         assert_eq!(a(&["xbuild", "."])[1], "build");
         assert_eq!(a(&["xbuild", "node", "ls"])[1], "node");
         assert_eq!(a(&["xbuild", "--help"])[1], "--help");
+        assert_eq!(a(&["xbuild", "version"])[1], "version");
+        assert!(matches!(
+            Cli::try_parse_from(a(&["xbuild", "version"]))
+                .unwrap()
+                .command,
+            Commands::Version
+        ));
         let cli = Cli::try_parse_from(a(&[
             "xbuild",
             "--platform",
