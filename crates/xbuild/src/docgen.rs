@@ -86,4 +86,38 @@ mod tests {
             stale.join(", ")
         );
     }
+
+    fn repo_file(rel: &str) -> String {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn the_guide_shows_the_current_hello_dockerfile() {
+        let page = repo_file("docs/guide/first-build.md");
+        let block = page
+            .split("```dockerfile\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a dockerfile block in first-build.md");
+        assert_eq!(
+            block,
+            repo_file("examples/hello/Dockerfile"),
+            "docs/guide/first-build.md shows another examples/hello/Dockerfile"
+        );
+    }
+
+    #[test]
+    fn the_readme_links_only_inside_the_repository() {
+        let readme = repo_file("README.md");
+        for (i, part) in readme.split("](").enumerate().skip(1) {
+            let target = part.split(')').next().unwrap_or("");
+            assert!(
+                !target.starts_with("../") && !target.starts_with('/'),
+                "README.md link {i} leaves the repository: {target}"
+            );
+        }
+    }
 }
