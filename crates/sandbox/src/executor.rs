@@ -61,6 +61,9 @@ impl Executor for LinuxExecutor {
         output: &mut dyn FnMut(OutputStream, &[u8]),
     ) -> Result<RunResult, SandboxError> {
         validate(spec)?;
+        if crate::cancel::is_cancelled() {
+            return Err(SandboxError::Cancelled);
+        }
         let rootfs = std::fs::canonicalize(rootfs).map_err(|source| SandboxError::Rootfs {
             path: rootfs.to_path_buf(),
             source,
@@ -113,7 +116,11 @@ impl Executor for LinuxExecutor {
             program: self.init_program.clone(),
             source,
         })?;
+        let pid = child.id();
         let mut child = ChildGuard(Some(child));
+        // Declared after the guard: dropped (forgotten) before the guard
+        // reaps the pid on an error path.
+        let registration = crate::cancel::Registration::new(pid);
         drop(spec_r);
         drop(report_w);
 
@@ -130,8 +137,15 @@ impl Executor for LinuxExecutor {
         let inner = child.0.as_mut().expect("child present until waited");
         let stdout = inner.stdout.take().expect("stdout is piped");
         let stderr = inner.stderr.take().expect("stderr is piped");
-        let reports = pump(stdout.into(), stderr.into(), report_r, output)?;
+        let reports = pump(stdout.into(), stderr.into(), report_r, output);
+        // Forgotten before the wait reaps the pid, so it cannot be reused
+        // under a kill.
+        drop(registration);
+        let reports = reports?;
         let status = child.wait()?;
+        if crate::cancel::is_cancelled() {
+            return Err(SandboxError::Cancelled);
+        }
         let duration = started.elapsed();
 
         let decoded = decode(&reports).map_err(|detail| SandboxError::Protocol { detail })?;
