@@ -579,7 +579,7 @@ mod tests {
         let names = ["app:1".to_string()];
         // local: one platform straight into DIR, several in subdirectories.
         let one = tmp.path().join("one");
-        export(
+        export_output(
             &store,
             &amd,
             &parse_output(one.to_str().unwrap()).unwrap(),
@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(fs::read_to_string(one.join("etc/which")).unwrap(), "amd");
         let many = tmp.path().join("many");
         let spec = parse_output(&format!("type=local,dest={}", many.display())).unwrap();
-        export(&store, &idx, &spec, &names).unwrap();
+        export_output(&store, &idx, &spec, &names).unwrap();
         assert_eq!(
             fs::read_to_string(many.join("linux_amd64/etc/which")).unwrap(),
             "amd"
@@ -600,7 +600,7 @@ mod tests {
         );
         // tar
         let t = tmp.path().join("fs.tar");
-        export(
+        export_output(
             &store,
             &amd,
             &parse_output(&format!("type=tar,dest={}", t.display())).unwrap(),
@@ -618,7 +618,7 @@ mod tests {
         assert!(found);
         // oci keeps the index; docker refuses it, naming the platforms.
         let o = tmp.path().join("o.tar");
-        export(
+        export_output(
             &store,
             &idx,
             &parse_output(&format!("type=oci,dest={}", o.display())).unwrap(),
@@ -631,16 +631,19 @@ mod tests {
         assert_eq!(got[0].1, ["docker.io/library/app:1"]);
         let d = tmp.path().join("d.tar");
         let spec = parse_output(&format!("type=docker,dest={}", d.display())).unwrap();
-        let e = format!("{:#}", export(&store, &idx, &spec, &names).unwrap_err());
+        let e = format!(
+            "{:#}",
+            export_output(&store, &idx, &spec, &names).unwrap_err()
+        );
         assert!(
             e.contains("linux/arm/v7") && e.contains("linux/amd64"),
             "{e}"
         );
         assert!(!d.exists());
-        export(&store, &amd, &spec, &names).unwrap();
+        export_output(&store, &amd, &spec, &names).unwrap();
         assert!(d.exists());
         // image: tagged in the store.
-        export(
+        export_output(
             &store,
             &idx,
             &parse_output("type=image,name=other:2").unwrap(),

@@ -38,7 +38,7 @@ pub use plan::{plan, Planned};
 pub use report::{report, PlatformResult, Report};
 pub use request::{scan_context, BuildRequest, DockerfileSource, Session};
 pub use resolve::RegistrySource;
-pub use schedule::{schedule, Assignment, Schedule};
+pub use schedule::{schedule, schedule_with, Assignment, Schedule};
 pub use solve::{solve, PlatformOutcome, PlatformState, SolveInputs, Solved};
 pub use worker::{LocalWorker, Worker, WorkerError, WorkerOutput};
 

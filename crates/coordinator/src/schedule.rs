@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use std::sync::Arc;
 use xbuild_engine::events::{Event, EventSink};
 use xbuild_oci::Platform;
+use xbuild_plan::BuildGraph;
 
 /// Where one platform builds.
 pub struct Assignment {
@@ -60,8 +61,7 @@ pub fn schedule(
     if !unrunnable.is_empty() {
         bail!("{}", unrunnable.join("\n"));
     }
-    let mut assignments = Vec::new();
-    for g in &planned.graphs {
+    schedule_with(planned, |g| {
         let p = &g.platform;
         let engine = session.open_engine(crate::resolve::local_worker(p))?;
         let local = LocalWorker::new(engine.clone(), p);
@@ -84,7 +84,7 @@ pub fn schedule(
                 }
             },
         };
-        assignments.push(match remote {
+        Ok(match remote {
             Some(r) => Assignment {
                 platform: p.clone(),
                 worker: Box::new(r),
@@ -95,7 +95,20 @@ pub fn schedule(
                 worker: Box::new(local),
                 fallback: None,
             },
-        });
-    }
+        })
+    })
+}
+
+/// A schedule whose workers `pick` chooses for each planned graph, in the
+/// planned order (tests inject fake workers this way).
+pub fn schedule_with(
+    planned: &Planned,
+    mut pick: impl FnMut(&BuildGraph) -> Result<Assignment>,
+) -> Result<Schedule> {
+    let assignments = planned
+        .graphs
+        .iter()
+        .map(&mut pick)
+        .collect::<Result<Vec<_>>>()?;
     Ok(Schedule { assignments })
 }
