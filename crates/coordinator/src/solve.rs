@@ -59,7 +59,7 @@ impl<'a> SolveInputs<'a> {
 #[derive(Debug)]
 pub enum PlatformState {
     /// Built; the image is in the local store.
-    Done(PlatformResult),
+    Done(Box<PlatformResult>),
     /// Failed, with the worker it failed on.
     Failed {
         /// `local`, `qemu`, `node amd1`.
@@ -100,7 +100,7 @@ impl Solved {
         self.platforms
             .iter()
             .filter_map(|p| match &p.state {
-                PlatformState::Done(r) => Some(r),
+                PlatformState::Done(r) => Some(&**r),
                 _ => None,
             })
             .collect()
@@ -179,7 +179,7 @@ pub async fn solve(schedule: &Schedule, inputs: &SolveInputs<'_>) -> Solved {
             .collect();
         while let Some((i, r)) = running.next().await {
             match r {
-                Ok(done) => states[i] = Some(PlatformState::Done(done)),
+                Ok(done) => states[i] = Some(PlatformState::Done(Box::new(done))),
                 Err((worker, error)) => {
                     states[i] = Some(PlatformState::Failed { worker, error });
                     break;
