@@ -12,12 +12,7 @@ use xbuild_oci::Platform;
 use xbuild_plan::{check, BuildGraph, OfflineResolver, Op, PlanOptions};
 
 /// The Dockerfile to build, as read from disk or standard input.
-pub struct LoadedDockerfile {
-    /// Name used in messages (the path as the user would write it).
-    pub display: String,
-    /// Its text.
-    pub text: String,
-}
+pub use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 
 /// Read the Dockerfile named by `-f` / `PATH`.
 pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {

@@ -4,26 +4,23 @@ mod agent_cmd;
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
-mod cache_io;
 mod cli;
 mod config;
-mod coordinator;
 mod docgen;
 mod explain_cmd;
 mod images;
 mod imagetools;
 mod login;
 mod nodes;
-mod output;
 mod paths;
 mod progress;
+mod request;
 mod run_build;
 // Wired into the renderer once progress.rs is split by mode.
 #[allow(dead_code)]
 mod solve_status;
 mod usage;
 mod version_cmd;
-mod workers;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -99,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Hidden first argument that turns this binary into the sandbox init
 /// (the engine re-executes itself so the multi-threaded build never forks).
-pub const SANDBOX_INIT_ARG: &str = "__xbuild-sandbox-init";
+pub use xbuild_coordinator::SANDBOX_INIT_ARG;
 
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(SANDBOX_INIT_ARG)) {
