@@ -73,11 +73,13 @@ impl ImageSource for RegistrySource {
                 }
             }
             let label = r.familiar();
+            // Named with the platform: two platforms pull the same tag.
+            let platform = image.platform.to_string();
             let progress_fn = move |p: Progress| {
                 events.emit(Event::Bytes {
                     id: None,
                     kind: Transfer::Pull,
-                    label: format!("{label} {}", p.digest.short()),
+                    label: format!("{label} {} ({platform})", p.digest.short()),
                     current: p.current,
                     total: Some(p.total),
                 });

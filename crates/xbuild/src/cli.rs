@@ -131,8 +131,12 @@ pub enum ProgressMode {
     Tty,
     /// BuildKit-style numbered lines.
     Plain,
-    /// One JSON event per line.
+    /// BuildKit's SolveStatus JSON, one object per line (what
+    /// `docker buildx build --progress=rawjson` prints).
     Rawjson,
+    /// xbuild's own events, one JSON object per line (with cache-miss
+    /// reasons and transfer kinds).
+    Json,
     /// Only the final digest.
     Quiet,
 }
@@ -195,6 +199,10 @@ pub struct BuildArgs {
     /// Write build result metadata (digests, workers, cache counts) to FILE as JSON.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Write the image digest to FILE (the manifest digest for one
+    /// platform, the index digest for several; see docs/guide/identifiers.md).
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
     #[arg(long = "node", value_name = "PLATFORM=NODE")]
     pub nodes: Vec<String>,

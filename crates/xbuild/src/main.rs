@@ -16,8 +16,6 @@ mod paths;
 mod progress;
 mod request;
 mod run_build;
-// Wired into the renderer once progress.rs is split by mode.
-#[allow(dead_code)]
 mod solve_status;
 mod usage;
 mod version_cmd;

@@ -204,11 +204,6 @@ fn transfer_name(kind: Transfer) -> (&'static str, &'static str) {
 }
 
 impl Encoder {
-    /// A new encoder for one build.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// The update for one event at `now`, if the event has a BuildKit
     /// counterpart.
     pub fn encode(&mut self, event: &Event, now: SystemTime) -> Option<SolveStatus> {
@@ -460,7 +455,7 @@ mod tests {
     #[test]
     fn a_step_becomes_a_vertex_with_logs_and_completion() {
         let t0 = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
-        let mut enc = Encoder::new();
+        let mut enc = Encoder::default();
         let from = json(enc.encode(&started(1, "linux/arm64", 1, "FROM busybox"), t0));
         assert_eq!(
             from["vertexes"][0]["name"],
@@ -512,7 +507,7 @@ mod tests {
             .is_none());
 
         // The same build again gives the same digests.
-        let mut again = Encoder::new();
+        let mut again = Encoder::default();
         again.encode(&started(7, "linux/arm64", 1, "FROM busybox"), t0);
         let run2 = json(again.encode(&started(8, "linux/arm64", 2, "RUN make"), t0));
         assert_eq!(run2["vertexes"][0]["digest"], digest.as_str());
@@ -524,7 +519,7 @@ mod tests {
     #[test]
     fn cache_hits_failures_transfers_warnings_and_cancellation() {
         let t0 = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
-        let mut enc = Encoder::new();
+        let mut enc = Encoder::default();
         enc.encode(&started(1, "linux/amd64", 2, "COPY . ."), t0);
         let hit = json(enc.encode(&Event::Cached { id: VertexId(1) }, t0));
         assert_eq!(hit["vertexes"][0]["cached"], true);
