@@ -277,8 +277,12 @@ fn rawjson_is_buildkit_solve_status_for_a_two_platform_build() {
         let bye = r.by_name(&format!(
             "[{platform} stage-0 3/3] RUN echo \"bye $WHO\" >&2"
         ));
-        assert_eq!(hello.inputs, [from.digest.clone()], "{hello:?}");
-        assert_eq!(bye.inputs, [env.digest.clone()], "{bye:?}");
+        assert_eq!(
+            hello.inputs,
+            std::slice::from_ref(&from.digest),
+            "{hello:?}"
+        );
+        assert_eq!(bye.inputs, std::slice::from_ref(&env.digest), "{bye:?}");
         for v in [from, hello, env, bye] {
             assert!(!v.cached, "{v:?}");
             assert!(v.error.is_empty(), "{v:?}");

@@ -67,19 +67,19 @@ impl ImageSource for RegistrySource {
                 .reference
                 .parse()
                 .map_err(|e| format!("invalid image reference {:?}: {e}", image.reference))?;
+            // Named by platform first (two platforms pull the same tag) and
+            // by the reference as written, not its pinned digest.
+            let label = format!("{} {}", image.platform, r.familiar());
             if let Some(d) = &image.digest {
                 if let Ok(digest) = d.parse() {
                     r = r.with_digest(digest);
                 }
             }
-            let label = r.familiar();
-            // Named with the platform: two platforms pull the same tag.
-            let platform = image.platform.to_string();
             let progress_fn = move |p: Progress| {
                 events.emit(Event::Bytes {
                     id: None,
                     kind: Transfer::Pull,
-                    label: format!("{label} {} ({platform})", p.digest.short()),
+                    label: format!("{label} {}", p.digest.short()),
                     current: p.current,
                     total: Some(p.total),
                 });

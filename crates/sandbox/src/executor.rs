@@ -97,7 +97,11 @@ impl Executor for LinuxExecutor {
             .env(FDS_ENV, format!("{},{}", passed[0], passed[1]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C on the caller's terminal goes
+            // to the caller, which stops its sandboxes itself (cancel_all),
+            // as a container's processes are not the client's to interrupt.
+            .process_group(0);
         // SAFETY: the closure only calls fcntl, which is async-signal-safe.
         // Clearing close-on-exec happens in the forked child only, so other
         // threads of the caller never inherit the pipes.

@@ -421,7 +421,12 @@ fn play(rows: &mut Vec<String>, cursor: &mut usize, bytes: &str) {
                         flush(rows, *cursor, &mut col_text);
                         *cursor += n;
                     }
-                    'K' => flush(rows, *cursor, &mut col_text),
+                    'K' => {
+                        flush(rows, *cursor, &mut col_text);
+                        if arg == "2" && *cursor < rows.len() {
+                            rows[*cursor].clear();
+                        }
+                    }
                     'J' => {
                         flush(rows, *cursor, &mut col_text);
                         rows.truncate(*cursor);
@@ -470,12 +475,20 @@ fn screen_rewrites_only_changed_rows_in_one_synchronized_update() {
     assert_eq!(cur, 3);
     // The area shrinks and grows.
     let f = s.frame(&[], &["x".to_string()]);
+    assert!(
+        !f.contains("\x1b[J"),
+        "no erase-display (tmux scrolls it into history)"
+    );
     play(&mut rows, &mut cur, &f);
-    assert_eq!(rows, ["#1 done", "x"]);
+    assert_eq!(rows, ["#1 done", "x", ""]);
+    assert_eq!(cur, 2);
     let f = s.frame(&[], &["x".to_string(), "y".into(), "z".into()]);
     play(&mut rows, &mut cur, &f);
     assert_eq!(rows, ["#1 done", "x", "y", "z"]);
-    s.frame(&[], &[]);
+    let f = s.frame(&[], &[]);
+    play(&mut rows, &mut cur, &f);
+    assert_eq!(rows, ["#1 done", "", "", ""]);
+    assert_eq!(cur, 1);
 }
 
 #[test]

@@ -166,9 +166,14 @@ impl Screen {
     /// The bytes that turn the screen into `above` printed and `area`
     /// shown: only rows that differ are rewritten; nothing at all when
     /// nothing changed. One synchronized update.
+    ///
+    /// The lines above take the live area's first rows and the area moves
+    /// down under them. Rows are cleared one by one (never with "erase
+    /// display", which tmux turns into scrolling the screen into history).
     pub(super) fn frame(&mut self, above: &[String], area: &[String]) -> String {
         let mut out = String::new();
-        let mut row = self.shown.len();
+        let old = self.shown.len();
+        let mut row = old;
         let goto = |out: &mut String, row: &mut usize, to: usize| {
             if to < *row {
                 out.push_str(&format!("\x1b[{}A", *row - to));
@@ -178,37 +183,28 @@ impl Screen {
             out.push('\r');
             *row = to;
         };
-        if !above.is_empty() {
-            // The finished lines take the live area's place; the area is
-            // drawn again below them.
-            goto(&mut out, &mut row, 0);
-            out.push_str("\x1b[J");
-            for l in above {
-                out.push_str(l);
-                out.push_str("\x1b[K\r\n");
-            }
-            self.shown.clear();
-            row = 0;
-        }
-        let old = self.shown.len();
-        for (i, l) in area.iter().enumerate().take(old) {
-            if self.shown[i] != *l {
+        let target: Vec<&String> = above.iter().chain(area).collect();
+        for (i, l) in target.iter().enumerate().take(old) {
+            if self.shown[i] != **l {
                 goto(&mut out, &mut row, i);
                 out.push_str(l);
                 out.push_str("\x1b[K");
             }
         }
-        if area.len() > old {
+        if target.len() > old {
             goto(&mut out, &mut row, old);
-            for l in &area[old..] {
+            for l in &target[old..] {
                 out.push_str(l);
                 out.push_str("\x1b[K\r\n");
             }
-        } else if area.len() < old {
-            goto(&mut out, &mut row, area.len());
-            out.push_str("\x1b[J");
-        } else if !out.is_empty() {
-            goto(&mut out, &mut row, area.len());
+        } else {
+            for i in target.len()..old {
+                goto(&mut out, &mut row, i);
+                out.push_str("\x1b[2K");
+            }
+            if !out.is_empty() {
+                goto(&mut out, &mut row, target.len());
+            }
         }
         self.shown = area.to_vec();
         if out.is_empty() {
