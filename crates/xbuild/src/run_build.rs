@@ -299,7 +299,11 @@ fn human(s: Style) -> bool {
 /// platform's Dockerfile excerpt and error, and what happened to the others.
 fn print_failures(renderer: &Renderer, df: &LoadedDockerfile, solved: &Solved) {
     if !renderer.shows_logs() {
+        // The output of each failed step (its name alone says nothing new).
         for (name, lines) in renderer.failures() {
+            if lines.is_empty() {
+                continue;
+            }
             eprintln!("{name}");
             for l in lines {
                 eprintln!("  {l}");
