@@ -177,3 +177,29 @@ fn a_failed_push_adds_no_tag_and_names_the_reference_once() {
         .ok();
     assert!(xb.run(&["images"]).ok().stdout.contains("ident/pushed"));
 }
+
+#[test]
+fn an_unreachable_base_is_named_once() {
+    let xb = Xbuild::new();
+    let port = testbed::closed_port();
+    let base = format!("127.0.0.1:{port}/ident/base:1");
+    let ctx = context(&[
+        ("Dockerfile", &format!("FROM {base}\nCOPY a /a\n")),
+        ("a", "a"),
+    ]);
+    let run = xb
+        .run(&["build", "--progress", "plain", s(ctx.path())])
+        .failed();
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("cannot reach registry"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(errors[0].matches(&base).count(), 1, "{}", errors[0]);
+}

@@ -89,7 +89,7 @@ impl ImageSource for RegistrySource {
                 .registry
                 .pull(&r, &image.platform, store, progress)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| without_reference(e.to_string(), &r, &image.reference))?;
             Ok(PulledImage {
                 manifest: pulled.descriptor,
                 image: pulled.manifest,
@@ -97,6 +97,19 @@ impl ImageSource for RegistrySource {
             })
         })
     }
+}
+
+/// A registry error's text without its leading `REFERENCE: `: the callers'
+/// messages (`Dockerfile:1: FROM REF (linux/amd64): ...`) name the
+/// reference already, and it is printed once.
+fn without_reference(message: String, r: &Reference, written: &str) -> String {
+    let names = [r.to_string(), r.familiar(), written.to_string()];
+    for n in names {
+        if let Some(rest) = message.strip_prefix(&format!("{n}: ")) {
+            return rest.to_string();
+        }
+    }
+    message
 }
 
 /// Records which images planning asks for, answering with empty configs.
@@ -195,7 +208,7 @@ pub async fn resolve_images(
                 digest: Some(res.manifest_digest.to_string()),
                 config: base_config(&res.config),
             }),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(without_reference(e.to_string(), &r, reference)),
         };
         ((reference.clone(), platform.clone()), res)
     });
