@@ -2,20 +2,20 @@
 //! order (plan, schedule, solve, assemble, export, report), rendered on
 //! the terminal. Nothing is pushed unless every platform built.
 
-use crate::build::LoadedDockerfile;
 use crate::cli::{BuildArgs, ProgressMode};
+use crate::exit::Exit;
 use crate::progress::{Renderer, Style};
-use crate::Exit;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 use xbuild_coordinator::{
-    cache_io, AssembleOptions, OutputSpec, PlatformResult, PlatformState, RegistrySource, Report,
-    Session, SolveInputs, Solved,
+    cache_io, AssembleOptions, Assembled, BuildRequest, Exported, OutputSpec, PlatformResult,
+    PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
 };
 use xbuild_engine::events::{Event, EventSink};
-use xbuild_engine::{EngineError, VertexIds};
+use xbuild_engine::{Engine, EngineError, VertexIds};
 use xbuild_oci::Platform;
 use xbuild_plan::PlanOptions;
 
@@ -177,33 +177,8 @@ async fn build(
     }
 
     let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
-    let store = engine.store();
-    let assembled = xbuild_coordinator::assemble(
-        store,
-        &done,
-        &AssembleOptions {
-            single_platform: platforms.len() == 1,
-            docker_media_types: req.outputs.iter().any(|o| {
-                matches!(
-                    o,
-                    OutputSpec::Image {
-                        oci_mediatypes: false,
-                        ..
-                    }
-                )
-            }),
-            hooks: Vec::new(),
-        },
-    )?;
-    let exported = xbuild_coordinator::export(
-        store,
-        &session.registry,
-        &assembled,
-        &req.outputs,
-        &req.tags,
-        &renderer,
-    )
-    .await?;
+    let (assembled, exported) =
+        assemble_and_export(&req, &session, &engine, &done, &renderer).await?;
     xbuild_coordinator::export_cache(
         &engine,
         &session.registry,
@@ -226,6 +201,44 @@ async fn build(
         write_metadata(path, &report)?;
     }
     Ok(())
+}
+
+/// Assemble the built platforms into one image and write every output.
+async fn assemble_and_export(
+    req: &BuildRequest,
+    session: &Session,
+    engine: &Engine,
+    done: &[PlatformResult],
+    renderer: &Renderer,
+) -> Result<(Assembled, Exported)> {
+    let store = engine.store();
+    let assembled = xbuild_coordinator::assemble(
+        store,
+        done,
+        &AssembleOptions {
+            single_platform: req.platforms.len() == 1,
+            docker_media_types: req.outputs.iter().any(|o| {
+                matches!(
+                    o,
+                    OutputSpec::Image {
+                        oci_mediatypes: false,
+                        ..
+                    }
+                )
+            }),
+            hooks: Vec::new(),
+        },
+    )?;
+    let exported = xbuild_coordinator::export(
+        store,
+        &session.registry,
+        &assembled,
+        &req.outputs,
+        &req.tags,
+        renderer,
+    )
+    .await?;
+    Ok((assembled, exported))
 }
 
 /// The failed steps' logs (when progress did not show them), each failed
