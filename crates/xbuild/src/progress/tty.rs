@@ -210,55 +210,7 @@ impl TtyState {
     /// Takes in one event; returns the lines to print above the live area.
     pub(super) fn apply(&mut self, e: &Event, now: Instant) -> Vec<String> {
         match e {
-            Event::Started {
-                id,
-                platform,
-                stage,
-                index,
-                total,
-                name,
-                worker,
-            } => {
-                let p = platform.to_string();
-                let block = match self.blocks.iter().position(|b| b.platform == p) {
-                    Some(i) => i,
-                    None => {
-                        self.blocks.push(Block {
-                            platform: p.clone(),
-                            worker: worker.clone(),
-                            first: now,
-                            last: now,
-                            running: Vec::new(),
-                            done: 0,
-                            cached: 0,
-                            failed: false,
-                        });
-                        self.blocks.len() - 1
-                    }
-                };
-                let b = &mut self.blocks[block];
-                b.worker.clone_from(worker);
-                b.running.retain(|r| r != id);
-                b.running.push(*id);
-                self.next += 1;
-                self.vertices.insert(
-                    *id,
-                    TtyVertex {
-                        number: self.next,
-                        display: format!("[{p} {stage} {index}/{total}] {name}"),
-                        short: format!("[{stage} {index}/{total}] {name}"),
-                        block,
-                        started: now,
-                        partial: Default::default(),
-                        tail: VecDeque::new(),
-                        logs: Vec::new(),
-                        miss: None,
-                        cached: false,
-                        finished: false,
-                    },
-                );
-                Vec::new()
-            }
+            Event::Started { .. } => self.started(e, now),
             Event::Cached { id } => {
                 if let Some(v) = self.vertices.get_mut(id) {
                     if !v.cached {
@@ -346,62 +298,124 @@ impl TtyState {
                 self.end_vertex(*id, block, now, true);
                 vec![line]
             }
-            Event::Bytes {
-                id,
-                kind,
-                label,
-                current,
-                total,
-            } => {
-                let pos = self
-                    .flows
-                    .iter()
-                    .position(|f| f.kind == *kind && f.label == *label);
-                if *total == Some(*current) {
-                    if let Some(i) = pos {
-                        self.flows.remove(i);
-                    }
-                    let prefix = id
-                        .and_then(|i| self.vertices.get(&i))
-                        .map(|v| format!("#{} ", v.number))
-                        .unwrap_or_default();
-                    let verb = match kind {
-                        Transfer::Pull => "pulled",
-                        Transfer::Push => "pushed",
-                        Transfer::Context => "sent",
-                        Transfer::Export => "exported",
-                    };
-                    return vec![format!(
-                        "{prefix}{verb} {} {}",
-                        one_line(label),
-                        human_bytes(*current)
-                    )];
-                }
-                match pos {
-                    Some(i) => {
-                        let f = &mut self.flows[i];
-                        if *current < f.current {
-                            // Restarted (a retry): measure afresh.
-                            f.since = now;
-                            f.from = *current;
-                        }
-                        f.current = *current;
-                        f.total = *total;
-                    }
-                    None => self.flows.push(Flow {
-                        vertex: *id,
-                        kind: *kind,
-                        label: label.clone(),
-                        current: *current,
-                        total: *total,
-                        since: now,
-                        from: *current,
-                    }),
-                }
-                Vec::new()
-            }
+            Event::Bytes { .. } => self.bytes(e, now),
             Event::Warning { message } => vec![format!("WARNING: {}", one_line(message))],
         }
+    }
+
+    /// A vertex started: its platform's block, its numbers and names.
+    fn started(&mut self, e: &Event, now: Instant) -> Vec<String> {
+        let Event::Started {
+            id,
+            platform,
+            stage,
+            index,
+            total,
+            name,
+            worker,
+        } = e
+        else {
+            return Vec::new();
+        };
+        let p = platform.to_string();
+        let block = match self.blocks.iter().position(|b| b.platform == p) {
+            Some(i) => i,
+            None => {
+                self.blocks.push(Block {
+                    platform: p.clone(),
+                    worker: worker.clone(),
+                    first: now,
+                    last: now,
+                    running: Vec::new(),
+                    done: 0,
+                    cached: 0,
+                    failed: false,
+                });
+                self.blocks.len() - 1
+            }
+        };
+        let b = &mut self.blocks[block];
+        b.worker.clone_from(worker);
+        b.running.retain(|r| r != id);
+        b.running.push(*id);
+        self.next += 1;
+        self.vertices.insert(
+            *id,
+            TtyVertex {
+                number: self.next,
+                display: format!("[{p} {stage} {index}/{total}] {name}"),
+                short: format!("[{stage} {index}/{total}] {name}"),
+                block,
+                started: now,
+                partial: Default::default(),
+                tail: VecDeque::new(),
+                logs: Vec::new(),
+                miss: None,
+                cached: false,
+                finished: false,
+            },
+        );
+        Vec::new()
+    }
+
+    /// Bytes moved: a finished transfer is logged, a running one drawn as a bar.
+    fn bytes(&mut self, e: &Event, now: Instant) -> Vec<String> {
+        let Event::Bytes {
+            id,
+            kind,
+            label,
+            current,
+            total,
+        } = e
+        else {
+            return Vec::new();
+        };
+        let pos = self
+            .flows
+            .iter()
+            .position(|f| f.kind == *kind && f.label == *label);
+        if *total == Some(*current) {
+            if let Some(i) = pos {
+                self.flows.remove(i);
+            }
+            let prefix = id
+                .and_then(|i| self.vertices.get(&i))
+                .map(|v| format!("#{} ", v.number))
+                .unwrap_or_default();
+            let verb = match kind {
+                Transfer::Pull => "pulled",
+                Transfer::Push => "pushed",
+                Transfer::Context => "sent",
+                Transfer::Export => "exported",
+            };
+            return vec![format!(
+                "{prefix}{verb} {} {}",
+                one_line(label),
+                human_bytes(*current)
+            )];
+        }
+        match pos {
+            Some(i) => {
+                let f = &mut self.flows[i];
+                if *current < f.current {
+                    // Restarted (a retry): measure afresh.
+                    f.since = now;
+                    f.from = *current;
+                }
+                f.current = *current;
+                f.total = *total;
+            }
+            None => self.flows.push(Flow {
+                vertex: *id,
+                kind: *kind,
+                label: label.clone(),
+                current: *current,
+                total: *total,
+                since: now,
+                from: *current,
+            }),
+        }
+        Vec::new()
     }
 
     pub(super) fn end_vertex(&mut self, id: VertexId, block: usize, now: Instant, failed: bool) {
