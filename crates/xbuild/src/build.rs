@@ -2,7 +2,7 @@
 //! answer a `--call` query or build.
 
 use crate::cli::BuildArgs;
-use crate::Exit;
+use crate::exit::Exit;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -2,9 +2,9 @@
 //! the build hit the cache, and why not — base images resolved, the context
 //! hashed and keys computed exactly as a build would, nothing run.
 
-use crate::build::LoadedDockerfile;
 use crate::cli::BuildArgs;
 use anyhow::{Context, Result};
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 use xbuild_coordinator::{RegistrySource, Session};
 use xbuild_engine::events::{reasons_text, NullSink};
 use xbuild_engine::explain::ExplainStep;

@@ -7,6 +7,7 @@ mod cache_cmd;
 mod cli;
 mod config;
 mod docgen;
+mod exit;
 mod explain_cmd;
 mod images;
 mod imagetools;
@@ -24,17 +25,7 @@ use clap::Parser;
 use cli::{Cli, Commands};
 use std::process::ExitCode;
 
-/// An error that carries its own exit code and has already been reported.
-#[derive(Debug)]
-pub struct Exit(pub u8);
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
-
-impl std::error::Error for Exit {}
+pub use exit::Exit;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

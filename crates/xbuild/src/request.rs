@@ -1,10 +1,10 @@
 //! Turning `xbuild build` arguments into a [`BuildRequest`].
 
-use crate::build::LoadedDockerfile;
 use crate::cli::BuildArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 use xbuild_coordinator::{cache_io, export, BuildRequest, OutputSpec};
 use xbuild_engine::Secrets;
 use xbuild_oci::reference::Reference;

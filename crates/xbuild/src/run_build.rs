@@ -2,20 +2,20 @@
 //! order (plan, schedule, solve, assemble, export, report), rendered on
 //! the terminal. Nothing is pushed unless every platform built.
 
-use crate::build::LoadedDockerfile;
 use crate::cli::{BuildArgs, ProgressMode};
+use crate::exit::Exit;
 use crate::progress::{Renderer, Style};
-use crate::Exit;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 use xbuild_coordinator::{
-    cache_io, AssembleOptions, OutputSpec, PlatformResult, PlatformState, RegistrySource, Report,
-    Session, SolveInputs, Solved,
+    cache_io, AssembleOptions, Assembled, BuildRequest, Exported, OutputSpec, PlatformResult,
+    PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
 };
 use xbuild_engine::events::{Event, EventSink};
-use xbuild_engine::{EngineError, VertexIds};
+use xbuild_engine::{Engine, EngineError, VertexIds};
 use xbuild_oci::Platform;
 use xbuild_plan::PlanOptions;
 
@@ -222,33 +222,8 @@ async fn build(
     }
 
     let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
-    let store = engine.store();
-    let assembled = xbuild_coordinator::assemble(
-        store,
-        &done,
-        &AssembleOptions {
-            single_platform: platforms.len() == 1,
-            docker_media_types: req.outputs.iter().any(|o| {
-                matches!(
-                    o,
-                    OutputSpec::Image {
-                        oci_mediatypes: false,
-                        ..
-                    }
-                )
-            }),
-            hooks: Vec::new(),
-        },
-    )?;
-    let exported = xbuild_coordinator::export(
-        store,
-        &session.registry,
-        &assembled,
-        &req.outputs,
-        &req.tags,
-        renderer,
-    )
-    .await?;
+    let (assembled, exported) =
+        assemble_and_export(&req, &session, &engine, &done, renderer).await?;
     xbuild_coordinator::export_cache(
         &engine,
         &session.registry,
@@ -277,7 +252,9 @@ async fn build(
         if let (true, Some(m)) = (report.platforms.len() == 1, meta.as_object_mut()) {
             // BuildKit's key for the image's config digest (what `images`
             // shows as IMAGE ID).
-            if let Ok(im) = xbuild_engine::image::read_manifest(store, &report.result.digest) {
+            if let Ok(im) =
+                xbuild_engine::image::read_manifest(engine.store(), &report.result.digest)
+            {
                 m.insert(
                     "containerimage.config.digest".into(),
                     im.config.digest.to_string().into(),
@@ -293,6 +270,44 @@ async fn build(
 /// the JSON styles keep stderr machine-readable.
 fn human(s: Style) -> bool {
     matches!(s, Style::Plain | Style::Tty)
+}
+
+/// Assemble the built platforms into one image and write every output.
+async fn assemble_and_export(
+    req: &BuildRequest,
+    session: &Session,
+    engine: &Engine,
+    done: &[PlatformResult],
+    renderer: &Renderer,
+) -> Result<(Assembled, Exported)> {
+    let store = engine.store();
+    let assembled = xbuild_coordinator::assemble(
+        store,
+        done,
+        &AssembleOptions {
+            single_platform: req.platforms.len() == 1,
+            docker_media_types: req.outputs.iter().any(|o| {
+                matches!(
+                    o,
+                    OutputSpec::Image {
+                        oci_mediatypes: false,
+                        ..
+                    }
+                )
+            }),
+            hooks: Vec::new(),
+        },
+    )?;
+    let exported = xbuild_coordinator::export(
+        store,
+        &session.registry,
+        &assembled,
+        &req.outputs,
+        &req.tags,
+        renderer,
+    )
+    .await?;
+    Ok((assembled, exported))
 }
 
 /// The failed steps' logs (when progress did not show them), each failed

@@ -209,52 +209,7 @@ impl Encoder {
     pub fn encode(&mut self, event: &Event, now: SystemTime) -> Option<SolveStatus> {
         let mut out = SolveStatus::default();
         match event {
-            Event::Started {
-                id,
-                platform,
-                stage,
-                index,
-                total,
-                name,
-                ..
-            } => {
-                let prefix = if *index > 0 && *total > 0 {
-                    format!("[{platform} {stage} {index}/{total}]")
-                } else {
-                    format!("[{platform} {stage}]")
-                };
-                let title = format!("{prefix} {}", one_line(name));
-                let identity = format!("xbuild vertex\n{platform}\n{stage}\n{title}");
-                let seen = self.identities.entry(identity.clone()).or_insert(0);
-                *seen += 1;
-                let digest = sha256(&format!("{identity}\n{seen}"));
-                let tail_key = (platform.to_string(), stage.clone());
-                let inputs = self
-                    .stage_tail
-                    .get(&tail_key)
-                    .cloned()
-                    .into_iter()
-                    .collect();
-                self.stage_tail.insert(tail_key, digest.clone());
-                let vertex = Vertex {
-                    digest,
-                    inputs,
-                    name: title,
-                    started: Some(rfc3339_nanos(now)),
-                    completed: None,
-                    cached: false,
-                    error: String::new(),
-                };
-                out.vertexes.push(vertex.clone());
-                self.vertices.insert(
-                    *id,
-                    Known {
-                        vertex,
-                        started: now,
-                        finished: false,
-                    },
-                );
-            }
+            Event::Started { .. } => out.vertexes.push(self.started(event, now)?),
             Event::Cached { id } => {
                 let k = self.vertices.get_mut(id)?;
                 k.vertex.cached = true;
@@ -302,62 +257,7 @@ impl Encoder {
                 k.finished = true;
                 out.vertexes.push(k.vertex.clone());
             }
-            Event::Bytes {
-                id,
-                kind,
-                label,
-                current,
-                total,
-            } => {
-                let (key, title) = transfer_name(*kind);
-                let vertex = match id.and_then(|i| self.vertices.get(&i)) {
-                    Some(k) => k.vertex.digest.clone(),
-                    None => {
-                        let t = self.transfers.entry(key).or_insert_with(|| TransferVertex {
-                            vertex: Vertex {
-                                digest: sha256(&format!("xbuild transfer\n{key}")),
-                                inputs: Vec::new(),
-                                name: title.to_string(),
-                                started: Some(rfc3339_nanos(now)),
-                                completed: None,
-                                cached: false,
-                                error: String::new(),
-                            },
-                            finished: true,
-                        });
-                        if t.finished {
-                            // First report, or new work after it was closed.
-                            t.finished = false;
-                            t.vertex.completed = None;
-                            out.vertexes.push(t.vertex.clone());
-                        }
-                        t.vertex.digest.clone()
-                    }
-                };
-                let stamp = rfc3339_nanos(now);
-                let flow = self
-                    .flows
-                    .entry((*id, key, label.clone()))
-                    .or_insert_with(|| Flow {
-                        started: stamp.clone(),
-                        done: false,
-                    });
-                let done = total.is_some_and(|t| *current >= t);
-                if flow.done && done {
-                    return None;
-                }
-                flow.done = done;
-                out.statuses.push(VertexStatus {
-                    id: label.clone(),
-                    vertex,
-                    name: label.clone(),
-                    total: total.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
-                    current: i64::try_from(*current).unwrap_or(i64::MAX),
-                    timestamp: stamp.clone(),
-                    started: Some(flow.started.clone()),
-                    completed: done.then_some(stamp),
-                });
-            }
+            Event::Bytes { .. } => return self.bytes(event, now),
             Event::Warning { message } => out.warnings.push(VertexWarning {
                 vertex: String::new(),
                 level: 1,
@@ -365,6 +265,122 @@ impl Encoder {
             }),
         }
         (!out.is_empty()).then_some(out)
+    }
+
+    /// A vertex for a step that started.
+    fn started(&mut self, event: &Event, now: SystemTime) -> Option<Vertex> {
+        let Event::Started {
+            id,
+            platform,
+            stage,
+            index,
+            total,
+            name,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        let prefix = if *index > 0 && *total > 0 {
+            format!("[{platform} {stage} {index}/{total}]")
+        } else {
+            format!("[{platform} {stage}]")
+        };
+        let title = format!("{prefix} {}", one_line(name));
+        let identity = format!("xbuild vertex\n{platform}\n{stage}\n{title}");
+        let seen = self.identities.entry(identity.clone()).or_insert(0);
+        *seen += 1;
+        let digest = sha256(&format!("{identity}\n{seen}"));
+        let tail_key = (platform.to_string(), stage.clone());
+        let inputs = self
+            .stage_tail
+            .get(&tail_key)
+            .cloned()
+            .into_iter()
+            .collect();
+        self.stage_tail.insert(tail_key, digest.clone());
+        let vertex = Vertex {
+            digest,
+            inputs,
+            name: title,
+            started: Some(rfc3339_nanos(now)),
+            completed: None,
+            cached: false,
+            error: String::new(),
+        };
+        self.vertices.insert(
+            *id,
+            Known {
+                vertex: vertex.clone(),
+                started: now,
+                finished: false,
+            },
+        );
+        Some(vertex)
+    }
+
+    /// A transfer's progress, under its step or its kind's vertex.
+    fn bytes(&mut self, event: &Event, now: SystemTime) -> Option<SolveStatus> {
+        let Event::Bytes {
+            id,
+            kind,
+            label,
+            current,
+            total,
+        } = event
+        else {
+            return None;
+        };
+        let mut out = SolveStatus::default();
+        let (key, title) = transfer_name(*kind);
+        let vertex = match id.and_then(|i| self.vertices.get(&i)) {
+            Some(k) => k.vertex.digest.clone(),
+            None => {
+                let t = self.transfers.entry(key).or_insert_with(|| TransferVertex {
+                    vertex: Vertex {
+                        digest: sha256(&format!("xbuild transfer\n{key}")),
+                        inputs: Vec::new(),
+                        name: title.to_string(),
+                        started: Some(rfc3339_nanos(now)),
+                        completed: None,
+                        cached: false,
+                        error: String::new(),
+                    },
+                    finished: true,
+                });
+                if t.finished {
+                    // First report, or new work after it was closed.
+                    t.finished = false;
+                    t.vertex.completed = None;
+                    out.vertexes.push(t.vertex.clone());
+                }
+                t.vertex.digest.clone()
+            }
+        };
+        let stamp = rfc3339_nanos(now);
+        let flow = self
+            .flows
+            .entry((*id, key, label.clone()))
+            .or_insert_with(|| Flow {
+                started: stamp.clone(),
+                done: false,
+            });
+        let done = total.is_some_and(|t| *current >= t);
+        if flow.done && done {
+            return None;
+        }
+        flow.done = done;
+        out.statuses.push(VertexStatus {
+            id: label.clone(),
+            vertex,
+            name: label.clone(),
+            total: total.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+            current: i64::try_from(*current).unwrap_or(i64::MAX),
+            timestamp: stamp.clone(),
+            started: Some(flow.started.clone()),
+            completed: done.then_some(stamp),
+        });
+        Some(out)
     }
 
     /// The last update at the end of the build: transfer vertices

@@ -52,40 +52,7 @@ impl Renderer {
                 drop(st);
                 self.line(&format!("#{n} cache miss: {reason}"));
             }
-            Event::Log {
-                id,
-                stream,
-                elapsed,
-                data,
-            } => {
-                let idx = match stream {
-                    xbuild_engine::events::LogStream::Stdout => 0,
-                    xbuild_engine::events::LogStream::Stderr => 1,
-                };
-                let Some(v) = st.vertices.get_mut(id) else {
-                    return;
-                };
-                let n = v.number;
-                v.partial[idx].extend_from_slice(data);
-                let mut lines = Vec::new();
-                while let Some(pos) = v.partial[idx].iter().position(|b| *b == b'\n') {
-                    let rest = v.partial[idx].split_off(pos + 1);
-                    let mut l = std::mem::replace(&mut v.partial[idx], rest);
-                    l.pop();
-                    if l.last() == Some(&b'\r') {
-                        l.pop();
-                    }
-                    lines.push(String::from_utf8_lossy(&l).into_owned());
-                }
-                st.logs
-                    .entry(*id)
-                    .or_default()
-                    .extend(lines.iter().cloned());
-                drop(st);
-                for l in lines {
-                    self.line(&format!("#{n} {:.3} {l}", elapsed.as_secs_f64()));
-                }
-            }
+            Event::Log { .. } => self.plain_log(st, e),
             Event::Done { id, duration } => {
                 let Some(v) = st.vertices.get_mut(id) else {
                     return;
@@ -153,6 +120,46 @@ impl Renderer {
                 drop(st);
                 self.line(&format!("WARNING: {message}"));
             }
+        }
+    }
+
+    /// Output of a step: complete lines, numbered and timed.
+    fn plain_log(&self, mut st: std::sync::MutexGuard<'_, State>, e: &Event) {
+        let Event::Log {
+            id,
+            stream,
+            elapsed,
+            data,
+        } = e
+        else {
+            return;
+        };
+        let idx = match stream {
+            xbuild_engine::events::LogStream::Stdout => 0,
+            xbuild_engine::events::LogStream::Stderr => 1,
+        };
+        let Some(v) = st.vertices.get_mut(id) else {
+            return;
+        };
+        let n = v.number;
+        v.partial[idx].extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(pos) = v.partial[idx].iter().position(|b| *b == b'\n') {
+            let rest = v.partial[idx].split_off(pos + 1);
+            let mut l = std::mem::replace(&mut v.partial[idx], rest);
+            l.pop();
+            if l.last() == Some(&b'\r') {
+                l.pop();
+            }
+            lines.push(String::from_utf8_lossy(&l).into_owned());
+        }
+        st.logs
+            .entry(*id)
+            .or_default()
+            .extend(lines.iter().cloned());
+        drop(st);
+        for l in lines {
+            self.line(&format!("#{n} {:.3} {l}", elapsed.as_secs_f64()));
         }
     }
 

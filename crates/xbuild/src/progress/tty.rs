@@ -411,56 +411,8 @@ impl TtyState {
     /// Takes in one event; returns the lines to print above the live area.
     pub(super) fn apply(&mut self, e: &Event, now: Instant) -> Vec<Logged> {
         match e {
-            Event::Started {
-                id,
-                platform,
-                stage,
-                index,
-                total,
-                name,
-                worker,
-            } => {
-                let p = platform.to_string();
-                let block = match self.blocks.iter().position(|b| b.platform == p) {
-                    Some(i) => i,
-                    None => {
-                        self.blocks.push(Block {
-                            platform: p.clone(),
-                            worker: worker.clone(),
-                            first: now,
-                            last: now,
-                            running: Vec::new(),
-                            done: 0,
-                            cached: 0,
-                            failed: false,
-                        });
-                        self.blocks.len() - 1
-                    }
-                };
-                let b = &mut self.blocks[block];
-                b.worker.clone_from(worker);
-                b.running.retain(|r| r != id);
-                b.running.push(*id);
-                self.next += 1;
-                // What the summary counts as steps: numbered, FROM excluded.
-                let step = *index > 0 && !(*index == 1 && name.starts_with("FROM "));
-                self.vertices.insert(
-                    *id,
-                    TtyVertex {
-                        number: self.next,
-                        display: title(&p, stage, *index, *total, name),
-                        short: title("", stage, *index, *total, name),
-                        block,
-                        step,
-                        started: now,
-                        partial: Default::default(),
-                        tail: VecDeque::new(),
-                        logs: Vec::new(),
-                        miss: None,
-                        cached: false,
-                        finished: false,
-                    },
-                );
+            Event::Started { .. } => {
+                self.started(e, now);
                 Vec::new()
             }
             Event::Cached { id } => {
@@ -486,136 +438,211 @@ impl TtyState {
             Event::Log {
                 id, stream, data, ..
             } => {
-                let Some(v) = self.vertices.get_mut(id) else {
-                    return Vec::new();
-                };
-                let idx = match stream {
-                    LogStream::Stdout => 0,
-                    LogStream::Stderr => 1,
-                };
-                v.partial[idx].extend_from_slice(data);
-                while let Some(pos) = v.partial[idx].iter().position(|b| *b == b'\n') {
-                    let rest = v.partial[idx].split_off(pos + 1);
-                    let mut l = std::mem::replace(&mut v.partial[idx], rest);
-                    l.pop();
-                    if l.last() == Some(&b'\r') {
-                        l.pop();
-                    }
-                    let line = String::from_utf8_lossy(&l).into_owned();
-                    if v.tail.len() == TAIL_LINES {
-                        v.tail.pop_front();
-                    }
-                    v.tail.push_back(line.clone());
-                    v.logs.push(line);
-                }
+                self.log(*id, *stream, data);
                 Vec::new()
             }
-            Event::Done { id, duration } => {
-                let Some(v) = self.vertices.get_mut(id) else {
-                    return Vec::new();
-                };
-                if v.finished {
-                    return Vec::new();
-                }
-                v.flush_partial();
-                v.finished = true;
-                let status = if v.cached {
-                    "CACHED".to_string()
-                } else {
-                    format!("DONE {}", secs(*duration))
-                };
-                let mut lines = vec![Logged::Step(
-                    format!("#{} {}", v.number, one_line(&v.display)),
-                    status,
-                )];
-                if let (false, Some(m)) = (v.cached, &v.miss) {
-                    lines.push(Logged::Miss(format!("     cache miss: {}", one_line(m))));
-                }
-                let (block, step) = (v.block, v.step);
-                self.end_vertex(*id, block, now, false, step);
-                lines
-            }
-            Event::Failed { id, .. } => {
-                let Some(v) = self.vertices.get_mut(id) else {
-                    return Vec::new();
-                };
-                if v.finished {
-                    return Vec::new();
-                }
-                v.flush_partial();
-                v.finished = true;
-                // The error itself is printed once, after the build.
-                let status = if self.cancelled { "CANCELED" } else { "ERROR" };
-                let line = Logged::Step(
-                    format!("#{} {}", v.number, one_line(&v.display)),
-                    status.into(),
-                );
-                let block = v.block;
-                let cancelled = self.cancelled;
-                if !cancelled && !self.failed.contains(id) {
-                    self.failed.push(*id);
-                }
-                self.end_vertex(*id, block, now, !cancelled, false);
-                vec![line]
-            }
-            Event::Bytes {
-                id,
-                kind,
-                label,
-                current,
-                total,
-            } => {
-                let pos = self
-                    .flows
-                    .iter()
-                    .position(|f| f.kind == *kind && f.label == *label);
-                if *total == Some(*current) {
-                    if let Some(i) = pos {
-                        self.flows.remove(i);
-                    }
-                    let prefix = id
-                        .and_then(|i| self.vertices.get(&i))
-                        .map(|v| format!("#{} ", v.number))
-                        .unwrap_or_default();
-                    let verb = match kind {
-                        Transfer::Pull => "pulled",
-                        Transfer::Push => "pushed",
-                        Transfer::Context => "sent",
-                        Transfer::Export => "exported",
-                    };
-                    return vec![Logged::Other(format!(
-                        "{prefix}{verb} {} {}",
-                        one_line(label),
-                        human_bytes(*current)
-                    ))];
-                }
-                match pos {
-                    Some(i) => {
-                        let f = &mut self.flows[i];
-                        if *current < f.current {
-                            // Restarted (a retry): measure afresh.
-                            f.since = now;
-                            f.from = *current;
-                        }
-                        f.current = *current;
-                        f.total = *total;
-                    }
-                    None => self.flows.push(Flow {
-                        vertex: *id,
-                        kind: *kind,
-                        label: label.clone(),
-                        current: *current,
-                        total: *total,
-                        since: now,
-                        from: *current,
-                    }),
-                }
-                Vec::new()
-            }
+            Event::Done { id, duration } => self.done(*id, *duration, now),
+            Event::Failed { id, .. } => self.failed(*id, now),
+            Event::Bytes { .. } => self.bytes(e, now),
             Event::Warning { message } => {
                 vec![Logged::Warning(format!("WARNING: {}", one_line(message)))]
             }
         }
+    }
+
+    /// A vertex started: into its platform's block (made on first use).
+    fn started(&mut self, e: &Event, now: Instant) {
+        let Event::Started {
+            id,
+            platform,
+            stage,
+            index,
+            total,
+            name,
+            worker,
+        } = e
+        else {
+            return;
+        };
+        let p = platform.to_string();
+        let block = match self.blocks.iter().position(|b| b.platform == p) {
+            Some(i) => i,
+            None => {
+                self.blocks.push(Block {
+                    platform: p.clone(),
+                    worker: worker.clone(),
+                    first: now,
+                    last: now,
+                    running: Vec::new(),
+                    done: 0,
+                    cached: 0,
+                    failed: false,
+                });
+                self.blocks.len() - 1
+            }
+        };
+        let b = &mut self.blocks[block];
+        b.worker.clone_from(worker);
+        b.running.retain(|r| r != id);
+        b.running.push(*id);
+        self.next += 1;
+        // What the summary counts as steps: numbered, FROM excluded.
+        let step = *index > 0 && !(*index == 1 && name.starts_with("FROM "));
+        self.vertices.insert(
+            *id,
+            TtyVertex {
+                number: self.next,
+                display: title(&p, stage, *index, *total, name),
+                short: title("", stage, *index, *total, name),
+                block,
+                step,
+                started: now,
+                partial: Default::default(),
+                tail: VecDeque::new(),
+                logs: Vec::new(),
+                miss: None,
+                cached: false,
+                finished: false,
+            },
+        );
+    }
+
+    /// Output of a running step: complete lines into its tail and log.
+    fn log(&mut self, id: VertexId, stream: LogStream, data: &[u8]) {
+        let Some(v) = self.vertices.get_mut(&id) else {
+            return;
+        };
+        let idx = match stream {
+            LogStream::Stdout => 0,
+            LogStream::Stderr => 1,
+        };
+        v.partial[idx].extend_from_slice(data);
+        while let Some(pos) = v.partial[idx].iter().position(|b| *b == b'\n') {
+            let rest = v.partial[idx].split_off(pos + 1);
+            let mut l = std::mem::replace(&mut v.partial[idx], rest);
+            l.pop();
+            if l.last() == Some(&b'\r') {
+                l.pop();
+            }
+            let line = String::from_utf8_lossy(&l).into_owned();
+            if v.tail.len() == TAIL_LINES {
+                v.tail.pop_front();
+            }
+            v.tail.push_back(line.clone());
+            v.logs.push(line);
+        }
+    }
+
+    /// A step finished: its line, and why it missed on the line under it.
+    fn done(&mut self, id: VertexId, duration: Duration, now: Instant) -> Vec<Logged> {
+        let Some(v) = self.vertices.get_mut(&id) else {
+            return Vec::new();
+        };
+        if v.finished {
+            return Vec::new();
+        }
+        v.flush_partial();
+        v.finished = true;
+        let status = if v.cached {
+            "CACHED".to_string()
+        } else {
+            format!("DONE {}", secs(duration))
+        };
+        let mut lines = vec![Logged::Step(
+            format!("#{} {}", v.number, one_line(&v.display)),
+            status,
+        )];
+        if let (false, Some(m)) = (v.cached, &v.miss) {
+            lines.push(Logged::Miss(format!("     cache miss: {}", one_line(m))));
+        }
+        let (block, step) = (v.block, v.step);
+        self.end_vertex(id, block, now, false, step);
+        lines
+    }
+
+    /// A step failed (or was stopped by an interrupt).
+    fn failed(&mut self, id: VertexId, now: Instant) -> Vec<Logged> {
+        let Some(v) = self.vertices.get_mut(&id) else {
+            return Vec::new();
+        };
+        if v.finished {
+            return Vec::new();
+        }
+        v.flush_partial();
+        v.finished = true;
+        // The error itself is printed once, after the build.
+        let status = if self.cancelled { "CANCELED" } else { "ERROR" };
+        let line = Logged::Step(
+            format!("#{} {}", v.number, one_line(&v.display)),
+            status.into(),
+        );
+        let block = v.block;
+        let cancelled = self.cancelled;
+        if !cancelled && !self.failed.contains(&id) {
+            self.failed.push(id);
+        }
+        self.end_vertex(id, block, now, !cancelled, false);
+        vec![line]
+    }
+
+    /// Bytes moved: the transfer's bar, or its line once complete.
+    fn bytes(&mut self, e: &Event, now: Instant) -> Vec<Logged> {
+        let Event::Bytes {
+            id,
+            kind,
+            label,
+            current,
+            total,
+        } = e
+        else {
+            return Vec::new();
+        };
+        let pos = self
+            .flows
+            .iter()
+            .position(|f| f.kind == *kind && f.label == *label);
+        if *total == Some(*current) {
+            if let Some(i) = pos {
+                self.flows.remove(i);
+            }
+            let prefix = id
+                .and_then(|i| self.vertices.get(&i))
+                .map(|v| format!("#{} ", v.number))
+                .unwrap_or_default();
+            let verb = match kind {
+                Transfer::Pull => "pulled",
+                Transfer::Push => "pushed",
+                Transfer::Context => "sent",
+                Transfer::Export => "exported",
+            };
+            return vec![Logged::Other(format!(
+                "{prefix}{verb} {} {}",
+                one_line(label),
+                human_bytes(*current)
+            ))];
+        }
+        match pos {
+            Some(i) => {
+                let f = &mut self.flows[i];
+                if *current < f.current {
+                    // Restarted (a retry): measure afresh.
+                    f.since = now;
+                    f.from = *current;
+                }
+                f.current = *current;
+                f.total = *total;
+            }
+            None => self.flows.push(Flow {
+                vertex: *id,
+                kind: *kind,
+                label: label.clone(),
+                current: *current,
+                total: *total,
+                since: now,
+                from: *current,
+            }),
+        }
+        Vec::new()
     }
 
     pub(super) fn end_vertex(
