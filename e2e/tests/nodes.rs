@@ -343,7 +343,7 @@ fn a_build_prints_the_scheduling_plan_with_pins_and_skips_a_stopped_node() {
         r.stderr
     );
     assert!(
-        r.stdout.contains("[linux/amd64 stage-0 1/1] COPY a /a"),
+        r.stdout.contains("[linux/amd64 stage-0 2/2] COPY a /a"),
         "{}",
         r.stdout
     );

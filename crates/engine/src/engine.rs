@@ -215,8 +215,9 @@ pub struct SolveResult {
     pub manifest: Descriptor,
     /// The image config.
     pub config: ImageConfig,
-    /// Numbered steps solved (RUN, COPY, ADD, WORKDIR: the ones progress
-    /// output numbers; FROM and metadata-only instructions not counted).
+    /// Steps solved (every instruction after FROM, metadata-only ones
+    /// included; FROM not counted): what the summary's STEPS column and
+    /// the tty view's counters show.
     pub steps: usize,
     /// Of those, the steps that came from the cache.
     pub cached: usize,

@@ -516,7 +516,7 @@ impl Engine {
             }
             match r {
                 Ok(hit) => {
-                    if hit && step.is_numbered() {
+                    if hit {
                         cached += 1;
                     }
                     req.events.emit(Event::Done {
@@ -543,7 +543,7 @@ impl Engine {
             chain,
             builder,
             key,
-            steps: numbers.steps.iter().flatten().count(),
+            steps: stage.steps.len(),
             cached,
         })
     }

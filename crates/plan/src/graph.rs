@@ -429,16 +429,6 @@ impl BuildGraph {
         self.stages.iter().map(|s| s.steps.len()).sum()
     }
 
-    /// Steps over all stages that progress output numbers (RUN, COPY, ADD,
-    /// WORKDIR; not FROM, not metadata-only instructions): what a solve
-    /// reports as its step count.
-    pub fn numbered_step_count(&self) -> usize {
-        self.stages
-            .iter()
-            .map(|s| s.steps.iter().filter(|s| s.is_numbered()).count())
-            .sum()
-    }
-
     /// Images this graph pulls (bases and `--from` images), deduplicated.
     pub fn images(&self) -> Vec<&ImageRef> {
         fn push<'g>(out: &mut Vec<&'g ImageRef>, r: &'g ImageRef) {

@@ -184,7 +184,7 @@ fn tty_blocks_show_worker_running_step_tail_and_one_step_count() {
         texts(&cached),
         ["#4 [linux/arm64 stage-1 3/6] RUN make  CACHED"]
     );
-    // An unnumbered (metadata) step is not counted.
+    // A metadata step counts (FROM does not), as in the summary.
     st.apply(&started_on(5, "linux/arm64", "qemu", 0, "ENV A=1"), t0);
     st.apply(&done(5, 0), t0 + ms(500));
 
@@ -192,7 +192,7 @@ fn tty_blocks_show_worker_running_step_tail_and_one_step_count() {
     assert_eq!(
         screen,
         [
-            "* linux/arm64 @ qemu  2 steps done, 1 cached  0.5s",
+            "* linux/arm64 @ qemu  3 steps done, 1 cached  0.5s",
             "\\ linux/amd64 @ local  0 steps done, 0 cached  1.5s",
             "    #2 [stage-1 3/6] RUN make  1.5s",
             "       | three",

@@ -228,8 +228,8 @@ pub(super) struct TtyVertex {
     pub(super) short: String,
     /// Index of its platform's block.
     pub(super) block: usize,
-    /// Whether it counts as a step (numbered, not FROM): what the block's
-    /// counters and the summary's STEPS count.
+    /// Whether it counts as a step (not FROM): what the block's counters
+    /// and the summary's STEPS count.
     pub(super) step: bool,
     pub(super) started: Instant,
     /// Bytes of an unfinished line, per stream.
@@ -486,8 +486,8 @@ impl TtyState {
         b.running.retain(|r| r != id);
         b.running.push(*id);
         self.next += 1;
-        // What the summary counts as steps: numbered, FROM excluded.
-        let step = *index > 0 && !(*index == 1 && name.starts_with("FROM "));
+        // What the summary counts as steps: every vertex but FROM.
+        let step = !name.starts_with("FROM ") || *index > 1;
         self.vertices.insert(
             *id,
             TtyVertex {
