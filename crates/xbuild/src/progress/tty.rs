@@ -197,14 +197,16 @@ impl Screen {
                 out.push_str(l);
                 out.push_str("\x1b[K\r\n");
             }
-        } else {
-            for i in target.len()..old {
+        } else if target.len() < old {
+            // The rows the area no longer uses, and the row under it (the
+            // terminal may have echoed a key there: `^C`).
+            for i in target.len()..=old {
                 goto(&mut out, &mut row, i);
                 out.push_str("\x1b[2K");
             }
-            if !out.is_empty() {
-                goto(&mut out, &mut row, target.len());
-            }
+            goto(&mut out, &mut row, target.len());
+        } else if !out.is_empty() {
+            goto(&mut out, &mut row, target.len());
         }
         self.shown = area.to_vec();
         if out.is_empty() {
