@@ -166,7 +166,19 @@ async fn build(
             args.progress,
             ProgressMode::Quiet | ProgressMode::Rawjson | ProgressMode::Json
         );
-    let node_plan = crate::nodes::plan_build(platforms, &req.node_pins, show_plan)
+    // Printed above the live view; in the JSON modes its warnings become
+    // warning events and the plan is left out.
+    // (quiet mode prints the warnings alone, as before).
+    let shown = style(mode(args));
+    let say = |l: &str| match (shown, l.strip_prefix("warning: ")) {
+        (Style::Plain | Style::Tty, _) => renderer.note(l),
+        (Style::Quiet, Some(_)) => eprintln!("{l}"),
+        (_, Some(message)) => renderer.emit(Event::Warning {
+            message: message.to_string(),
+        }),
+        (_, None) => {}
+    };
+    let node_plan = crate::nodes::plan_build(platforms, &req.node_pins, show_plan, &say)
         .await?
         .map(Arc::new);
     let schedule = xbuild_coordinator::schedule(&planned, node_plan.as_ref(), &session, renderer)?;
@@ -191,7 +203,9 @@ async fn build(
     )
     .await?;
     if !req.cache_from.is_empty() && human(style(mode(args))) {
-        eprintln!("cache import: {imported} record(s) imported, {fetched} layer(s) fetched");
+        renderer.note(&format!(
+            "cache import: {imported} record(s) imported, {fetched} layer(s) fetched"
+        ));
     }
 
     let ids = VertexIds::new();

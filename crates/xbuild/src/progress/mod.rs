@@ -213,6 +213,24 @@ impl Renderer {
         }
     }
 
+    /// A line for the user outside the event stream (the scheduling plan,
+    /// warnings of the coordinator): above the live view in tty mode, as is
+    /// in plain mode, nowhere in the JSON and quiet modes (stderr stays
+    /// machine-readable).
+    pub fn note(&self, text: &str) {
+        match self.style {
+            Style::Tty => {
+                if let Some(live) = &self.live {
+                    if let Ok(st) = live.state.lock() {
+                        self.above(live, &st, &[Logged::Other(text.to_string())]);
+                    }
+                }
+            }
+            Style::Plain => self.line(text),
+            Style::RawJson | Style::Json | Style::Quiet => {}
+        }
+    }
+
     /// Whether [`Renderer::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
