@@ -27,7 +27,10 @@ impl Subject {
     /// A subject named `name` with the digest of `digest`.
     pub fn new(name: impl Into<String>, digest: &Digest) -> Self {
         let mut d = BTreeMap::new();
-        d.insert(digest.algorithm().as_str().to_string(), digest.hex().to_string());
+        d.insert(
+            digest.algorithm().as_str().to_string(),
+            digest.hex().to_string(),
+        );
         Subject {
             name: name.into(),
             digest: d,

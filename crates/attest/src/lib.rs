@@ -26,6 +26,4 @@ pub mod time;
 
 pub use intoto::{Statement, Subject};
 
-
 pub use provenance::{BuildRecord, Mode, SlsaVersion};
-

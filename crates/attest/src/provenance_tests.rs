@@ -84,7 +84,10 @@ fn min_mode_like_buildkit() {
     assert_eq!(req["args"]["no-cache"], "");
     assert!(req["args"].get("build-arg:VERSION").is_none());
     assert!(req["args"].get("label:org.example").is_none());
-    assert!(req["args"].get("platform").is_none(), "host-specific arg kept");
+    assert!(
+        req["args"].get("platform").is_none(),
+        "host-specific arg kept"
+    );
     assert!(req.get("secrets").is_none() && req.get("ssh").is_none());
     assert_eq!(req["locals"][0]["name"], "context");
     assert_eq!(req["locals"][1]["name"], "dockerfile");
@@ -101,7 +104,10 @@ fn min_mode_like_buildkit() {
         deps[0]["uri"],
         "pkg:docker/busybox@latest?platform=linux%2Famd64"
     );
-    assert_eq!(deps[0]["digest"]["sha256"], Digest::sha256_of(b"busybox").hex());
+    assert_eq!(
+        deps[0]["digest"]["sha256"],
+        Digest::sha256_of(b"busybox").hex()
+    );
     assert_eq!(
         deps[1]["uri"],
         "pkg:docker/alpine@3.19?platform=linux%2Famd64"
@@ -187,7 +193,10 @@ fn v02_shape() {
     assert_eq!(p["invocation"]["configSource"]["entryPoint"], "Dockerfile");
     assert_eq!(p["invocation"]["environment"]["worker"]["kind"], "qemu");
     assert!(p["invocation"]["environment"]["platform"].is_string());
-    assert_eq!(p["invocation"]["parameters"]["args"]["build-arg:VERSION"], "1.2");
+    assert_eq!(
+        p["invocation"]["parameters"]["args"]["build-arg:VERSION"],
+        "1.2"
+    );
     assert_eq!(p["buildConfig"]["llbDefinition"][0]["id"], "step0");
     assert_eq!(p["metadata"]["buildInvocationID"], "inv123");
     assert_eq!(p["metadata"]["completeness"]["environment"], true);
@@ -206,7 +215,10 @@ fn subjects_per_tag() {
     ];
     let s = image_subjects(&tags, &amd, &d);
     assert_eq!(s.len(), 2);
-    assert_eq!(s[0].name, "pkg:docker/localhost:5000/app@1?platform=linux%2Farm64");
+    assert_eq!(
+        s[0].name,
+        "pkg:docker/localhost:5000/app@1?platform=linux%2Farm64"
+    );
     assert_eq!(s[1].digest["sha256"], d.hex());
 }
 
@@ -226,5 +238,8 @@ fn builder_id_option_and_redaction() {
         redact_credentials("ssh://git:pw@host/x@y"),
         "ssh://host/x@y"
     );
-    assert_eq!(redact_credentials("git@github.com:a/b"), "git@github.com:a/b");
+    assert_eq!(
+        redact_credentials("git@github.com:a/b"),
+        "git@github.com:a/b"
+    );
 }

@@ -154,7 +154,9 @@ mod tests {
 
     #[test]
     fn npm_scope_is_encoded_namespace() {
-        let p = Purl::new("npm", "core").namespace("@babel").version("7.0.0");
+        let p = Purl::new("npm", "core")
+            .namespace("@babel")
+            .version("7.0.0");
         assert_eq!(p.to_string(), "pkg:npm/%40babel/core@7.0.0");
         // Empty qualifier values vanish.
         assert_eq!(
