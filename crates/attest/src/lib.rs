@@ -25,5 +25,8 @@ pub mod sbom;
 pub mod time;
 
 pub use intoto::{Statement, Subject};
+pub use layout::{AttestationBlob, BuildxAttestation, ReferrerArtifact};
+pub use options::{AttestOptions, ProvenanceOptions, SbomOptions};
 
 pub use provenance::{BuildRecord, Mode, SlsaVersion};
+pub use sbom::{ScanOptions, SpdxDocument};
