@@ -464,7 +464,7 @@ pub struct Completeness {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMetadata {
     /// Shared by all platforms of one invocation.
-    #[serde(rename = "invocationID")]
+    #[serde(rename = "invocationId")]
     pub invocation_id: String,
     /// RFC 3339.
     #[serde(rename = "startedOn")]

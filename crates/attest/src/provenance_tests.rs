@@ -115,7 +115,7 @@ fn min_mode_like_buildkit() {
     let rd = &p["runDetails"];
     assert_eq!(rd["builder"]["id"], "urn:xbuild:node:arm1");
     let md = &rd["metadata"];
-    assert_eq!(md["invocationID"], "inv123");
+    assert_eq!(md["invocationId"], "inv123");
     assert_eq!(md["startedOn"], "2023-11-14T22:13:20Z");
     assert_eq!(md["finishedOn"], "2023-11-14T22:14:20Z");
     assert_eq!(md["buildkit_completeness"]["request"], false);

@@ -77,7 +77,6 @@ const SPDX_IDS: &[&str] = &[
     "MPL-1.0",
     "MPL-1.1",
     "MPL-2.0",
-    "MPL-2.0-no-copyleft-exception",
     "NCSA",
     "OFL-1.1",
     "OLDAP-2.8",
@@ -115,7 +114,6 @@ const SPDX_EXCEPTIONS: &[&str] = &[
     "GCC-exception-2.0",
     "GCC-exception-3.1",
     "LLVM-exception",
-    "OpenSSL-exception",
     "Qt-GPL-exception-1.0",
     "Qt-LGPL-exception-1.1",
     "WxWindows-exception-3.1",
@@ -469,9 +467,15 @@ mod tests {
             "(MIT OR Apache-2.0) AND BSD-3-Clause"
         );
         assert_eq!(
-            n("GPL-2+ with OpenSSL exception"),
-            "GPL-2.0-or-later WITH OpenSSL-exception"
+            n("GPL-2+ with Classpath-exception-2.0"),
+            "GPL-2.0-or-later WITH Classpath-exception-2.0"
         );
+        assert_eq!(
+            n("GPL-3+ with autoconf-exception-3.0"),
+            "GPL-3.0-or-later WITH Autoconf-exception-3.0"
+        );
+        // Not an SPDX exception: the whole text becomes a LicenseRef.
+        assert!(n("GPL-2+ with OpenSSL exception").starts_with("LicenseRef-GPL-2-with-OpenSSL"));
         assert!(normalize("UNKNOWN").is_none());
         assert!(normalize("  ").is_none());
     }
