@@ -16,6 +16,8 @@
 //! secrets and ssh forwards are known by their ids only.
 #![warn(missing_docs)]
 
+pub mod bundle;
+pub mod inspect;
 pub mod intoto;
 pub mod layout;
 pub mod options;

@@ -42,6 +42,16 @@ pub enum ScanError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A layer of the image could not be unpacked for scanning.
+    #[error("cannot unpack layer {index} of the image into {dir} for the SBOM scan: {source}")]
+    Unpack {
+        /// 0-based layer index.
+        index: usize,
+        /// The destination.
+        dir: PathBuf,
+        /// The cause.
+        source: xbuild_oci::layer::ApplyError,
+    },
 }
 
 /// The package ecosystem a package was found in.
@@ -431,6 +441,31 @@ pub fn scan(dir: &Path, opts: &ScanOptions) -> Result<ScanResult, ScanError> {
     Ok(res)
 }
 
+/// Unpack an image's layers (base first; gzip or plain tar) into the empty
+/// directory `dir`, whiteouts applied, and scan the result with
+/// [`scan`]. Owners and extended attributes are not restored: the
+/// scanners only read file contents and modes. The caller removes `dir`.
+pub fn scan_layers<R: Read>(
+    layers: impl IntoIterator<Item = R>,
+    dir: &Path,
+    opts: &ScanOptions,
+) -> Result<ScanResult, ScanError> {
+    use xbuild_oci::layer::{apply_layer, ApplyFormat, ApplyOptions};
+    let apply = ApplyOptions {
+        chown: false,
+        xattrs: false,
+        format: ApplyFormat::Merged,
+    };
+    for (index, layer) in layers.into_iter().enumerate() {
+        apply_layer(layer, dir, &apply).map_err(|source| ScanError::Unpack {
+            index,
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    scan(dir, opts)
+}
+
 /// Drop repeats of the same package at the same place, keeping the first
 /// (the richer record: installed packages are scanned before lock files).
 fn dedupe(pkgs: &mut Vec<Package>) {
@@ -449,6 +484,67 @@ fn dedupe(pkgs: &mut Vec<Package>) {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Two layers: the second deletes an npm package with a whiteout and
+    /// replaces the dpkg database; the scan sees the merged filesystem.
+    #[test]
+    fn scan_of_layers_applies_whiteouts() {
+        let base = tar_of(&[
+            ("etc/os-release", b"ID=debian\nVERSION_ID=\"12\"\n"),
+            (
+                "var/lib/dpkg/status",
+                b"Package: old\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n",
+            ),
+            (
+                "app/node_modules/gone/package.json",
+                br#"{"name":"gone","version":"1.0.0"}"#,
+            ),
+            (
+                "app/node_modules/kept/package.json",
+                br#"{"name":"kept","version":"2.0.0"}"#,
+            ),
+        ]);
+        let top = tar_of(&[
+            ("app/node_modules/.wh.gone", b""),
+            (
+                "var/lib/dpkg/status",
+                b"Package: new\nStatus: install ok installed\nVersion: 2\nArchitecture: amd64\n",
+            ),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let res = scan_layers(
+            [std::io::Cursor::new(base), std::io::Cursor::new(top)],
+            dir.path(),
+            &ScanOptions::default(),
+        )
+        .unwrap();
+        let purls: Vec<&str> = res.packages.iter().map(|p| p.purl.as_str()).collect();
+        assert_eq!(
+            purls,
+            vec![
+                "pkg:deb/debian/new@2?arch=amd64&distro=debian-12",
+                "pkg:npm/kept@2.0.0"
+            ]
+        );
+        let bad = scan_layers(
+            [std::io::Cursor::new(b"\x28\xb5\x2f\xfd zstd".to_vec())],
+            dir.path(),
+            &ScanOptions::default(),
+        );
+        assert!(matches!(bad, Err(ScanError::Unpack { index: 0, .. })));
+    }
 
     #[test]
     fn resolve_stays_inside_root() {
