@@ -75,6 +75,31 @@ fn debian_like_root() -> tempfile::TempDir {
             }
         }
     }
+    // An Alpine database in the same root (a multi-distro root is odd but
+    // puts apk purls and licenses through the validator too).
+    fs::create_dir_all(r.join("lib/apk/db")).unwrap();
+    fs::write(
+        r.join("lib/apk/db/installed"),
+        "P:zlib\nV:1.3.1-r0\nA:x86_64\nS:53730\nI:110592\nT:A compression/decompression Library\nU:https://zlib.net/\nL:Zlib\no:zlib\nm:Natanael Copa <ncopa@alpinelinux.org>\nt:1706028453\nc:7f8a0de1c5e2a2bb85ea2e2d5ed15eb4f54e4b7d\nD:so:libc.musl-x86_64.so.1\np:so:libz.so.1=1.3.1\n\nP:ca-certificates-bundle\nV:20240226-r0\nA:x86_64\nT:Pre generated bundle of Mozilla certificates\nU:https://www.mozilla.org/en-US/about/governance/policies/security-group/certs/\nL:MPL-2.0 AND MIT\no:ca-certificates\nm:Natanael Copa <ncopa@alpinelinux.org>\n\n",
+    )
+    .unwrap();
+    // A Rust binary with cargo-auditable data (objcopy adds the section
+    // to this machine's /bin/true).
+    fs::create_dir_all(r.join("usr/local/bin")).unwrap();
+    let dep = {
+        use std::io::Write;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(br#"{"packages":[{"name":"ripgrep","version":"14.1.0","source":"crates.io","root":true,"dependencies":[1]},{"name":"memchr","version":"2.7.1","source":"crates.io"}]}"#).unwrap();
+        e.finish().unwrap()
+    };
+    let dep_file = r.join("dep.z");
+    fs::write(&dep_file, dep).unwrap();
+    let _ = Command::new("objcopy")
+        .arg(format!("--add-section=.dep-v0={}", dep_file.display()))
+        .arg("/bin/true")
+        .arg(r.join("usr/local/bin/rg"))
+        .status();
+    fs::remove_file(&dep_file).unwrap();
     let nm = r.join("usr/lib/node_modules/left-pad");
     fs::create_dir_all(&nm).unwrap();
     fs::write(
