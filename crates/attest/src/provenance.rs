@@ -143,8 +143,9 @@ pub enum Material {
         reference: Reference,
         /// The platform that was resolved.
         platform: Option<Platform>,
-        /// The digest it resolved to.
-        digest: Digest,
+        /// The digest it resolved to (unknown when it was not resolved by
+        /// digest, e.g. a local-only image).
+        digest: Option<Digest>,
         /// True when it came from a local store rather than a registry.
         local: bool,
     },
@@ -678,7 +679,7 @@ fn materials(record: &BuildRecord) -> Vec<ResourceDescriptor> {
                 } else {
                     purl::docker_image(reference, platform.as_ref())
                 },
-                digest: digest_set(digest),
+                digest: digest.as_ref().map(digest_set).unwrap_or_default(),
             },
             Material::Git { url, commit } => ResourceDescriptor {
                 uri: redact_credentials(url),

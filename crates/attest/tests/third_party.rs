@@ -196,7 +196,7 @@ fn record(secret_value: &str) -> BuildRecord {
     r.materials.push(Material::Image {
         reference: Reference::parse("debian:12").unwrap(),
         platform: Some(arm.clone()),
-        digest: Digest::sha256_of(b"debian"),
+        digest: Some(Digest::sha256_of(b"debian")),
         local: false,
     });
     r.steps.push(BuildStep {
