@@ -10,8 +10,8 @@
 //! - The OCI 1.1 referrers layout: the same layers in an artifact manifest
 //!   with `artifactType` and a `subject` pointing at the platform manifest,
 //!   found through the registry's referrers API or the tag schema fallback
-//!   (an index tagged `sha256-<hex>`), so the image index lists only real
-//!   platforms.
+//!   (an index tagged `sha256-<hex>`, kept by `xbuild-registry`), so the
+//!   image index lists only real platforms.
 
 use crate::intoto;
 use serde::Serialize;
@@ -243,22 +243,6 @@ pub fn index_with_attestations(index: &ImageIndex, atts: &[BuildxAttestation]) -
     out
 }
 
-/// The tag of the referrers tag-schema fallback for `subject`:
-/// `<algorithm>-<hex>`.
-pub fn referrers_fallback_tag(subject: &Digest) -> String {
-    format!("{}-{}", subject.algorithm().as_str(), subject.hex())
-}
-
-/// The referrers index of the tag-schema fallback: `existing` (what the tag
-/// held, if anything) with `referrer` added once.
-pub fn referrers_fallback_index(existing: Option<ImageIndex>, referrer: &Descriptor) -> ImageIndex {
-    let mut idx = existing.unwrap_or_else(|| ImageIndex::new_oci(Vec::new()));
-    if !idx.manifests.iter().any(|d| d.digest == referrer.digest) {
-        idx.manifests.push(referrer.clone());
-    }
-    idx
-}
-
 /// The attestation manifest entries of a buildx-layout index, with the
 /// platform manifest digest each one describes.
 pub fn attestation_entries(index: &ImageIndex) -> Vec<(Digest, &Descriptor)> {
@@ -405,11 +389,5 @@ mod tests {
             r.referrer_descriptor.artifact_type.as_deref(),
             Some(ARTIFACT_TYPE_ATTESTATION)
         );
-        let tag = referrers_fallback_tag(&amd.digest);
-        assert_eq!(tag, format!("sha256-{}", amd.digest.hex()));
-        let idx = referrers_fallback_index(None, &r.referrer_descriptor);
-        let idx = referrers_fallback_index(Some(idx), &r.referrer_descriptor);
-        assert_eq!(idx.manifests.len(), 1);
-        assert_eq!(idx.media_type.as_deref(), Some(mt::OCI_INDEX));
     }
 }

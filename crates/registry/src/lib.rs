@@ -13,9 +13,11 @@ pub mod error;
 mod login;
 mod pull;
 mod push;
+pub mod referrers;
 
 pub use auth::{Credential, DockerConfig, Secret};
 pub use error::RegistryError;
+pub use referrers::{referrers_tag, ReferrerIndexing};
 
 use crate::auth::normalize_registry_key;
 use crate::error::Ctx;
