@@ -54,7 +54,7 @@ pub fn parse(text: &str, root: &Root, res: &mut ScanResult) {
         if let (Some(k), Some(':')) = (chars.next(), chars.next()) {
             // File entries (F, R, a, Z, …) repeat; only the first of each
             // package-level key matters, which `get` picks.
-            rec.push((k, &line[2..]));
+            rec.push((k, &line[k.len_utf8() + 1..]));
         }
     }
     flush(&mut rec, res);

@@ -616,3 +616,54 @@ mod tests {
         assert_eq!(f.elf_binaries, vec!["/usr/bin/tool"]);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// A tiny deterministic generator (xorshift), so the inputs are the
+    /// same on every run.
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed.max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Every parser takes arbitrary bytes (and near-valid text) without
+    /// panicking.
+    #[test]
+    fn parsers_survive_garbage() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::open(t.path()).unwrap();
+        for seed in 1..300u64 {
+            let b = bytes(seed, (seed as usize * 37) % 4096);
+            let text = String::from_utf8_lossy(&b).to_string();
+            let mut res = ScanResult::default();
+            let _ = dpkg::paragraphs(&text);
+            apk::parse(&text, &root, &mut res);
+            let _ = python::parse(&text, "/x");
+            let _ = npm::parse_package_json(&b, "/x");
+            let _ = npm::parse_lock(&b, "/x");
+            let _ = auditable::parse_section(&b);
+            let _ = gobin::parse_modinfo("go1.22", &text);
+            let _ = license::normalize(&text);
+            let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+            elf.extend_from_slice(&b);
+            if let Some(e) = elf::Elf::parse(&elf) {
+                gobin::scan_binary(&e, &elf, "/x", &mut res);
+                auditable::scan_binary(&e, &elf, "/x", &mut res);
+            }
+            // Near-valid: a Go build info header followed by garbage.
+            let mut go = b"\xff Go buildinf:\x08\x02".to_vec();
+            go.resize(32, 0);
+            go.extend_from_slice(&b);
+            let _ = gobin::parse_modinfo("go", &String::from_utf8_lossy(&go));
+        }
+    }
+}
