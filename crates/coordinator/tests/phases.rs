@@ -190,6 +190,7 @@ fn request(platforms: &[&str]) -> BuildRequest {
         no_cache_filter: Vec::new(),
         pull: false,
         source_date_epoch: None,
+        attest: Default::default(),
     }
 }
 
