@@ -410,6 +410,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "save",
     "load",
     "imagetools",
+    "attestations",
     "cache",
     "login",
     "logout",
