@@ -691,3 +691,80 @@ fn defaults_like_buildx() {
         .get("manifests")
         .is_none());
 }
+
+/// With SOURCE_DATE_EPOCH the attestations are reproducible: two builds
+/// (the second from an empty state directory) push the same index digest.
+/// And Docker media types (`oci-mediatypes=false`) carry the attestation
+/// manifest in the manifest list, pointing at the Docker-typed manifest.
+#[test]
+fn reproducible_and_docker_typed_attestations() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let ctx = app_context();
+    let build = |xb: &Xbuild, tag: &str, extra: &str| {
+        let mut args = vec![
+            "build".to_string(),
+            "--progress".into(),
+            "plain".into(),
+            "--build-arg".into(),
+            format!("BASE={base}"),
+            "--secret".into(),
+            "id=token,env=ATTEST_TOKEN".into(),
+            "--sbom=true".into(),
+            "--provenance=mode=max".into(),
+            "-o".into(),
+            format!("type=image,push=true,name={tag}{extra}"),
+            s(ctx.path()).to_string(),
+        ];
+        args.retain(|a| !a.is_empty());
+        xb.run_with(
+            &args,
+            &[
+                ("ATTEST_TOKEN", SECRET),
+                ("SOURCE_DATE_EPOCH", "1700000000"),
+            ],
+            None,
+        )
+        .ok();
+    };
+    // The same name twice (the statements' subjects are named after it).
+    let a = reg.reference("attest/repro:1");
+    build(&xb, &a, "");
+    let da = testbed::sha256_digest(&testbed::skopeo_inspect_raw_bytes(&a, None).unwrap()).unwrap();
+    build(&Xbuild::new(), &a, "");
+    let db = testbed::sha256_digest(&testbed::skopeo_inspect_raw_bytes(&a, None).unwrap()).unwrap();
+    assert_eq!(da, db, "same inputs and SOURCE_DATE_EPOCH, same index");
+    let raw = testbed::skopeo_inspect_raw(&a).unwrap();
+    assert_eq!(raw["manifests"].as_array().unwrap().len(), 2, "{raw}");
+
+    let d = reg.reference("attest/repro:docker");
+    build(&xb, &d, ",oci-mediatypes=false");
+    let raw = testbed::skopeo_inspect_raw(&d).unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let ms = raw["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{raw}");
+    assert_eq!(
+        ms[0]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        ms[1]["annotations"]["vnd.docker.reference.digest"],
+        ms[0]["digest"]
+    );
+    let att = testbed::skopeo_inspect_raw(&format!(
+        "{}/attest/repro@{}",
+        reg.host(),
+        ms[1]["digest"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!(att["layers"].as_array().unwrap().len(), 2);
+}
