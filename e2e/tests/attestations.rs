@@ -768,3 +768,64 @@ fn reproducible_and_docker_typed_attestations() {
     .unwrap();
     assert_eq!(att["layers"].as_array().unwrap().len(), 2);
 }
+
+/// `BUILDKIT_SBOM_SCAN_CONTEXT=true`: the build context's packages (here a
+/// package-lock.json that is never copied into the image) are listed too,
+/// marked as found in the context; without it they are not.
+#[test]
+fn sbom_scan_context() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let ctx = context(&[
+        ("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN echo hi > /hi\n"),
+        (
+            "package-lock.json",
+            r#"{"name":"app","version":"1.0.0","lockfileVersion":3,"packages":{"":{"name":"app"},"node_modules/ms":{"version":"2.1.3","license":"MIT"}}}"#,
+        ),
+    ]);
+    let sbom_of = |scan: bool| -> Value {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "build".to_string(),
+            "--progress".into(),
+            "plain".into(),
+            "--build-arg".into(),
+            format!("BASE={base}"),
+            "--sbom=true".into(),
+            "-o".into(),
+            format!("type=local,dest={}", out.path().display()),
+        ];
+        if scan {
+            args.push("--build-arg".into());
+            args.push("BUILDKIT_SBOM_SCAN_CONTEXT=true".into());
+        }
+        args.push(s(ctx.path()).to_string());
+        xb.run(&args).ok();
+        serde_json::from_slice(&std::fs::read(out.path().join("sbom.spdx.json")).unwrap()).unwrap()
+    };
+    let find_ms = |v: &Value| -> Option<Value> {
+        v["predicate"]["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["externalRefs"][0]["referenceLocator"] == "pkg:npm/ms@2.1.3")
+            .cloned()
+    };
+    assert!(find_ms(&sbom_of(false)).is_none());
+    let with = sbom_of(true);
+    let ms = find_ms(&with).expect("context package listed");
+    assert!(
+        ms["sourceInfo"]
+            .as_str()
+            .unwrap()
+            .contains("found in context"),
+        "{ms}"
+    );
+    assert_eq!(ms["licenseDeclared"], "MIT");
+}
