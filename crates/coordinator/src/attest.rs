@@ -291,6 +291,40 @@ pub fn write_local(dest: &Path, statements: &[(Descriptor, Vec<AttestationBlob>)
     Ok(())
 }
 
+/// Unverified VCS hints for a local context that is a git checkout, as
+/// buildx sends them (`vcs:source`, `vcs:revision`): the `origin` remote
+/// (credentials removed on output) and the checked-out commit. Nothing when
+/// `BUILDX_GIT_INFO` is false, git is missing, or the directory is not in a
+/// repository.
+pub fn git_hints(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if std::env::var("BUILDX_GIT_INFO")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "0" | "false"))
+        .unwrap_or(false)
+    {
+        return out;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let o = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let s = String::from_utf8(o.stdout).ok()?.trim().to_string();
+        (o.status.success() && !s.is_empty()).then_some(s)
+    };
+    if let Some(rev) = git(&["rev-parse", "HEAD"]) {
+        out.insert("revision".to_string(), rev);
+        if let Some(url) = git(&["remote", "get-url", "origin"]) {
+            out.insert("source".to_string(), url);
+        }
+    }
+    out
+}
+
 /// Everything needed to write the statements of a finished build.
 pub struct Prepared {
     provenance: Option<PredicateOptions>,
@@ -403,6 +437,10 @@ impl Prepared {
         };
         let mut records = Vec::new();
         let mut sboms = BTreeMap::new();
+        let vcs = match (&attest.provenance, &req.context_dir) {
+            (Some(_), Some(dir)) => git_hints(dir),
+            _ => BTreeMap::new(),
+        };
         // BUILDKIT_SBOM_SCAN_CONTEXT: the build context is scanned too.
         let target_stage = graphs
             .first()
@@ -424,11 +462,9 @@ impl Prepared {
         for d in done {
             let graph = graphs.iter().find(|g| g.platform == d.platform);
             if let (Some(g), Some(_)) = (graph, &attest.provenance) {
-                records.push((
-                    d.manifest.digest.clone(),
-                    d.platform.clone(),
-                    record_for(g, &facts, &d.worker),
-                ));
+                let mut r = record_for(g, &facts, &d.worker);
+                r.vcs = vcs.clone();
+                records.push((d.manifest.digest.clone(), d.platform.clone(), r));
             }
             if let Some(s) = &attest.sbom {
                 let name = match names.first() {
@@ -485,5 +521,55 @@ impl Prepared {
             self.sboms.get(&platform.to_string()),
             subjects,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn workers_by_name() {
+        assert_eq!(worker_of("local"), Worker::Local);
+        assert_eq!(worker_of("qemu"), Worker::Qemu);
+        assert_eq!(
+            worker_of("node arm1"),
+            Worker::Node {
+                name: "arm1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn git_checkout_hints() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(git_hints(t.path()).is_empty());
+        let git = |args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(t.path())
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.com")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.com")
+                .output()
+        };
+        if git(&["init", "-q"])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("skipped: git is not installed");
+            return;
+        }
+        std::fs::write(t.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        git(&["add", "Dockerfile"]).unwrap();
+        git(&["commit", "-qm", "x"]).unwrap();
+        git(&["remote", "add", "origin", "https://git.example.com/app.git"]).unwrap();
+        let head = String::from_utf8(git(&["rev-parse", "HEAD"]).unwrap().stdout).unwrap();
+        let h = git_hints(t.path());
+        assert_eq!(h["revision"], head.trim());
+        assert_eq!(h["source"], "https://git.example.com/app.git");
     }
 }
