@@ -690,6 +690,33 @@ fn defaults_like_buildx() {
         .unwrap()
         .get("manifests")
         .is_none());
+    // One platform in the referrers layout stays a single manifest; its
+    // attestation is found as a referrer.
+    let one = reg.reference("attest/default:referred");
+    xb.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--provenance=true",
+        "--build-arg",
+        &format!("BASE={base}"),
+        "-o",
+        &format!("type=image,push=true,name={one},attest-layout=referrers"),
+        s(ctx.path()),
+    ])
+    .ok();
+    let raw = testbed::skopeo_inspect_raw(&one).unwrap();
+    assert!(raw.get("manifests").is_none(), "{raw}");
+    let ls = xb.run(&["attestations", "ls", &one]).ok();
+    let rows: Vec<&str> = ls.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{}", ls.stdout);
+    assert!(
+        rows[0].starts_with("linux/amd64")
+            && rows[0].contains("provenance")
+            && rows[0].contains("referrers"),
+        "{}",
+        ls.stdout
+    );
 }
 
 /// With SOURCE_DATE_EPOCH the attestations are reproducible: two builds

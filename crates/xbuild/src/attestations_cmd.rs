@@ -46,7 +46,17 @@ pub async fn find(reg: &Registry, r: &Reference) -> Result<Vec<Found>> {
                 .map(|(t, d)| (t, d.clone()))
                 .collect(),
         ),
-        Manifest::Image(_) => (vec![(Platform::host_linux(), digest)], Vec::new()),
+        Manifest::Image(m) => {
+            // A single-platform image: its platform is in its config.
+            let cfg = reg
+                .fetch_blob(r, &m.config)
+                .await
+                .with_context(|| format!("fetching the config of {}", r.familiar()))?;
+            let platform = xbuild_oci::ImageConfig::from_slice(&cfg)
+                .map(|c| c.platform())
+                .unwrap_or_else(|_| Platform::host_linux());
+            (vec![(platform, digest)], Vec::new())
+        }
     };
     let mut out = Vec::new();
     for (platform, subject) in &platforms {
