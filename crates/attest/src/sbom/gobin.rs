@@ -49,6 +49,11 @@ fn blob<'a>(elf: &Elf, bytes: &'a [u8]) -> Option<&'a [u8]> {
             return Some(d);
         }
     }
+    // The Go linker always writes the section; only a binary stripped of
+    // its section headers needs the (slow) search for the magic.
+    if !elf.sections().is_empty() {
+        return None;
+    }
     let mut off = 0;
     while off + 32 <= bytes.len() {
         if bytes[off..].starts_with(MAGIC) {
