@@ -228,6 +228,13 @@ async fn assemble_and_export(
     renderer: &Renderer,
 ) -> Result<(Assembled, Exported)> {
     let store = engine.store();
+    if req.attest.sbom.is_some() && req.plan.build_args.contains_key("BUILDKIT_SBOM_SCAN_STAGE") {
+        renderer.emit(Event::Warning {
+            message: "BUILDKIT_SBOM_SCAN_STAGE is not supported yet: the SBOM lists the final \
+                      image (and the context with BUILDKIT_SBOM_SCAN_CONTEXT) only"
+                .to_string(),
+        });
+    }
     let work = session.root.join("tmp");
     let prepared =
         xbuild_coordinator::attest::Prepared::prepare(req, graphs, done, store, &work, timing)?;
