@@ -251,8 +251,10 @@ fn rawjson_is_buildkit_solve_status_for_a_two_platform_build() {
     let Some(reg) = Registry::start_or_skip() else {
         return;
     };
+    // Published from another state directory: the build pulls the base,
+    // so transfers show up as statuses.
+    let base = publish_base(&Xbuild::new(), &reg);
     let xb = Xbuild::new();
-    let base = publish_base(&xb, &reg);
     let ctx = context(&[(
         "Dockerfile",
         &format!(
@@ -296,6 +298,23 @@ fn rawjson_is_buildkit_solve_status_for_a_two_platform_build() {
         run_digests.insert(platform, hello.digest.clone());
     }
     assert_ne!(run_digests["linux/amd64"], run_digests["linux/arm64"]);
+    // Pulls: statuses with current/total under the "pulling images"
+    // vertex, named by platform, each completed with all its bytes.
+    let pulling = r.by_name("pulling images");
+    assert!(pulling.completed.is_some(), "{pulling:?}");
+    let pulls: Vec<&VertexStatus> = r
+        .statuses
+        .iter()
+        .filter(|st| st.vertex == pulling.digest)
+        .collect();
+    for platform in ["linux/amd64", "linux/arm64"] {
+        assert!(
+            pulls
+                .iter()
+                .any(|st| st.id.starts_with(platform) && st.completed.is_some() && st.total > 0),
+            "no completed pull for {platform}: {pulls:#?}"
+        );
+    }
     for st in &r.statuses {
         if let Some(c) = &st.completed {
             assert!(parse_time(st.started.as_deref().expect("started")) <= parse_time(c));
