@@ -169,6 +169,7 @@ async fn keys_of(engine: &Engine, g: &BuildGraph, inp: &KeyInputs<'_>) -> Result
         no_cache_filter: &[],
         secrets: &secrets,
         source_date_epoch: None,
+        presolved: &[],
     };
     Ok(engine.explain(req).await?)
 }

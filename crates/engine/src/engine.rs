@@ -204,6 +204,12 @@ pub struct SolveRequest<'a> {
     pub secrets: &'a Secrets,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and config times.
     pub source_date_epoch: Option<i64>,
+    /// Stages (indices into the graph's stages) this build already solved
+    /// once for several targets (shared build-platform stages): their
+    /// records are in the cache, so they are taken from it without
+    /// progress events, without counting their steps, and regardless of
+    /// `--no-cache` (the shared solve honoured it).
+    pub presolved: &'a [usize],
 }
 
 /// The outcome of a solve.

@@ -15,8 +15,12 @@ use crate::solve::Shared;
 /// One vertex of the answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainStep {
-    /// The platform.
+    /// The target platform whose graph the step belongs to.
     pub platform: Platform,
+    /// The platform that executes the step (the stage's platform: the build
+    /// platform for `FROM --platform=$BUILDPLATFORM` stages). The key holds
+    /// it and the cache files the step's record under it.
+    pub executes_on: Platform,
     /// Stage display name.
     pub stage: String,
     /// 1-based position in the stage (FROM is 1).
@@ -50,9 +54,11 @@ impl Engine {
         let mut out = Vec::new();
         for (i, stage) in g.stages.iter().enumerate() {
             let total = stage.steps.len() + 1;
+            let exec = &stage.platform;
             let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
             out.push(ExplainStep {
                 platform: platform.clone(),
+                executes_on: exec.clone(),
                 stage: stage.display_name(),
                 index: 1,
                 total,
@@ -98,18 +104,19 @@ impl Engine {
                 } else if self
                     .inner
                     .cache
-                    .get(&platform, &sk.key, &self.inner.store)
+                    .get(exec, &sk.key, &self.inner.store)
                     .is_some()
                 {
                     Vec::new()
                 } else {
-                    self.miss_causes(&platform, &key, &sk)
+                    self.miss_causes(exec, &key, &sk)
                 };
                 if !causes.is_empty() && missed.is_none() {
                     missed = Some(step_label(stage, si + 2, &step.text));
                 }
                 out.push(ExplainStep {
                     platform: platform.clone(),
+                    executes_on: exec.clone(),
                     stage: stage.display_name(),
                     index: si + 2,
                     total,

@@ -22,6 +22,10 @@ const MAX_PATHS: usize = 5;
 #[derive(Debug, Clone)]
 pub(crate) struct StepKey {
     pub(crate) key: Digest,
+    /// The platform that executes the step (the stage's platform, which is
+    /// the build platform for `FROM --platform=$BUILDPLATFORM` stages): the
+    /// key holds it and the cache record is filed under it.
+    pub(crate) platform: Platform,
     /// The text the key holds (the step's, but `ARG NAME...` without values).
     pub(crate) text: String,
     pub(crate) trace: StepTrace,
@@ -69,7 +73,9 @@ impl Engine {
         dep_keys: &HashMap<usize, Digest>,
         dep_names: &HashMap<usize, String>,
     ) -> Result<(Digest, Option<InputTrace>), EngineError> {
-        let platform = &shared.platform;
+        // Keyed by the platform that executes the stage, not by the target
+        // it serves: a build-platform stage has one key for every target.
+        let platform = &stage.platform;
         let no_args = Default::default();
         Ok(match &stage.base {
             Base::Scratch => (
@@ -203,7 +209,7 @@ impl Engine {
         };
         let key = KeyInput::new(
             Some(parent),
-            &shared.platform,
+            &stage.platform,
             key_text,
             &step.build_args,
             op_json,
@@ -221,6 +227,7 @@ impl Engine {
         };
         Ok(StepKey {
             key,
+            platform: stage.platform.clone(),
             text: key_text.to_string(),
             trace,
         })

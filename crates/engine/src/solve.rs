@@ -268,7 +268,19 @@ fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
 /// Fails early when a stage with RUN steps targets a platform this machine
 /// cannot execute.
 pub fn check_platforms(graph: &xbuild_plan::BuildGraph) -> Result<(), EngineError> {
-    for st in &graph.stages {
+    check_platforms_except(graph, &[])
+}
+
+/// [`check_platforms`] for the stages not in `presolved` (those come from
+/// the cache: a shared build-platform stage solved elsewhere runs nothing).
+pub fn check_platforms_except(
+    graph: &xbuild_plan::BuildGraph,
+    presolved: &[usize],
+) -> Result<(), EngineError> {
+    for (i, st) in graph.stages.iter().enumerate() {
+        if presolved.contains(&i) {
+            continue;
+        }
         let runs = st.steps.iter().any(|s| matches!(s.op, Op::Exec(_)));
         if runs && binfmt::can_run(st.platform.architecture()) == Support::Missing {
             return Err(EngineError::Binfmt {
@@ -284,7 +296,7 @@ impl Engine {
     pub async fn solve(&self, req: SolveRequest<'_>) -> Result<SolveResult, EngineError> {
         let started = Instant::now();
         let g = req.graph;
-        check_platforms(g)?;
+        check_platforms_except(g, req.presolved)?;
         for (i, st) in g.stages.iter().enumerate() {
             if st.dependencies().iter().any(|d| *d >= i) {
                 return Err(EngineError::Graph(format!(
@@ -414,9 +426,14 @@ impl Engine {
         let stage = &req.graph.stages[idx];
         let total = stage.steps.len() + 1;
         let platform = &shared.platform;
+        // A stage this build already solved for several targets: taken from
+        // the cache without showing it again (it was shown once, shared).
+        let presolved = req.presolved.contains(&idx);
+        let quiet = crate::events::NullSink;
+        let events: &dyn EventSink = if presolved { &quiet } else { req.events };
         let start_vertex = |index: usize, name: &str| {
             let id = req.ids.next_id();
-            req.events.emit(Event::Started {
+            events.emit(Event::Started {
                 id,
                 platform: platform.clone(),
                 stage: stage.display_name(),
@@ -424,6 +441,7 @@ impl Engine {
                 total,
                 name: name.to_string(),
                 worker: self.inner.cfg.worker.clone(),
+                shared_by: Vec::new(),
             });
             id
         };
@@ -459,24 +477,25 @@ impl Engine {
         let (mut chain, mut builder, mut key, base) = match from.await {
             Ok(v) => v,
             Err(e) => {
-                req.events.emit(Event::Failed {
+                events.emit(Event::Failed {
                     id: vid,
                     error: e.to_string(),
                 });
                 return Err(e);
             }
         };
-        req.events.emit(Event::Done {
+        events.emit(Event::Done {
             id: vid,
             duration: t0.elapsed(),
         });
 
-        let skip_lookup = req.no_cache
-            || stage.name.as_deref().is_some_and(|n| {
+        let skip_lookup = !presolved
+            && (req.no_cache
+                || stage.name.as_deref().is_some_and(|n| {
                 req.no_cache_filter
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(n))
-            });
+            }));
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
@@ -499,7 +518,7 @@ impl Engine {
                     shared,
                     step,
                     &deps,
-                    (vid, t0),
+                    (vid, t0, events),
                     (&mut chain, &mut builder, &mut key),
                     sk,
                     skip_lookup.then(|| stage.display_name()),
@@ -516,7 +535,7 @@ impl Engine {
                     if hit {
                         cached += 1;
                     }
-                    req.events.emit(Event::Done {
+                    events.emit(Event::Done {
                         id: vid,
                         duration: t0.elapsed(),
                     });
@@ -528,7 +547,7 @@ impl Engine {
                         platform: platform.to_string(),
                         source: Box::new(e),
                     };
-                    req.events.emit(Event::Failed {
+                    events.emit(Event::Failed {
                         id: vid,
                         error: e.to_string(),
                     });
@@ -540,8 +559,9 @@ impl Engine {
             chain,
             builder,
             key,
-            steps: stage.steps.len(),
-            cached,
+            // Counted once, by the shared solve.
+            steps: if presolved { 0 } else { stage.steps.len() },
+            cached: if presolved { 0 } else { cached },
         })
     }
 
@@ -602,14 +622,15 @@ impl Engine {
         shared: &Shared<'_, '_>,
         step: &Step,
         deps: &HashMap<usize, Arc<StageOut>>,
-        (vid, t0): (VertexId, Instant),
+        (vid, t0, events): (VertexId, Instant, &dyn EventSink),
         (chain, builder, key): (&mut Vec<ChainLayer>, &mut ImageBuilder, &mut Digest),
         sk: StepKey,
         skip_lookup: Option<String>,
         missed: &mut Option<String>,
     ) -> Result<bool, EngineError> {
         let req = shared.req;
-        let platform = &shared.platform;
+        // Records are filed under the platform that executes the step.
+        let platform = &sk.platform.clone();
         let inner = &self.inner;
         let parent = key.clone();
         let new_key = sk.key.clone();
@@ -633,7 +654,7 @@ impl Engine {
                 }
                 _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
             }
-            req.events.emit(Event::Cached { id: vid });
+            events.emit(Event::Cached { id: vid });
             *key = new_key;
             return Ok(true);
         }
@@ -647,7 +668,7 @@ impl Engine {
         } else {
             self.miss_causes(platform, &parent, &sk)
         };
-        req.events.emit(Event::Miss {
+        events.emit(Event::Miss {
             id: vid,
             reason: reasons_text(&causes),
             causes,
@@ -678,8 +699,14 @@ impl Engine {
                     _ => None,
                 }
             }
-            Op::Exec(e) => self.run_exec(shared, e, deps, step, vid, t0, chain).await?,
-            Op::Copy(c) => self.run_copy(shared, c, deps, step, vid, t0, chain).await?,
+            Op::Exec(e) => {
+                self.run_exec(shared, e, deps, (step, platform), vid, t0, chain)
+                    .await?
+            }
+            Op::Copy(c) => {
+                self.run_copy(shared, c, deps, (step, platform), vid, t0, chain)
+                    .await?
+            }
         };
         let now = timestamp(None);
         let (desc, diff_id) = match layer {
@@ -791,7 +818,7 @@ impl Engine {
         shared: &Shared<'_, '_>,
         op: &ExecOp,
         deps: &HashMap<usize, Arc<StageOut>>,
-        step: &Step,
+        (step, platform): (&Step, &Platform),
         vid: VertexId,
         t0: Instant,
         chain: &[ChainLayer],
@@ -834,8 +861,8 @@ impl Engine {
             sources,
             secrets,
         };
-        let env = self.exec_env(&shared.platform);
-        let platform = shared.platform.clone();
+        let env = self.exec_env(platform);
+        let platform = platform.clone();
         let inner = self.inner.clone();
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
@@ -883,7 +910,7 @@ impl Engine {
         shared: &Shared<'_, '_>,
         op: &CopyOp,
         deps: &HashMap<usize, Arc<StageOut>>,
-        step: &Step,
+        (step, platform): (&Step, &Platform),
         vid: VertexId,
         t0: Instant,
         chain: &[ChainLayer],
@@ -899,7 +926,7 @@ impl Engine {
             MountSource::Context(_) => shared.index.clone(),
             _ => None,
         };
-        let env = self.exec_env(&shared.platform);
+        let env = self.exec_env(platform);
         let inner = self.inner.clone();
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
