@@ -204,12 +204,13 @@ pub struct SolveRequest<'a> {
     pub secrets: &'a Secrets,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and config times.
     pub source_date_epoch: Option<i64>,
-    /// Stages (indices into the graph's stages) this build already solved
-    /// once for several targets (shared build-platform stages): their
-    /// records are in the cache, so they are taken from it without
-    /// progress events, without counting their steps, and regardless of
-    /// `--no-cache` (the shared solve honoured it).
-    pub presolved: &'a [usize],
+    /// Shared prefixes this build already solved once for several targets
+    /// (the start of a build-platform stage that does not depend on the
+    /// target): `(stage index, steps)` — the stage's FROM and its first
+    /// `steps` steps are taken from the cache without progress events,
+    /// without counting them, and regardless of `--no-cache` (the shared
+    /// solve honoured it).
+    pub presolved: &'a [(usize, usize)],
 }
 
 /// The outcome of a solve.

@@ -275,13 +275,18 @@ pub fn check_platforms(graph: &xbuild_plan::BuildGraph) -> Result<(), EngineErro
 /// the cache: a shared build-platform stage solved elsewhere runs nothing).
 pub fn check_platforms_except(
     graph: &xbuild_plan::BuildGraph,
-    presolved: &[usize],
+    presolved: &[(usize, usize)],
 ) -> Result<(), EngineError> {
     for (i, st) in graph.stages.iter().enumerate() {
-        if presolved.contains(&i) {
-            continue;
-        }
-        let runs = st.steps.iter().any(|s| matches!(s.op, Op::Exec(_)));
+        let skip = presolved
+            .iter()
+            .find(|(s, _)| *s == i)
+            .map_or(0, |(_, k)| *k);
+        let runs = st
+            .steps
+            .iter()
+            .skip(skip)
+            .any(|s| matches!(s.op, Op::Exec(_)));
         if runs && binfmt::can_run(st.platform.architecture()) == Support::Missing {
             return Err(EngineError::Binfmt {
                 platform: st.platform.to_string(),
@@ -428,12 +433,18 @@ impl Engine {
         let platform = &shared.platform;
         // A stage this build already solved for several targets: taken from
         // the cache without showing it again (it was shown once, shared).
-        let presolved = req.presolved.contains(&idx);
+        let presolved = req.presolved.iter().find(|(s, _)| *s == idx).map(|p| p.1);
         let quiet = crate::events::NullSink;
-        let events: &dyn EventSink = if presolved { &quiet } else { req.events };
+        // Vertex `index` (FROM is 1) of a presolved prefix shows nothing.
+        let sink = |index: usize| -> &dyn EventSink {
+            match presolved {
+                Some(k) if index <= k + 1 => &quiet,
+                _ => req.events,
+            }
+        };
         let start_vertex = |index: usize, name: &str| {
             let id = req.ids.next_id();
-            events.emit(Event::Started {
+            sink(index).emit(Event::Started {
                 id,
                 platform: platform.clone(),
                 stage: stage.display_name(),
@@ -477,29 +488,30 @@ impl Engine {
         let (mut chain, mut builder, mut key, base) = match from.await {
             Ok(v) => v,
             Err(e) => {
-                events.emit(Event::Failed {
+                sink(1).emit(Event::Failed {
                     id: vid,
                     error: e.to_string(),
                 });
                 return Err(e);
             }
         };
-        events.emit(Event::Done {
+        sink(1).emit(Event::Done {
             id: vid,
             duration: t0.elapsed(),
         });
 
-        let skip_lookup = !presolved
-            && (req.no_cache
-                || stage.name.as_deref().is_some_and(|n| {
+        let skip_lookup = req.no_cache
+            || stage.name.as_deref().is_some_and(|n| {
                 req.no_cache_filter
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(n))
-            }));
+            });
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
             let vid = start_vertex(si + 2, &step.text);
+            let shared_step = presolved.is_some_and(|k| si < k);
+            let events = sink(si + 2);
             let t0 = Instant::now();
             let r = async {
                 let sk = self
@@ -521,7 +533,7 @@ impl Engine {
                     (vid, t0, events),
                     (&mut chain, &mut builder, &mut key),
                     sk,
-                    skip_lookup.then(|| stage.display_name()),
+                    (skip_lookup && !shared_step).then(|| stage.display_name()),
                     &mut missed,
                 )
                 .await
@@ -532,7 +544,7 @@ impl Engine {
             }
             match r {
                 Ok(hit) => {
-                    if hit {
+                    if hit && !shared_step {
                         cached += 1;
                     }
                     events.emit(Event::Done {
@@ -560,8 +572,8 @@ impl Engine {
             builder,
             key,
             // Counted once, by the shared solve.
-            steps: if presolved { 0 } else { stage.steps.len() },
-            cached: if presolved { 0 } else { cached },
+            steps: stage.steps.len() - presolved.unwrap_or(0).min(stage.steps.len()),
+            cached,
         })
     }
 

@@ -259,7 +259,7 @@ pub struct SolveJob {
     /// Stages the coordinator already solved once for several targets:
     /// taken from the cache without progress (see `SolveRequest::presolved`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub presolved: Vec<usize>,
+    pub presolved: Vec<(usize, usize)>,
 }
 
 /// Where a received blob goes.

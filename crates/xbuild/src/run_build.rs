@@ -189,7 +189,8 @@ async fn build(
     )
     .await?;
 
-    let report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed);
+    let report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed)
+        .with_shared(solved.shared.clone());
     renderer.finish();
     if style(mode(args)) == Style::Quiet {
         println!("{}", report.result.digest);
@@ -322,6 +323,20 @@ pub fn summary(report: &Report) -> String {
             r.cached,
             r.duration.as_secs_f64(),
             r.manifest.digest
+        ));
+    }
+    if let Some(r) = &report.shared {
+        // Work shared by several targets, built once: one row, marked.
+        let served: Vec<String> = r.served.iter().map(|p| p.to_string()).collect();
+        s.push_str(&format!(
+            "{:<16} {:<10} {:>5} {:>6} {:>7.1}s  shared by {} ({})\n",
+            r.platform.to_string(),
+            r.worker,
+            r.steps,
+            r.cached,
+            r.duration.as_secs_f64(),
+            served.join(", "),
+            r.stages.join(", ")
         ));
     }
     s.push_str(&format!("image digest: {}\n", report.result.digest));

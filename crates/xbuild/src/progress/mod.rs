@@ -321,6 +321,7 @@ mod tests {
             total: 5,
             name: name.into(),
             worker: "qemu".into(),
+            shared_by: Vec::new(),
         }
     }
 
@@ -377,6 +378,7 @@ mod tests {
             total: 6,
             name: name.into(),
             worker: worker.into(),
+            shared_by: Vec::new(),
         }
     }
 

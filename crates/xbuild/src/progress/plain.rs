@@ -16,6 +16,7 @@ impl Renderer {
                 index,
                 total,
                 name,
+                shared_by,
                 ..
             } => {
                 st.next += 1;
@@ -27,6 +28,7 @@ impl Renderer {
                         ..Default::default()
                     },
                 );
+                let platform = xbuild_engine::events::platform_label(platform, shared_by);
                 let display = format!("[{platform} {stage} {index}/{total}] {name}");
                 st.names.insert(*id, display.clone());
                 drop(st);
