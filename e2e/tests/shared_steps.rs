@@ -254,3 +254,144 @@ fn manifests_without_shared_steps_keep_their_digests() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// The arm64 target on an agent (an `XBUILD_LOCAL_AGENT` child speaking the
+/// node protocol, arm64 under QEMU there) and the shared step run here once,
+/// natively: its record reaches the agent by key and its layer by digest,
+/// so the agent's `COPY --from=build` reads it without running it again.
+#[test]
+fn the_shared_result_reaches_a_target_built_on_an_agent() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    let ctx = context(&[("Dockerfile", CROSS)]);
+    let agents = tempfile::tempdir().unwrap();
+    let spec = format!("linux/arm64=arm1:{}", s(&agents.path().join("a1")));
+    let out = xb.root().join("out");
+    let meta = xb.root().join("meta.json");
+    let run = xb
+        .run_with(
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--build-arg",
+                &format!("BASE={base}"),
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+                "--metadata-file",
+                s(&meta),
+                s(ctx.path()),
+            ],
+            &[("XBUILD_LOCAL_AGENT", spec.as_str())],
+            None,
+        )
+        .ok();
+    assert_eq!(toolchain_runs(&run), 1, "{}", run.stderr);
+    assert_eq!(
+        vertices(&run, "RUN echo \"toolchain-install").len(),
+        1,
+        "{}",
+        run.stderr
+    );
+    let m: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["xbuild.shared"]["worker"], "local", "{m}");
+    assert_eq!(m["xbuild.platforms"]["linux/arm64"]["worker"], "node arm1");
+    for (dir, arch) in [("linux_amd64", "amd64"), ("linux_arm64", "arm64")] {
+        let got = std::fs::read_to_string(out.join(dir).join("out")).unwrap();
+        assert_eq!(got, format!("{arch}\n"), "{dir}/out");
+    }
+}
+
+/// With a node for linux/amd64 (OpenSSH on 127.0.0.2 running `xbuild
+/// agent`) and arm64 under QEMU here, the shared build-platform step runs
+/// once, on the node (the native amd64 worker); the arm64 target, built
+/// here, takes its result by key and the layer by digest.
+#[test]
+fn with_an_amd64_node_the_shared_step_runs_once_on_the_node() {
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(sshd) = testbed::Sshd::start_or_skip("127.0.0.2") else {
+        return;
+    };
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let home = tempfile::tempdir().unwrap();
+    let env = [("HOME", s(home.path())), ("SSH_AUTH_SOCK", "")];
+    let base = publish_base(&xb, &reg);
+    sshd.write_known_hosts(&home.path().join(".ssh/known_hosts"))
+        .unwrap();
+    let agent = format!(
+        "{} agent --stdio --root {}",
+        xbuild_e2e::xbuild_bin().display(),
+        home.path().join("amd1").display()
+    );
+    let key = sshd.client_key();
+    xb.run_with(
+        &[
+            "node",
+            "add",
+            "amd1",
+            &sshd.url(),
+            "--platform",
+            "linux/amd64",
+            "--identity",
+            s(&key),
+            "--agent-command",
+            &agent,
+        ],
+        &env,
+        None,
+    )
+    .ok();
+    let ctx = context(&[("Dockerfile", CROSS)]);
+    let out = xb.root().join("out");
+    let meta = xb.root().join("meta.json");
+    let run = xb
+        .run_with(
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--build-arg",
+                &format!("BASE={base}"),
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+                "--metadata-file",
+                s(&meta),
+                s(ctx.path()),
+            ],
+            &env,
+            None,
+        )
+        .ok();
+    assert!(
+        run.stderr.contains("linux/amd64 → node amd1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(toolchain_runs(&run), 1, "{}", run.stderr);
+    let shown = vertices(&run, "RUN echo \"toolchain-install");
+    assert_eq!(shown.len(), 1, "{}", run.stderr);
+    let m: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["xbuild.shared"]["worker"], "node amd1", "{m}");
+    assert_eq!(m["xbuild.shared"]["platform"], "linux/amd64", "{m}");
+    assert_eq!(m["xbuild.platforms"]["linux/amd64"]["worker"], "node amd1");
+    assert_eq!(m["xbuild.platforms"]["linux/arm64"]["worker"], "qemu");
+    for (dir, arch) in [("linux_amd64", "amd64"), ("linux_arm64", "arm64")] {
+        let got = std::fs::read_to_string(out.join(dir).join("out")).unwrap();
+        assert_eq!(got, format!("{arch}\n"), "{dir}/out");
+    }
+}
