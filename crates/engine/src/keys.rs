@@ -145,7 +145,24 @@ impl Engine {
                 let names: Vec<&str> = decls.iter().map(|(k, _)| k.as_str()).collect();
                 arg_text = format!("ARG {}", names.join(" "));
                 key_text = &arg_text;
-                json!({ "config": { "Arg": names } })
+                // A target arg whose value the executing platform does not
+                // imply (`ARG TARGETARCH` in a build-platform stage): the
+                // step is the target's, keyed by its value. Elsewhere the
+                // platform in the key says it all (keys as they always were).
+                let implied = xbuild_plan::platform_args(&stage.platform, &stage.platform);
+                let target: serde_json::Map<String, serde_json::Value> = decls
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("TARGET"))
+                    .filter_map(|(k, v)| {
+                        let v = v.as_ref()?;
+                        (implied.get(k).is_some_and(|i| i != v)).then(|| (k.clone(), json!(v)))
+                    })
+                    .collect();
+                if target.is_empty() {
+                    json!({ "config": { "Arg": names } })
+                } else {
+                    json!({ "config": { "Arg": names }, "target_args": target })
+                }
             }
             Op::Config(c) => json!({ "config": c }),
             Op::Exec(e) => {
