@@ -397,3 +397,63 @@ fn with_an_amd64_node_the_shared_step_runs_once_on_the_node() {
         assert_eq!(got, format!("{arch}\n"), "{dir}/out");
     }
 }
+
+/// `--call outline` shows the merged graph: the shared steps once, marked
+/// with the targets they serve, then each target's own steps.
+#[test]
+fn outline_shows_the_shared_steps_once() {
+    let xb = Xbuild::new();
+    let ctx = context(&[("Dockerfile", CROSS)]);
+    let run = xb
+        .run(&[
+            "build",
+            "--call",
+            "outline",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "BASE=busybox",
+            s(ctx.path()),
+        ])
+        .ok();
+    let toolchain: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("toolchain-install"))
+        .collect();
+    assert_eq!(toolchain.len(), 1, "{}", run.stdout);
+    assert!(
+        toolchain[0].contains("[linux/amd64,linux/arm64 build 2/4]"),
+        "{}",
+        run.stdout
+    );
+    assert!(run
+        .stdout
+        .contains("[linux/arm64 build 1-2/4] shared (above)"));
+    assert_eq!(
+        run.stdout.matches("RUN echo $TARGETARCH > /out").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    let json = xb
+        .run(&[
+            "build",
+            "--call",
+            "outline,format=json",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "BASE=busybox",
+            s(ctx.path()),
+        ])
+        .ok();
+    let graphs: Value = serde_json::from_str(&json.stdout).unwrap();
+    for g in graphs.as_array().unwrap() {
+        assert_eq!(g["shared_steps"][0]["stage"], 0, "{g}");
+        assert_eq!(g["shared_steps"][0]["steps"], 1, "{g}");
+        // The build platform: this machine's.
+        let here = format!("linux/{}", testbed::host_arch());
+        assert_eq!(g["shared_steps"][0]["executes_on"], here.as_str(), "{g}");
+    }
+}
