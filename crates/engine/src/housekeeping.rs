@@ -302,12 +302,29 @@ fn unused_for(r: &RecordFile, until: Option<Duration>) -> bool {
         .is_ok_and(|idle| idle >= age)
 }
 
-fn remove_tree(p: &Path) -> Result<(), HousekeepingError> {
-    match fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("remove", p)(e)),
+/// Removes a directory crash-atomically, through `root/trash`.
+fn remove_tree(root: &Path, p: &Path) -> Result<(), HousekeepingError> {
+    crate::snapshot::remove_atomically(p, &root.join("trash")).map_err(snap_err(p))
+}
+
+fn snap_err(p: &Path) -> impl FnOnce(crate::snapshot::SnapshotError) -> HousekeepingError + '_ {
+    move |e| HousekeepingError::Io {
+        op: "remove",
+        path: p.to_path_buf(),
+        source: io::Error::other(e.to_string()),
     }
+}
+
+/// Finishes what killed processes left behind under `root`: removals
+/// interrupted in `trash/`, scratch directories and mounts under `tmp/` and
+/// `mounts/` whose owner is dead (live ones are locked and kept). Returns
+/// how many entries were removed.
+pub fn cleanup_leftovers(root: &Path) -> usize {
+    let mut n = crate::snapshot::empty_trash(&root.join("trash"));
+    for d in ["mounts", "tmp"] {
+        n += crate::snapshot::cleanup_scratch(&root.join(d)).unwrap_or(0);
+    }
+    n
 }
 
 /// Prune the build cache under `root`. The caller holds
@@ -326,6 +343,7 @@ pub fn prune(
     _lock: &BuildLock,
 ) -> Result<PruneReport, HousekeepingError> {
     let mut report = PruneReport::default();
+    cleanup_leftovers(root);
     let (image_layers, image_diff_ids) = image_content(store);
     let mut records = read_records(&root.join("cache"))?;
     // Least recently used first: what --keep-storage removes first.
@@ -426,7 +444,7 @@ pub fn prune(
                 });
                 if pd.path().is_dir() && old {
                     report.cache_mounts += fs::read_dir(pd.path()).map(|r| r.count()).unwrap_or(0);
-                    remove_tree(&pd.path())?;
+                    remove_tree(root, &pd.path())?;
                 }
             }
         }
@@ -443,9 +461,12 @@ pub fn prune(
             if e.file_name() == "empty" || !e.path().is_dir() {
                 continue;
             }
-            let id = fs::read_to_string(e.path().join("diffid")).unwrap_or_default();
-            if opts.all || !needed.contains(id.trim()) {
-                remove_tree(&e.path())?;
+            // Incomplete slots (a kill during a removal or a commit) are
+            // debris: never used, removed here.
+            let id = crate::snapshot::slot_diff_id(&e.path());
+            if opts.all || id.as_ref().is_none_or(|id| !needed.contains(id)) {
+                crate::snapshot::remove_slot(&e.path(), &root.join("trash"))
+                    .map_err(snap_err(&e.path()))?;
                 report.snapshots += 1;
             }
         }

@@ -37,6 +37,9 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Commands::Agent(_)) {
+        paths::cleanup_state();
+    }
     match cli.command {
         Commands::Build(args) => build::run(*args),
         Commands::Node(cmd) => nodes::cmd_node(cmd),
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);
             }
-            eprintln!("error: {}", error_text(&e));
+            eprintln!("error: {}", progress::sanitize_terminal(&error_text(&e)));
             ExitCode::FAILURE
         }
     }

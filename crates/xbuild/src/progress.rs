@@ -376,7 +376,7 @@ impl Renderer {
             }
             Event::Warning { message } => {
                 drop(st);
-                self.line(&format!("WARNING: {message}"));
+                self.line(&format!("WARNING: {}", sanitize_terminal(message)));
             }
         }
     }
@@ -1059,6 +1059,25 @@ fn truncate(s: &str, width: usize) -> String {
     t
 }
 
+/// Text from outside (file names from tar headers and contexts, registry
+/// messages) made safe for a terminal: control characters other than
+/// newline and tab (ESC, CSI, BEL, backspace, carriage return, C1 codes)
+/// are shown as `\xNN` / `\u{NN}` escapes instead of being interpreted.
+pub fn sanitize_terminal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Control characters (newlines of a heredoc, tabs) as spaces.
 fn one_line(s: &str) -> String {
     s.chars()
@@ -1393,6 +1412,10 @@ mod tests {
     #[test]
     fn log_lines_are_cleaned_for_one_row() {
         assert_eq!(clean("a\tb"), "a    b");
+        assert_eq!(
+            sanitize_terminal("bad \x1b]0;owned\x07name\u{9b}2J\n"),
+            "bad \\x1b]0;owned\\x07name\\u{9b}2J\n"
+        );
         assert_eq!(clean("10%\r20%\r"), "20%");
         assert_eq!(clean("\x1b[1;32mgreen\x1b[0m"), "green");
         assert_eq!(one_line("RUN <<EOF\necho\nEOF"), "RUN <<EOF echo EOF");
