@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use xbuild_oci::archive::{self, read_manifest};
-use xbuild_oci::layer::{apply_layer, ApplyOptions};
+use xbuild_oci::layer::{apply_layer, merge_tree, ApplyOptions};
 use xbuild_oci::manifest::Manifest;
 use xbuild_oci::{BlobStore, Descriptor, Platform};
 
@@ -59,6 +59,27 @@ pub enum OutputSpec {
         /// File, or `-` for standard output.
         dest: PathBuf,
     },
+}
+
+impl std::fmt::Display for OutputSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputSpec::Image { push, names, .. } => {
+                write!(f, "type=image")?;
+                if !names.is_empty() {
+                    write!(f, ",name={}", names.join(","))?;
+                }
+                if *push {
+                    write!(f, ",push=true")?;
+                }
+                Ok(())
+            }
+            OutputSpec::Oci { dest, .. } => write!(f, "type=oci,dest={}", dest.display()),
+            OutputSpec::Docker { dest, .. } => write!(f, "type=docker,dest={}", dest.display()),
+            OutputSpec::Local { dest } => write!(f, "type=local,dest={}", dest.display()),
+            OutputSpec::Tar { dest } => write!(f, "type=tar,dest={}", dest.display()),
+        }
+    }
 }
 
 /// Split `a=b,"c=d,e",f` on commas outside double quotes, dropping the quotes.
@@ -267,7 +288,7 @@ pub fn export(
         OutputSpec::Local { dest } => export_local(store, result, dest)?,
         OutputSpec::Tar { dest } => {
             let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-            export_local(store, result, tmp.path())?;
+            export_fs(store, result, tmp.path(), true)?;
             write_dest(dest, |w| {
                 let mut b = tar::Builder::new(w);
                 b.follow_symlinks(false);
@@ -301,7 +322,19 @@ fn platform_manifests(
 
 /// Apply the layers of `result` into `dest`; an index with several
 /// platforms gets one subdirectory per platform (`linux_amd64`), as buildx does.
+///
+/// Like BuildKit, this merges into what is there: the image's files are
+/// added and overwrite files of the same path; files already in `dest` are
+/// never removed (the layers are unpacked into a staging directory, where
+/// their whiteouts apply, and the result is moved in), and device nodes are
+/// never created (skipped with a warning).
 pub fn export_local(store: &BlobStore, result: &Descriptor, dest: &Path) -> Result<()> {
+    export_fs(store, result, dest, false)
+}
+
+/// [`export_local`], creating device nodes when `devices` (for `type=tar`,
+/// whose staging directory is private).
+fn export_fs(store: &BlobStore, result: &Descriptor, dest: &Path, devices: bool) -> Result<()> {
     let manifests = platform_manifests(store, result)?;
     if manifests.is_empty() {
         bail!("{} has no image for any platform", result.digest);
@@ -319,11 +352,31 @@ pub fn export_local(store: &BlobStore, result: &Descriptor, dest: &Path) -> Resu
                 d.digest
             );
         };
+        // Beside the destination (same filesystem: entries are renamed in).
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        let staging = tempfile::Builder::new()
+            .prefix(".xbuild-export-")
+            .tempdir_in(parent.unwrap_or(Path::new(".")))
+            .or_else(|_| tempfile::tempdir())
+            .context("creating a staging directory")?;
+        let opts = ApplyOptions {
+            devices,
+            ..ApplyOptions::default()
+        };
         for l in &m.layers {
             let f = store.open_blob(&l.digest)?;
-            apply_layer(f, &dir, &ApplyOptions::default())
+            let stats = apply_layer(f, staging.path(), &opts)
                 .with_context(|| format!("applying layer {} to {}", l.digest, dir.display()))?;
+            for w in stats.warnings {
+                eprintln!(
+                    "WARNING: {}: {}",
+                    dir.display(),
+                    crate::progress::sanitize_terminal(&w)
+                );
+            }
         }
+        merge_tree(staging.path(), &dir)
+            .with_context(|| format!("exporting the filesystem to {}", dir.display()))?;
     }
     Ok(())
 }

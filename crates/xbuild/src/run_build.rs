@@ -371,7 +371,7 @@ async fn build(
             _ => (&final_desc, oci_manifests.as_slice()),
         };
         output::export(store, top, spec, &args.tags)
-            .with_context(|| format!("writing output {spec:?}"))?;
+            .with_context(|| format!("writing output {spec}"))?;
         if let OutputSpec::Image {
             push: true, names, ..
         } = spec

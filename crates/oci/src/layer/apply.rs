@@ -100,6 +100,10 @@ pub struct ApplyOptions {
     pub xattrs: bool,
     /// How whiteouts are written (default [`ApplyFormat::Merged`]).
     pub format: ApplyFormat,
+    /// Create character and block device nodes (default true). When false
+    /// they are skipped with a warning (a local export into a user's
+    /// directory never creates devices, as BuildKit's does not).
+    pub devices: bool,
 }
 
 impl Default for ApplyOptions {
@@ -109,6 +113,7 @@ impl Default for ApplyOptions {
             chown: unsafe { libc::geteuid() } == 0,
             xattrs: true,
             format: ApplyFormat::Merged,
+            devices: true,
         }
     }
 }
@@ -543,6 +548,9 @@ impl Applier<'_> {
                 }
                 self.set_xattrs(&p, &meta);
                 set_times_nofollow(&p, meta.mtime).map_err(io_err("set times of", &p))?;
+            }
+            EntryType::Char | EntryType::Block if !self.opts.devices => {
+                self.warn(format!("skipped device node {name:?}"));
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let h = entry.header();
