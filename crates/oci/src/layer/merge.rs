@@ -149,7 +149,10 @@ mod tests {
         assert_eq!(fs::read_to_string(dest.join("etc/mine")).unwrap(), "user");
         assert_eq!(fs::read_to_string(dest.join("keep")).unwrap(), "user");
         assert_eq!(fs::read_to_string(dest.join("file-over-dir")).unwrap(), "f");
-        assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("etc/new"));
+        assert_eq!(
+            fs::read_link(dest.join("link")).unwrap(),
+            Path::new("etc/new")
+        );
         assert!(st.added >= 2 && st.replaced >= 2, "{st:?}");
     }
 }
