@@ -154,7 +154,7 @@ fn read_records(cache_dir: &Path) -> Result<Vec<RecordFile>, HousekeepingError> 
                 .metadata()
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            if let Ok(rec) = serde_json::from_slice::<CacheRecord>(&bytes) {
+            if let Some(rec) = crate::cache::decode_record(&bytes) {
                 out.push(RecordFile {
                     path,
                     rec,

@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fs2::FileExt;
 use xbuild_oci::layer::{apply_layer, ApplyError, ApplyFormat, ApplyOptions};
+use xbuild_oci::store::StoreError;
 use xbuild_oci::{BlobStore, Descriptor, Digest};
 
 use crate::mount::{mounts_under, unmount};
@@ -68,6 +69,9 @@ pub enum SnapshotError {
     /// A layer blob is not in the content store.
     #[error("layer {0} is missing from the content store")]
     MissingBlob(Digest),
+    /// A layer blob does not match its digest (it was quarantined).
+    #[error("{0}")]
+    CorruptBlob(StoreError),
     /// A layer's content does not match the diffID it is known by.
     #[error("layer {digest} has diffID {actual}, expected {expected}")]
     DiffIdMismatch {
@@ -425,22 +429,28 @@ impl Snapshots {
         if let Some(p) = self.get(diff_id) {
             return Ok(p);
         }
-        let f = store
-            .open_blob(&layer.digest)
-            .map_err(|_| SnapshotError::MissingBlob(layer.digest.clone()))?;
+        // The blob is checked against its digest as it is unpacked: a
+        // corrupt one (flipped bytes, truncated) is quarantined and
+        // reported as such, so the caller can fetch it again.
+        let mut f = store
+            .open_verified(&layer.digest, Some(layer.size))
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => SnapshotError::MissingBlob(layer.digest.clone()),
+                other => SnapshotError::CorruptBlob(other),
+            })?;
         let scratch = Scratch::new(&self.tmp)?;
         let fs_dir = scratch.subdir("fs")?;
         let opts = ApplyOptions {
             format: ApplyFormat::Overlay,
             ..Default::default()
         };
-        let stats = apply_layer(BufReader::with_capacity(256 * 1024, f), &fs_dir, &opts).map_err(
-            |source| SnapshotError::Extract {
-                digest: layer.digest.clone(),
-                path: fs_dir.clone(),
-                source,
-            },
-        )?;
+        let applied = apply_layer(BufReader::with_capacity(256 * 1024, &mut f), &fs_dir, &opts);
+        f.finish().map_err(SnapshotError::CorruptBlob)?;
+        let stats = applied.map_err(|source| SnapshotError::Extract {
+            digest: layer.digest.clone(),
+            path: fs_dir.clone(),
+            source,
+        })?;
         if stats.diff_id != *diff_id {
             return Err(SnapshotError::DiffIdMismatch {
                 digest: layer.digest.clone(),

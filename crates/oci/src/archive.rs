@@ -352,7 +352,9 @@ fn write_tar<W: Write>(store: &BlobStore, entries: BTreeMap<String, Source>, out
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o644);
                 h.set_size(size);
-                let f = store.open_blob(&d)?;
+                // Checked while it is copied: a corrupt blob fails the
+                // export, naming the blob, and is quarantined.
+                let f = store.open_verified(&d, Some(size))?;
                 let r = Exact {
                     inner: BufReader::with_capacity(256 * 1024, f),
                     left: size,

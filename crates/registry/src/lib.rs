@@ -399,6 +399,59 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Every place (`registry`, `repository`) known to hold `digest`: seen
+    /// in this process, or remembered under [`RegistryConfig::origins`].
+    pub fn origins_of(&self, digest: &Digest) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .inner
+            .known
+            .lock()
+            .expect("known lock")
+            .get(digest)
+            .map(|p| p.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Some(dir) = &self.inner.cfg.origins {
+            let listed = std::fs::read_to_string(origins_file(dir, digest)).unwrap_or_default();
+            for l in listed.lines() {
+                if let Some((r, repo)) = l.split_once(' ') {
+                    let place = (r.to_string(), repo.to_string());
+                    if !out.contains(&place) {
+                        out.push(place);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Downloads `desc` again from a repository known to hold it (see
+    /// [`Registry::origins_of`]), replacing a missing or damaged copy in
+    /// `store`. Returns false when no place is known; the last error when
+    /// every place failed.
+    pub async fn refetch(
+        &self,
+        desc: &Descriptor,
+        store: &xbuild_oci::BlobStore,
+        progress: ProgressFn<'_>,
+    ) -> Result<bool, RegistryError> {
+        let mut last = None;
+        for (registry, repo) in self.origins_of(&desc.digest) {
+            let Ok(r) = Reference::parse(&format!("{registry}/{repo}@{}", desc.digest)) else {
+                continue;
+            };
+            match self.pull_blob(&r, desc, store, progress).await {
+                Ok(()) => return Ok(true),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(false),
+        }
+    }
+}
+
 /// The oci-client reference for `r`'s repository at `tag`.
 pub(crate) fn oci_tag_ref(r: &Reference, tag: &str) -> oci_client::Reference {
     oci_client::Reference::with_tag(

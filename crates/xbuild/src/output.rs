@@ -364,8 +364,12 @@ fn export_fs(store: &BlobStore, result: &Descriptor, dest: &Path, devices: bool)
             ..ApplyOptions::default()
         };
         for l in &m.layers {
-            let f = store.open_blob(&l.digest)?;
-            let stats = apply_layer(f, staging.path(), &opts)
+            // Checked as it is read: a corrupt layer fails the export (the
+            // blob is named and quarantined) instead of being unpacked.
+            let mut f = store.open_verified(&l.digest, Some(l.size))?;
+            let applied = apply_layer(std::io::BufReader::new(&mut f), staging.path(), &opts);
+            f.finish()?;
+            let stats = applied
                 .with_context(|| format!("applying layer {} to {}", l.digest, dir.display()))?;
             for w in stats.warnings {
                 eprintln!(
