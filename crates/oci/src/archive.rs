@@ -151,6 +151,11 @@ fn check_size(store: &BlobStore, d: &Descriptor, what: &str) -> Result<u64> {
         Err(e) => return Err(e.into()),
     };
     if size != d.size {
+        // The stored blob is damaged (the descriptor was made from the
+        // right content): quarantine it and say so.
+        if let Err(e) = store.open_verified(&d.digest, Some(d.size)) {
+            return Err(e.into());
+        }
         return Err(ArchiveError::SizeMismatch {
             digest: d.digest.clone(),
             expected: d.size,
