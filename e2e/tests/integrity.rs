@@ -673,3 +673,142 @@ fn find_record(xb: &Xbuild, needle: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Mount points (from /proc/self/mountinfo) under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// Case 6. Before: the secrets tmpfs (holding the secret) and overlay
+/// mounts of a build killed with SIGKILL stayed mounted under the state
+/// directory until the next build there; `save` left its temp file.
+#[test]
+fn leftovers_of_killed_processes_are_cleaned_by_the_next_command() {
+    let Some(reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    // A state directory xbuild creates itself is private.
+    let fresh = tempfile::tempdir().unwrap();
+    let root = fresh.path().join("state");
+    let r = xb
+        .command()
+        .env("XBUILD_ROOT", &root)
+        .args(["cache", "du"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is {mode:o}");
+
+    let base = publish_host_base(&xb, &reg);
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            &format!("FROM {base}\nRUN --mount=type=secret,id=TOKEN,target=/tok sleep 300\n"),
+        ),
+        ("token", "s3cr3t-leftover\n"),
+    ]);
+    let platform = host_platform();
+    let secret = format!("id=TOKEN,src={}", s(&ctx.path().join("token")));
+    let mut child = xb
+        .command()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &platform,
+            "--secret",
+            &secret,
+            s(ctx.path()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the step runs (its mounts are up), then kill -9.
+    let t0 = Instant::now();
+    while mounts_under(xb.root()).len() < 2 && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    // The sandboxed `sleep` may outlive its killed parent a moment.
+    let left = mounts_under(xb.root());
+    assert!(
+        !left.is_empty(),
+        "no mounts to clean: the test did not catch the step"
+    );
+    // Any next command cleans them (here: one that never builds).
+    xb.run(&["images"]).ok();
+    let t0 = Instant::now();
+    while !mounts_under(xb.root()).is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        xb.run(&["images"]).ok();
+    }
+    assert_eq!(
+        mounts_under(xb.root()),
+        Vec::<String>::new(),
+        "mounts left after the next command"
+    );
+
+    // A temp file a killed `save` left beside its destination goes with the
+    // next save to that destination.
+    let out = tempfile::tempdir().unwrap();
+    let stale = out.path().join(".app.tar.xbuild-999999999.tmp");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    let app = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x\n")]);
+    build(&xb, app.path(), &["-t", "small:1"]).ok();
+    xb.run(&["save", "-o", s(&out.path().join("app.tar")), "small:1"])
+        .ok();
+    assert!(
+        !stale.exists(),
+        "the killed save's temp file is still there"
+    );
+}
+
+/// Case 9. Before: a fresh project sharing the state directory printed
+/// `instruction changed: "RUN echo start" -> ...`, quoting another
+/// project's Dockerfile.
+#[test]
+fn cache_explanations_never_quote_another_project() {
+    let Some(reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let a = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo secret-plan-alpha\n"),
+    )]);
+    build(&xb, a.path(), &[]).ok();
+    let b = context(&[("Dockerfile", &format!("FROM {base}\nRUN echo beta\n"))]);
+    let r = build(&xb, b.path(), &[]).ok();
+    assert!(
+        !r.stderr.contains("secret-plan-alpha"),
+        "another project's Dockerfile was quoted:\n{}",
+        r.stderr
+    );
+    // Within one project, a changed step is still explained.
+    std::fs::write(
+        a.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN echo secret-plan-alpha-2\n"),
+    )
+    .unwrap();
+    let r = build(&xb, a.path(), &[]).ok();
+    assert!(
+        r.stderr.contains("instruction changed") && r.stderr.contains("secret-plan-alpha"),
+        "the same project's change is not explained:\n{}",
+        r.stderr
+    );
+}

@@ -42,9 +42,11 @@ async fn explain(
     let root = crate::paths::xbuild_root()?;
     let registry = crate::config::registry(Some(&root))?;
     let engine = coordinator::open_engine(root.clone(), "local")?;
-    let graphs =
+    let mut graphs =
         coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
             .await?;
+    let project = crate::paths::project_id(&args.context, args.file.as_deref());
+    graphs.iter_mut().for_each(|g| g.project = project.clone());
     let (context_dir, index) = crate::run_build::scan_context(&root, args)?;
     let source = coordinator::RegistrySource { registry };
     let secrets = Secrets::default();

@@ -624,7 +624,32 @@ pub fn cmd_prune(all: bool, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Write to `dest` through a temp file renamed into place (or to stdout for `-`).
+/// Removes `.NAME.xbuild-PID.tmp` files in `dir` whose writer (PID) is
+/// gone: what a `save` or export killed with SIGKILL left beside its
+/// destination.
+fn remove_dead_temp_files(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.xbuild-");
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some(pid) = f
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Write to `dest` through a temp file renamed into place (or to stdout for
+/// `-`). Temp files of killed earlier writers of `dest` are removed first.
 pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     if dest.as_os_str() == "-" {
         let stdout = io::stdout();
@@ -659,6 +684,7 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
     let name = dest
         .file_name()
         .ok_or_else(|| anyhow!("{} is not a file name", dest.display()))?;
+    remove_dead_temp_files(&dir, &name.to_string_lossy());
     let tmp = dir.join(format!(
         ".{}.xbuild-{}.tmp",
         name.to_string_lossy(),

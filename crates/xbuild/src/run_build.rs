@@ -173,9 +173,11 @@ async fn build(
 
     // The engine for planning-time lookups; one per worker kind for solving.
     let engine = coordinator::open_engine(root.clone(), "local")?;
-    let graphs =
+    let mut graphs =
         coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
             .await?;
+    let project = crate::paths::project_id(&args.context, args.file.as_deref());
+    graphs.iter_mut().for_each(|g| g.project = project.clone());
     for g in &graphs {
         for w in &g.warnings {
             renderer.emit(xbuild_engine::events::Event::Warning {
