@@ -659,6 +659,52 @@ fn corrupt_blobs_and_records_are_reported_quarantined_and_repaired() {
     }
 }
 
+/// `xbuild cache check` finds what is damaged; `--repair` fetches a
+/// corrupt base layer again from its registry.
+#[test]
+fn cache_check_finds_and_repairs_damage() {
+    let Some(reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo checked > /c\n"),
+    )]);
+    let meta = ctx.path().join("meta.json");
+    build(&xb, ctx.path(), &["--metadata-file", s(&meta)]).ok();
+    let manifest = built_manifest(&xb, &meta);
+    let base_layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let clean = xb.run(&["cache", "check"]).ok();
+    assert!(clean.stdout.contains(" 0 corrupt"), "{}", clean.stdout);
+    damage(&blob_path(&xb, &base_layer), "flip");
+    let rec = find_record(&xb, "echo checked").unwrap();
+    let mut b = std::fs::read(&rec).unwrap();
+    let at = b.windows(7).position(|w| w == b"checked").unwrap();
+    b[at] = b'C';
+    std::fs::write(&rec, b).unwrap();
+    let r = xb.run(&["cache", "check"]).failed();
+    assert!(
+        r.stdout.contains(&format!("corrupt: {base_layer}")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("1 damaged cache records"), "{}", r.stdout);
+    assert!(r.stderr.contains("--repair"), "{}", r.stderr);
+    assert!(!rec.exists());
+    let r = xb.run(&["cache", "check", "--repair"]).ok();
+    assert!(
+        r.stdout.contains(&format!("repaired: {base_layer}")),
+        "{}",
+        r.stdout
+    );
+    assert!(blob_ok(&xb, &base_layer));
+}
+
 /// The record file whose step text contains `needle`.
 fn find_record(xb: &Xbuild, needle: &str) -> Option<std::path::PathBuf> {
     for pd in std::fs::read_dir(xb.root().join("cache")).ok()?.flatten() {

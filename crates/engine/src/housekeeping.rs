@@ -292,6 +292,78 @@ fn image_content(store: &BlobStore) -> (BTreeSet<Digest>, BTreeSet<String>) {
     (layers, diff_ids)
 }
 
+/// What [`check`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Blobs verified.
+    pub blobs: usize,
+    /// Blobs that did not match their digest (now quarantined), with sizes.
+    pub corrupt: Vec<(Digest, u64)>,
+    /// Incomplete snapshots removed.
+    pub snapshots_removed: usize,
+    /// Damaged cache records removed.
+    pub records_removed: usize,
+}
+
+/// Verifies the state under `root`: every blob of `store` against its
+/// digest (a corrupt one is quarantined), every snapshot's completeness
+/// marker (an incomplete snapshot is removed), every cache record's
+/// checksum (a damaged one is removed). The caller holds [`lock_exclusive`].
+pub fn check(
+    root: &Path,
+    store: &BlobStore,
+    _lock: &BuildLock,
+) -> Result<CheckReport, HousekeepingError> {
+    let mut report = CheckReport::default();
+    cleanup_leftovers(root);
+    for (d, size) in store.list()? {
+        report.blobs += 1;
+        match store.check(&d) {
+            Ok(()) => {}
+            Err(xbuild_oci::store::StoreError::Corrupt { .. }) => report.corrupt.push((d, size)),
+            Err(xbuild_oci::store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let snaps = root.join("snapshots");
+    if let Ok(rd) = fs::read_dir(&snaps) {
+        for e in rd.flatten() {
+            if e.file_name() == "empty" || !e.path().is_dir() {
+                continue;
+            }
+            if crate::snapshot::slot_diff_id(&e.path()).is_none() {
+                crate::snapshot::remove_slot(&e.path(), &root.join("trash"))
+                    .map_err(snap_err(&e.path()))?;
+                report.snapshots_removed += 1;
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(root.join("cache")) {
+        for pd in rd.flatten() {
+            let Ok(files) = fs::read_dir(pd.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let damaged = fs::read(&path)
+                    .map(|b| crate::cache::decode_record(&b).is_none())
+                    .unwrap_or(false);
+                if damaged {
+                    match fs::remove_file(&path) {
+                        Ok(()) => report.records_removed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err("remove cache record", &path)(e)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// Not used for at least `until` (every record without a filter).
 fn unused_for(r: &RecordFile, until: Option<Duration>) -> bool {
     let Some(age) = until else {

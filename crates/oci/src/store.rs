@@ -377,6 +377,26 @@ impl BlobStore {
         }
     }
 
+    /// Digests of quarantined blobs that the store still lacks.
+    pub fn quarantined(&self) -> Vec<Digest> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.root.join("quarantine")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.split('-').next().unwrap_or_default();
+            let alg = if hex.len() == 128 { "sha512" } else { "sha256" };
+            if let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) {
+                if !self.exists(&d) && !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     fn quarantine_with(&self, digest: &Digest, detail: String) -> StoreError {
         match self.quarantine(digest) {
             Ok(quarantined) => StoreError::Corrupt {

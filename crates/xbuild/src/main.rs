@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
         }) => imagetools::cmd_create(&tags, &sources, dry_run),
         Commands::Cache(cli::CacheCommand::Du) => cache_cmd::cmd_du(),
+        Commands::Cache(cli::CacheCommand::Check { repair }) => cache_cmd::cmd_check(repair),
         Commands::Cache(cli::CacheCommand::Prune {
             all,
             keep_storage,
