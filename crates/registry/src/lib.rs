@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod http;
 mod login;
 mod pull;
 mod push;
@@ -30,7 +31,7 @@ use xbuild_oci::reference::{api_host, is_loopback_host};
 use xbuild_oci::{Descriptor, Digest, ImageConfig, ImageManifest, Reference};
 
 /// The `User-Agent` sent to registries.
-pub const USER_AGENT: &str = concat!("xbuild/", env!("CARGO_PKG_VERSION"));
+pub use http::USER_AGENT;
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
@@ -288,8 +289,7 @@ impl Registry {
         if let Some(c) = self.inner.http.lock().expect("http lock").as_ref() {
             return Ok(c.clone());
         }
-        let c = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
+        let c = http::client_builder(None)
             .connect_timeout(self.connect_timeout())
             .read_timeout(self.inner.cfg.timeout)
             .build()?;

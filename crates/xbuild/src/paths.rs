@@ -106,28 +106,3 @@ pub fn open_store() -> Result<BlobStore> {
     let dir = content_dir(&root);
     BlobStore::open(&dir).with_context(|| format!("opening the image store at {}", dir.display()))
 }
-
-/// The identity of a project for cache explanations: a short hash of the
-/// canonical context directory and Dockerfile path (`-` for a context on
-/// standard input). Two builds compare their steps' records only when this
-/// is the same; it never enters a cache key.
-pub fn project_id(context: &str, dockerfile: Option<&std::path::Path>) -> String {
-    let canon = |p: &std::path::Path| {
-        std::fs::canonicalize(p)
-            .unwrap_or_else(|_| p.to_path_buf())
-            .to_string_lossy()
-            .into_owned()
-    };
-    let ctx = if context == "-" {
-        "-".to_string()
-    } else {
-        canon(std::path::Path::new(context))
-    };
-    let file = match dockerfile {
-        Some(f) => canon(f),
-        None if context == "-" => "-".to_string(),
-        None => canon(&std::path::Path::new(context).join("Dockerfile")),
-    };
-    let d = xbuild_oci::Digest::sha256_of(format!("{ctx}\0{file}").as_bytes());
-    format!("project:{}", &d.hex()[..16])
-}
