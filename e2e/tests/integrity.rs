@@ -858,3 +858,48 @@ fn cache_explanations_never_quote_another_project() {
         r.stderr
     );
 }
+
+/// Case 10: a corrupt blob in a `--cache-from` source is a cache miss with
+/// a warning (the step is built), not an abort.
+#[test]
+fn a_corrupt_cache_from_layer_is_a_miss_with_a_warning() {
+    let Some(reg) = require_registry() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\nRUN head -c 50000 /dev/zero | wc -c > /n && echo \"made=$(cat /n)\"\n"
+        ),
+    )]);
+    let cache = tempfile::tempdir().unwrap();
+    let to = format!("type=local,dest={},mode=max", s(cache.path()));
+    build(&xb, ctx.path(), &["--cache-to", &to]).ok();
+    // Damage every layer blob of the exported cache (the small JSON ones stay).
+    for e in std::fs::read_dir(cache.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let b = std::fs::read(e.path()).unwrap();
+        if b.starts_with(&[0x1f, 0x8b]) {
+            damage(&e.path(), "flip");
+        }
+    }
+    let fresh = Xbuild::new();
+    fresh.run(&["cache", "du"]).ok();
+    let from = format!("type=local,src={}", s(cache.path()));
+    // The fresh state pulls the base from the registry the first one pushed to.
+    let r = build(&fresh, ctx.path(), &["--cache-from", &from]).ok();
+    assert!(
+        r.stderr.contains("made=50000"),
+        "the step did not run:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("unusable"),
+        "no warning about the corrupt cache layer:\n{}",
+        r.stderr
+    );
+}
