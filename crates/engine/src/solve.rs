@@ -372,14 +372,35 @@ impl Engine {
             platform: r.platform.to_string(),
             message,
         };
-        let img = {
+        let pull = async {
             let _g = self.inner.pull_lock.lock().await;
             shared
                 .req
                 .source
                 .pull(r, &self.inner.store, shared.req.events)
                 .await
-                .map_err(pull_err)?
+        };
+        // A pull that takes long says what it waits for (a registry that
+        // does not answer fails at its deadline; until then the user sees
+        // why nothing moves).
+        let img = {
+            tokio::pin!(pull);
+            let mut waited = 0u64;
+            loop {
+                let tick = std::time::Duration::from_secs(if waited == 0 { 5 } else { 30 });
+                match tokio::time::timeout(tick, &mut pull).await {
+                    Ok(res) => break res.map_err(pull_err)?,
+                    Err(_) => {
+                        waited += tick.as_secs();
+                        shared.req.events.emit(Event::Warning {
+                            message: format!(
+                                "still pulling {} for {} after {waited}s: waiting for its registry",
+                                r.reference, r.platform
+                            ),
+                        });
+                    }
+                }
+            }
         };
         let diff_ids = img.config.rootfs.diff_ids.clone();
         if diff_ids.len() != img.image.layers.len() {
