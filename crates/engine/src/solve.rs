@@ -50,7 +50,8 @@ pub(crate) enum ChainLayer {
     },
 }
 
-/// A finished stage: its layers (bottom first), image state and final key.
+/// A finished stage: its layers (bottom first), image state and the key
+/// its dependents see ([`crate::keys::stage_output_key`]).
 #[derive(Debug, Clone)]
 pub(crate) struct StageOut {
     chain: Vec<ChainLayer>,
@@ -70,6 +71,8 @@ pub(crate) struct Shared<'r, 'a> {
     pub(crate) index: Option<Arc<ContextIndex>>,
     pub(crate) context_dir: Option<PathBuf>,
     pub(crate) pulled: tokio::sync::Mutex<HashMap<String, ImageLayers>>,
+    /// Cache-mount ids already emptied by this solve (`--no-cache`).
+    pub(crate) fresh_caches: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl<'r, 'a> Shared<'r, 'a> {
@@ -80,6 +83,7 @@ impl<'r, 'a> Shared<'r, 'a> {
             index: req.context.map(|c| Arc::new(c.clone())),
             context_dir: req.context_dir.map(Path::to_path_buf),
             pulled: tokio::sync::Mutex::new(HashMap::new()),
+            fresh_caches: Default::default(),
         }
     }
 }
@@ -536,6 +540,7 @@ impl Engine {
                 }
             }
         }
+        let key = crate::keys::stage_output_key(&key, Some(builder.diff_ids()));
         Ok(StageOut {
             chain,
             builder,
@@ -614,6 +619,7 @@ impl Engine {
         let parent = key.clone();
         let new_key = sk.key.clone();
 
+        let no_cache_step = skip_lookup.is_some();
         let record = if skip_lookup.is_some() || missed.is_some() {
             None
         } else {
@@ -678,7 +684,11 @@ impl Engine {
                     _ => None,
                 }
             }
-            Op::Exec(e) => self.run_exec(shared, e, deps, step, vid, t0, chain).await?,
+            Op::Exec(e) => {
+                let fresh = req.no_cache || no_cache_step;
+                self.run_exec(shared, e, deps, step, (vid, t0, fresh), chain)
+                    .await?
+            }
             Op::Copy(c) => self.run_copy(shared, c, deps, step, vid, t0, chain).await?,
         };
         let now = timestamp(None);
@@ -792,12 +802,31 @@ impl Engine {
         op: &ExecOp,
         deps: &HashMap<usize, Arc<StageOut>>,
         step: &Step,
-        vid: VertexId,
-        t0: Instant,
+        (vid, t0, no_cache): (VertexId, Instant, bool),
         chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
         let mut sources = Vec::with_capacity(op.mounts.len());
+        // Under --no-cache a cache mount's old contents are not reused: the
+        // first RUN of this build that mounts an id starts it empty.
+        let fresh_caches: Vec<bool> = op
+            .mounts
+            .iter()
+            .map(|m| {
+                if !no_cache || m.kind != MountType::Cache {
+                    return false;
+                }
+                let id =
+                    m.id.clone()
+                        .or_else(|| m.target.clone())
+                        .unwrap_or_default();
+                shared
+                    .fresh_caches
+                    .lock()
+                    .map(|mut set| set.insert(id))
+                    .unwrap_or(false)
+            })
+            .collect();
         let mut secrets = Vec::with_capacity(op.mounts.len());
         for m in &op.mounts {
             sources.push(match (&m.kind, &m.from) {
@@ -833,6 +862,7 @@ impl Engine {
             op: op.clone(),
             sources,
             secrets,
+            fresh_caches,
         };
         let env = self.exec_env(&shared.platform);
         let platform = shared.platform.clone();
