@@ -34,8 +34,8 @@ fn style(mode: ProgressMode) -> Style {
 /// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
 pub(crate) fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
     let file = match &args.file {
-        Some(f) => f.clone(),
-        None => context_dir.join("Dockerfile"),
+        Some(f) => xbuild_engine::context::dockerfile_fallback(f),
+        None => xbuild_engine::context::dockerfile_fallback(&context_dir.join("Dockerfile")),
     };
     let ctx = std::fs::canonicalize(context_dir).ok()?;
     let f = std::fs::canonicalize(&file).ok()?;

@@ -261,6 +261,8 @@ pub(crate) struct Copier<'a> {
     chmod: Option<Chmod>,
     /// Keep source owners (stage and image sources).
     preserve_owner: bool,
+    /// `--parents`: directories are copied with their own metadata.
+    parents: bool,
     stats: CopyStats,
     /// (dev, ino) of copied sources with several links -> where they went.
     links: HashMap<(u64, u64), PathBuf>,
@@ -339,6 +341,7 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         chown,
         chmod,
         preserve_owner: req.src_filter.is_none(),
+        parents: req.parents,
         stats: CopyStats::default(),
         links: HashMap::new(),
         dir_meta: Vec::new(),
@@ -411,13 +414,25 @@ impl Copier<'_> {
         }
     }
 
+    /// The mode of a directory the copy creates on the way to its
+    /// destination (and of the destination of a directory's contents):
+    /// an octal `--chmod`'s permission bits, else 0755, as BuildKit's
+    /// `MkdirAll` (testCopyChmod: `COPY --chmod=777 foo /parent/foo`
+    /// makes `/parent` 0777; a symbolic mode leaves 0755).
+    fn created_dir_mode(&self) -> u32 {
+        match &self.chmod {
+            Some(Chmod::Octal(m)) => m & 0o777,
+            _ => 0o755,
+        }
+    }
+
     fn ensure(&mut self, comps: &[String]) -> Result<PathBuf, CopyError> {
         let mut created = Vec::new();
         let h = dest::ensure_dir(
             self.dest_root,
             comps,
             self.parent_owner(),
-            0o755,
+            self.created_dir_mode(),
             &mut created,
         )?;
         self.stats.dirs += created.len() as u64;
@@ -439,7 +454,9 @@ impl Copier<'_> {
                     Some(md) if md.is_dir()
                 );
                 let dir = self.ensure(&comps)?;
-                if !existed && !comps.is_empty() {
+                if !existed && !comps.is_empty() && self.parents {
+                    // `--parents` copies a source tree: its directories
+                    // keep their own owner and mode.
                     let owner = self.owner_for(top.uid, top.gid);
                     dest::lchown(&dir, owner)?;
                     let mt = fs::symlink_metadata(src_host(&top.path))
@@ -447,6 +464,15 @@ impl Copier<'_> {
                         .map(|m| dest::mtime_of(&m));
                     self.dir_meta
                         .push((dir.clone(), self.mode_for(top.mode, true), mt));
+                } else if !existed && !comps.is_empty() {
+                    // The destination of a directory's contents is made
+                    // like a parent: owned by root or --chown, never by
+                    // the source directory's owner (testCopyChownExistingDir).
+                    let mt = fs::symlink_metadata(src_host(&top.path))
+                        .ok()
+                        .map(|m| dest::mtime_of(&m));
+                    self.dir_meta
+                        .push((dir.clone(), self.created_dir_mode(), mt));
                 }
                 let mut dirs: HashMap<String, PathBuf> = HashMap::new();
                 dirs.insert(String::new(), dir);
