@@ -455,7 +455,7 @@ impl Engine {
                 }
                 Base::Stage(i) => {
                     let d = &deps[i];
-                    (d.chain.clone(), d.builder.clone())
+                    (d.chain.clone(), d.builder.for_child_stage())
                 }
             };
             Ok::<_, EngineError>((chain, builder, key, base))

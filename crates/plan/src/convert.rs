@@ -81,6 +81,9 @@ pub fn plan_source(
     Ok(g)
 }
 
+/// BuildKit's refusal of a variable in `COPY --from`.
+const COPY_FROM_VARIABLE: &str = "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround";
+
 /// The Dockerfile split into its global ARGs and stages.
 struct RawStage<'a> {
     from: &'a Instruction,
@@ -98,6 +101,9 @@ enum Conv {
 /// The state a finished stage hands to stages built on it.
 #[derive(Clone, Default)]
 struct StageState {
+    /// ARGs declared in the stage with their values: a stage built `FROM`
+    /// it sees them (BuildKit copies the base stage's build args).
+    args: BTreeMap<String, String>,
     env: Vec<(String, String)>,
     workdir: String,
     user: String,
@@ -129,7 +135,12 @@ pub fn plan(
     opts: &PlanOptions,
     resolver: &mut dyn ImageResolver,
 ) -> Result<BuildGraph, PlanError> {
-    let auto_args = platform_args(&opts.build_platform, platform);
+    let mut auto_args = platform_args(&opts.build_platform, platform);
+    // The stage being built, "default" without --target (testTargetStageNameArg).
+    auto_args.insert(
+        "TARGETSTAGE".into(),
+        opts.target.clone().unwrap_or_else(|| "default".into()),
+    );
     let mut p = Planner {
         df,
         opts,
@@ -401,12 +412,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Find a stage referenced by `--from` (name or index). `None` means "an image".
-    fn stage_ref(
-        &self,
-        current: usize,
-        word: &str,
-        ins: &Instruction,
-    ) -> Result<Option<usize>, PlanError> {
+    fn stage_ref(&self, word: &str, ins: &Instruction) -> Result<Option<usize>, PlanError> {
         let lower = word.to_ascii_lowercase();
         if let Some(n) = self
             .stages
@@ -418,14 +424,9 @@ impl<'a> Planner<'a> {
         if !word.is_empty() && word.chars().all(|c| c.is_ascii_digit()) {
             let n: usize = word
                 .parse()
-                .map_err(|_| self.at(ins, format!("invalid stage index {word:?}")))?;
-            if n >= current {
-                return Err(self.at(
-                    ins,
-                    format!(
-                        "invalid from flag value {word}: refers to current or future build stage"
-                    ),
-                ));
+                .map_err(|_| self.at(ins, format!("invalid stage index {word}")))?;
+            if n >= self.stages.len() {
+                return Err(self.at(ins, format!("invalid stage index {n}")));
             }
             return Ok(Some(n));
         }
@@ -529,6 +530,7 @@ impl<'a> Planner<'a> {
                         user: cfg.user,
                         shell: cfg.shell,
                         onbuild: cfg.onbuild,
+                        args: BTreeMap::new(),
                     },
                 )
             }
@@ -544,7 +546,7 @@ impl<'a> Planner<'a> {
             n,
             platform: platform.clone(),
             scope: Scope {
-                args: BTreeMap::new(),
+                args: state.args.clone(),
                 env: state.env.clone(),
             },
             state,
@@ -553,7 +555,10 @@ impl<'a> Planner<'a> {
         // ONBUILD triggers of the base run first; they are not inherited further.
         let triggers = std::mem::take(&mut sc.state.onbuild);
         for t in &triggers {
-            let trig_file = format!("{} (ONBUILD trigger of {image})", self.file());
+            let trig_file = match base {
+                Base::Stage(_) => self.file().to_string(),
+                _ => format!("{} (ONBUILD trigger of {image})", self.file()),
+            };
             let doc = xbuild_dockerfile::parse(t, &trig_file)?;
             for node in &doc.nodes {
                 let mut ins = instructions::from_node(node, &trig_file)?;
@@ -571,6 +576,7 @@ impl<'a> Planner<'a> {
             self.convert_instruction(&mut sc, ins, chain, false)?;
         }
         sc.state.env = sc.scope.env.clone();
+        sc.state.args = sc.scope.args.clone();
         self.finals[n] = sc.state.clone();
         Ok(Stage {
             name: from_info.name.clone(),
@@ -613,14 +619,26 @@ impl<'a> Planner<'a> {
         from: Option<&str>,
         ins: &Instruction,
         chain: &mut Vec<usize>,
+        mount_target: Option<&str>,
     ) -> Result<FileSource, PlanError> {
         let Some(word) = from else {
             return Ok(FileSource::Context);
         };
-        match self.stage_ref(sc.n, word, ins)? {
+        match self.stage_ref(word, ins)? {
             Some(dep) => {
-                if dep == sc.n {
-                    return Err(self.at(ins, format!("stage {word:?} cannot copy from itself")));
+                if dep >= sc.n {
+                    // BuildKit dispatches stages in order: a stage can only
+                    // read one defined before it.
+                    let current = self.stages[sc.n].from_info.name.clone().unwrap_or_default();
+                    let msg = match mount_target {
+                        Some(t) => format!(
+                            "cannot mount from stage {word:?} to {t:?}, stage needs to be defined before current command"
+                        ),
+                        None => format!(
+                            "cannot copy from stage {word:?}, it needs to be defined before current stage {current:?}"
+                        ),
+                    };
+                    return Err(self.at(ins, msg));
                 }
                 Ok(FileSource::Stage(self.convert_stage(dep, chain)?))
             }
@@ -812,6 +830,8 @@ impl<'a> Planner<'a> {
                 (t.clone(), t, Op::Config(ConfigOp::Healthcheck(spec)))
             }
             Kind::Onbuild { text, .. } => {
+                // A stage built FROM this one runs it (testOnBuildInheritedStageRun).
+                sc.state.onbuild.push(text.clone());
                 let t = format!("ONBUILD {text}");
                 (t.clone(), t, Op::Config(ConfigOp::Onbuild(text.clone())))
             }
@@ -873,10 +893,25 @@ impl<'a> Planner<'a> {
                 for (k, v) in &args_in_scope {
                     env.push(format!("{k}={v}"));
                 }
-                for p in PROXY_ARGS {
-                    if let Some(v) = self.opts.build_args.get(*p) {
-                        if !args_in_scope.contains_key(*p) {
-                            env.push(format!("{p}={v}"));
+                // BuildKit's proxy env: a proxy build arg, in either case,
+                // reaches RUN in both spellings without an ARG.
+                for (upper, lower) in PROXY_ARGS.chunks(2).map(|c| (c[0], c[1])) {
+                    let v = self
+                        .opts
+                        .build_args
+                        .get(upper)
+                        .or_else(|| self.opts.build_args.get(lower))
+                        .or_else(|| {
+                            self.opts
+                                .build_args
+                                .iter()
+                                .find(|(k, _)| k.eq_ignore_ascii_case(upper))
+                                .map(|(_, v)| v)
+                        });
+                    let Some(v) = v else { continue };
+                    for name in [upper, lower] {
+                        if !args_in_scope.contains_key(name) {
+                            env.push(format!("{name}={v}"));
                         }
                     }
                 }
@@ -916,10 +951,20 @@ impl<'a> Planner<'a> {
             }
             Kind::Copy(c) => {
                 let from_word = match &c.from {
-                    Some(f) => Some(ex.word(f).map_err(|x| self.at(ins, e(x)))?),
+                    Some(f) => {
+                        // BuildKit refuses any expansion in COPY --from
+                        // (the word must be the same with no variables).
+                        let plain = Expander::new(esc, &Scope::default())
+                            .word(f)
+                            .map_err(|x| self.at(ins, e(x)))?;
+                        if plain != *f {
+                            return Err(self.at(ins, COPY_FROM_VARIABLE));
+                        }
+                        Some(f.clone())
+                    }
                     None => None,
                 };
-                let from = self.file_source(sc, from_word.as_deref(), ins, chain)?;
+                let from = self.file_source(sc, from_word.as_deref(), ins, chain, None)?;
                 let mut sources = Vec::new();
                 let mut inline = Vec::new();
                 let mut docs = c.heredocs.iter();
@@ -1005,7 +1050,11 @@ impl<'a> Planner<'a> {
                 for x in &exclude {
                     flags.push(format!("--exclude={x}"));
                 }
-                if let Some(v) = &c.checksum {
+                let checksum = match &c.checksum {
+                    Some(v) => Some(ex.word(v).map_err(|x| self.at(ins, e(x)))?),
+                    None => None,
+                };
+                if let Some(v) = &checksum {
                     flags.push(format!("--checksum={v}"));
                 }
                 let mut words = flags;
@@ -1028,7 +1077,7 @@ impl<'a> Planner<'a> {
                         exclude,
                         parents: c.parents,
                         add: c.is_add,
-                        checksum: c.checksum.clone(),
+                        checksum,
                         unpack: c.unpack,
                         keep_git_dir: c.keep_git_dir,
                     }),
@@ -1055,8 +1104,20 @@ impl<'a> Planner<'a> {
         ins: &Instruction,
         chain: &mut Vec<usize>,
     ) -> Result<ExecMount, PlanError> {
+        // Every value is expanded (BuildKit, testMountArg: `type=$T`); a
+        // spec as written is parsed again with its values expanded.
+        let reparsed;
+        let (m, expanded) = if m.spec.is_empty() {
+            (m, false)
+        } else {
+            let mut expand = |v: &str| ex.word(v).map_err(|x| x.to_string());
+            reparsed = instructions::parse_mount_with(&m.spec, &mut expand)
+                .map_err(|msg| self.at(ins, format!("--mount={}: {msg}", m.spec)))?;
+            (&reparsed, true)
+        };
         let exp = |ex: &mut Expander, v: &Option<String>| -> Result<Option<String>, String> {
             match v {
+                Some(s) if expanded => Ok(Some(s.clone())),
                 Some(s) => ex.word(s).map(Some).map_err(|x| x.to_string()),
                 None => Ok(None),
             }
@@ -1065,10 +1126,13 @@ impl<'a> Planner<'a> {
         let source = exp(ex, &m.source).map_err(|x| self.at(ins, x))?;
         let from_w = exp(ex, &m.from).map_err(|x| self.at(ins, x))?;
         let mut id = exp(ex, &m.id).map_err(|x| self.at(ins, x))?;
+        let target_word = target.clone().unwrap_or_default();
         let target = target.map(|t| join_clean(&sc.state.workdir, &t));
         let from = match m.kind {
             MountType::Bind | MountType::Cache => match &from_w {
-                Some(_) => Some(self.file_source(sc, from_w.as_deref(), ins, chain)?),
+                Some(_) => {
+                    Some(self.file_source(sc, from_w.as_deref(), ins, chain, Some(&target_word))?)
+                }
                 None if m.kind == MountType::Bind => Some(FileSource::Context),
                 None => None,
             },
