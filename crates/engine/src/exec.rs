@@ -547,6 +547,12 @@ pub(crate) fn overlay_view(
         setup.views.push(m);
         return Ok(root);
     }
+    if layers.is_empty() && !writable {
+        // A stage with no layers (FROM scratch and metadata only): its
+        // files are the empty directory. overlayfs refuses a read-only
+        // mount of a single lower directory.
+        return Ok(env.empty.clone());
+    }
     let mp = Scratch::new(&env.mounts_dir)?;
     let target = mp.subdir("m")?;
     let mut lowers: Vec<PathBuf> = layers.iter().rev().cloned().collect();

@@ -933,6 +933,11 @@ impl Engine {
         let inner = self.inner.clone();
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
+        let from_label = match &op.from {
+            FileSource::Context => String::new(),
+            FileSource::Stage(i) => format!("stage {}", req.graph.stages[*i].display_name()),
+            FileSource::Image(r) => format!("image {}", r.reference),
+        };
         let op = op.clone();
         blocking(req.events, vid, t0, move |_tx| {
             fs_step(&inner, &chain, sde, |root| {
@@ -966,7 +971,17 @@ impl Engine {
                 };
                 let r = copy::copy_into(&creq);
                 drop(setup);
-                r?;
+                r.map_err(|e| match e {
+                    copy::CopyError::Source(crate::context::ContextError::NotFound { path })
+                        if !from_label.is_empty() =>
+                    {
+                        copy::CopyError::NotFoundIn {
+                            path,
+                            from: from_label,
+                        }
+                    }
+                    e => e,
+                })?;
                 Ok(Vec::new())
             })
         })

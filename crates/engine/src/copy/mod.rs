@@ -40,6 +40,14 @@ pub enum CopyError {
     /// Selecting the sources failed (names the pattern).
     #[error(transparent)]
     Source(#[from] ContextError),
+    /// A literal source is missing from a stage or image (BuildKit's words).
+    #[error("failed to calculate checksum of {from}: {path:?}: not found")]
+    NotFoundIn {
+        /// The source as given.
+        path: String,
+        /// `stage NAME` or `image REF`.
+        from: String,
+    },
     /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {
