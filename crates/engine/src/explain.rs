@@ -6,11 +6,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use xbuild_oci::{Digest, Platform};
-use xbuild_plan::Base;
 
 use crate::engine::{Engine, EngineError, SolveRequest};
 use crate::events::MissReason;
-use crate::keys::{stage_output_key, step_label};
+use crate::keys::step_label;
 use crate::solve::Shared;
 
 /// One vertex of the answer.
@@ -42,7 +41,6 @@ impl Engine {
         let shared = Shared::new(&req);
         let platform = g.platform.clone();
         let mut keys: HashMap<usize, Digest> = HashMap::new();
-        let mut layers: HashMap<usize, Option<Vec<Digest>>> = HashMap::new();
         let names: HashMap<usize, String> = g
             .stages
             .iter()
@@ -53,20 +51,6 @@ impl Engine {
         for (i, stage) in g.stages.iter().enumerate() {
             let total = stage.steps.len() + 1;
             let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
-            // The layers the stage would end with, while every step hits.
-            let mut diff_ids: Option<Vec<Digest>> = match &stage.base {
-                Base::Scratch => Some(Vec::new()),
-                Base::Image(r) => Some(
-                    self.image_chain(&shared, r, &stage.location)
-                        .await?
-                        .0
-                        .config
-                        .rootfs
-                        .diff_ids
-                        .clone(),
-                ),
-                Base::Stage(d) => layers.get(d).cloned().flatten(),
-            };
             out.push(ExplainStep {
                 platform: platform.clone(),
                 stage: stage.display_name(),
@@ -111,19 +95,16 @@ impl Engine {
                     }]
                 } else if let Some(s) = &missed {
                     vec![MissReason::ParentMissed { step: s.clone() }]
-                } else if let Some(rec) =
-                    self.inner.cache.get(&platform, &sk.key, &self.inner.store)
+                } else if self
+                    .inner
+                    .cache
+                    .get(&platform, &sk.key, &self.inner.store)
+                    .is_some()
                 {
-                    if let (Some(ids), Some(d)) = (diff_ids.as_mut(), rec.diff_id) {
-                        ids.push(d);
-                    }
                     Vec::new()
                 } else {
                     self.miss_causes(&platform, &key, &sk)
                 };
-                if !causes.is_empty() {
-                    diff_ids = None;
-                }
                 if !causes.is_empty() && missed.is_none() {
                     missed = Some(step_label(stage, si + 2, &step.text));
                 }
@@ -139,8 +120,7 @@ impl Engine {
                 });
                 key = sk.key;
             }
-            keys.insert(i, stage_output_key(&key, diff_ids.as_deref()));
-            layers.insert(i, diff_ids);
+            keys.insert(i, key);
         }
         Ok(out)
     }

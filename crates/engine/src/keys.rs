@@ -41,27 +41,6 @@ pub(crate) fn step_label(stage: &Stage, index: usize, text: &str) -> String {
     )
 }
 
-/// The key a stage's dependents see (a stage `FROM` it, `COPY --from`,
-/// `RUN --mount=from=`): its last step's key bound to the layers the stage
-/// ended with. Keys alone say what was asked; a stage re-run under
-/// `--no-cache`/`--no-cache-filter` may produce other files under the same
-/// keys, and a dependent keyed on the keys alone would reuse a result made
-/// from the old files (BuildKit keys a `COPY --from` by the copied content).
-/// `None` layers: the stage's result is not known (it would be rebuilt).
-pub(crate) fn stage_output_key(key: &Digest, diff_ids: Option<&[Digest]>) -> Digest {
-    let mut text = format!("stage-output\n{key}\n");
-    match diff_ids {
-        Some(ids) => {
-            for d in ids {
-                text.push_str(d.as_str());
-                text.push('\n');
-            }
-        }
-        None => text.push_str("unbuilt\n"),
-    }
-    Digest::sha256_of(text.as_bytes())
-}
-
 impl Engine {
     /// The manifest digest of `r`: the one planning pinned, else pulled.
     pub(crate) async fn image_digest(
@@ -449,23 +428,6 @@ fn listing_diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stage_output_key_follows_the_layers() {
-        let k = Digest::sha256_of(b"last step");
-        let a = Digest::sha256_of(b"layer a");
-        let b = Digest::sha256_of(b"layer b");
-        let one = stage_output_key(&k, Some(std::slice::from_ref(&a)));
-        assert_eq!(one, stage_output_key(&k, Some(std::slice::from_ref(&a))));
-        // Same steps, other files (a re-run under --no-cache-filter).
-        assert_ne!(one, stage_output_key(&k, Some(std::slice::from_ref(&b))));
-        assert_ne!(one, stage_output_key(&k, Some(&[])));
-        assert_ne!(one, stage_output_key(&k, None));
-        assert_ne!(
-            one,
-            stage_output_key(&Digest::sha256_of(b"other"), Some(std::slice::from_ref(&a)))
-        );
-    }
 
     #[test]
     fn listing_diff_names_changed_added_and_removed_paths() {

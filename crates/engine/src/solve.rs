@@ -50,13 +50,18 @@ pub(crate) enum ChainLayer {
     },
 }
 
-/// A finished stage: its layers (bottom first), image state and the key
-/// its dependents see ([`crate::keys::stage_output_key`]).
+/// A finished stage: its layers (bottom first), image state and final key.
 #[derive(Debug, Clone)]
 pub(crate) struct StageOut {
     chain: Vec<ChainLayer>,
     builder: ImageBuilder,
     key: Digest,
+    /// A step ran although its key had a record (`--no-cache`,
+    /// `--no-cache-filter`, or a forced dependency): the stage's files may
+    /// differ from what its keys recorded, so the steps that read them must
+    /// run again too. BuildKit keys such reads by content; without that, a
+    /// dependent would reuse a result made from the old files (a stale image).
+    forced: bool,
     steps: usize,
     cached: usize,
 }
@@ -256,6 +261,25 @@ fn lower_has_same_dir(up: &Path, chain: &[PathBuf], rel: &Path) -> bool {
         }
     }
     false
+}
+
+/// The stages a step reads files from (`COPY --from`, `RUN --mount=from=`).
+fn step_reads(step: &Step) -> Vec<usize> {
+    match &step.op {
+        Op::Copy(c) => match c.from {
+            FileSource::Stage(i) => vec![i],
+            _ => Vec::new(),
+        },
+        Op::Exec(e) => e
+            .mounts
+            .iter()
+            .filter_map(|m| match m.from {
+                Some(FileSource::Stage(i)) => Some(i),
+                _ => None,
+            })
+            .collect(),
+        Op::Config(_) => Vec::new(),
+    }
 }
 
 fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
@@ -475,12 +499,23 @@ impl Engine {
             duration: t0.elapsed(),
         });
 
-        let skip_lookup = req.no_cache
+        let filtered = req.no_cache
             || stage.name.as_deref().is_some_and(|n| {
                 req.no_cache_filter
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(n))
             });
+        // A base stage that was forced: every step here reads its files.
+        let forced_base = match &stage.base {
+            Base::Stage(i) => deps.get(i).filter(|d| d.forced).map(|_| *i),
+            _ => None,
+        };
+        let forced_dep = |i: usize| -> MissReason {
+            MissReason::SourceChanged {
+                from: format!("stage {}", req.graph.stages[i].display_name()),
+            }
+        };
+        let mut forced = false;
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
@@ -499,6 +534,23 @@ impl Engine {
                         &dep_names,
                     )
                     .await?;
+                let force = if req.no_cache {
+                    Some(MissReason::NoCache)
+                } else if filtered {
+                    Some(MissReason::NoCacheFilter {
+                        stage: stage.display_name(),
+                    })
+                } else if let Some(i) = forced_base {
+                    Some(forced_dep(i))
+                } else {
+                    step_reads(step)
+                        .into_iter()
+                        .find(|i| deps.get(i).is_some_and(|d| d.forced))
+                        .map(forced_dep)
+                };
+                if force.is_some() {
+                    forced = true;
+                }
                 self.solve_step(
                     shared,
                     step,
@@ -506,7 +558,7 @@ impl Engine {
                     (vid, t0),
                     (&mut chain, &mut builder, &mut key),
                     sk,
-                    skip_lookup.then(|| stage.display_name()),
+                    force,
                     &mut missed,
                 )
                 .await
@@ -540,11 +592,11 @@ impl Engine {
                 }
             }
         }
-        let key = crate::keys::stage_output_key(&key, Some(builder.diff_ids()));
         Ok(StageOut {
             chain,
             builder,
             key,
+            forced,
             steps: stage.steps.len(),
             cached,
         })
@@ -610,7 +662,7 @@ impl Engine {
         (vid, t0): (VertexId, Instant),
         (chain, builder, key): (&mut Vec<ChainLayer>, &mut ImageBuilder, &mut Digest),
         sk: StepKey,
-        skip_lookup: Option<String>,
+        force: Option<MissReason>,
         missed: &mut Option<String>,
     ) -> Result<bool, EngineError> {
         let req = shared.req;
@@ -619,8 +671,11 @@ impl Engine {
         let parent = key.clone();
         let new_key = sk.key.clone();
 
-        let no_cache_step = skip_lookup.is_some();
-        let record = if skip_lookup.is_some() || missed.is_some() {
+        let no_cache_step = matches!(
+            force,
+            Some(MissReason::NoCache | MissReason::NoCacheFilter { .. })
+        );
+        let record = if force.is_some() || missed.is_some() {
             None
         } else {
             self.lookup(req, platform, &new_key).await
@@ -644,10 +699,8 @@ impl Engine {
             return Ok(true);
         }
 
-        let causes = if req.no_cache {
-            vec![MissReason::NoCache]
-        } else if let Some(stage) = skip_lookup {
-            vec![MissReason::NoCacheFilter { stage }]
+        let causes = if let Some(reason) = force {
+            vec![reason]
         } else if let Some(step) = missed.clone() {
             vec![MissReason::ParentMissed { step }]
         } else {
