@@ -494,6 +494,50 @@ fn add_urls_with_checksums() {
 }
 
 #[test]
+fn add_url_without_a_name_and_unpack() {
+    // dockerfile_add_test.go testDockerfileADDFromURL: no file name in the
+    // URL path gives `__unnamed__`.
+    let mut fx = Fx::new();
+    let base = serve(b"content2", 1);
+    fx.copy_with(&[format!("{base}/").as_str()], "/dest/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert_eq!(fx.read("dest/__unnamed__"), "content2");
+    // testDockerfileAddArchive: a URL archive is unpacked only with
+    // --unpack=true.
+    let tgz: &'static [u8] = Box::leak(tar_gz(&[("foo", b"content0")], true).into_boxed_slice());
+    let base = serve(tgz, 2);
+    let url = format!("{base}/t.tar.gz");
+    fx.copy_with(&[url.as_str()], "/unpacked/", |r| {
+        r.add = Some(AddOptions {
+            unpack: Some(true),
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    assert_eq!(fx.read("unpacked/foo"), "content0");
+    assert!(!fx.exists("unpacked/t.tar.gz"));
+    fx.copy_with(&[url.as_str()], "/kept/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert!(fx.exists("kept/t.tar.gz") && !fx.exists("kept/foo"));
+}
+
+#[test]
+fn a_socket_in_the_context_is_copied_as_an_empty_file() {
+    // dockerfile_copy_test.go testCopySocket
+    let mut fx = Fx::new();
+    let _l = std::os::unix::net::UnixListener::bind(fx.ctx.path().join("socket.sock")).unwrap();
+    fx.copy(&["."], "/all/").unwrap();
+    let m = fx.meta("all/socket.sock");
+    assert!(m.is_file(), "{m:?}");
+    assert_eq!(m.len(), 0);
+    assert_eq!(fx.read("all/file.txt"), "file");
+}
+
+#[test]
 fn heredoc_inline_files() {
     let mut fx = Fx::new();
     fx.index();

@@ -136,11 +136,19 @@ pub fn plan(
     resolver: &mut dyn ImageResolver,
 ) -> Result<BuildGraph, PlanError> {
     let mut auto_args = platform_args(&opts.build_platform, platform);
-    // The stage being built, "default" without --target (testTargetStageNameArg).
-    auto_args.insert(
-        "TARGETSTAGE".into(),
-        opts.target.clone().unwrap_or_else(|| "default".into()),
-    );
+    // The stage being built: --target, else the last stage's name, else
+    // "default" (testTargetStageNameArg).
+    let last_name = df.instructions.iter().rev().find_map(|i| match &i.kind {
+        Kind::From(f) => Some(f.name.clone()),
+        _ => None,
+    });
+    let target_stage = opts
+        .target
+        .clone()
+        .or(last_name.flatten())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "default".into());
+    auto_args.insert("TARGETSTAGE".into(), target_stage);
     let mut p = Planner {
         df,
         opts,

@@ -84,6 +84,12 @@ fn targetstage_is_the_target_name() {
     let g = plan_for(src);
     let base = stage(&g, "base");
     assert_eq!(env_of(exec(&base.steps[2]), "TARGETSTAGE"), Some("default"));
+    // Without --target, a named last stage gives its name.
+    let g = plan_for(&format!(
+        "{src}FROM scratch AS final\nCOPY --from=base /out/ /\n"
+    ));
+    let base = stage(&g, "base");
+    assert_eq!(env_of(exec(&base.steps[2]), "TARGETSTAGE"), Some("final"));
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod hash;
 mod select;
 
 pub use cache::HashCache;
+pub(crate) use hash::is_socket as hash_is_socket;
 pub(crate) use select::{clean_components, select, FsTree, IndexTree, SelectedRoot};
 
 use serde::{Deserialize, Serialize};
@@ -156,7 +157,7 @@ pub struct ScanStats {
     pub bytes_hashed: u64,
     /// Files whose digest came from the [`HashCache`].
     pub cache_hits: u64,
-    /// Sockets, fifos and devices left out of the index.
+    /// Fifos and devices left out of the index.
     pub skipped_special: u64,
 }
 
@@ -244,16 +245,20 @@ impl HostStamp {
     }
 }
 
-/// Builds an index entry (without digest) from `lstat` metadata; `None` for
-/// sockets, fifos and devices.
+/// Builds an index entry (without digest) from `lstat` metadata: a socket
+/// is an empty file; `None` for fifos and devices.
 pub(crate) fn entry_from_meta(
     path: String,
     md: &fs::Metadata,
     host: &Path,
 ) -> Result<Option<IndexEntry>, ContextError> {
     let ft = md.file_type();
+    use std::os::unix::fs::FileTypeExt;
     let (kind, size, link_target) = if ft.is_file() {
         (EntryKind::File, md.size(), None)
+    } else if ft.is_socket() {
+        // BuildKit sends a socket as an empty regular file (testCopySocket).
+        (EntryKind::File, 0, None)
     } else if ft.is_dir() {
         (EntryKind::Dir, 0, None)
     } else if ft.is_symlink() {

@@ -120,12 +120,6 @@ pub enum CopyError {
         /// What happened.
         message: String,
     },
-    /// The URL path has no file name to use under a directory destination.
-    #[error("cannot determine a file name from URL {url}")]
-    NoFileName {
-        /// The URL.
-        url: String,
-    },
     /// `--checksum` is malformed or used with a non-HTTP source.
     #[error("invalid checksum {value:?}: {reason}")]
     BadChecksum {
@@ -388,12 +382,14 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         let opts = add.clone().unwrap_or_default();
         let name_hint = add::url_file_name(u);
         let target = if into_dir {
-            let name = name_hint.ok_or_else(|| CopyError::NoFileName { url: u.to_string() })?;
+            // BuildKit names a download by its URL path's last element,
+            // `__unnamed__` when there is none (testDockerfileADDFromURL).
+            let name = name_hint.unwrap_or_else(|| "__unnamed__".to_string());
             file_target(&name)
         } else {
             file_target("")
         };
-        c.fetch_url(u, &opts, target)?;
+        c.fetch_url(u, &opts, target, &dest_comps)?;
     }
     for f in req.inline {
         let target = file_target(&f.name);
@@ -566,6 +562,21 @@ impl Copier<'_> {
         owner: (u32, u32),
         mode: u32,
     ) -> Result<(), CopyError> {
+        if crate::context::hash_is_socket(src) {
+            // A socket of the context is copied as an empty file (BuildKit).
+            dest::clear_for_write(self.dest_root, dst)?;
+            let df = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dst)
+                .map_err(dest::io_at("create", dst))?;
+            let smd = fs::symlink_metadata(src).map_err(dest::io_at("stat", src))?;
+            self.finish_file(&df, dst, owner, mode, Some(dest::mtime_of(&smd)))?;
+            self.stats.files += 1;
+            return Ok(());
+        }
         let mut sf = fs::File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
