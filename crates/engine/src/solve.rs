@@ -139,10 +139,13 @@ type NewLayer = (Descriptor, Digest, PathBuf);
 /// Mounts a writable overlay over `chain`, lets `work` change the merged
 /// tree, then turns the upper directory into a layer and a snapshot.
 /// `work` returns mount points to drop from the diff. `None`: nothing changed.
+/// `keep_empty`: a step that changed nothing still gets a layer (an empty
+/// tar), as BuildKit gives RUN, COPY and ADD (testExportedHistory: `RUN ls`
+/// has a layer and `empty_layer` false).
 fn fs_step(
     inner: &Inner,
     chain: &[PathBuf],
-    sde: Option<i64>,
+    (sde, keep_empty): (Option<i64>, bool),
     work: impl FnOnce(&Path) -> Result<Vec<PathBuf>, EngineError>,
 ) -> Result<Option<NewLayer>, EngineError> {
     let scratch = inner.snapshots.scratch()?;
@@ -170,7 +173,7 @@ fn fs_step(
         })?
         .next()
         .is_none();
-    if empty {
+    if empty && !keep_empty {
         return Ok(None);
     }
     let opts = WriteOptions {
@@ -261,6 +264,12 @@ fn lower_has_same_dir(up: &Path, chain: &[PathBuf], rel: &Path) -> bool {
         }
     }
     false
+}
+
+/// ONBUILD leaves no history entry (BuildKit's dispatchOnbuild commits
+/// none).
+fn no_history(step: &Step) -> bool {
+    matches!(step.op, Op::Config(ConfigOp::Onbuild(_)))
 }
 
 /// The stages a step reads files from (`COPY --from`, `RUN --mount=from=`).
@@ -692,6 +701,7 @@ impl Engine {
                     });
                     builder.add_layer(layer, diff_id, &step.created_by, Some(rec.created));
                 }
+                _ if no_history(step) => {}
                 _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
             }
             req.events.emit(Event::Cached { id: vid });
@@ -722,7 +732,9 @@ impl Engine {
                         let chain2 = self.materialize(req, chain).await?;
                         let (inner2, dir) = (inner.clone(), dir.clone());
                         blocking(req.events, vid, t0, move |_tx| {
-                            fs_step(&inner2, &chain2, sde, |root| {
+                            // BuildKit: WORKDIR other than "/" is a layer.
+                            let keep = dir != "/";
+                            fs_step(&inner2, &chain2, (sde, keep), |root| {
                                 let (uid, gid) = if user.is_empty() {
                                     (0, 0)
                                 } else {
@@ -756,6 +768,7 @@ impl Engine {
                 );
                 (Some(desc), Some(diff_id))
             }
+            None if no_history(step) => (None, None),
             None => {
                 builder.add_empty_history(&step.created_by, Some(now.clone()));
                 (None, None)
@@ -923,7 +936,7 @@ impl Engine {
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
         blocking(req.events, vid, t0, move |tx| {
-            fs_step(&inner, &chain, sde, |root| {
+            fs_step(&inner, &chain, (sde, true), |root| {
                 // Secret values never reach the log: masked per stream.
                 let values = || plan.secrets.iter().flatten().map(Vec::as_slice);
                 let mut out_mask = Redactor::new(values());
@@ -993,7 +1006,7 @@ impl Engine {
         };
         let op = op.clone();
         blocking(req.events, vid, t0, move |_tx| {
-            fs_step(&inner, &chain, sde, |root| {
+            fs_step(&inner, &chain, (sde, true), |root| {
                 let mut setup = Setup::default();
                 let empty;
                 let src_root: &Path = match &source {

@@ -104,6 +104,7 @@ struct StageState {
     /// ARGs declared in the stage with their values: a stage built `FROM`
     /// it sees them (BuildKit copies the base stage's build args).
     args: BTreeMap<String, String>,
+    arg_order: Vec<String>,
     env: Vec<(String, String)>,
     workdir: String,
     user: String,
@@ -539,6 +540,7 @@ impl<'a> Planner<'a> {
                         shell: cfg.shell,
                         onbuild: cfg.onbuild,
                         args: BTreeMap::new(),
+                        arg_order: Vec::new(),
                     },
                 )
             }
@@ -556,6 +558,7 @@ impl<'a> Planner<'a> {
             scope: Scope {
                 args: state.args.clone(),
                 env: state.env.clone(),
+                arg_order: state.arg_order.clone(),
             },
             state,
             steps: Vec::new(),
@@ -585,6 +588,7 @@ impl<'a> Planner<'a> {
         }
         sc.state.env = sc.scope.env.clone();
         sc.state.args = sc.scope.args.clone();
+        sc.state.arg_order = sc.scope.arg_order.clone();
         self.finals[n] = sc.state.clone();
         Ok(Stage {
             name: from_info.name.clone(),
@@ -680,7 +684,7 @@ impl<'a> Planner<'a> {
                     let v = self.arg_value(&d.name, d.default.as_deref(), &snapshot, ins)?;
                     match &v {
                         Some(v) => {
-                            sc.scope.args.insert(d.name.clone(), v.clone());
+                            sc.scope.set_arg(&d.name, v);
                         }
                         None => {
                             sc.scope.args.remove(&d.name);
@@ -709,16 +713,9 @@ impl<'a> Planner<'a> {
                     }
                     pairs.push((k, v));
                 }
-                let shown: Vec<String> = pairs
-                    .iter()
-                    .map(|(k, v)| {
-                        if is_env {
-                            format!("{k}={v}")
-                        } else {
-                            format!("{k}={}", serde_json::to_string(v).unwrap_or_default())
-                        }
-                    })
-                    .collect();
+                // BuildKit's history text: `KEY=value`, unquoted, for ENV
+                // and LABEL alike (testExportedHistory).
+                let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let t = format!("{} {}", ins.keyword, shown.join(" "));
                 if is_env {
                     for (k, v) in &pairs {
@@ -755,17 +752,42 @@ impl<'a> Planner<'a> {
                 (t.clone(), t, Op::Config(ConfigOp::Maintainer(m.clone())))
             }
             Kind::Expose(ports) => {
-                let mut out = Vec::new();
+                // As BuildKit: the words are sorted as written, expanded,
+                // and each `[ip:][host:]port[-end][/proto]` gives its
+                // container ports; an IP or host port is accepted with a
+                // warning (ExposeInvalidFormat).
+                let mut sorted = ports.clone();
+                sorted.sort();
+                let mut words = Vec::new();
                 let mut each = Vec::new();
-                for p in ports {
+                for p in &sorted {
                     for w in ex.words(p).map_err(|x| self.at(ins, e(x)))? {
-                        let spec = normalize_port(&w).map_err(|m| self.at(ins, m))?;
-                        each.extend(expand_port_range(&spec));
-                        out.push(spec);
+                        let spec = parse_port_spec(&w).map_err(|m| self.at(ins, m))?;
+                        if spec.host_mapping {
+                            self.warnings.push(PlanWarning {
+                                rule: "ExposeInvalidFormat".into(),
+                                message: format!(
+                                    "EXPOSE instruction should not define an IP address or host-port mapping, found '{w}'"
+                                ),
+                                location: Some(loc(self.file(), ins)),
+                            });
+                        }
+                        if spec.proto_casing {
+                            self.warnings.push(PlanWarning {
+                                rule: "ExposeProtoCasing".into(),
+                                message: format!(
+                                    "Defined protocol '{w}' in EXPOSE instruction should be lowercase"
+                                ),
+                                location: Some(loc(self.file(), ins)),
+                            });
+                        }
+                        each.extend(spec.ports);
+                        words.push(w);
                     }
                 }
-                let t = format!("EXPOSE {}", out.join(" "));
-                (t.clone(), t, Op::Config(ConfigOp::Expose(each)))
+                let t = format!("EXPOSE {}", words.join(" "));
+                let created_by = format!("EXPOSE [{}]", each.join(" "));
+                (t, created_by, Op::Config(ConfigOp::Expose(each)))
             }
             Kind::Volume(vols) => {
                 let mut out = Vec::new();
@@ -929,7 +951,9 @@ impl<'a> Planner<'a> {
                 let prefix = if args_in_scope.is_empty() {
                     String::new()
                 } else {
-                    let kv: Vec<String> = args_in_scope
+                    let kv: Vec<String> = sc
+                        .scope
+                        .ordered_args()
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
@@ -1070,7 +1094,22 @@ impl<'a> Planner<'a> {
                 words.extend(inline.iter().map(|h| format!("<<{}", h.name)));
                 words.push(dest_word.clone());
                 let text = format!("{} {}", ins.keyword, words.join(" "));
-                let created_by = format!("{text} # buildkit");
+                // BuildKit's history text names only --parents, --chown
+                // and --chmod, then the sources and the destination.
+                let mut hist = vec![ins.keyword.clone()];
+                if c.parents {
+                    hist.push("--parents".into());
+                }
+                if let Some(v) = chown.as_ref().filter(|v| !v.is_empty()) {
+                    hist.push(format!("--chown={v}"));
+                }
+                if let Some(v) = chmod.as_ref().filter(|v| !v.is_empty()) {
+                    hist.push(format!("--chmod={v}"));
+                }
+                hist.extend(sources.iter().cloned());
+                hist.extend(inline.iter().map(|h| format!("<<{}", h.name)));
+                hist.push(dest_word.clone());
+                let created_by = format!("{} # buildkit", hist.join(" "));
                 (
                     text,
                     created_by,
@@ -1220,38 +1259,66 @@ fn is_bare_heredoc(cmd: &str, h: &Heredoc) -> bool {
     unquoted == h.name
 }
 
-fn normalize_port(p: &str) -> Result<String, String> {
-    let (port, proto) = match p.split_once('/') {
-        Some((a, b)) => (a, b.to_ascii_lowercase()),
-        None => (p, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!(
-            "invalid proto {proto:?} in port {p:?} (tcp, udp or sctp)"
-        ));
-    }
-    let valid = |s: &str| s.parse::<u16>().is_ok();
-    let ok = match port.split_once('-') {
-        Some((a, b)) => valid(a) && valid(b) && a.parse::<u16>().ok() <= b.parse::<u16>().ok(),
-        None => valid(port),
-    };
-    if !ok {
-        return Err(format!(
-            "invalid port {p:?}: expected PORT[/PROTO] or START-END[/PROTO]"
-        ));
-    }
-    Ok(format!("{port}/{proto}"))
+/// One EXPOSE word, parsed as BuildKit does.
+struct PortSpec {
+    /// `N/proto` for each container port.
+    ports: Vec<String>,
+    /// An IP address or a host port was given.
+    host_mapping: bool,
+    /// The protocol was not lowercase.
+    proto_casing: bool,
 }
 
-/// One `PORT/PROTO` per port of a normalized `START-END/PROTO` (Docker's
-/// port-spec parser does the same, so `EXPOSE 80-82` exposes 80, 81, 82).
-fn expand_port_range(spec: &str) -> Vec<String> {
-    let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-    let (a, b) = port.split_once('-').unwrap_or((port, port));
-    match (a.parse::<u16>(), b.parse::<u16>()) {
-        (Ok(a), Ok(b)) => (a..=b).map(|p| format!("{p}/{proto}")).collect(),
-        _ => vec![spec.to_string()],
+/// `[ip:][hostPort:]port[-end][/proto]` (BuildKit's EXPOSE port specs).
+fn parse_port_spec(raw: &str) -> Result<PortSpec, String> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let n = parts.len();
+    let (ip, host_port, container) = match n {
+        1 => (String::new(), "", parts[0]),
+        2 => (String::new(), parts[0], parts[1]),
+        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
+    };
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    if port.is_empty() {
+        return Err(format!("invalid port: {raw:?}: no port specified"));
     }
+    let proto_l = proto.to_ascii_lowercase();
+    let proto_l = match proto_l.as_str() {
+        "" => "tcp".to_string(),
+        "tcp" | "udp" | "sctp" => proto_l,
+        _ => return Err(format!("invalid port: {raw:?}: invalid proto: {proto}")),
+    };
+    if !ip.is_empty() {
+        let bare = ip.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid IP address: {ip}"));
+        }
+    }
+    let range = |s: &str| -> Option<(u32, u32)> {
+        let num = |x: &str| x.parse::<u32>().ok().filter(|v| *v <= 65535);
+        match s.split_once('-') {
+            None => num(s).map(|a| (a, a)),
+            Some((a, b)) if a == b => num(a).map(|a| (a, a)),
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                (b >= a).then_some((a, b))
+            }
+        }
+    };
+    let (start, end) = range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
+    if !host_port.is_empty() {
+        let (hs, he) = range(host_port).ok_or_else(|| format!("invalid hostPort: {host_port}"))?;
+        if end - start != he - hs && end != start {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {port} and {host_port}"
+            ));
+        }
+    }
+    Ok(PortSpec {
+        ports: (start..=end).map(|p| format!("{p}/{proto_l}")).collect(),
+        host_mapping: !ip.is_empty() || !host_port.is_empty(),
+        proto_casing: proto != proto.to_ascii_lowercase(),
+    })
 }
 
 fn validate_chmod(m: &str) -> Result<(), String> {
@@ -1291,18 +1358,33 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!(normalize_port("80").unwrap(), "80/tcp");
-        assert_eq!(normalize_port("53/UDP").unwrap(), "53/udp");
-        assert_eq!(normalize_port("8000-8010").unwrap(), "8000-8010/tcp");
-        assert!(normalize_port("http").is_err());
-        assert!(normalize_port("80/xyz").is_err());
-        assert!(normalize_port("99999").is_err());
+        let ports = |p: &str| parse_port_spec(p).map(|s| s.ports);
+        assert_eq!(ports("80").unwrap(), ["80/tcp"]);
+        assert_eq!(ports("53/UDP").unwrap(), ["53/udp"]);
+        assert!(parse_port_spec("53/UDP").unwrap().proto_casing);
         assert_eq!(
-            expand_port_range("8000-8002/tcp"),
+            ports("8000-8002").unwrap(),
             ["8000/tcp", "8001/tcp", "8002/tcp"]
         );
-        assert_eq!(expand_port_range("53/udp"), ["53/udp"]);
-        assert_eq!(expand_port_range("080/tcp"), ["80/tcp"]);
+        assert_eq!(ports("080/tcp").unwrap(), ["80/tcp"]);
+        assert!(ports("http").is_err());
+        assert!(ports("80/xyz").is_err());
+        assert!(ports("99999").is_err());
+        // Host IP and host port forms: the container port, with a warning
+        // (convert_expose.go, ExposeInvalidFormat).
+        let s = parse_port_spec("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(
+            (s.ports, s.host_mapping),
+            (vec!["80/udp".to_string()], true)
+        );
+        let s = parse_port_spec("8080:80").unwrap();
+        assert_eq!(
+            (s.ports, s.host_mapping),
+            (vec!["80/tcp".to_string()], true)
+        );
+        assert_eq!(ports("[::1]:8080:80").unwrap(), ["80/tcp"]);
+        assert!(ports("300.0.0.1:8080:80").is_err());
+        assert!(ports("8000-8001:80-82").is_err());
     }
 
     #[test]

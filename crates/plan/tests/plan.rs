@@ -373,7 +373,7 @@ ONBUILD RUN echo child
     let s = &g.stages[0].steps;
     assert_eq!(
         s[0].op,
-        Op::Config(ConfigOp::Expose(vec!["80/tcp".into(), "53/udp".into()]))
+        Op::Config(ConfigOp::Expose(vec!["53/udp".into(), "80/tcp".into()]))
     );
     assert_eq!(s[1].op, Op::Config(ConfigOp::Volume(vec!["/data".into()])));
     match &s[3].op {
