@@ -230,6 +230,12 @@ fn chown_chmod_exclude_parents() {
     fx.copy_with(&["dir/./sub/b.txt"], "/q/", |r| r.parents = true)
         .unwrap();
     assert_eq!(fx.read("q/sub/b.txt"), "b");
+    // A wildcard matching nothing still makes the destination
+    // (dockerfile_parents_test.go testCopyParentsMissingDirectory).
+    fx.copy_with(&["dir/./nope*"], "/w/", |r| r.parents = true)
+        .unwrap();
+    assert!(fx.meta("w").is_dir());
+    assert!(!fx.exists("w/nope"));
 }
 
 #[test]

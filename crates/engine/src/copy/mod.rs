@@ -349,6 +349,12 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         dir_meta: Vec::new(),
     };
     let unpack = add.as_ref().is_some_and(|a| a.unpack != Some(false));
+    if req.parents && !paths.is_empty() && roots.is_empty() {
+        // `--parents` copies a directory's matching contents: the
+        // destination exists even when a wildcard matched nothing
+        // (testCopyParentsMissingDirectory wildcard cases).
+        c.ensure(&dest_comps)?;
+    }
     for root in &roots {
         if unpack && root.kind() == EntryKind::File {
             let host = crate::context::host_path(req.src_root, &root.entries[0].entry.path);
