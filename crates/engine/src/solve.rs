@@ -57,10 +57,8 @@ pub(crate) struct StageOut {
     builder: ImageBuilder,
     key: Digest,
     /// A step ran although its key had a record (`--no-cache`,
-    /// `--no-cache-filter`, or a forced dependency): the stage's files may
-    /// differ from what its keys recorded, so the steps that read them must
-    /// run again too. BuildKit keys such reads by content; without that, a
-    /// dependent would reuse a result made from the old files (a stale image).
+    /// `--no-cache-filter`, or a forced base stage): a stage built FROM this
+    /// one runs again too (its keys follow this stage's keys, not its files).
     forced: bool,
     steps: usize,
     cached: usize,
@@ -270,25 +268,6 @@ fn lower_has_same_dir(up: &Path, chain: &[PathBuf], rel: &Path) -> bool {
 /// none).
 fn no_history(step: &Step) -> bool {
     matches!(step.op, Op::Config(ConfigOp::Onbuild(_)))
-}
-
-/// The stages a step reads files from (`COPY --from`, `RUN --mount=from=`).
-fn step_reads(step: &Step) -> Vec<usize> {
-    match &step.op {
-        Op::Copy(c) => match c.from {
-            FileSource::Stage(i) => vec![i],
-            _ => Vec::new(),
-        },
-        Op::Exec(e) => e
-            .mounts
-            .iter()
-            .filter_map(|m| match m.from {
-                Some(FileSource::Stage(i)) => Some(i),
-                _ => None,
-            })
-            .collect(),
-        Op::Config(_) => Vec::new(),
-    }
 }
 
 fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
@@ -531,6 +510,7 @@ impl Engine {
             let vid = start_vertex(si + 2, &step.text);
             let t0 = Instant::now();
             let r = async {
+                let sums = self.bind_sums(shared, step, &deps).await?;
                 let sk = self
                     .step_key(
                         shared,
@@ -541,21 +521,44 @@ impl Engine {
                         base.as_ref(),
                         &dep_keys,
                         &dep_names,
+                        &sums,
                     )
                     .await?;
+                // A step keyed by the files it reads from a stage is also
+                // found under the key of the stage's instructions (records
+                // imported from a cache, made before the stage was rebuilt
+                // here), unless that stage was forced to re-run: then only
+                // its files decide. As BuildKit's two keys per step.
+                let alt = if sums.is_empty() {
+                    None
+                } else {
+                    let reads_forced = sums
+                        .keys()
+                        .any(|(i, _)| deps.get(i).is_some_and(|d| d.forced));
+                    let ak = self
+                        .step_key(
+                            shared,
+                            stage,
+                            si + 2,
+                            step,
+                            &key,
+                            base.as_ref(),
+                            &dep_keys,
+                            &dep_names,
+                            &HashMap::new(),
+                        )
+                        .await?
+                        .key;
+                    Some((ak, !reads_forced))
+                };
                 let force = if req.no_cache {
                     Some(MissReason::NoCache)
                 } else if filtered {
                     Some(MissReason::NoCacheFilter {
                         stage: stage.display_name(),
                     })
-                } else if let Some(i) = forced_base {
-                    Some(forced_dep(i))
                 } else {
-                    step_reads(step)
-                        .into_iter()
-                        .find(|i| deps.get(i).is_some_and(|d| d.forced))
-                        .map(forced_dep)
+                    forced_base.map(forced_dep)
                 };
                 if force.is_some() {
                     forced = true;
@@ -566,7 +569,7 @@ impl Engine {
                     &deps,
                     (vid, t0),
                     (&mut chain, &mut builder, &mut key),
-                    sk,
+                    (sk, alt),
                     force,
                     &mut missed,
                 )
@@ -609,6 +612,65 @@ impl Engine {
             steps: stage.steps.len(),
             cached,
         })
+    }
+
+    /// Content checksums of what `step` reads from stages (`COPY --from`,
+    /// `RUN --mount=from=`), keyed by (stage, [`crate::keys::copy_sum_key`]
+    /// or the mount's source path). BuildKit keys these reads by content:
+    /// a stage re-run with the same files keeps them cached, with other
+    /// files (a `--no-cache-filter` re-run) never reuses a stale result.
+    async fn bind_sums(
+        &self,
+        shared: &Shared<'_, '_>,
+        step: &Step,
+        deps: &HashMap<usize, Arc<StageOut>>,
+    ) -> Result<HashMap<(usize, String), Digest>, EngineError> {
+        let mut out = HashMap::new();
+        // (stage, map key, sources, exclude, parents)
+        let mut wanted: Vec<(usize, String, Vec<String>, Vec<String>, bool)> = Vec::new();
+        match &step.op {
+            Op::Exec(e) => {
+                for m in &e.mounts {
+                    if let (MountType::Bind, Some(FileSource::Stage(i))) = (&m.kind, &m.from) {
+                        let src = m.source.clone().unwrap_or_else(|| ".".into());
+                        wanted.push((*i, src.clone(), vec![src], Vec::new(), false));
+                    }
+                }
+            }
+            Op::Copy(c) => {
+                if let FileSource::Stage(i) = c.from {
+                    if !c.sources.is_empty() {
+                        let k = crate::keys::copy_sum_key(c);
+                        wanted.push((i, k, c.sources.clone(), c.exclude.clone(), c.parents));
+                    }
+                }
+            }
+            Op::Config(_) => {}
+        }
+        for (i, key, sources, exclude, parents) in wanted {
+            let Some(dep) = deps.get(&i) else { continue };
+            let layers = self.materialize(shared.req, &dep.chain).await?;
+            let env = self.exec_env(&shared.platform);
+            let sum =
+                tokio::task::spawn_blocking(move || -> Result<Option<Digest>, EngineError> {
+                    let mut setup = Setup::default();
+                    let root = exec::overlay_view(&env, &layers, false, &mut setup)?;
+                    let r = crate::context::checksum_dir(&root, &sources, &exclude, parents);
+                    drop(setup);
+                    match r {
+                        Ok(sum) => Ok(Some(sum)),
+                        // Missing: the step fails later with BuildKit's words.
+                        Err(crate::context::ContextError::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))??;
+            if let Some(sum) = sum {
+                out.insert((i, key), sum);
+            }
+        }
+        Ok(out)
     }
 
     async fn layers_of(
@@ -670,7 +732,7 @@ impl Engine {
         deps: &HashMap<usize, Arc<StageOut>>,
         (vid, t0): (VertexId, Instant),
         (chain, builder, key): (&mut Vec<ChainLayer>, &mut ImageBuilder, &mut Digest),
-        sk: StepKey,
+        (sk, alt): (StepKey, Option<(Digest, bool)>),
         force: Option<MissReason>,
         missed: &mut Option<String>,
     ) -> Result<bool, EngineError> {
@@ -687,9 +749,18 @@ impl Engine {
         let record = if force.is_some() || missed.is_some() {
             None
         } else {
-            self.lookup(req, platform, &new_key).await
+            match self.lookup(req, platform, &new_key).await {
+                Some(rec) => Some((rec, new_key.clone())),
+                None => match &alt {
+                    Some((ak, true)) => self
+                        .lookup(req, platform, ak)
+                        .await
+                        .map(|rec| (rec, ak.clone())),
+                    _ => None,
+                },
+            }
         };
-        if let Some(rec) = record {
+        if let Some((rec, hit_key)) = record {
             if let Op::Config(c) = &step.op {
                 builder.apply_config(c);
             }
@@ -705,7 +776,9 @@ impl Engine {
                 _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
             }
             req.events.emit(Event::Cached { id: vid });
-            *key = new_key;
+            // The chain goes on from the instructions' key, so later steps
+            // (and `--call explain`, cache export) find their records.
+            *key = alt.map_or(hit_key, |(ak, _)| ak);
             return Ok(true);
         }
 
@@ -787,6 +860,16 @@ impl Engine {
         inner.cache.put(platform, &rec)?;
         inner.cache.index(platform, &rec)?;
         *key = new_key;
+        if let Some((ak, _)) = alt {
+            // The instructions' key now holds this result too, so a later
+            // build that finds it there gets these files, not older ones;
+            // the chain goes on from it.
+            let mut by_def = rec.clone();
+            by_def.key = ak.clone();
+            by_def.trace = None;
+            inner.cache.put(platform, &by_def)?;
+            *key = ak;
+        }
         Ok(false)
     }
 
