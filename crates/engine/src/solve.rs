@@ -131,6 +131,10 @@ where
     }
 }
 
+/// What a step reads from a stage: (stage, map key, sources, exclude,
+/// parents).
+type StageRead = (usize, String, Vec<String>, Vec<String>, bool);
+
 /// A layer made by a step.
 type NewLayer = (Descriptor, Digest, PathBuf);
 
@@ -626,8 +630,7 @@ impl Engine {
         deps: &HashMap<usize, Arc<StageOut>>,
     ) -> Result<HashMap<(usize, String), Digest>, EngineError> {
         let mut out = HashMap::new();
-        // (stage, map key, sources, exclude, parents)
-        let mut wanted: Vec<(usize, String, Vec<String>, Vec<String>, bool)> = Vec::new();
+        let mut wanted: Vec<StageRead> = Vec::new();
         match &step.op {
             Op::Exec(e) => {
                 for m in &e.mounts {
