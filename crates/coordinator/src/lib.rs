@@ -19,8 +19,10 @@
 //! results as return values: this crate never prints.
 
 pub mod assemble;
+pub mod attest;
 pub mod cache_io;
 pub mod export;
+pub mod merge;
 pub mod nodes;
 pub mod plan;
 pub mod report;
@@ -30,15 +32,15 @@ pub mod schedule;
 pub mod solve;
 pub mod worker;
 
-pub use assemble::{assemble, AssembleHook, AssembleOptions, Assembled};
+pub use assemble::{assemble, AssembleHook, AssembleOptions, Assembled, Attach};
 pub use cache_io::{export_cache, import_cache, CacheSpec};
 pub use export::{export, Exported, OutputSpec};
 pub use nodes::NodePlan;
 pub use plan::{plan, Planned};
-pub use report::{report, PlatformResult, Report};
+pub use report::{report, PlatformResult, Report, SharedResult};
 pub use request::{scan_context, BuildRequest, DockerfileSource, Session};
 pub use resolve::RegistrySource;
-pub use schedule::{schedule, schedule_with, Assignment, Schedule};
+pub use schedule::{schedule, schedule_with, Assignment, Schedule, SharedRun};
 pub use solve::{solve, PlatformOutcome, PlatformState, SolveInputs, Solved};
 pub use worker::{LocalWorker, Worker, WorkerError, WorkerOutput};
 

@@ -15,16 +15,24 @@ use crate::solve::Shared;
 /// One vertex of the answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainStep {
-    /// The platform.
+    /// The target platform whose graph the step belongs to.
     pub platform: Platform,
+    /// The platform that executes the step (the stage's platform: the build
+    /// platform for `FROM --platform=$BUILDPLATFORM` stages). The key holds
+    /// it and the cache files the step's record under it.
+    pub executes_on: Platform,
     /// Stage display name.
     pub stage: String,
     /// 1-based position in the stage (FROM is 1).
     pub index: usize,
     /// Vertices in the stage, FROM included.
     pub total: usize,
-    /// The instruction text.
+    /// The instruction as written.
     pub name: String,
+    /// How progress output names it (`[build 2/5] RUN make`; metadata-only
+    /// steps take no number: `[build] ENV A=1`).
+    #[serde(default)]
+    pub label: String,
     /// The step's cache key.
     pub key: Digest,
     /// Whether a build now would take it from the cache (FROM: always).
@@ -50,13 +58,16 @@ impl Engine {
         let mut out = Vec::new();
         for (i, stage) in g.stages.iter().enumerate() {
             let total = stage.steps.len() + 1;
+            let exec = &stage.platform;
             let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
             out.push(ExplainStep {
                 platform: platform.clone(),
+                executes_on: exec.clone(),
                 stage: stage.display_name(),
                 index: 1,
                 total,
                 name: stage.from_text.clone(),
+                label: stage.step_label(0),
                 key: key.clone(),
                 cached: true,
                 causes: Vec::new(),
@@ -99,22 +110,25 @@ impl Engine {
                 } else if self
                     .inner
                     .cache
-                    .get(&platform, &sk.key, &self.inner.store)
+                    .get(exec, &sk.key, &self.inner.store)
                     .is_some()
                 {
                     Vec::new()
                 } else {
-                    self.miss_causes(&platform, &key, &sk)
+                    self.miss_causes(exec, &key, &sk)
                 };
-                if !causes.is_empty() && missed.is_none() {
-                    missed = Some(step_label(stage, si + 2, &step.text));
+                // The next step names this one, its direct parent.
+                if !causes.is_empty() {
+                    missed = Some(step_label(stage, si + 2));
                 }
                 out.push(ExplainStep {
                     platform: platform.clone(),
+                    executes_on: exec.clone(),
                     stage: stage.display_name(),
                     index: si + 2,
                     total,
-                    name: step.text.clone(),
+                    name: step.title().to_string(),
+                    label: step_label(stage, si + 2),
                     key: sk.key.clone(),
                     cached: causes.is_empty(),
                     causes,

@@ -288,8 +288,25 @@ fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
 /// Fails early when a stage with RUN steps targets a platform this machine
 /// cannot execute.
 pub fn check_platforms(graph: &xbuild_plan::BuildGraph) -> Result<(), EngineError> {
-    for st in &graph.stages {
-        let runs = st.steps.iter().any(|s| matches!(s.op, Op::Exec(_)));
+    check_platforms_except(graph, &[])
+}
+
+/// [`check_platforms`] for the stages not in `presolved` (those come from
+/// the cache: a shared build-platform stage solved elsewhere runs nothing).
+pub fn check_platforms_except(
+    graph: &xbuild_plan::BuildGraph,
+    presolved: &[(usize, usize)],
+) -> Result<(), EngineError> {
+    for (i, st) in graph.stages.iter().enumerate() {
+        let skip = presolved
+            .iter()
+            .find(|(s, _)| *s == i)
+            .map_or(0, |(_, k)| *k);
+        let runs = st
+            .steps
+            .iter()
+            .skip(skip)
+            .any(|s| matches!(s.op, Op::Exec(_)));
         if runs && binfmt::can_run(st.platform.architecture()) == Support::Missing {
             return Err(EngineError::Binfmt {
                 platform: st.platform.to_string(),
@@ -304,7 +321,7 @@ impl Engine {
     pub async fn solve(&self, req: SolveRequest<'_>) -> Result<SolveResult, EngineError> {
         let started = Instant::now();
         let g = req.graph;
-        check_platforms(g)?;
+        check_platforms_except(g, req.presolved)?;
         for (i, st) in g.stages.iter().enumerate() {
             if st.dependencies().iter().any(|d| *d >= i) {
                 return Err(EngineError::Graph(format!(
@@ -432,23 +449,38 @@ impl Engine {
     ) -> Result<StageOut, EngineError> {
         let req = shared.req;
         let stage = &req.graph.stages[idx];
-        let total = stage.steps.len() + 1;
+        let numbers = stage.numbers();
+        let total = numbers.total;
         let platform = &shared.platform;
-        let start_vertex = |index: usize, name: &str| {
+        // A stage this build already solved for several targets: taken from
+        // the cache without showing it again (it was shown once, shared).
+        let presolved = req.presolved.iter().find(|(s, _)| *s == idx).map(|p| p.1);
+        let quiet = crate::events::NullSink;
+        // Vertex at position `pos` (FROM is 1) of a presolved prefix shows nothing.
+        let sink = |pos: usize| -> &dyn EventSink {
+            match presolved {
+                Some(k) if pos <= k + 1 => &quiet,
+                _ => req.events,
+            }
+        };
+        // `pos` is the vertex's position in the stage (FROM is 1); `index`
+        // the number BuildKit shows for it, if any.
+        let start_vertex = |pos: usize, index: Option<usize>, name: &str| {
             let id = req.ids.next_id();
-            req.events.emit(Event::Started {
+            sink(pos).emit(Event::Started {
                 id,
                 platform: platform.clone(),
                 stage: stage.display_name(),
-                index,
+                index: index.unwrap_or(0),
                 total,
                 name: name.to_string(),
                 worker: self.inner.cfg.worker.clone(),
+                shared_by: Vec::new(),
             });
             id
         };
         // FROM.
-        let vid = start_vertex(1, &stage.from_text);
+        let vid = start_vertex(1, numbers.from, &stage.from_text);
         let t0 = Instant::now();
         let dep_keys: HashMap<usize, Digest> =
             deps.iter().map(|(i, d)| (*i, d.key.clone())).collect();
@@ -479,14 +511,14 @@ impl Engine {
         let (mut chain, mut builder, mut key, base) = match from.await {
             Ok(v) => v,
             Err(e) => {
-                req.events.emit(Event::Failed {
+                sink(1).emit(Event::Failed {
                     id: vid,
                     error: e.to_string(),
                 });
                 return Err(e);
             }
         };
-        req.events.emit(Event::Done {
+        sink(1).emit(Event::Done {
             id: vid,
             duration: t0.elapsed(),
         });
@@ -511,7 +543,9 @@ impl Engine {
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
-            let vid = start_vertex(si + 2, &step.text);
+            let vid = start_vertex(si + 2, numbers.steps[si], step.title());
+            let shared_step = presolved.is_some_and(|k| si < k);
+            let events = sink(si + 2);
             let t0 = Instant::now();
             let r = async {
                 let sums = self.bind_sums(shared, step, &deps).await?;
@@ -555,7 +589,10 @@ impl Engine {
                         .key;
                     Some((ak, !reads_forced))
                 };
-                let force = if req.no_cache {
+                let force = if shared_step {
+                    // Solved once for several platforms, never forced here.
+                    None
+                } else if req.no_cache {
                     Some(MissReason::NoCache)
                 } else if filtered {
                     Some(MissReason::NoCacheFilter {
@@ -571,7 +608,7 @@ impl Engine {
                     shared,
                     step,
                     &deps,
-                    (vid, t0),
+                    (vid, t0, events),
                     (&mut chain, &mut builder, &mut key),
                     (sk, alt),
                     force,
@@ -580,15 +617,17 @@ impl Engine {
                 .await
             }
             .await;
-            if r.as_ref().is_ok_and(|hit| !hit) && missed.is_none() {
-                missed = Some(crate::keys::step_label(stage, si + 2, &step.text));
+            // A miss makes every later step rebuild; the next one names
+            // this one, its direct parent, as the reason.
+            if r.as_ref().is_ok_and(|hit| !hit) {
+                missed = Some(crate::keys::step_label(stage, si + 2));
             }
             match r {
                 Ok(hit) => {
-                    if hit {
+                    if hit && !shared_step {
                         cached += 1;
                     }
-                    req.events.emit(Event::Done {
+                    events.emit(Event::Done {
                         id: vid,
                         duration: t0.elapsed(),
                     });
@@ -600,7 +639,7 @@ impl Engine {
                         platform: platform.to_string(),
                         source: Box::new(e),
                     };
-                    req.events.emit(Event::Failed {
+                    events.emit(Event::Failed {
                         id: vid,
                         error: e.to_string(),
                     });
@@ -613,7 +652,8 @@ impl Engine {
             builder,
             key,
             forced,
-            steps: stage.steps.len(),
+            // Counted once, by the shared solve.
+            steps: stage.steps.len() - presolved.unwrap_or(0).min(stage.steps.len()),
             cached,
         })
     }
@@ -733,14 +773,15 @@ impl Engine {
         shared: &Shared<'_, '_>,
         step: &Step,
         deps: &HashMap<usize, Arc<StageOut>>,
-        (vid, t0): (VertexId, Instant),
+        (vid, t0, events): (VertexId, Instant, &dyn EventSink),
         (chain, builder, key): (&mut Vec<ChainLayer>, &mut ImageBuilder, &mut Digest),
         (sk, alt): (StepKey, Option<(Digest, bool)>),
         force: Option<MissReason>,
         missed: &mut Option<String>,
     ) -> Result<bool, EngineError> {
         let req = shared.req;
-        let platform = &shared.platform;
+        // Records are filed under the platform that executes the step.
+        let platform = &sk.platform.clone();
         let inner = &self.inner;
         let parent = key.clone();
         let new_key = sk.key.clone();
@@ -778,7 +819,7 @@ impl Engine {
                 _ if no_history(step) => {}
                 _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
             }
-            req.events.emit(Event::Cached { id: vid });
+            events.emit(Event::Cached { id: vid });
             // The chain goes on from the instructions' key, so later steps
             // (and `--call explain`, cache export) find their records.
             *key = alt.map_or(hit_key, |(ak, _)| ak);
@@ -792,7 +833,7 @@ impl Engine {
         } else {
             self.miss_causes(platform, &parent, &sk)
         };
-        req.events.emit(Event::Miss {
+        events.emit(Event::Miss {
             id: vid,
             reason: reasons_text(&causes),
             causes,
@@ -827,10 +868,13 @@ impl Engine {
             }
             Op::Exec(e) => {
                 let fresh = req.no_cache || no_cache_step;
-                self.run_exec(shared, e, deps, step, (vid, t0, fresh), chain)
+                self.run_exec(shared, e, deps, (step, platform), (vid, t0, fresh), chain)
                     .await?
             }
-            Op::Copy(c) => self.run_copy(shared, c, deps, step, vid, t0, chain).await?,
+            Op::Copy(c) => {
+                self.run_copy(shared, c, deps, (step, platform), vid, t0, chain)
+                    .await?
+            }
         };
         let now = timestamp(None);
         let (desc, diff_id) = match layer {
@@ -953,7 +997,7 @@ impl Engine {
         shared: &Shared<'_, '_>,
         op: &ExecOp,
         deps: &HashMap<usize, Arc<StageOut>>,
-        step: &Step,
+        (step, platform): (&Step, &Platform),
         (vid, t0, no_cache): (VertexId, Instant, bool),
         chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
@@ -1016,8 +1060,8 @@ impl Engine {
             secrets,
             fresh_caches,
         };
-        let env = self.exec_env(&shared.platform);
-        let platform = shared.platform.clone();
+        let env = self.exec_env(platform);
+        let platform = platform.clone();
         let inner = self.inner.clone();
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
@@ -1065,7 +1109,7 @@ impl Engine {
         shared: &Shared<'_, '_>,
         op: &CopyOp,
         deps: &HashMap<usize, Arc<StageOut>>,
-        step: &Step,
+        (step, platform): (&Step, &Platform),
         vid: VertexId,
         t0: Instant,
         chain: &[ChainLayer],
@@ -1081,7 +1125,7 @@ impl Engine {
             MountSource::Context(_) => shared.index.clone(),
             _ => None,
         };
-        let env = self.exec_env(&shared.platform);
+        let env = self.exec_env(platform);
         let inner = self.inner.clone();
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;

@@ -183,10 +183,21 @@ async fn full_build_cache_and_invalidation() {
         ),
         "{reasons:#?}"
     );
+    // Each later step names its direct parent, the step before it.
+    assert_eq!(
+        reasons[1].1, "parent missed: [stage-1 4/11] COPY hello.txt /app/",
+        "{reasons:#?}"
+    );
+    for pair in reasons.windows(2).skip(1) {
+        assert!(
+            pair[1].1.starts_with("parent missed: [") && pair[1].1.ends_with(&pair[0].0),
+            "{reasons:#?}"
+        );
+    }
     assert!(
-        reasons[1..].iter().all(
-            |(_, r)| r.starts_with("parent missed: [") && r.ends_with("] COPY hello.txt /app/")
-        ),
+        reasons
+            .iter()
+            .any(|(_, r)| r == "parent missed: [stage-1] USER app"),
         "{reasons:#?}"
     );
     // builder stage (2 steps) + ARG, ENV, WORKDIR, RUN cached.
@@ -237,17 +248,15 @@ async fn full_build_cache_and_invalidation() {
     .await;
     let r5 = r.unwrap();
     let (_, _, reasons) = cache_stats(&ev);
-    // The builder re-runs; the steps that read it run again too (its files
-    // may have changed), the rest of the target stage after them misses.
+    // The builder re-runs; a step reading it runs again only if the files
+    // it reads changed (keyed by content, as BuildKit).
     assert!(
         reasons.iter().all(|(_, r)| r == "--no-cache-filter builder"
             || r == "files from stage builder changed"
             || r.starts_with("parent missed: ")),
         "{reasons:#?}"
     );
-    assert!(reasons
-        .iter()
-        .any(|(_, r)| r == "files from stage builder changed"));
+
     assert!(r5.cached >= 6, "the target stage's earlier steps still hit");
 
     assert!(!eng.cache_roots().unwrap().is_empty());

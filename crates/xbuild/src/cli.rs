@@ -98,6 +98,9 @@ pub enum Commands {
     /// Work with images and indexes in a registry.
     #[command(subcommand)]
     Imagetools(ImagetoolsCommand),
+    /// List and fetch the provenance and SBOM attestations of an image.
+    #[command(subcommand)]
+    Attestations(AttestationsCommand),
     /// Manage the build cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -117,6 +120,8 @@ pub enum Commands {
         /// Registry host.
         registry: String,
     },
+    /// Show the version, git commit, compiler and platform of this binary.
+    Version,
 }
 
 /// `--progress` modes.
@@ -129,8 +134,12 @@ pub enum ProgressMode {
     Tty,
     /// BuildKit-style numbered lines.
     Plain,
-    /// One JSON event per line.
+    /// BuildKit's SolveStatus JSON, one object per line (what
+    /// `docker buildx build --progress=rawjson` prints).
     Rawjson,
+    /// xbuild's own events, one JSON object per line (with cache-miss
+    /// reasons and transfer kinds).
+    Json,
     /// Only the final digest.
     Quiet,
 }
@@ -171,6 +180,19 @@ pub struct BuildArgs {
     /// Shorthand for `--output type=image,push=true`.
     #[arg(long)]
     pub push: bool,
+    /// Attestation to attach, repeatable:
+    /// `type=provenance[,mode=min|max][,builder-id=ID][,version=v1|v0.2]` or
+    /// `type=sbom[,generator=IMAGE]` (`disabled=true` turns one off).
+    #[arg(long = "attest", value_name = "SPEC")]
+    pub attest: Vec<String>,
+    /// Shorthand for `--attest=type=provenance`: `true`, `false`, or options
+    /// such as `mode=max` (default when pushing: `mode=min`).
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// Shorthand for `--attest=type=sbom`: `true`, `false`, or
+    /// `generator=IMAGE`.
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
     /// Output destination (`type=image[,push=true]|oci,dest=F|docker,dest=F|local,dest=DIR`).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
@@ -193,6 +215,10 @@ pub struct BuildArgs {
     /// Write build result metadata (digests, workers, cache counts) to FILE as JSON.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Write the image digest to FILE (the manifest digest for one
+    /// platform, the index digest for several; see docs/guide/identifiers.md).
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
     #[arg(long = "node", value_name = "PLATFORM=NODE")]
     pub nodes: Vec<String>,
@@ -320,6 +346,11 @@ pub enum ImagetoolsCommand {
         /// Print the raw manifest.
         #[arg(long)]
         raw: bool,
+        /// Print a template instead: `{{json .Provenance}}`, `{{json .SBOM}}`
+        /// (buildx's shape: by platform when there are several),
+        /// `{{json .Manifest}}`, `{{.Name}}`.
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Create an index from images already in a registry.
     Create {
@@ -332,6 +363,27 @@ pub enum ImagetoolsCommand {
         /// Print the index instead of pushing it.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+/// `xbuild attestations ...`.
+#[derive(Debug, Subcommand)]
+pub enum AttestationsCommand {
+    /// List each platform's attestations (buildx layout and OCI referrers).
+    Ls {
+        /// Image reference.
+        reference: String,
+    },
+    /// Print attestation statements as JSON.
+    Get {
+        /// Image reference.
+        reference: String,
+        /// Only this platform's (`linux/arm64`).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
+        /// Only `provenance` or `sbom` (or a full predicate type).
+        #[arg(long = "type", value_name = "TYPE")]
+        r#type: Option<String>,
     },
 }
 
@@ -368,9 +420,11 @@ pub const SUBCOMMANDS: &[&str] = &[
     "save",
     "load",
     "imagetools",
+    "attestations",
     "cache",
     "login",
     "logout",
+    "version",
     "help",
 ];
 
@@ -407,6 +461,13 @@ mod tests {
         assert_eq!(a(&["xbuild", "."])[1], "build");
         assert_eq!(a(&["xbuild", "node", "ls"])[1], "node");
         assert_eq!(a(&["xbuild", "--help"])[1], "--help");
+        assert_eq!(a(&["xbuild", "version"])[1], "version");
+        assert!(matches!(
+            Cli::try_parse_from(a(&["xbuild", "version"]))
+                .unwrap()
+                .command,
+            Commands::Version
+        ));
         let cli = Cli::try_parse_from(a(&[
             "xbuild",
             "--platform",

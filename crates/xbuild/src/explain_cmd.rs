@@ -67,6 +67,7 @@ async fn explain(
             no_cache_filter: &args.no_cache_filter,
             secrets: &secrets,
             source_date_epoch: None,
+            presolved: &[],
         };
         out.extend(engine.explain(req).await?);
     }
@@ -75,7 +76,13 @@ async fn explain(
 
 /// The human table: one line per vertex.
 pub fn table(steps: &[ExplainStep]) -> String {
-    let label = |s: &ExplainStep| format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name);
+    let label = |s: &ExplainStep| {
+        if s.label.is_empty() {
+            format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name)
+        } else {
+            s.label.clone()
+        }
+    };
     let width = steps
         .iter()
         .map(|s| label(s).chars().count())

@@ -1,6 +1,7 @@
 //! The `xbuild` binary: CLI, coordinator and agent in one.
 
 mod agent_cmd;
+mod attestations_cmd;
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
@@ -17,6 +18,9 @@ mod paths;
 mod progress;
 mod request;
 mod run_build;
+mod solve_status;
+mod usage;
+mod version_cmd;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -56,9 +60,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             images,
         } => images::cmd_save(&output, format, platform.as_deref(), &images),
         Commands::Load { input, quiet } => images::cmd_load(&input, quiet),
-        Commands::Imagetools(cli::ImagetoolsCommand::Inspect { reference, raw }) => {
-            imagetools::cmd_inspect(&reference, raw)
+        Commands::Imagetools(cli::ImagetoolsCommand::Inspect {
+            reference,
+            raw,
+            format,
+        }) => imagetools::cmd_inspect(&reference, raw, format.as_deref()),
+        Commands::Attestations(cli::AttestationsCommand::Ls { reference }) => {
+            attestations_cmd::cmd_ls(&reference)
         }
+        Commands::Attestations(cli::AttestationsCommand::Get {
+            reference,
+            platform,
+            r#type,
+        }) => attestations_cmd::cmd_get(&reference, platform.as_deref(), r#type.as_deref()),
         Commands::Imagetools(cli::ImagetoolsCommand::Create {
             tags,
             sources,
@@ -76,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             password_stdin,
         } => login::cmd_login(&registry, username.as_deref(), password_stdin),
         Commands::Logout { registry } => login::cmd_logout(&registry),
+        Commands::Version => version_cmd::run(),
     }
 }
 
@@ -88,7 +103,17 @@ fn main() -> ExitCode {
         xbuild_sandbox::init_main();
     }
     let args = cli::with_default_command(std::env::args().collect());
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::CommandFactory;
+            if let Some(text) = usage::unknown_flag_message(&Cli::command(), &args, &e) {
+                eprintln!("error: {text}");
+                return ExitCode::from(usage::USAGE_EXIT);
+            }
+            e.exit()
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
