@@ -1,0 +1,366 @@
+//! The case file format of `e2e/buildkit/cases/<group>/<name>.yaml`
+//! (described in `e2e/buildkit/README.md`): parsing and the context writer.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One case file.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// The BuildKit test this case re-expresses.
+    pub source: String,
+    /// What the case checks.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub description: Option<String>,
+    /// A deliberate difference documented in docs/compatibility.md.
+    #[serde(default)]
+    pub known_difference: Option<String>,
+    /// Facilities needed (`arm64`).
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// The Dockerfile text.
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// Where the Dockerfile is written in the context.
+    #[serde(default)]
+    pub dockerfile_path: Option<String>,
+    /// The build context.
+    #[serde(default)]
+    pub context: BTreeMap<String, Entry>,
+    /// `.dockerignore` content.
+    #[serde(default)]
+    pub dockerignore: Option<String>,
+    /// `--build-arg` values (`null`: take it from the environment).
+    #[serde(default)]
+    pub build_args: BTreeMap<String, Value>,
+    /// Environment of the xbuild process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `--target`.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `--platform`.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// `--secret id=K,src=<file holding V>`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Other flags, as is.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Files served under `{{http}}`.
+    #[serde(default)]
+    pub http: BTreeMap<String, HttpEntry>,
+    /// Expectations of a one-build case.
+    #[serde(default)]
+    pub expect: Option<Expect>,
+    /// Several builds sharing one state directory.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// One build of a multi-step case: overrides of the case's fields.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Replaces the Dockerfile.
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// Entries added to, replaced in or removed from the context.
+    #[serde(default)]
+    pub context: BTreeMap<String, Entry>,
+    /// Replaces the build args.
+    #[serde(default)]
+    pub build_args: Option<BTreeMap<String, Value>>,
+    /// Replaces the target.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Replaces the platforms.
+    #[serde(default)]
+    pub platforms: Option<Vec<String>>,
+    /// Replaces the flags.
+    #[serde(default)]
+    pub flags: Option<Vec<String>>,
+    /// Replaces the secrets.
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, String>>,
+    /// Replaces the environment.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Expectations of this build.
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+/// A context entry: the content of a file, or a mapping.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Entry {
+    /// A regular file with this content.
+    Text(String),
+    /// Anything else.
+    Spec(EntrySpec),
+}
+
+/// A context entry given as a mapping.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySpec {
+    /// File content.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Permission bits, octal.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// A directory.
+    #[serde(default)]
+    pub dir: bool,
+    /// A symbolic link to this target.
+    #[serde(default)]
+    pub symlink: Option<String>,
+    /// A Unix socket.
+    #[serde(default)]
+    pub socket: bool,
+    /// Remove the entry (steps only).
+    #[serde(default)]
+    pub absent: bool,
+}
+
+/// A file served by the HTTP server.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum HttpEntry {
+    /// The body.
+    Text(String),
+    /// Body and headers.
+    Spec(HttpSpec),
+}
+
+/// A served file given as a mapping.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// The body.
+    #[serde(default)]
+    pub content: String,
+    /// `Last-Modified` header.
+    #[serde(default)]
+    pub last_modified: Option<String>,
+    /// `Content-Disposition` header.
+    #[serde(default)]
+    pub content_disposition: Option<String>,
+    /// HTTP status (default 200).
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+/// One string or several.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// All the strings.
+    pub fn all(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// What one build must give.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Files of the exported root file system.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileExpect>,
+    /// Keys of the image config's `config` object.
+    #[serde(default)]
+    pub config: BTreeMap<String, Value>,
+    /// Top-level keys of the image config.
+    #[serde(default)]
+    pub image: BTreeMap<String, Value>,
+    /// The last entries of the history.
+    #[serde(default)]
+    pub history: Vec<HistoryExpect>,
+    /// Exact history length.
+    #[serde(default)]
+    pub history_len: Option<usize>,
+    /// The build fails; substrings of stderr.
+    #[serde(default)]
+    pub error: Option<OneOrMany>,
+    /// Substrings of stderr (warnings).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// No warning at all.
+    #[serde(default)]
+    pub no_warnings: bool,
+    /// Exact number of `#N CACHED` lines.
+    #[serde(default)]
+    pub cached: Option<usize>,
+    /// Substrings of stderr.
+    #[serde(default)]
+    pub stderr_contains: Vec<String>,
+    /// Strings stderr must not contain.
+    #[serde(default)]
+    pub stderr_not_contains: Vec<String>,
+}
+
+impl Expect {
+    /// Whether the image config must be read.
+    pub fn needs_image(&self) -> bool {
+        !self.config.is_empty()
+            || !self.image.is_empty()
+            || !self.history.is_empty()
+            || self.history_len.is_some()
+    }
+}
+
+/// Expectation of one exported file.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum FileExpect {
+    /// Exact content.
+    Text(String),
+    /// Anything else.
+    Spec(FileSpec),
+}
+
+/// Expectation of one exported file, as a mapping.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Exact content.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Substring of the content.
+    #[serde(default)]
+    pub contains: Option<OneOrMany>,
+    /// Strings the content must not contain.
+    #[serde(default)]
+    pub not_contains: Option<OneOrMany>,
+    /// Permission bits, octal.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Is a directory.
+    #[serde(default)]
+    pub dir: bool,
+    /// Is a symbolic link to this target.
+    #[serde(default)]
+    pub symlink: Option<String>,
+    /// Does not exist.
+    #[serde(default)]
+    pub absent: bool,
+}
+
+/// Expectation of one history entry.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryExpect {
+    /// Exact `created_by`.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// Substring of `created_by`.
+    #[serde(default)]
+    pub created_by_contains: Option<String>,
+    /// `empty_layer` (absent means false).
+    #[serde(default)]
+    pub empty_layer: Option<bool>,
+    /// Exact `comment`.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Parses an octal mode such as `"0755"`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("mode {s:?}: {e}"))
+}
+
+/// A build-arg value as the command line gives it (`None`: from the environment).
+pub fn arg_value(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Writes (or, for `absent`, removes) context entries under `dir`, with
+/// `subst` applied to file contents.
+pub fn write_context(
+    dir: &Path,
+    entries: &BTreeMap<String, Entry>,
+    subst: &dyn Fn(&str) -> String,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    // Directories first so that modes given to them are not undone by
+    // files created inside later; then files, links and sockets.
+    let mut dirs = Vec::new();
+    for (name, entry) in entries {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("mkdir", parent, e))?;
+        }
+        let spec = match entry {
+            Entry::Text(t) => EntrySpec {
+                content: Some(t.clone()),
+                ..EntrySpec::default()
+            },
+            Entry::Spec(s) => s.clone(),
+        };
+        if spec.absent {
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if m.is_dir() {
+                    std::fs::remove_dir_all(&path).map_err(|e| io("remove", &path, e))?;
+                } else {
+                    std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+                }
+            }
+            continue;
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+        }
+        if let Some(target) = &spec.symlink {
+            std::os::unix::fs::symlink(target, &path).map_err(|e| io("symlink", &path, e))?;
+            continue;
+        }
+        if spec.socket {
+            let l = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| io("bind socket", &path, e))?;
+            drop(l);
+            continue;
+        }
+        if spec.dir {
+            std::fs::create_dir_all(&path).map_err(|e| io("mkdir", &path, e))?;
+            let mode = spec.mode.as_deref().map(parse_mode).transpose()?;
+            dirs.push((path, mode.unwrap_or(0o755)));
+            continue;
+        }
+        let content = subst(spec.content.as_deref().unwrap_or(""));
+        std::fs::write(&path, content).map_err(|e| io("write", &path, e))?;
+        let mode = spec.mode.as_deref().map(parse_mode).transpose()?;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(mode.unwrap_or(0o644)),
+        )
+        .map_err(|e| io("chmod", &path, e))?;
+    }
+    for (path, mode) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("chmod", &path, e))?;
+    }
+    Ok(())
+}
