@@ -68,7 +68,7 @@ fn buildkit_cases() {
         dir.display()
     );
     let xb = Xbuild::new();
-    let base = publish_base(&xb, &reg);
+    let base = publish_cases_base(&xb, &reg, &publish_base(&xb, &reg));
     let arm64 = cases
         .iter()
         .any(|(_, c)| c.needs.iter().any(|n| n == "arm64"))
@@ -133,6 +133,127 @@ fn buildkit_cases() {
     );
     assert!(failed.is_empty(), "cases not matching BuildKit: {failed:?}");
 }
+
+/// Docker Hub's `busybox` user database (`daemon`, `bin`, `nobody`
+/// groups...) and every applet of the test bed's busybox linked in `/bin`,
+/// on top of the test bed's base image: BuildKit's tests rely on both
+/// (`COPY --chown=daemon`, `adduser`, `stat -c %G` printing `nobody`).
+/// Pushed for linux/amd64 and linux/arm64 as `xbuild/busybox-cases:latest`.
+fn publish_cases_base(xb: &Xbuild, reg: &Registry, base: &str) -> String {
+    let ctx = tempfile::tempdir().expect("temp dir");
+    let root = ctx.path().join("root");
+    for d in [
+        "etc",
+        "bin",
+        "home",
+        "var/www",
+        "var/spool/mail",
+        "usr/sbin",
+    ] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::write(root.join("etc/passwd"), PASSWD).expect("write passwd");
+    std::fs::write(root.join("etc/group"), GROUP).expect("write group");
+    std::fs::write(root.join("etc/shadow"), SHADOW).expect("write shadow");
+    let adduser = root.join("usr/sbin/adduser");
+    std::fs::write(&adduser, ADDUSER).expect("write adduser");
+    std::fs::set_permissions(
+        &adduser,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .expect("chmod adduser");
+    let busybox = testbed::busybox_binary(testbed::host_arch()).expect("busybox binary");
+    let list = testbed::run(Command::new(&busybox).arg("--list")).expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY root/ /\n"),
+    )
+    .expect("write Dockerfile");
+    let reference = reg.reference("xbuild/busybox-cases:latest");
+    xb.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &reference,
+        "--push",
+        s(ctx.path()),
+    ])
+    .ok();
+    reference
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+bin:x:2:2:bin:/bin:/bin/false
+sys:x:3:3:sys:/dev:/bin/false
+sync:x:4:100:sync:/bin:/bin/sync
+mail:x:8:8:mail:/var/spool/mail:/bin/false
+www-data:x:33:33:www-data:/var/www:/bin/false
+operator:x:37:37:Operator:/var:/bin/false
+nobody:x:65534:65534:nobody:/home:/bin/false
+";
+
+const GROUP: &str = "root:x:0:
+daemon:x:1:
+bin:x:2:
+sys:x:3:
+adm:x:4:
+tty:x:5:
+disk:x:6:
+lp:x:7:
+mail:x:8:
+kmem:x:9:
+wheel:x:10:root
+cdrom:x:11:
+dialout:x:18:
+floppy:x:19:
+video:x:28:
+audio:x:29:
+tape:x:32:
+www-data:x:33:
+operator:x:37:
+utmp:x:43:
+plugdev:x:46:
+staff:x:50:
+lock:x:54:
+netdev:x:82:
+users:x:100:
+nobody:x:65534:
+";
+
+/// `adduser -D NAME` as Docker Hub's busybox has it (Debian's busybox
+/// lacks the applet): the next free uid from 1000, a group of that id, a
+/// home directory.
+const ADDUSER: &str = r#"#!/bin/sh
+[ "$1" = "-D" ] && shift
+name=$1
+uid=1000
+while grep -q "^[^:]*:[^:]*:$uid:" /etc/passwd /etc/group; do uid=$((uid+1)); done
+echo "$name:x:$uid:$uid:Linux User,,,:/home/$name:/bin/sh" >> /etc/passwd
+echo "$name:x:$uid:" >> /etc/group
+mkdir -p "/home/$name" && chown "$uid:$uid" "/home/$name"
+"#;
+
+const SHADOW: &str = "root::10933:0:99999:7:::
+daemon:*:10933:0:99999:7:::
+bin:*:10933:0:99999:7:::
+sys:*:10933:0:99999:7:::
+sync:*:10933:0:99999:7:::
+mail:*:10933:0:99999:7:::
+www-data:*:10933:0:99999:7:::
+operator:*:10933:0:99999:7:::
+nobody:*:10933:0:99999:7:::
+";
 
 /// Whether linux/arm64 binaries can run (QEMU registered through
 /// `xbuild binfmt install`).
@@ -285,9 +406,13 @@ fn served(entry: &case::HttpEntry, subst: &dyn Fn(&str) -> String) -> Served {
             if let Some(cd) = &spec.content_disposition {
                 headers.push(("Content-Disposition".to_string(), cd.clone()));
             }
+            let body = match &spec.archive {
+                Some(entries) => case::archive_bytes(entries, spec.gzip).expect("archive"),
+                None => subst(&spec.content).into_bytes(),
+            };
             Served {
                 status: spec.status.unwrap_or(200),
-                body: subst(&spec.content).into_bytes(),
+                body,
                 headers,
             }
         }
@@ -401,7 +526,13 @@ fn build_and_check(
         return Ok(());
     }
     for (path, want) in &expect.files {
-        check_file(&out_dir, path, want)?;
+        check_file(
+            &out_dir,
+            path,
+            want,
+            &|n| tmp.join(format!("out{}", n.saturating_sub(1))),
+            ctx,
+        )?;
     }
     if expect.needs_image() {
         let config = read_oci_config(&oci)?;
@@ -457,8 +588,14 @@ fn run_xbuild(
     ))
 }
 
-fn check_file(root: &Path, path: &str, want: &FileExpect) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+fn check_file(
+    root: &Path,
+    path: &str,
+    want: &FileExpect,
+    step_out: &dyn Fn(usize) -> PathBuf,
+    ctx: &Path,
+) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let spec = match want {
         FileExpect::Text(t) => FileSpec {
             content: Some(t.clone()),
@@ -486,6 +623,65 @@ fn check_file(root: &Path, path: &str, want: &FileExpect) -> Result<(), String> 
     }
     if spec.dir && !meta.is_dir() {
         return Err(format!("{path} is not a directory"));
+    }
+    if spec.regular && !meta.is_file() {
+        return Err(format!(
+            "{path} is not a regular file ({:?})",
+            meta.file_type()
+        ));
+    }
+    if let Some(u) = spec.uid {
+        if meta.uid() != u {
+            return Err(format!(
+                "{path} is owned by uid {}, BuildKit {u}",
+                meta.uid()
+            ));
+        }
+    }
+    if let Some(g) = spec.gid {
+        if meta.gid() != g {
+            return Err(format!("{path} has gid {}, BuildKit {g}", meta.gid()));
+        }
+    }
+    if let Some(m) = spec.mtime {
+        if meta.mtime() != m {
+            return Err(format!("{path} has mtime {}, BuildKit {m}", meta.mtime()));
+        }
+    }
+    if let Some(other) = &spec.hardlink_of {
+        let o = std::fs::symlink_metadata(root.join(other.trim_start_matches('/')))
+            .map_err(|_| format!("{other} is missing"))?;
+        if (o.dev(), o.ino()) != (meta.dev(), meta.ino()) {
+            return Err(format!("{path} is not a hard link of {other}"));
+        }
+    }
+    if let Some(c) = &spec.same_as_context {
+        let want = std::fs::read(ctx.join(c)).map_err(|e| format!("read context {c}: {e}"))?;
+        let got = std::fs::read(&p).map_err(|e| format!("read {path}: {e}"))?;
+        if want != got {
+            return Err(format!("{path} differs from the context's {c}"));
+        }
+    }
+    let rel = path.trim_start_matches('/');
+    if let Some(n) = spec.same_as_step {
+        let before = std::fs::read(step_out(n).join(rel))
+            .map_err(|_| format!("{path} missing in step {n}"))?;
+        let now = std::fs::read(&p).map_err(|e| format!("read {path}: {e}"))?;
+        if before != now {
+            return Err(format!(
+                "{path} changed since step {n}; BuildKit keeps it (cached)"
+            ));
+        }
+    }
+    if let Some(n) = spec.differs_from_step {
+        let before = std::fs::read(step_out(n).join(rel))
+            .map_err(|_| format!("{path} missing in step {n}"))?;
+        let now = std::fs::read(&p).map_err(|e| format!("read {path}: {e}"))?;
+        if before == now {
+            return Err(format!(
+                "{path} is the same as in step {n}; BuildKit rebuilds it"
+            ));
+        }
     }
     if let Some(mode) = &spec.mode {
         let want = parse_mode(mode)?;

@@ -128,6 +128,75 @@ pub struct EntrySpec {
     /// Remove the entry (steps only).
     #[serde(default)]
     pub absent: bool,
+    /// A tar archive (gzip-compressed with `gzip: true`) of these entries.
+    #[serde(default)]
+    pub archive: Option<Vec<ArchiveEntry>>,
+    /// Compress `archive` with gzip.
+    #[serde(default)]
+    pub gzip: bool,
+}
+
+/// One entry of a tar archive written by the runner.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveEntry {
+    /// Name in the archive (`dir/` for a directory).
+    pub name: String,
+    /// Content of a regular file.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// A directory.
+    #[serde(default)]
+    pub dir: bool,
+    /// A symbolic link to this target.
+    #[serde(default)]
+    pub symlink: Option<String>,
+    /// A hard link to this earlier entry.
+    #[serde(default)]
+    pub hardlink: Option<String>,
+    /// Permission bits, octal (default 0644 files, 0755 dirs).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// The bytes of a tar archive of `entries`, gzip-compressed when asked.
+pub fn archive_bytes(entries: &[ArchiveEntry], gzip: bool) -> Result<Vec<u8>, String> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        let mode = e.mode.as_deref().map(parse_mode).transpose()?;
+        let data = e.content.clone().unwrap_or_default().into_bytes();
+        h.set_mtime(1_600_000_000);
+        let (kind, size, link) = if e.dir {
+            (tar::EntryType::Directory, 0, None)
+        } else if let Some(l) = &e.symlink {
+            (tar::EntryType::Symlink, 0, Some(l))
+        } else if let Some(l) = &e.hardlink {
+            (tar::EntryType::Link, 0, Some(l))
+        } else {
+            (tar::EntryType::Regular, data.len() as u64, None)
+        };
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode.unwrap_or(if e.dir { 0o755 } else { 0o644 }));
+        h.set_path(&e.name)
+            .map_err(|err| format!("{}: {err}", e.name))?;
+        if let Some(l) = link {
+            h.set_link_name(l)
+                .map_err(|err| format!("{}: {err}", e.name))?;
+        }
+        h.set_cksum();
+        b.append(&h, data.as_slice())
+            .map_err(|err| err.to_string())?;
+    }
+    let raw = b.into_inner().map_err(|e| e.to_string())?;
+    if !gzip {
+        return Ok(raw);
+    }
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw).map_err(|e| e.to_string())?;
+    gz.finish().map_err(|e| e.to_string())
 }
 
 /// A file served by the HTTP server.
@@ -156,6 +225,12 @@ pub struct HttpSpec {
     /// HTTP status (default 200).
     #[serde(default)]
     pub status: Option<u16>,
+    /// Serve a tar archive of these entries instead of `content`.
+    #[serde(default)]
+    pub archive: Option<Vec<ArchiveEntry>>,
+    /// Compress `archive` with gzip.
+    #[serde(default)]
+    pub gzip: bool,
 }
 
 /// One string or several.
@@ -262,6 +337,30 @@ pub struct FileSpec {
     /// Does not exist.
     #[serde(default)]
     pub absent: bool,
+    /// Is a regular file.
+    #[serde(default)]
+    pub regular: bool,
+    /// Owner uid.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Owner gid.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Modification time, seconds since the epoch.
+    #[serde(default)]
+    pub mtime: Option<i64>,
+    /// The same inode as this other exported path (a hard link).
+    #[serde(default)]
+    pub hardlink_of: Option<String>,
+    /// Same bytes as this context file (e.g. an archive copied as is).
+    #[serde(default)]
+    pub same_as_context: Option<String>,
+    /// Same content as this path in the export of step N (1-based).
+    #[serde(default)]
+    pub same_as_step: Option<usize>,
+    /// Different content from this path in the export of step N (1-based).
+    #[serde(default)]
+    pub differs_from_step: Option<usize>,
 }
 
 /// Expectation of one history entry.
@@ -341,6 +440,11 @@ pub fn write_context(
             let l = std::os::unix::net::UnixListener::bind(&path)
                 .map_err(|e| io("bind socket", &path, e))?;
             drop(l);
+            continue;
+        }
+        if let Some(entries) = &spec.archive {
+            let bytes = archive_bytes(entries, spec.gzip)?;
+            std::fs::write(&path, bytes).map_err(|e| io("write", &path, e))?;
             continue;
         }
         if spec.dir {
