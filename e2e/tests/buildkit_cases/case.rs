@@ -272,6 +272,12 @@ pub struct Expect {
     /// Exact history length.
     #[serde(default)]
     pub history_len: Option<usize>,
+    /// Exact number of layers (`rootfs.diff_ids`).
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Exact number of image manifests in the exported index.
+    #[serde(default)]
+    pub manifests: Option<usize>,
     /// The build fails; substrings of stderr.
     #[serde(default)]
     pub error: Option<OneOrMany>,
@@ -299,6 +305,8 @@ impl Expect {
             || !self.image.is_empty()
             || !self.history.is_empty()
             || self.history_len.is_some()
+            || self.layers.is_some()
+            || self.manifests.is_some()
     }
 }
 
