@@ -350,6 +350,7 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
             .replace("{{registry}}", &env.registry)
             .replace("{{image}}", &image)
             .replace("{{http}}", &http_base)
+            .replace("{{tmp}}", s(tmp.path()))
     };
     for (path, entry) in &case.http {
         env.http
@@ -377,8 +378,11 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
         }
         case.steps.clone()
     };
-    let xb = Xbuild::new();
+    let mut xb = Xbuild::new();
     for (i, step) in steps.iter().enumerate() {
+        if step.fresh_state {
+            xb = Xbuild::new();
+        }
         let which = if steps.len() > 1 {
             format!("step {}: ", i + 1)
         } else {
@@ -539,6 +543,14 @@ fn build_and_check(
         )?;
     }
     if expect.needs_image() {
+        if let Some(n) = expect.same_image_as_step {
+            let before = tmp.join(format!("image{}.tar", n.saturating_sub(1)));
+            let a = index_digest(&before)?;
+            let b = index_digest(&oci)?;
+            if a != b {
+                return Err(format!("image {b} differs from step {n}'s {a}"));
+            }
+        }
         let (config, manifests) = read_oci_config(&oci)?;
         if let Some(n) = expect.manifests {
             if manifests != n {
@@ -727,6 +739,30 @@ fn check_file(
     Ok(())
 }
 
+/// The digest of the (first) descriptor of an OCI layout tarball's index.json.
+fn index_digest(tar_path: &Path) -> Result<String, String> {
+    let f = std::fs::File::open(tar_path).map_err(|e| format!("open {}: {e}", s(tar_path)))?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries().map_err(|e| e.to_string())? {
+        let mut e = e.map_err(|e| e.to_string())?;
+        let name = e
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        if name.trim_start_matches("./") == "index.json" {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).map_err(|e| e.to_string())?;
+            let idx: Value = serde_json::from_slice(&v).map_err(|e| e.to_string())?;
+            return idx["manifests"][0]["digest"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| "index.json without manifests".to_string());
+        }
+    }
+    Err(format!("no index.json in {}", s(tar_path)))
+}
+
 /// The image config of an OCI layout tarball: the host platform's when the
 /// index lists several.
 fn read_oci_config(tar_path: &Path) -> Result<(Value, usize), String> {
@@ -825,7 +861,7 @@ fn check_image(config: &Value, expect: &Expect) -> Result<(), String> {
                     return Err(format!("history created_by {cb:?}, BuildKit {c:?}"));
                 }
             }
-            if let Some(c) = &want.created_by_contains {
+            for c in want.created_by_contains.iter().flat_map(|c| c.all()) {
                 if !cb.contains(c.as_str()) {
                     return Err(format!("history created_by {cb:?} lacks {c:?}"));
                 }

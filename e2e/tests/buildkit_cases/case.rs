@@ -91,6 +91,10 @@ pub struct Step {
     /// Replaces the environment.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
+    /// Run with a new, empty state directory (no local cache; BuildKit's
+    /// tests prune everything between such builds).
+    #[serde(default)]
+    pub fresh_state: bool,
     /// Expectations of this build.
     #[serde(default)]
     pub expect: Expect,
@@ -278,6 +282,10 @@ pub struct Expect {
     /// Exact number of image manifests in the exported index.
     #[serde(default)]
     pub manifests: Option<usize>,
+    /// The exported image (its index.json's descriptor) is byte-identical
+    /// to that of step N (1-based).
+    #[serde(default)]
+    pub same_image_as_step: Option<usize>,
     /// The build fails; substrings of stderr.
     #[serde(default)]
     pub error: Option<OneOrMany>,
@@ -307,6 +315,7 @@ impl Expect {
             || self.history_len.is_some()
             || self.layers.is_some()
             || self.manifests.is_some()
+            || self.same_image_as_step.is_some()
     }
 }
 
@@ -378,9 +387,9 @@ pub struct HistoryExpect {
     /// Exact `created_by`.
     #[serde(default)]
     pub created_by: Option<String>,
-    /// Substring of `created_by`.
+    /// Substrings of `created_by`.
     #[serde(default)]
-    pub created_by_contains: Option<String>,
+    pub created_by_contains: Option<OneOrMany>,
     /// `empty_layer` (absent means false).
     #[serde(default)]
     pub empty_layer: Option<bool>,
@@ -437,8 +446,14 @@ pub fn write_context(
             }
             continue;
         }
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
-            std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+        // A new kind of entry replaces whatever was there (a directory that
+        // becomes a file between two builds).
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if !m.is_dir() {
+                std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+            } else if !spec.dir {
+                std::fs::remove_dir_all(&path).map_err(|e| io("remove", &path, e))?;
+            }
         }
         if let Some(target) = &spec.symlink {
             std::os::unix::fs::symlink(target, &path).map_err(|e| io("symlink", &path, e))?;
