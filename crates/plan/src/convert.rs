@@ -1183,8 +1183,15 @@ fn expand_port_range(spec: &str) -> Vec<String> {
 }
 
 fn validate_chmod(m: &str) -> Result<(), String> {
-    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) && m.len() <= 4 {
-        return Ok(());
+    // BuildKit's wording for both a bad octal value and an unparsable mode.
+    let invalid = || {
+        format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777")
+    };
+    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) {
+        return match u32::from_str_radix(m, 8) {
+            Ok(v) if v <= 0o7777 => Ok(()),
+            _ => Err(invalid()),
+        };
     }
     // Symbolic modes (u+x,go-w) are accepted by BuildKit with --link; check the shape.
     let symbolic = m.split(',').all(|clause| {
@@ -1199,9 +1206,7 @@ fn validate_chmod(m: &str) -> Result<(), String> {
     if symbolic {
         Ok(())
     } else {
-        Err(format!(
-            "invalid --chmod value {m:?}: expected octal (0755) or symbolic (u+x)"
-        ))
+        Err(invalid())
     }
 }
 
@@ -1240,5 +1245,15 @@ mod tests {
         assert!(validate_chmod("u+x,go-w").is_ok());
         assert!(validate_chmod("888").is_err());
         assert!(validate_chmod("rwx").is_err());
+        // BuildKit's bounds and wording (testCopyInvalidChmod).
+        assert!(validate_chmod("07777").is_ok());
+        assert_eq!(
+            validate_chmod("10000").unwrap_err(),
+            "invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777"
+        );
+        assert_eq!(
+            validate_chmod("64a").unwrap_err(),
+            "invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777"
+        );
     }
 }

@@ -167,11 +167,14 @@ impl Copier<'_> {
 
     /// Downloads `url` and writes it at `target` (mode 0600 unless
     /// `--chmod`, mtime from `Last-Modified`), verifying the checksum.
+    /// With `--unpack=true` a tar archive (plain or compressed) is
+    /// extracted into the directory `dest_comps` instead, as BuildKit does.
     pub(crate) fn fetch_url(
         &mut self,
         url: &str,
         opts: &super::AddOptions,
         target: Target,
+        dest_comps: &[String],
     ) -> Result<(), CopyError> {
         let expected = opts
             .checksum
@@ -236,6 +239,11 @@ impl Copier<'_> {
         });
         dest::set_times_fd(&out, &tmp, (when, 0))?;
         drop(out);
+        if opts.unpack == Some(true) && is_tar_archive(&tmp)? {
+            self.extract_archive(&tmp, url, dest_comps)?;
+            self.stats.downloads += 1;
+            return Ok(());
+        }
         let Target::File(parent, name) = target else {
             unreachable!("downloads are files")
         };

@@ -382,7 +382,7 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         } else {
             file_target("")
         };
-        c.fetch_url(u, &opts, target)?;
+        c.fetch_url(u, &opts, target, &dest_comps)?;
     }
     for f in req.inline {
         let target = file_target(&f.name);
