@@ -622,7 +622,7 @@ fn check_file(
             content: Some(t.clone()),
             ..FileSpec::default()
         },
-        FileExpect::Spec(s) => s.clone(),
+        FileExpect::Spec(s) => (**s).clone(),
     };
     let p: PathBuf = root.join(path.trim_start_matches('/'));
     let meta = std::fs::symlink_metadata(&p);

@@ -326,7 +326,7 @@ pub enum FileExpect {
     /// Exact content.
     Text(String),
     /// Anything else.
-    Spec(FileSpec),
+    Spec(Box<FileSpec>),
 }
 
 /// Expectation of one exported file, as a mapping.
