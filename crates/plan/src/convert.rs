@@ -622,6 +622,18 @@ impl<'a> Planner<'a> {
                 if dep == sc.n {
                     return Err(self.at(ins, format!("stage {word:?} cannot copy from itself")));
                 }
+                // BuildKit lets RUN mount a later stage, but COPY only
+                // from a stage defined before the current one.
+                if dep > sc.n && matches!(ins.kind, Kind::Copy(_)) {
+                    return Err(self.at(
+                        ins,
+                        format!(
+                            "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
+                            self.stage_label(dep),
+                            self.stage_label(sc.n)
+                        ),
+                    ));
+                }
                 Ok(FileSource::Stage(self.convert_stage(dep, chain)?))
             }
             None => {
