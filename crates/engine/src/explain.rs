@@ -49,18 +49,20 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for (i, stage) in g.stages.iter().enumerate() {
-            let total = stage.steps.len() + 1;
+            let total = stage.shown_steps();
             let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
-            out.push(ExplainStep {
-                platform: platform.clone(),
-                stage: stage.display_name(),
-                index: 1,
-                total,
-                name: stage.from_text.clone(),
-                key: key.clone(),
-                cached: true,
-                causes: Vec::new(),
-            });
+            if stage.shows_from() {
+                out.push(ExplainStep {
+                    platform: platform.clone(),
+                    stage: stage.display_name(),
+                    index: 1,
+                    total,
+                    name: stage.from_text.clone(),
+                    key: key.clone(),
+                    cached: true,
+                    causes: Vec::new(),
+                });
+            }
             let skip = req.no_cache
                 || stage.name.as_deref().is_some_and(|n| {
                     req.no_cache_filter
@@ -73,7 +75,7 @@ impl Engine {
                     .step_key(
                         &shared,
                         stage,
-                        si + 2,
+                        stage.step_number(si),
                         step,
                         &key,
                         base.as_ref(),
@@ -106,12 +108,12 @@ impl Engine {
                     self.miss_causes(&platform, &key, &sk)
                 };
                 if !causes.is_empty() && missed.is_none() {
-                    missed = Some(step_label(stage, si + 2, &step.text));
+                    missed = Some(step_label(stage, stage.step_number(si), &step.text));
                 }
                 out.push(ExplainStep {
                     platform: platform.clone(),
                     stage: stage.display_name(),
-                    index: si + 2,
+                    index: stage.step_number(si),
                     total,
                     name: step.text.clone(),
                     key: sk.key.clone(),

@@ -37,7 +37,7 @@ pub(crate) fn step_label(stage: &Stage, index: usize, text: &str) -> String {
     format!(
         "[{} {index}/{}] {text}",
         stage.display_name(),
-        stage.steps.len() + 1
+        stage.shown_steps()
     )
 }
 

@@ -412,7 +412,7 @@ impl Engine {
     ) -> Result<StageOut, EngineError> {
         let req = shared.req;
         let stage = &req.graph.stages[idx];
-        let total = stage.steps.len() + 1;
+        let total = stage.shown_steps();
         let platform = &shared.platform;
         let start_vertex = |index: usize, name: &str| {
             let id = req.ids.next_id();
@@ -427,8 +427,12 @@ impl Engine {
             });
             id
         };
-        // FROM.
-        let vid = start_vertex(1, &stage.from_text);
+        // FROM (not shown for scratch, as in BuildKit).
+        let vid = if stage.shows_from() {
+            start_vertex(1, &stage.from_text)
+        } else {
+            req.ids.next_id()
+        };
         let t0 = Instant::now();
         let dep_keys: HashMap<usize, Digest> =
             deps.iter().map(|(i, d)| (*i, d.key.clone())).collect();
@@ -466,10 +470,12 @@ impl Engine {
                 return Err(e);
             }
         };
-        req.events.emit(Event::Done {
-            id: vid,
-            duration: t0.elapsed(),
-        });
+        if stage.shows_from() {
+            req.events.emit(Event::Done {
+                id: vid,
+                duration: t0.elapsed(),
+            });
+        }
 
         let skip_lookup = req.no_cache
             || stage.name.as_deref().is_some_and(|n| {
@@ -480,14 +486,14 @@ impl Engine {
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
-            let vid = start_vertex(si + 2, &step.text);
+            let vid = start_vertex(stage.step_number(si), &step.text);
             let t0 = Instant::now();
             let r = async {
                 let sk = self
                     .step_key(
                         shared,
                         stage,
-                        si + 2,
+                        stage.step_number(si),
                         step,
                         &key,
                         base.as_ref(),
@@ -509,7 +515,11 @@ impl Engine {
             }
             .await;
             if r.as_ref().is_ok_and(|hit| !hit) && missed.is_none() {
-                missed = Some(crate::keys::step_label(stage, si + 2, &step.text));
+                missed = Some(crate::keys::step_label(
+                    stage,
+                    stage.step_number(si),
+                    &step.text,
+                ));
             }
             match r {
                 Ok(hit) => {

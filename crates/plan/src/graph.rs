@@ -276,6 +276,23 @@ impl Stage {
             .unwrap_or_else(|| format!("stage-{}", self.dockerfile_index))
     }
 
+    /// Whether progress shows a FROM step for this stage: BuildKit shows
+    /// none for `FROM scratch` (nothing is pulled or run), so a scratch
+    /// stage's steps are numbered from 1.
+    pub fn shows_from(&self) -> bool {
+        !matches!(self.base, Base::Scratch)
+    }
+
+    /// The 1-based progress number of step `i` (0-based index into `steps`).
+    pub fn step_number(&self, i: usize) -> usize {
+        i + 1 + usize::from(self.shows_from())
+    }
+
+    /// How many numbered steps progress shows for this stage.
+    pub fn shown_steps(&self) -> usize {
+        self.steps.len() + usize::from(self.shows_from())
+    }
+
     /// Indices of the stages this one depends on (base, COPY --from, mounts).
     pub fn dependencies(&self) -> Vec<usize> {
         let mut deps = Vec::new();

@@ -484,3 +484,17 @@ fn copy_from_a_later_stage_is_refused_but_mounting_it_is_not() {
         .to_string();
     assert!(e.contains("dockerfile contains no stages to build"), "{e}");
 }
+
+#[test]
+fn scratch_stages_number_steps_from_one() {
+    // testStepNames: "[stage-1 1/1] COPY ..." after FROM scratch, while a
+    // stage FROM an image counts its FROM as step 1.
+    let src = "FROM busybox AS base\nWORKDIR /out\nRUN echo base > base\nFROM scratch\nCOPY --from=base /out /out\n";
+    let g = plan_for(src, &amd64(), &opts());
+    let base = &g.stages[0];
+    assert!(base.shows_from());
+    assert_eq!((base.step_number(1), base.shown_steps()), (3, 3));
+    let last = g.stages.last().unwrap();
+    assert!(!last.shows_from());
+    assert_eq!((last.step_number(0), last.shown_steps()), (1, 1));
+}
