@@ -307,10 +307,11 @@ pub fn run(
     let op = &plan.op;
     let mut setup = Setup::default();
     let files = Scratch::new(&env.tmp_dir)?;
+    let hostname = op.hostname.as_deref().unwrap_or(HOSTNAME);
     let hosts = files.path().join("hosts");
     write_file(
         &hosts,
-        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
             .as_bytes(),
         0o644,
     )?;
@@ -324,7 +325,7 @@ pub fn run(
         env: op.env.clone(),
         cwd: op.cwd.clone(),
         user: op.user.clone(),
-        hostname: HOSTNAME.to_string(),
+        hostname: hostname.to_string(),
         network: match op.network {
             Network::None => NetworkMode::None,
             Network::Default | Network::Host => NetworkMode::Host,

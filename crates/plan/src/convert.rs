@@ -607,6 +607,20 @@ impl<'a> Planner<'a> {
         Ok(None)
     }
 
+    /// `--build-arg BUILDKIT_SANDBOX_HOSTNAME=NAME`: the hostname of RUN
+    /// steps (a frontend option: no ARG needed).
+    fn sandbox_hostname(&mut self) -> Option<String> {
+        let v = self
+            .opts
+            .build_args
+            .get("BUILDKIT_SANDBOX_HOSTNAME")
+            .filter(|v| !v.is_empty())?
+            .clone();
+        self.consumed
+            .insert("BUILDKIT_SANDBOX_HOSTNAME".to_string());
+        Some(v)
+    }
+
     fn file_source(
         &mut self,
         sc: &StageConv,
@@ -923,6 +937,7 @@ impl<'a> Planner<'a> {
                         insecure: run.security.as_deref() == Some("insecure"),
                         mounts,
                         inline_files,
+                        hostname: self.sandbox_hostname(),
                     }),
                 )
             }

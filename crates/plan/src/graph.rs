@@ -135,6 +135,11 @@ pub struct ExecOp {
     pub mounts: Vec<ExecMount>,
     /// Heredoc scripts written into the container before the run.
     pub inline_files: Vec<InlineFile>,
+    /// The hostname RUN sees, from the `BUILDKIT_SANDBOX_HOSTNAME` build
+    /// arg; `None` for the default. Left out of the serialized form (and so
+    /// of cache keys) when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Copy files into the stage's filesystem (COPY and ADD).

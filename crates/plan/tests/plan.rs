@@ -498,3 +498,19 @@ fn scratch_stages_number_steps_from_one() {
     assert!(!last.shows_from());
     assert_eq!((last.step_number(0), last.shown_steps()), (1, 1));
 }
+
+#[test]
+fn sandbox_hostname_build_arg_sets_run_hostname() {
+    // testDockerfileCheckHostname (arg): no ARG needed, not an unused arg.
+    let mut o = opts();
+    o.build_args
+        .insert("BUILDKIT_SANDBOX_HOSTNAME".into(), "foo".into());
+    let g = plan_for("FROM busybox\nRUN hostname\n", &amd64(), &o);
+    let e = exec(&g.stages[0].steps[0]);
+    assert_eq!(e.hostname.as_deref(), Some("foo"));
+    // Unset: not in the serialized op, so cache keys do not change.
+    let g = plan_for("FROM busybox\nRUN hostname\n", &amd64(), &opts());
+    let e = exec(&g.stages[0].steps[0]);
+    assert_eq!(e.hostname, None);
+    assert!(!serde_json::to_string(e).unwrap().contains("\"hostname\":"));
+}
