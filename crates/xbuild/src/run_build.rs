@@ -111,8 +111,14 @@ pub fn scan_context(
     Ok((Some(dir), Some(idx)))
 }
 
-fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
+/// `--build-arg SOURCE_DATE_EPOCH=N` (as BuildKit reads it), else the
+/// `SOURCE_DATE_EPOCH` environment variable (as buildx passes it on).
+fn source_date_epoch(build_arg: Option<&str>) -> Result<Option<i64>> {
+    let value = match build_arg {
+        Some(v) => Ok(v.to_string()),
+        None => std::env::var("SOURCE_DATE_EPOCH"),
+    };
+    match value {
         Ok(v) if !v.trim().is_empty() => {
             Ok(Some(v.trim().parse().map_err(|_| {
                 anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
@@ -162,7 +168,7 @@ async fn build(
     }
     let secrets = Secrets::from(coordinator::parse_secrets(&args.secrets)?);
     let (cache_to, cache_from) = crate::cache_io::parse_args(&args.cache_to, &args.cache_from)?;
-    let epoch = source_date_epoch()?;
+    let epoch = source_date_epoch(opts.build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))?;
     let root = crate::paths::xbuild_root()?;
     let renderer = Renderer::stderr(style(if args.quiet {
         ProgressMode::Quiet
@@ -504,6 +510,16 @@ fn write_metadata(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn source_date_epoch_build_arg_wins() {
+        // testWorkdirSourceDateEpochReproducible passes it as a build arg.
+        assert_eq!(
+            super::source_date_epoch(Some("1673364896")).unwrap(),
+            Some(1673364896)
+        );
+        assert!(super::source_date_epoch(Some("soon")).is_err());
+    }
+
     use super::*;
 
     #[test]
