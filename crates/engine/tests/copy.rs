@@ -388,6 +388,28 @@ fn serve(body: &'static [u8], requests: usize) -> String {
 }
 
 #[test]
+fn context_socket_is_copied_as_an_empty_file() {
+    // testCopySocket: BuildKit's context transfer turns a socket into a
+    // regular file.
+    let mut fx = Fx::new();
+    let sock = fx.ctx.path().join("socket.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fx.index = None;
+    let idx = fx.index();
+    let e = idx
+        .entries
+        .iter()
+        .find(|e| e.path == "socket.sock")
+        .unwrap();
+    assert_eq!(e.size, 0);
+    fx.copy(&["."], "/all/").unwrap();
+    let m = fx.meta("all/socket.sock");
+    assert!(m.is_file());
+    assert_eq!(m.len(), 0);
+    assert_eq!(fx.read("all/file.txt"), "file");
+}
+
+#[test]
 fn add_url_unpack_true_extracts() {
     // testDockerfileAddArchive: a downloaded archive is a file, unless
     // --unpack=true, which extracts it into the destination directory.

@@ -246,7 +246,8 @@ impl HostStamp {
 }
 
 /// Builds an index entry (without digest) from `lstat` metadata; `None` for
-/// sockets, fifos and devices.
+/// fifos and devices. A socket is an empty regular file, as BuildKit's
+/// context transfer makes it.
 pub(crate) fn entry_from_meta(
     path: String,
     md: &fs::Metadata,
@@ -255,6 +256,8 @@ pub(crate) fn entry_from_meta(
     let ft = md.file_type();
     let (kind, size, link_target) = if ft.is_file() {
         (EntryKind::File, md.size(), None)
+    } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+        (EntryKind::File, 0, None)
     } else if ft.is_dir() {
         (EntryKind::Dir, 0, None)
     } else if ft.is_symlink() {

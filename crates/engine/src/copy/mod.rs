@@ -28,7 +28,7 @@ use crate::context::{
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use xbuild_plan::InlineFile;
@@ -532,6 +532,23 @@ impl Copier<'_> {
         owner: (u32, u32),
         mode: u32,
     ) -> Result<(), CopyError> {
+        // A Unix socket in the context becomes an empty regular file, as
+        // BuildKit's context transfer makes it (testCopySocket).
+        if let Ok(md) = fs::symlink_metadata(src) {
+            if md.file_type().is_socket() {
+                dest::clear_for_write(self.dest_root, dst)?;
+                let df = fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(dst)
+                    .map_err(dest::io_at("create", dst))?;
+                self.finish_file(&df, dst, owner, mode, Some(dest::mtime_of(&md)))?;
+                self.stats.files += 1;
+                return Ok(());
+            }
+        }
         let mut sf = fs::File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
