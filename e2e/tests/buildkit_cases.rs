@@ -6,7 +6,8 @@
 //! difference does not match.
 //!
 //! `XBUILD_CASES=GLOB[,GLOB]` runs a subset; `XBUILD_CASES_THREADS=N` sets how
-//! many cases run at once (default 2).
+//! many cases run at once (default 2); `XBUILD_CASES_VERBOSE=1` prints every
+//! build's command line and progress.
 
 #[path = "buildkit_cases/case.rs"]
 mod case;
@@ -478,6 +479,9 @@ fn build_and_check(
     args.push(".".into());
     let env = step.env.as_ref().unwrap_or(&case.env);
     let (code, stderr) = run_xbuild(xb, ctx, &args, env)?;
+    if std::env::var_os("XBUILD_CASES_VERBOSE").is_some() {
+        println!("--- xbuild {}\n{stderr}", args.join(" "));
+    }
     let tail = || {
         let lines: Vec<&str> = stderr.lines().collect();
         lines[lines.len().saturating_sub(12)..].join("\n    ")

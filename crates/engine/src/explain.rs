@@ -32,6 +32,10 @@ pub struct ExplainStep {
     /// Why not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<MissReason>,
+    /// The stage's FROM (index 1), not a step with a cache record. A
+    /// `FROM scratch` stage has none: its first step is index 1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from: bool,
 }
 
 impl Engine {
@@ -61,6 +65,7 @@ impl Engine {
                     key: key.clone(),
                     cached: true,
                     causes: Vec::new(),
+                    from: true,
                 });
             }
             let skip = req.no_cache
@@ -119,6 +124,7 @@ impl Engine {
                     key: sk.key.clone(),
                     cached: causes.is_empty(),
                     causes,
+                    from: false,
                 });
                 key = sk.key;
             }

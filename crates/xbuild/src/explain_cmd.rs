@@ -86,8 +86,8 @@ pub fn table(steps: &[ExplainStep]) -> String {
         if l.chars().count() > width {
             l = l.chars().take(width - 3).collect::<String>() + "...";
         }
-        let verdict = match (s.index, s.cached) {
-            (1, _) => "-",
+        let verdict = match (s.from, s.cached) {
+            (true, _) => "-",
             (_, true) => "HIT",
             (_, false) => "MISS",
         };
@@ -104,7 +104,7 @@ pub fn table(steps: &[ExplainStep]) -> String {
         out.push('\n');
     }
     let misses = steps.iter().filter(|s| !s.cached).count();
-    let total = steps.iter().filter(|s| s.index > 1).count();
+    let total = steps.iter().filter(|s| !s.from).count();
     out.push_str(&format!(
         "{} of {total} step(s) would be cached, {misses} would run\n",
         total - misses
