@@ -18,7 +18,7 @@ pub struct Planned {
 /// the session's registry, or the local store unless `req.pull`).
 pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
     let engine = session.open_engine("local")?;
-    let graphs = crate::resolve::plan_resolved(
+    let mut graphs = crate::resolve::plan_resolved(
         &req.dockerfile,
         &req.plan,
         &req.platforms,
@@ -27,6 +27,9 @@ pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
         req.pull,
     )
     .await?;
+    for g in &mut graphs {
+        g.labels = req.labels.clone();
+    }
     let warnings = graphs
         .iter()
         .flat_map(|g| &g.warnings)

@@ -168,6 +168,7 @@ pub fn plan(
         });
     }
     Ok(BuildGraph {
+        labels: BTreeMap::new(),
         platform: platform.clone(),
         build_platform: opts.build_platform.clone(),
         target: p.out.len() - 1,

@@ -353,6 +353,11 @@ pub struct BuildGraph {
     pub unused_build_args: Vec<String>,
     /// Non-fatal findings.
     pub warnings: Vec<PlanWarning>,
+    /// `--label KEY=VALUE` of the command line: set on the final image's
+    /// config (after the Dockerfile's LABELs, no history entry), as
+    /// BuildKit's frontend does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl BuildGraph {

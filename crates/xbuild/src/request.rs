@@ -67,6 +67,7 @@ pub fn base(
         no_cache_filter: args.no_cache_filter.clone(),
         pull: args.pull,
         source_date_epoch: None,
+        labels: parse_labels(&args.labels),
     }
 }
 
@@ -106,6 +107,17 @@ pub fn from_args(
         source_date_epoch,
         ..base(args, df, opts, platforms)
     })
+}
+
+/// `--label KEY=VALUE` (a bare `KEY` is an empty label, as in buildx).
+pub fn parse_labels(specs: &[String]) -> BTreeMap<String, String> {
+    specs
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (s.clone(), String::new()),
+        })
+        .collect()
 }
 
 /// Parse `--secret` specs: `id=ID[,src=FILE|,source=FILE|,env=VAR][,type=file|env]`.
@@ -159,5 +171,14 @@ mod tests {
             Some(1673364896)
         );
         assert!(super::source_date_epoch(Some("soon")).is_err());
+    }
+
+    #[test]
+    fn labels_parse_like_buildx() {
+        // testLabels: --label bar=baz next to the Dockerfile's LABEL.
+        let l = super::parse_labels(&["bar=baz".into(), "a=b=c".into(), "empty".into()]);
+        assert_eq!(l["bar"], "baz");
+        assert_eq!(l["a"], "b=c");
+        assert_eq!(l["empty"], "");
     }
 }
