@@ -53,6 +53,9 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     /// `--label KEY=VALUE`: labels of the final image.
     pub labels: BTreeMap<String, String>,
+    /// Attestations to attach (`--attest`, `--provenance`, `--sbom`, after
+    /// buildx's defaults).
+    pub attest: xbuild_attest::options::Resolved,
 }
 
 impl std::fmt::Debug for BuildRequest {
