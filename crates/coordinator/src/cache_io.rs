@@ -204,7 +204,7 @@ fn platform_manifest(
     let mut seen = HashSet::new();
     let mut listed = 0;
     for s in steps {
-        if s.from || (!max && s.stage != target) || !seen.insert(s.key.clone()) {
+        if s.index == 1 || (!max && s.stage != target) || !seen.insert(s.key.clone()) {
             continue;
         }
         let Some(rec) = cache.get(platform, &s.key, store) else {
@@ -517,11 +517,8 @@ pub async fn import_cache(
         let steps = keys_of(engine, g, inp).await?;
         let mut stage_open = true;
         for s in &steps {
-            if s.from || s.index == 1 {
-                // A new stage (a scratch stage has no FROM entry).
+            if s.index == 1 {
                 stage_open = true;
-            }
-            if s.from {
                 continue;
             }
             if !stage_open {

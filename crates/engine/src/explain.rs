@@ -23,8 +23,12 @@ pub struct ExplainStep {
     pub index: usize,
     /// Vertices in the stage, FROM included.
     pub total: usize,
-    /// The instruction text.
+    /// The instruction as written.
     pub name: String,
+    /// How progress output names it (`[build 2/5] RUN make`; metadata-only
+    /// steps take no number: `[build] ENV A=1`).
+    #[serde(default)]
+    pub label: String,
     /// The step's cache key.
     pub key: Digest,
     /// Whether a build now would take it from the cache (FROM: always).
@@ -32,10 +36,6 @@ pub struct ExplainStep {
     /// Why not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<MissReason>,
-    /// The stage's FROM (index 1), not a step with a cache record. A
-    /// `FROM scratch` stage has none: its first step is index 1.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub from: bool,
 }
 
 impl Engine {
@@ -53,21 +53,19 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for (i, stage) in g.stages.iter().enumerate() {
-            let total = stage.shown_steps();
+            let total = stage.steps.len() + 1;
             let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
-            if stage.shows_from() {
-                out.push(ExplainStep {
-                    platform: platform.clone(),
-                    stage: stage.display_name(),
-                    index: 1,
-                    total,
-                    name: stage.from_text.clone(),
-                    key: key.clone(),
-                    cached: true,
-                    causes: Vec::new(),
-                    from: true,
-                });
-            }
+            out.push(ExplainStep {
+                platform: platform.clone(),
+                stage: stage.display_name(),
+                index: 1,
+                total,
+                name: stage.from_text.clone(),
+                label: stage.step_label(0),
+                key: key.clone(),
+                cached: true,
+                causes: Vec::new(),
+            });
             let skip = req.no_cache
                 || stage.name.as_deref().is_some_and(|n| {
                     req.no_cache_filter
@@ -80,7 +78,7 @@ impl Engine {
                     .step_key(
                         &shared,
                         stage,
-                        stage.step_number(si),
+                        si + 2,
                         step,
                         &key,
                         base.as_ref(),
@@ -112,19 +110,20 @@ impl Engine {
                 } else {
                     self.miss_causes(&platform, &key, &sk)
                 };
-                if !causes.is_empty() && missed.is_none() {
-                    missed = Some(step_label(stage, stage.step_number(si), &step.text));
+                // The next step names this one, its direct parent.
+                if !causes.is_empty() {
+                    missed = Some(step_label(stage, si + 2));
                 }
                 out.push(ExplainStep {
                     platform: platform.clone(),
                     stage: stage.display_name(),
-                    index: stage.step_number(si),
+                    index: si + 2,
                     total,
-                    name: step.text.clone(),
+                    name: step.title().to_string(),
+                    label: step_label(stage, si + 2),
                     key: sk.key.clone(),
                     cached: causes.is_empty(),
                     causes,
-                    from: false,
                 });
                 key = sk.key;
             }

@@ -420,27 +420,24 @@ impl Engine {
     ) -> Result<StageOut, EngineError> {
         let req = shared.req;
         let stage = &req.graph.stages[idx];
-        let total = stage.shown_steps();
+        let numbers = stage.numbers();
+        let total = numbers.total;
         let platform = &shared.platform;
-        let start_vertex = |index: usize, name: &str| {
+        let start_vertex = |index: Option<usize>, name: &str| {
             let id = req.ids.next_id();
             req.events.emit(Event::Started {
                 id,
                 platform: platform.clone(),
                 stage: stage.display_name(),
-                index,
+                index: index.unwrap_or(0),
                 total,
                 name: name.to_string(),
                 worker: self.inner.cfg.worker.clone(),
             });
             id
         };
-        // FROM (not shown for scratch, as in BuildKit).
-        let vid = if stage.shows_from() {
-            start_vertex(1, &stage.from_text)
-        } else {
-            req.ids.next_id()
-        };
+        // FROM.
+        let vid = start_vertex(numbers.from, &stage.from_text);
         let t0 = Instant::now();
         let dep_keys: HashMap<usize, Digest> =
             deps.iter().map(|(i, d)| (*i, d.key.clone())).collect();
@@ -478,12 +475,10 @@ impl Engine {
                 return Err(e);
             }
         };
-        if stage.shows_from() {
-            req.events.emit(Event::Done {
-                id: vid,
-                duration: t0.elapsed(),
-            });
-        }
+        req.events.emit(Event::Done {
+            id: vid,
+            duration: t0.elapsed(),
+        });
 
         let skip_lookup = req.no_cache
             || stage.name.as_deref().is_some_and(|n| {
@@ -494,14 +489,14 @@ impl Engine {
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
-            let vid = start_vertex(stage.step_number(si), &step.text);
+            let vid = start_vertex(numbers.steps[si], step.title());
             let t0 = Instant::now();
             let r = async {
                 let sk = self
                     .step_key(
                         shared,
                         stage,
-                        stage.step_number(si),
+                        si + 2,
                         step,
                         &key,
                         base.as_ref(),
@@ -522,12 +517,10 @@ impl Engine {
                 .await
             }
             .await;
-            if r.as_ref().is_ok_and(|hit| !hit) && missed.is_none() {
-                missed = Some(crate::keys::step_label(
-                    stage,
-                    stage.step_number(si),
-                    &step.text,
-                ));
+            // A miss makes every later step rebuild; the next one names
+            // this one, its direct parent, as the reason.
+            if r.as_ref().is_ok_and(|hit| !hit) {
+                missed = Some(crate::keys::step_label(stage, si + 2));
             }
             match r {
                 Ok(hit) => {

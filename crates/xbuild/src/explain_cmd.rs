@@ -75,7 +75,13 @@ async fn explain(
 
 /// The human table: one line per vertex.
 pub fn table(steps: &[ExplainStep]) -> String {
-    let label = |s: &ExplainStep| format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name);
+    let label = |s: &ExplainStep| {
+        if s.label.is_empty() {
+            format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name)
+        } else {
+            s.label.clone()
+        }
+    };
     let width = steps
         .iter()
         .map(|s| label(s).chars().count())
@@ -91,8 +97,8 @@ pub fn table(steps: &[ExplainStep]) -> String {
         if l.chars().count() > width {
             l = l.chars().take(width - 3).collect::<String>() + "...";
         }
-        let verdict = match (s.from, s.cached) {
-            (true, _) => "-",
+        let verdict = match (s.index, s.cached) {
+            (1, _) => "-",
             (_, true) => "HIT",
             (_, false) => "MISS",
         };
@@ -109,7 +115,7 @@ pub fn table(steps: &[ExplainStep]) -> String {
         out.push('\n');
     }
     let misses = steps.iter().filter(|s| !s.cached).count();
-    let total = steps.iter().filter(|s| !s.from).count();
+    let total = steps.iter().filter(|s| s.index > 1).count();
     out.push_str(&format!(
         "{} of {total} step(s) would be cached, {misses} would run\n",
         total - misses
