@@ -205,6 +205,7 @@ impl Merged {
                 unused_build_args: Vec::new(),
                 warnings: Vec::new(),
                 project: graphs[units[0].1].project.clone(),
+                labels: graphs[units[0].1].labels.clone(),
             },
             stages: served,
         })

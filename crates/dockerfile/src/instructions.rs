@@ -313,6 +313,13 @@ impl<'a> Flags<'a> {
                 None => (body.to_string(), None),
             };
             if !allowed.contains(&name.as_str()) {
+                if let Some(m) = crate::suggest::suggest(&name, allowed, true) {
+                    return Err(err(
+                        node,
+                        file,
+                        format!("unknown flag: --{name} (did you mean {m}?)"),
+                    ));
+                }
                 let hint = if allowed.is_empty() {
                     format!("{} takes no flags", node.keyword.to_uppercase())
                 } else {
@@ -560,7 +567,12 @@ fn parse_mount_fields(fields: &[String], partial: bool) -> Result<Mount, String>
                 "tmpfs" => MountType::Tmpfs,
                 "secret" => MountType::Secret,
                 "ssh" => MountType::Ssh,
-                other => return Err(format!("unsupported mount type {other:?}")),
+                other => {
+                    return Err(format!(
+                        "unsupported mount type {other:?}{}",
+                        crate::suggest::hint(other, MOUNT_TYPES, true)
+                    ))
+                }
             };
         }
     }
@@ -641,7 +653,12 @@ fn parse_mount_fields(fields: &[String], partial: bool) -> Result<Mount, String>
                 let v = need(value)?;
                 m.size = Some(parse_size(&v).ok_or_else(|| format!("invalid size {v:?}"))?);
             }
-            other => return Err(format!("unexpected key {other:?} in mount spec")),
+            other => {
+                return Err(format!(
+                    "unexpected key '{other}' in '{f}'{}",
+                    crate::suggest::hint(other, MOUNT_KEYS, true)
+                ))
+            }
         }
     }
     if partial {
@@ -698,6 +715,54 @@ fn valid_stage_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
+
+/// Every Dockerfile instruction (for "did you mean" hints).
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// `RUN --mount` types.
+const MOUNT_TYPES: &[&str] = &["bind", "cache", "tmpfs", "secret", "ssh"];
+
+/// `RUN --mount` keys.
+const MOUNT_KEYS: &[&str] = &[
+    "type",
+    "from",
+    "source",
+    "src",
+    "target",
+    "dst",
+    "destination",
+    "readonly",
+    "ro",
+    "readwrite",
+    "rw",
+    "id",
+    "sharing",
+    "mode",
+    "uid",
+    "gid",
+    "required",
+    "env",
+    "size",
+];
 
 /// Convert one raw node into a typed instruction.
 pub fn from_node(node: &Node, file: &str) -> Result<Instruction, InstructionError> {
@@ -1009,7 +1074,11 @@ pub fn from_node(node: &Node, file: &str) -> Result<Instruction, InstructionErro
                 file: file.to_string(),
                 line: node.span.start_line,
                 instruction: other.to_uppercase(),
-                message: format!("unknown instruction: {}", other.to_uppercase()),
+                message: format!(
+                    "unknown instruction: {}{}",
+                    other.to_uppercase(),
+                    crate::suggest::hint(&other.to_uppercase(), INSTRUCTIONS, false)
+                ),
             })
         }
     };
@@ -1076,6 +1145,36 @@ mod tests {
             panic!("not ONBUILD: {:?}", df.instructions[1].kind);
         };
         assert_eq!(text, "RUN <<EOF\necho \"hello world\" >> /dest\nEOF");
+    }
+
+    #[test]
+    fn misspellings_get_buildkit_hints() {
+        // testMountInvalid, testDockerfileInvalidInstruction.
+        assert_eq!(
+            parse_mount("typ=tmpfs").unwrap_err(),
+            "unexpected key 'typ' in 'typ=tmpfs' (did you mean type?)"
+        );
+        assert_eq!(
+            parse_mount("type=tmp,target=/t").unwrap_err(),
+            "unsupported mount type \"tmp\" (did you mean tmpfs?)"
+        );
+        let doc = crate::parse(
+            "FROM scratch\nRUN --mont=target=/x true\nFNTRYPOINT x\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let e = from_node(&doc.nodes[1], "Dockerfile").unwrap_err();
+        assert!(
+            e.message
+                .contains("unknown flag: --mont (did you mean mount?)"),
+            "{}",
+            e.message
+        );
+        let e = from_node(&doc.nodes[2], "Dockerfile").unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"
+        );
     }
 
     #[test]

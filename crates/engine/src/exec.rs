@@ -54,7 +54,7 @@ pub enum ExecError {
         source: io::Error,
     },
     /// A required secret was not given.
-    #[error("secret {id} not found (pass it with --secret id={id},src=FILE)")]
+    #[error("secret {id}: not found (pass it with --secret id={id},src=FILE)")]
     SecretMissing {
         /// The secret id.
         id: String,
@@ -65,6 +65,15 @@ pub enum ExecError {
     /// A bind mount from the context was asked for, with no local context.
     #[error("RUN --mount=type=bind from the build context needs a local context directory")]
     NoContext,
+    /// A cache mount's `source=` goes through a symbolic link in the cache
+    /// (which could lead out of it).
+    #[error("cache mount {id:?}: source {source_path:?} goes through a symbolic link; a cache source must stay inside the cache")]
+    CacheSourceLink {
+        /// The cache id.
+        id: String,
+        /// The `source=` path.
+        source_path: String,
+    },
     /// A mount source does not exist.
     #[error("mount source {source_path:?} does not exist in {from}")]
     SourceMissing {
@@ -175,6 +184,33 @@ pub fn clean_rel(rel: &str) -> Vec<OsString> {
     out
 }
 
+/// The directory `rel` below a cache directory, created when missing.
+/// `Err(None)` when a component of it is a symbolic link: a RUN step may
+/// have planted one (`ln -s /etc cache/sel`), and binding through it would
+/// expose what it points to on the host, so BuildKit refuses it too.
+fn cache_source_dir(cache: &Path, rel: &str) -> Result<PathBuf, Option<ExecError>> {
+    let mut host = cache.to_path_buf();
+    for c in clean_rel(rel) {
+        host.push(c);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => return Err(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match fs::create_dir(&host) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Some(io_err("create directory", &host)(e))),
+                }
+                if fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(None);
+                }
+            }
+            Err(e) => return Err(Some(io_err("stat", &host)(e))),
+        }
+    }
+    Ok(host)
+}
+
 /// Resolves `rel` inside `root`, following symlinks as if `root` were `/`.
 /// The result is a host path below `root` (it may not exist).
 pub fn resolve_in_root(root: &Path, rel: &str) -> PathBuf {
@@ -275,10 +311,11 @@ pub fn run(
     let op = &plan.op;
     let mut setup = Setup::default();
     let files = Scratch::new(&env.tmp_dir)?;
+    let hostname = op.hostname.as_deref().unwrap_or(HOSTNAME);
     let hosts = files.path().join("hosts");
     write_file(
         &hosts,
-        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
             .as_bytes(),
         0o644,
     )?;
@@ -292,7 +329,7 @@ pub fn run(
         env: op.env.clone(),
         cwd: op.cwd.clone(),
         user: op.user.clone(),
-        hostname: HOSTNAME.to_string(),
+        hostname: hostname.to_string(),
         network: match op.network {
             Network::None => NetworkMode::None,
             Network::Default | Network::Host => NetworkMode::Host,
@@ -468,11 +505,13 @@ fn mount_one(
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create directory", &use_dir)(e)),
             }
-            let mut host = use_dir;
-            for c in clean_rel(&src_rel) {
-                host.push(c);
-            }
-            fs::create_dir_all(&host).map_err(io_err("create directory", &host))?;
+            let host = cache_source_dir(&use_dir, &src_rel).map_err(|e| match e {
+                Some(e) => e,
+                None => ExecError::CacheSourceLink {
+                    id: id.clone(),
+                    source_path: src_rel.clone(),
+                },
+            })?;
             Ok(Some(MountSpec {
                 kind: MountKind::Bind {
                     source: host,
@@ -570,4 +609,22 @@ pub(crate) fn overlay_view(
     setup.scratches.push(mp);
     setup.mounts.push(guard);
     Ok(target)
+}
+
+#[cfg(test)]
+mod cache_source_tests {
+    use super::*;
+
+    #[test]
+    fn cache_source_through_a_link_is_refused() {
+        // testCacheMountSourceEscape: a RUN replaced cache/sel by a link to /etc.
+        let cache = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", cache.path().join("sel")).unwrap();
+        assert!(matches!(cache_source_dir(cache.path(), "sel"), Err(None)));
+        assert!(matches!(cache_source_dir(cache.path(), "sel/x"), Err(None)));
+        // Plain directories are created inside the cache.
+        let p = cache_source_dir(cache.path(), "a/b").unwrap();
+        assert_eq!(p, cache.path().join("a/b"));
+        assert!(p.is_dir());
+    }
 }

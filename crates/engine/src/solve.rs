@@ -366,7 +366,15 @@ impl Engine {
             .flatten()
             .fold((0, 0), |(s, c), o| (s + o.steps, c + o.cached));
         let store = self.inner.store.clone();
-        let builder = out.builder.clone();
+        let mut builder = out.builder.clone();
+        if !g.labels.is_empty() {
+            builder.apply_config(&xbuild_plan::ConfigOp::Label(
+                g.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ));
+        }
         let sde = req.source_date_epoch;
         // Layers the store lacks are fine when the source holds them (a
         // remote agent's cache hits, never fetched because nothing read them).

@@ -356,7 +356,7 @@ async fn missing_secret_and_binfmt_errors() {
     let graph = plan(eng.store(), src, &p);
     let (r, _) = solve(&eng, &graph, None, Opts::default()).await;
     let e = r.unwrap_err().to_string();
-    assert!(e.contains("secret needed not found"), "{e}");
+    assert!(e.contains("secret needed: not found"), "{e}");
 
     let s390x = xbuild_oci::Platform::parse("linux/s390x").unwrap();
     if xbuild_sandbox::binfmt::can_run("s390x") != xbuild_sandbox::binfmt::Support::Missing {

@@ -456,6 +456,53 @@ fn serve(body: &'static [u8], requests: usize) -> String {
 }
 
 #[test]
+fn context_socket_is_copied_as_an_empty_file() {
+    // testCopySocket: BuildKit's context transfer turns a socket into a
+    // regular file.
+    let mut fx = Fx::new();
+    let sock = fx.ctx.path().join("socket.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fx.index = None;
+    let idx = fx.index();
+    let e = idx
+        .entries
+        .iter()
+        .find(|e| e.path == "socket.sock")
+        .unwrap();
+    assert_eq!(e.size, 0);
+    fx.copy(&["."], "/all/").unwrap();
+    let m = fx.meta("all/socket.sock");
+    assert!(m.is_file());
+    assert_eq!(m.len(), 0);
+    assert_eq!(fx.read("all/file.txt"), "file");
+}
+
+#[test]
+fn add_url_unpack_true_extracts() {
+    // testDockerfileAddArchive: a downloaded archive is a file, unless
+    // --unpack=true, which extracts it into the destination directory.
+    let mut fx = Fx::new();
+    let body: &'static [u8] = Box::leak(tar_gz(&[("foo", b"content0")], true).into_boxed_slice());
+    let base = serve(body, 2);
+    let url = format!("{base}/t.tar.gz");
+    fx.copy_with(&[url.as_str()], "/dest/", |r| {
+        r.add = Some(AddOptions {
+            unpack: Some(true),
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    assert_eq!(fx.read("dest/foo"), "content0");
+    assert!(!fx.exists("dest/t.tar.gz"));
+    fx.copy_with(&[url.as_str()], "/plain/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert!(fx.meta("plain/t.tar.gz").is_file());
+    assert!(!fx.exists("plain/foo"));
+}
+
+#[test]
 fn add_urls_with_checksums() {
     let mut fx = Fx::new();
     let body: &'static [u8] = b"downloaded content\n";

@@ -188,6 +188,7 @@ pub fn plan(
         });
     }
     Ok(BuildGraph {
+        labels: BTreeMap::new(),
         platform: platform.clone(),
         build_platform: opts.build_platform.clone(),
         target: p.out.len() - 1,
@@ -626,6 +627,20 @@ impl<'a> Planner<'a> {
         Ok(None)
     }
 
+    /// `--build-arg BUILDKIT_SANDBOX_HOSTNAME=NAME`: the hostname of RUN
+    /// steps (a frontend option: no ARG needed).
+    fn sandbox_hostname(&mut self) -> Option<String> {
+        let v = self
+            .opts
+            .build_args
+            .get("BUILDKIT_SANDBOX_HOSTNAME")
+            .filter(|v| !v.is_empty())?
+            .clone();
+        self.consumed
+            .insert("BUILDKIT_SANDBOX_HOSTNAME".to_string());
+        Some(v)
+    }
+
     fn file_source(
         &mut self,
         sc: &StageConv,
@@ -652,6 +667,18 @@ impl<'a> Planner<'a> {
                         ),
                     };
                     return Err(self.at(ins, msg));
+                }
+                // BuildKit lets RUN mount a later stage, but COPY only
+                // from a stage defined before the current one.
+                if dep > sc.n && matches!(ins.kind, Kind::Copy(_)) {
+                    return Err(self.at(
+                        ins,
+                        format!(
+                            "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
+                            self.stage_label(dep),
+                            self.stage_label(sc.n)
+                        ),
+                    ));
                 }
                 Ok(FileSource::Stage(self.convert_stage(dep, chain)?))
             }
@@ -979,6 +1006,7 @@ impl<'a> Planner<'a> {
                         insecure: run.security.as_deref() == Some("insecure"),
                         mounts,
                         inline_files,
+                        hostname: self.sandbox_hostname(),
                     }),
                 )
             }
@@ -1335,8 +1363,15 @@ fn parse_port_spec(raw: &str) -> Result<PortSpec, String> {
 }
 
 fn validate_chmod(m: &str) -> Result<(), String> {
-    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) && m.len() <= 4 {
-        return Ok(());
+    // BuildKit's wording for both a bad octal value and an unparsable mode.
+    let invalid = || {
+        format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777")
+    };
+    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) {
+        return match u32::from_str_radix(m, 8) {
+            Ok(v) if v <= 0o7777 => Ok(()),
+            _ => Err(invalid()),
+        };
     }
     // Symbolic modes (u+x,go-w) are accepted by BuildKit with --link; check the shape.
     let symbolic = m.split(',').all(|clause| {
@@ -1351,9 +1386,7 @@ fn validate_chmod(m: &str) -> Result<(), String> {
     if symbolic {
         Ok(())
     } else {
-        Err(format!(
-            "invalid --chmod value {m:?}: expected octal (0755) or symbolic (u+x)"
-        ))
+        Err(invalid())
     }
 }
 
@@ -1407,5 +1440,15 @@ mod tests {
         assert!(validate_chmod("u+x,go-w").is_ok());
         assert!(validate_chmod("888").is_err());
         assert!(validate_chmod("rwx").is_err());
+        // BuildKit's bounds and wording (testCopyInvalidChmod).
+        assert!(validate_chmod("07777").is_ok());
+        assert_eq!(
+            validate_chmod("10000").unwrap_err(),
+            "invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777"
+        );
+        assert_eq!(
+            validate_chmod("64a").unwrap_err(),
+            "invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777"
+        );
     }
 }

@@ -135,6 +135,11 @@ pub struct ExecOp {
     pub mounts: Vec<ExecMount>,
     /// Heredoc scripts written into the container before the run.
     pub inline_files: Vec<InlineFile>,
+    /// The hostname RUN sees, from the `BUILDKIT_SANDBOX_HOSTNAME` build
+    /// arg; `None` for the default. Left out of the serialized form (and so
+    /// of cache keys) when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Copy files into the stage's filesystem (COPY and ADD).
@@ -421,6 +426,11 @@ pub struct BuildGraph {
     pub unused_build_args: Vec<String>,
     /// Non-fatal findings.
     pub warnings: Vec<PlanWarning>,
+    /// `--label KEY=VALUE` of the command line: set on the final image's
+    /// config (after the Dockerfile's LABELs, no history entry), as
+    /// BuildKit's frontend does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Which project this is (a hash of the context and Dockerfile
     /// identity, set by the coordinator): cache explanations compare a step
     /// only with records of the same project. Not part of any cache key.

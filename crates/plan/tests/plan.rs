@@ -271,7 +271,9 @@ fn copy_from_future_index_and_cycles_are_errors() {
     let src = "FROM scratch AS a\nCOPY --from=1 /a /a\nFROM a\n";
     let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
     assert!(e.to_string().contains("Dockerfile:2"), "{e}");
-    let src = "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nCOPY --from=a /y /y\n";
+    // COPY --from a later stage is refused outright (as BuildKit does); a
+    // RUN mount of a later stage is allowed, so a loop is still possible.
+    let src = "FROM scratch AS a\nRUN --mount=from=b,target=/x true\nFROM scratch AS b\nCOPY --from=a /y /y\n";
     let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
     // BuildKit dispatches stages in order: the copy from a later stage is
     // the error, before any cycle.
@@ -468,6 +470,40 @@ fn check_finds_the_usual_problems() {
     assert!(check::check_source(clean, &opts(), &[amd64()]).is_empty());
     let skipped = "# check=skip=JSONArgsRecommended\nFROM alpine\nCMD ls\n";
     assert!(check::check_source(skipped, &opts(), &[amd64()]).is_empty());
+}
+
+#[test]
+fn copy_from_a_later_stage_is_refused_but_mounting_it_is_not() {
+    // testOutOfOrderStage: COPY --from a stage defined further down fails.
+    let src = "FROM scratch AS target\nCOPY --from=build /d2 /out\nFROM scratch AS build\nCOPY Dockerfile /d2\nFROM target\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot copy from stage \"build\", it needs to be defined before current stage \"target\""),
+        "{e}"
+    );
+    // An empty Dockerfile has no stage (testEmptyStages).
+    let e = plan_source("ARG foo=bar\n", &amd64(), &opts(), &mut OfflineResolver)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dockerfile contains no stages to build"), "{e}");
+}
+
+#[test]
+fn sandbox_hostname_build_arg_sets_run_hostname() {
+    // testDockerfileCheckHostname (arg): no ARG needed, not an unused arg.
+    let mut o = opts();
+    o.build_args
+        .insert("BUILDKIT_SANDBOX_HOSTNAME".into(), "foo".into());
+    let g = plan_for("FROM busybox\nRUN hostname\n", &amd64(), &o);
+    let e = exec(&g.stages[0].steps[0]);
+    assert_eq!(e.hostname.as_deref(), Some("foo"));
+    // Unset: not in the serialized op, so cache keys do not change.
+    let g = plan_for("FROM busybox\nRUN hostname\n", &amd64(), &opts());
+    let e = exec(&g.stages[0].steps[0]);
+    assert_eq!(e.hostname, None);
+    assert!(!serde_json::to_string(e).unwrap().contains("\"hostname\":"));
 }
 
 /// BuildKit's Dockerfile frontend (`dockerfile2llb`, the `[stage i/n]`

@@ -165,6 +165,9 @@ pub struct BuildArgs {
     /// Set the target build stage.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
+    /// Set a label on the image (`KEY=VALUE`; repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Do not use the cache when building.
     #[arg(long)]
     pub no_cache: bool,

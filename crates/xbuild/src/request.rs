@@ -26,8 +26,14 @@ pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
         .map(|p| p.to_string_lossy().replace('\\', "/"))
 }
 
-fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
+/// `--build-arg SOURCE_DATE_EPOCH=N` (as BuildKit reads it), else the
+/// `SOURCE_DATE_EPOCH` environment variable (as buildx passes it on).
+fn source_date_epoch(build_arg: Option<&str>) -> Result<Option<i64>> {
+    let value = match build_arg {
+        Some(v) => Ok(v.to_string()),
+        None => std::env::var("SOURCE_DATE_EPOCH"),
+    };
+    match value {
         Ok(v) if !v.trim().is_empty() => {
             Ok(Some(v.trim().parse().map_err(|_| {
                 anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
@@ -62,6 +68,7 @@ pub fn base(
         no_cache_filter: args.no_cache_filter.clone(),
         pull: args.pull,
         source_date_epoch: None,
+        labels: parse_labels(&args.labels),
         attest: Default::default(),
     }
 }
@@ -114,7 +121,8 @@ pub fn from_args(
     }
     let secrets = Secrets::from(parse_secrets(&args.secrets)?);
     let (cache_to, cache_from) = cache_io::parse_args(&args.cache_to, &args.cache_from)?;
-    let source_date_epoch = source_date_epoch()?;
+    let source_date_epoch =
+        source_date_epoch(opts.build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))?;
     let attest = attestations(args, push)?;
     Ok(BuildRequest {
         secrets,
@@ -125,6 +133,17 @@ pub fn from_args(
         attest,
         ..base(args, df, opts, platforms)
     })
+}
+
+/// `--label KEY=VALUE` (a bare `KEY` is an empty label, as in buildx).
+pub fn parse_labels(specs: &[String]) -> BTreeMap<String, String> {
+    specs
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (s.clone(), String::new()),
+        })
+        .collect()
 }
 
 /// Parse `--secret` specs: `id=ID[,src=FILE|,source=FILE|,env=VAR][,type=file|env]`.
@@ -166,4 +185,26 @@ pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
         out.insert(id, value);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn source_date_epoch_build_arg_wins() {
+        // testWorkdirSourceDateEpochReproducible passes it as a build arg.
+        assert_eq!(
+            super::source_date_epoch(Some("1673364896")).unwrap(),
+            Some(1673364896)
+        );
+        assert!(super::source_date_epoch(Some("soon")).is_err());
+    }
+
+    #[test]
+    fn labels_parse_like_buildx() {
+        // testLabels: --label bar=baz next to the Dockerfile's LABEL.
+        let l = super::parse_labels(&["bar=baz".into(), "a=b=c".into(), "empty".into()]);
+        assert_eq!(l["bar"], "baz");
+        assert_eq!(l["a"], "b=c");
+        assert_eq!(l["empty"], "");
+    }
 }

@@ -31,6 +31,17 @@ pub(crate) struct Hashed {
 
 /// Hashes one file, streaming, refusing to follow a symlink at the end.
 pub(crate) fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Hashed, ContextError> {
+    // Sockets are copied as empty files: hash them as such (they cannot be
+    // opened for reading).
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) {
+            return Ok(Hashed {
+                digest: Hasher::new(Algorithm::Sha256).finish(),
+                bytes: 0,
+                stamp: HostStamp::of(&md),
+            });
+        }
+    }
     let mut f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)

@@ -66,7 +66,7 @@ pub enum ContextError {
     #[error("file name is not valid UTF-8: {0} (exclude it in .dockerignore)")]
     NonUtf8(PathBuf),
     /// A literal source does not exist (or is ignored).
-    #[error("COPY failed: {path:?} not found in build context (or excluded by .dockerignore)")]
+    #[error("COPY failed: {path:?}: not found (not in the source, or excluded by .dockerignore)")]
     NotFound {
         /// The source as given.
         path: String,

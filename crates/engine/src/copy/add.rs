@@ -167,6 +167,8 @@ impl Copier<'_> {
 
     /// Downloads `url` and writes it at `target` (mode 0600 unless
     /// `--chmod`, mtime from `Last-Modified`), verifying the checksum.
+    /// With `--unpack=true` a tar archive (plain or compressed) is
+    /// extracted into the directory `dest_comps` instead, as BuildKit does.
     pub(crate) fn fetch_url(
         &mut self,
         url: &str,
