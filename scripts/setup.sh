@@ -15,6 +15,8 @@ PACKAGES=(
   skopeo buildah          # third-party clients that check what xbuild produces
   openssh-server openssh-client   # remote build nodes on loopback
   hyperfine               # benchmarks
+  passt                   # pasta: the network namespace of RUN steps (outbound only)
+  libseccomp-dev          # links the seccomp filter of RUN steps (libseccomp crate)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

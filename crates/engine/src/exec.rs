@@ -14,9 +14,9 @@ use std::path::{Component, Path, PathBuf};
 
 use fs2::FileExt;
 use xbuild_dockerfile::instructions::{MountType, Sharing};
-use xbuild_plan::{ExecMount, ExecOp, Network};
+use xbuild_plan::{Entitlements, ExecMount, ExecOp, Network};
 use xbuild_sandbox::{
-    Executor, LinuxExecutor, MountKind, MountSpec, NetworkMode, OutputStream, ProcessSpec,
+    Confine, Executor, LinuxExecutor, MountKind, MountSpec, NetworkMode, OutputStream, ProcessSpec,
     RunResult, SandboxError,
 };
 
@@ -65,6 +65,14 @@ pub enum ExecError {
     /// A bind mount from the context was asked for, with no local context.
     #[error("RUN --mount=type=bind from the build context needs a local context directory")]
     NoContext,
+    /// The step asks for more than the build allows.
+    #[error("{what} needs the {entitlement} entitlement: pass --allow {entitlement}")]
+    NotAllowed {
+        /// `RUN --network=host`, ...
+        what: &'static str,
+        /// buildx's name of the entitlement.
+        entitlement: &'static str,
+    },
     /// A mount source does not exist.
     #[error("mount source {source_path:?} does not exist in {from}")]
     SourceMissing {
@@ -125,6 +133,8 @@ pub struct ExecPlan {
     pub sources: Vec<MountSource>,
     /// Per mount of `op.mounts`: the secret value, for secret mounts.
     pub secrets: Vec<Option<Vec<u8>>>,
+    /// What the build allows (`--allow`), checked before the step runs.
+    pub allow: Entitlements,
 }
 
 impl Drop for ExecPlan {
@@ -269,6 +279,18 @@ pub fn run(
     log: &mut dyn FnMut(OutputStream, &[u8]),
 ) -> Result<RunResult, ExecError> {
     let op = &plan.op;
+    if op.network == Network::Host && !plan.allow.network_host {
+        return Err(ExecError::NotAllowed {
+            what: "RUN --network=host",
+            entitlement: "network.host",
+        });
+    }
+    if op.insecure && !plan.allow.security_insecure {
+        return Err(ExecError::NotAllowed {
+            what: "RUN --security=insecure",
+            entitlement: "security.insecure",
+        });
+    }
     let mut setup = Setup::default();
     let files = Scratch::new(&env.tmp_dir)?;
     let hosts = files.path().join("hosts");
@@ -290,9 +312,11 @@ pub fn run(
         user: op.user.clone(),
         hostname: HOSTNAME.to_string(),
         network: match op.network {
+            Network::Default => NetworkMode::Isolated,
             Network::None => NetworkMode::None,
-            Network::Default | Network::Host => NetworkMode::Host,
+            Network::Host => NetworkMode::Host,
         },
+        insecure: op.insecure,
         mounts: Vec::new(),
         etc_hosts: Some(hosts),
         resolv_conf: Some(resolv),
@@ -366,7 +390,15 @@ fn mount_one(
                     }
                     // Writes to a rw bind are thrown away, never reach the context.
                     if m.readonly {
-                        p
+                        return Ok(Some(MountSpec {
+                            kind: MountKind::BindIn {
+                                root: dir,
+                                path: src_rel,
+                                confine: Confine::InRoot,
+                                readonly: true,
+                            },
+                            target,
+                        }));
                     } else if p.is_dir() {
                         overlay_view(env, &[p], true, setup)?
                     } else {
@@ -401,7 +433,16 @@ fn mount_one(
                             from: "the stage",
                         });
                     }
-                    p
+                    // The sandbox resolves it again, atomically, inside the view.
+                    return Ok(Some(MountSpec {
+                        kind: MountKind::BindIn {
+                            root: view,
+                            path: src_rel,
+                            confine: Confine::InRoot,
+                            readonly: m.readonly,
+                        },
+                        target,
+                    }));
                 }
                 MountSource::None => return Err(ExecError::NoContext),
             };
@@ -460,14 +501,17 @@ fn mount_one(
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create directory", &use_dir)(e)),
             }
-            let mut host = use_dir;
-            for c in clean_rel(&src_rel) {
-                host.push(c);
-            }
-            fs::create_dir_all(&host).map_err(io_err("create directory", &host))?;
+            // Earlier builds wrote this directory: `source=` must stay in it
+            // (BuildKit testCacheMountSourceEscape). Missing directories are
+            // made without following any symlink; the sandbox then opens
+            // the source beneath the cache root and refuses an escape.
+            let rel: PathBuf = clean_rel(&src_rel).into_iter().collect();
+            create_beneath(&use_dir, &rel)?;
             Ok(Some(MountSpec {
-                kind: MountKind::Bind {
-                    source: host,
+                kind: MountKind::BindIn {
+                    root: use_dir,
+                    path: rel.to_string_lossy().into_owned(),
+                    confine: Confine::Beneath,
                     readonly: m.readonly,
                 },
                 target,
@@ -522,6 +566,58 @@ fn mount_one(
         }
         MountType::Ssh => Err(ExecError::Unsupported("RUN --mount=type=ssh".into())),
     }
+}
+
+/// Creates the missing directories of `rel` below `root` (mode 0755),
+/// never following a symlink: the walk stops at the first component that is
+/// not a plain directory (the sandbox resolves, or refuses, the rest).
+fn create_beneath(root: &Path, rel: &Path) -> Result<(), ExecError> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let open = |dir: i32, name: &CString| {
+        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        match fd {
+            // SAFETY: a new fd we own.
+            fd if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            _ => Err(io::Error::last_os_error()),
+        }
+    };
+    let mut dir: OwnedFd = File::open(root).map_err(io_err("open", root))?.into();
+    for part in rel.components() {
+        let Component::Normal(name) = part else {
+            continue;
+        };
+        let Ok(name) = CString::new(name.as_bytes()) else {
+            return Ok(());
+        };
+        dir = match open(dir.as_raw_fd(), &name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // SAFETY: valid dirfd and NUL-terminated name.
+                let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+                let made = io::Error::last_os_error();
+                if rc < 0 && made.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(io_err("create directory", &root.join(rel))(made));
+                }
+                match open(dir.as_raw_fd(), &name) {
+                    Ok(fd) => fd,
+                    Err(_) => return Ok(()),
+                }
+            }
+            // A symlink (ELOOP) or a file (ENOTDIR): left to the sandbox.
+            Err(_) => return Ok(()),
+        };
+    }
+    Ok(())
 }
 
 /// Mounts a view of `layers` (bottom first): read-only, or writable into a

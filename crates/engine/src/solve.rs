@@ -833,6 +833,7 @@ impl Engine {
             op: op.clone(),
             sources,
             secrets,
+            allow: req.graph.entitlements,
         };
         let env = self.exec_env(&shared.platform);
         let platform = shared.platform.clone();

@@ -88,13 +88,17 @@ mod linux {
             .unwrap_or(40)
     }
 
-    /// Every capability up to `last`, as a mask.
+    /// Every capability of this process's bounding set (up to `last`), as
+    /// a mask: "all" capabilities are the ones the host grants us.
     pub(crate) fn all_mask(last: u32) -> u64 {
-        if last >= 63 {
-            u64::MAX
-        } else {
-            (1u64 << (last + 1)) - 1
+        let mut mask = 0u64;
+        for cap in 0..=last.min(63) {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } == 1 {
+                mask |= 1 << cap;
+            }
         }
+        mask
     }
 
     fn prctl(

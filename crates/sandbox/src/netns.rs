@@ -188,6 +188,15 @@ pub(crate) fn spawn_launcher(pasta: &Path) -> Result<Launcher, InitError> {
                 libc::dup2(err_w.as_raw_fd(), 2);
             }
             close_from(3);
+            // The init (a Rust program) ignores SIGPIPE, and ignored signals
+            // survive execve; pasta takes an inherited SIG_IGN for a failure.
+            // SAFETY: resetting dispositions and the mask before execve.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            }
             let env: [&std::ffi::CStr; 1] = [c"PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
             let _ = nix::unistd::execve(&program, &argv, &env);
             let msg = format!("exec {}: {}\n", pasta.display(), io::Error::last_os_error());
