@@ -17,6 +17,7 @@ PACKAGES=(
   hyperfine               # benchmarks
   passt                   # pasta: the network namespace of RUN steps (outbound only)
   libseccomp-dev          # links the seccomp filter of RUN steps (libseccomp crate)
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross   # static arm64 helper of the isolation e2e test
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -216,29 +216,50 @@ pub(crate) fn spawn_launcher(pasta: &Path) -> Result<Launcher, InitError> {
 }
 
 /// Forks a holder of the current (new) network namespace: it drops every
-/// capability and waits to be killed.
+/// capability, says so, and waits to be killed. Returns once the holder has
+/// dropped them (pasta may open its namespace only then).
 fn spawn_holder() -> Result<Pid, InitError> {
+    let (ready_r, ready_w) = pipe()?;
     // SAFETY: the init is single-threaded; the child only makes syscalls.
     match unsafe { fork() }.map_err(|e| InitError::syscall("fork (netns holder)", &e.into()))? {
         ForkResult::Child => {
-            // SAFETY: prctl/close/pause with plain arguments.
+            let ready = ready_w.as_raw_fd();
+            // SAFETY: prctl/dup2/close with plain arguments.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                close_from(0);
+                libc::dup2(ready, 3);
+                close_from(4);
+                for fd in 0..3 {
+                    libc::close(fd);
+                }
             }
             if crate::caps::set(0, 0, 0).is_err() {
-                // SAFETY: leave at once.
+                // SAFETY: leave at once (the parent sees EOF, no byte).
                 unsafe { libc::_exit(1) };
             }
-            // SAFETY: as above.
+            // SAFETY: as above; fd 3 is the ready pipe.
             unsafe {
                 libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+                libc::write(3, b"1".as_ptr().cast(), 1);
+                libc::close(3);
                 loop {
                     libc::pause();
                 }
             }
         }
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            let mut byte = [0u8; 1];
+            let n = std::fs::File::from(ready_r).read(&mut byte).unwrap_or(0);
+            if n != 1 {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(fail(
+                    "the network namespace holder could not drop its capabilities",
+                ));
+            }
+            Ok(child)
+        }
     }
 }
 
