@@ -11,11 +11,12 @@
 //! `RUN --network=host` for the loopback server) shows that the permission
 //! is what opens each door; without `--allow` such a Dockerfile is refused.
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use xbuild_e2e::testbed::{self, Registry, Sshd};
 use xbuild_e2e::{context, publish_base, require_multiplatform, s, xbuild_bin, Run, Xbuild};
 
@@ -27,7 +28,8 @@ const SYSCTL: &str = "/proc/sys/kernel/printk_ratelimit_burst";
 struct Host {
     canary: tempfile::TempDir,
     sleeper: Child,
-    listener: TcpListener,
+    /// Connections the server on 127.0.0.1 accepted (and closed at once).
+    accepted: Arc<AtomicUsize>,
     port: u16,
     sysctl: String,
     /// `major:minor` of the block device holding the canary, and the
@@ -47,8 +49,17 @@ impl Host {
         std::fs::write(canary.path().join("canary.txt"), CANARY_TEXT).unwrap();
         let sleeper = Command::new("sleep").arg("3600").spawn().unwrap();
         let listener = TcpListener::bind(("127.0.0.1", testbed::free_port())).unwrap();
-        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Accepts and closes every connection; the thread ends with the
+        // test process (the listener lives only as long as the test).
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
         let masked = [
             "/proc/kcore",
             "/proc/timer_list",
@@ -62,7 +73,7 @@ impl Host {
         Host {
             canary,
             sleeper,
-            listener,
+            accepted,
             port,
             sysctl: std::fs::read_to_string(SYSCTL).unwrap().trim().to_string(),
             disk,
@@ -104,24 +115,20 @@ impl Host {
     }
 
     fn assert_no_connection(&self, what: &str) {
-        match self.listener.accept() {
-            Ok((mut c, peer)) => {
-                let mut b = [0u8; 16];
-                let _ = c.read(&mut b);
-                panic!(
-                    "{what}: a step reached the host's 127.0.0.1:{} from {peer}",
-                    self.port
-                )
-            }
-            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
-        }
+        assert_eq!(
+            self.accepted.load(Ordering::SeqCst),
+            0,
+            "{what}: a step reached the host's 127.0.0.1:{}",
+            self.port
+        );
     }
 
-    /// Accepts the connection a `--network=host` step made.
+    /// Takes the connection a `--network=host` step made, if one came.
     fn take_connection(&self) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            if self.listener.accept().is_ok() {
+            if self.accepted.load(Ordering::SeqCst) > 0 {
+                self.accepted.store(0, Ordering::SeqCst);
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
