@@ -651,3 +651,74 @@ fn a_cache_mount_source_symlink_cannot_reach_the_host() {
         "in\n"
     );
 }
+
+/// Outbound access through pasta, proven inside a network namespace this
+/// test makes (the rules of this machine allow traffic to non-loopback
+/// addresses only there): a veth pair with 198.51.100.1 (default route)
+/// and 198.51.100.2, where busybox httpd serves a file. A step on the
+/// default network downloads it through pasta and sees a configured
+/// interface with a default route; `--network=none` cannot.
+#[test]
+fn outbound_access_works_through_pasta_and_none_has_none() {
+    if testbed::require_root().is_none() || testbed::require_cmd("pasta").is_none() {
+        return;
+    }
+    if testbed::require_cmd("unshare").is_none() || testbed::require_cmd("ip").is_none() {
+        return;
+    }
+    let xb = Xbuild::new();
+    let www = tempfile::tempdir().unwrap();
+    let payload = format!("fetched through pasta {}\n", std::process::id());
+    std::fs::write(www.path().join("file"), &payload).unwrap();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox wget -q -O /got http://198.51.100.2:8099/file; \
+             /bin/busybox ip route > /route; /bin/busybox ip -4 -o addr > /addr\"]\n\
+             RUN --network=none [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox wget -q -T 5 -O /none http://198.51.100.2:8099/file || echo blocked > /none; /bin/busybox ip route > /none-route\"]\n",
+        ),
+        ("busybox", ""),
+    ]);
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let script = format!(
+        "set -e; ip link add v0 type veth peer name v1; \
+         ip addr add 198.51.100.1/24 dev v0; ip addr add 198.51.100.2/24 dev v1; \
+         ip link set lo up; ip link set v0 up; ip link set v1 up; \
+         ip route add default via 198.51.100.254 dev v0; \
+         busybox httpd -f -p 198.51.100.2:8099 -h {www} & h=$!; \
+         set +e; {xbuild} build --progress plain --platform linux/amd64 -o type=local,dest={out} {ctx}; \
+         rc=$?; kill $h; exit $rc",
+        www = s(www.path()),
+        xbuild = xbuild_bin().display(),
+        out = s(out.path()),
+        ctx = s(ctx.path()),
+    );
+    // The xbuild environment (its own state directory), for the script.
+    let cmd = xb.command();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    let result = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let read = |n: &str| std::fs::read_to_string(out.path().join(n)).unwrap();
+    assert_eq!(read("got"), payload);
+    assert!(
+        read("route").starts_with("default via 198.51.100.254"),
+        "{}",
+        read("route")
+    );
+    assert!(read("addr").contains("198.51.100.1/24"), "{}", read("addr"));
+    assert_eq!(read("none"), "blocked\n");
+    assert_eq!(read("none-route"), "");
+}

@@ -99,7 +99,8 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
     )?;
     // pivot_root needs the new root to be a mount point; `nodev`: a device
     // node the step makes (it has CAP_MKNOD, as in Docker) cannot be opened.
-    bind(root, root, false)?;
+    let nodev = !req.spec.insecure;
+    bind(root, root, false, nodev)?;
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = mountpoint(root, "/proc", Kind::Dir, created)?;
@@ -132,7 +133,7 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
     for (target, source) in etc_files {
         if let Some(source) = source {
             let target = mountpoint(root, target, Kind::File, created)?;
-            bind(source, &target, true)?;
+            bind(source, &target, true, nodev)?;
         }
     }
 
@@ -144,7 +145,7 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
                 let meta = fs::metadata(source).map_err(|e| InitError::path("stat", source, &e))?;
                 let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
                 let target = mountpoint(root, &m.target, kind, created)?;
-                bind(source, &target, *readonly)?;
+                bind(source, &target, *readonly, nodev)?;
             }
             MountKind::BindIn {
                 root: source_root,
@@ -176,7 +177,7 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
                 let kind = if is_dir { Kind::Dir } else { Kind::File };
                 let target = mountpoint(root, &m.target, kind, created)?;
                 let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-                bind(&via, &target, *readonly)?;
+                bind(&via, &target, *readonly, nodev)?;
             }
             MountKind::Tmpfs { size } => {
                 let target = mountpoint(root, &m.target, Kind::Dir, created)?;
@@ -229,7 +230,7 @@ fn mask_paths(root: &Path) -> Result<(), InitError> {
         if fs::symlink_metadata(&host).is_err() {
             continue;
         }
-        bind(&host, &host, true)?;
+        bind(&host, &host, true, true)?;
     }
     Ok(())
 }
@@ -394,11 +395,12 @@ fn create_file(path: &Path) -> Result<(), InitError> {
 
 use std::os::unix::fs::DirBuilderExt;
 
-/// Recursive bind mount, then a remount `nodev` (and read-only when asked):
-/// no device node reaches a step through a mount. The remount keeps the
-/// flags the source mount already has (nosuid, noexec, ...), which the
-/// kernel otherwise refuses to drop.
-fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), InitError> {
+/// Recursive bind mount, then a remount `nodev` (unless `--security=insecure`
+/// asked for device access) and read-only when asked: no device node reaches
+/// a confined step through a mount. The remount keeps the flags the source
+/// mount already has (nosuid, noexec, ...), which the kernel otherwise
+/// refuses to drop.
+fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<(), InitError> {
     do_mount(
         Some(source),
         target,
@@ -407,12 +409,16 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), InitError> {
         None,
     )?;
     let st = statvfs(target).map_err(|e| InitError::path("statvfs", target, &e.into()))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    if nodev {
+        flags |= MsFlags::MS_NODEV;
+    }
     if readonly {
         flags |= MsFlags::MS_RDONLY;
     }
     let keep = [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
