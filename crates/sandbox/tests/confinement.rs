@@ -171,3 +171,37 @@ fn bind_sources_cannot_leave_their_root() {
     let out = run(&root, &s);
     assert_eq!(out.stdout, "inside\n", "{}", out.stderr);
 }
+
+/// Per-step cost of the network modes, for docs/benchmarks.md: runs
+/// `true` 30 times in each mode, interleaved (so load changes hit every
+/// mode alike), and prints the median and mean wall time of a run.
+/// `cargo nextest run -p xbuild-sandbox --run-ignored only network_mode_cost --no-capture`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn network_mode_cost() {
+    let root = rootfs_or_skip!("cost");
+    if xbuild_sandbox::netns::find_pasta().is_none() {
+        eprintln!("SKIPPED: pasta is not installed");
+        return;
+    }
+    let modes = [NetworkMode::Host, NetworkMode::None, NetworkMode::Isolated];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for _ in 0..30 {
+        for (i, mode) in modes.iter().enumerate() {
+            let mut s = common::spec(&["true"]);
+            s.network = *mode;
+            let t = std::time::Instant::now();
+            run(&root, &s).ok();
+            times[i].push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    for (mode, t) in modes.iter().zip(&mut times) {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mean = t.iter().sum::<f64>() / t.len() as f64;
+        println!(
+            "{mode:?}: median {:.1} ms, mean {mean:.1} ms, min {:.1} ms",
+            t[t.len() / 2],
+            t[0]
+        );
+    }
+}
