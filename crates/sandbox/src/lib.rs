@@ -141,9 +141,10 @@ pub struct ProcessSpec {
     pub hostname: String,
     /// Network isolation.
     pub network: NetworkMode,
-    /// `RUN --security=insecure`: every capability (ambient too), no
-    /// seccomp filter, no `no_new_privs`, no masked or read-only `/proc`
-    /// paths, a read-write `/sys`. Off: Docker's default confinement.
+    /// `RUN --security=insecure`: every capability the host has (ambient
+    /// too), no seccomp filter, no `no_new_privs`, no masked or read-only
+    /// `/proc` paths, device access on the root, `/dev` and bind mounts
+    /// (plus BuildKit's extra devices). Off: Docker's default confinement.
     #[serde(default)]
     pub insecure: bool,
     /// Extra mounts, mounted parents first.
