@@ -380,8 +380,11 @@ mod tests {
     }
 
     // Expectations of Docker's default profile for a container with the
-    // default capabilities (moby: profiles/seccomp default_linux.go and
-    // integration-cli TestRunSeccompDefaultProfile* cases).
+    // default capabilities, ported from moby's integration-cli tests
+    // (docker_cli_run_unix_test.go): TestRunSeccompProfileDenyUnshare,
+    // TestRunSeccompProfileDenyUnshareUserns, TestRunSeccompDefaultProfileNS
+    // (unshare/setns refused without CAP_SYS_ADMIN) and
+    // TestRunSeccompDefaultProfileAcct (acct refused without CAP_SYS_PACCT).
     #[test]
     fn default_caps_block_namespace_and_kernel_syscalls() {
         let p = Profile::docker_default();
@@ -469,6 +472,15 @@ mod tests {
             .collect();
         let t = target("amd64", &admin);
         assert!(p.allows(&t, "mount") && p.allows(&t, "unshare") && p.allows(&t, "clone"));
+        // moby TestRunSeccompDefaultProfileAcct: SYS_ADMIN does not open
+        // acct, SYS_PACCT does.
+        assert!(!p.allows(&t, "acct"));
+        let pacct: Vec<&str> = DOCKER_DEFAULT_NAMES
+            .iter()
+            .copied()
+            .chain(["CAP_SYS_PACCT"])
+            .collect();
+        assert!(p.allows(&target("amd64", &pacct), "acct"));
         let t = target("amd64", DOCKER_DEFAULT_NAMES);
         assert!(p.allows(&t, "arch_prctl") && p.allows(&t, "modify_ldt"));
         let t = target("arm64", DOCKER_DEFAULT_NAMES);
