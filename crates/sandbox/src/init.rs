@@ -145,7 +145,9 @@ fn start(req: &InitRequest, report: BorrowedFd<'_>) -> Result<i32, InitError> {
             let launcher = netns::spawn_launcher(pasta)?;
             unshare(CloneFlags::CLONE_NEWNET)
                 .map_err(|e| InitError::syscall("unshare(CLONE_NEWNET)", &e.into()))?;
-            network = Some(launcher.start()?);
+            if let Some(launcher) = launcher {
+                network = Some(launcher.start()?);
+            }
         }
     }
     let result = unshare_and_fork(req, flags, report);

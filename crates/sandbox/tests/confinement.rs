@@ -205,3 +205,26 @@ fn network_mode_cost() {
         );
     }
 }
+
+/// On a host without a default route there is nowhere to go: the default
+/// network gives the step a namespace with only `lo` instead of failing.
+/// (nextest runs each test in its own process, so this test may move its
+/// process to a fresh network namespace first.)
+#[test]
+fn isolated_network_without_a_default_route_keeps_only_loopback() {
+    let root = rootfs_or_skip!("noroute");
+    let Some(_) = xbuild_sandbox::netns::find_pasta() else {
+        eprintln!("SKIPPED: pasta is not installed");
+        return;
+    };
+    // SAFETY: unshare with a constant flag; this test process is ours.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!("SKIPPED: cannot make a network namespace");
+        return;
+    }
+    let mut s = sh("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip route | wc -l");
+    s.network = NetworkMode::Isolated;
+    let out = run(&root, &s);
+    out.ok();
+    assert_eq!(out.stdout, "lo\n0\n", "{}", out.stderr);
+}
