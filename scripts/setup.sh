@@ -18,6 +18,8 @@ PACKAGES=(
   passt                   # pasta: the network namespace of RUN steps (outbound only)
   libseccomp-dev          # links the seccomp filter of RUN steps (libseccomp crate)
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross   # static arm64 helper of the isolation e2e test
+  python3-pip             # installs spdx-tools and jsonschema (attestation validators)
+  golang-go binutils      # a real Go binary and objcopy for the SBOM scanner tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -70,5 +72,17 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+# Third-party validators of the attestations: pyspdxtools (spdx-tools) for
+# the SPDX SBOMs, jsonschema for the in-toto / SLSA provenance.
+if ! command -v pyspdxtools >/dev/null 2>&1 || ! python3 -c 'import jsonschema' 2>/dev/null; then
+  log "installing spdx-tools and jsonschema from PyPI"
+  python3 -m pip install -q --break-system-packages spdx-tools jsonschema 2>/dev/null \
+    || python3 -m pip install -q spdx-tools jsonschema
+fi
+# A real `cargo auditable` build for the Rust SBOM scanner test.
+if ! cargo auditable --version >/dev/null 2>&1; then
+  log "installing cargo-auditable"
+  cargo install --locked cargo-auditable
 fi
 log "setup complete"

@@ -2,7 +2,7 @@
 //! them, and exporting a build result to them.
 //!
 //! ```text
-//! type=image[,name=REF[,REF...]][,push=true][,oci-mediatypes=false]
+//! type=image[,name=REF[,REF...]][,push=true][,oci-mediatypes=false][,attest-layout=referrers]
 //! type=registry[,name=...]          same as type=image,push=true
 //! type=oci,dest=FILE|-[,name=...]   OCI image layout tar
 //! type=docker,dest=FILE|-[,name=...] docker load archive (one platform)
@@ -36,6 +36,10 @@ pub enum OutputSpec {
         names: Vec<String>,
         /// Use OCI media types (default) or Docker's.
         oci_mediatypes: bool,
+        /// Push attestations as OCI 1.1 referrers of the platform manifests
+        /// (`attest-layout=referrers`, or BuildKit's `oci-artifact=true`)
+        /// instead of attestation manifests in the index.
+        attest_referrers: bool,
     },
     /// An OCI image-layout tar.
     Oci {
@@ -107,6 +111,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
     let mut names = Vec::new();
     let mut push = None;
     let mut oci_mediatypes = None;
+    let mut attest_referrers = None;
     for field in split_csv(s)? {
         let field = field.trim();
         if field.is_empty() {
@@ -126,8 +131,18 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
             ),
             "push" => push = Some(parse_bool(s, k, v)?),
             "oci-mediatypes" => oci_mediatypes = Some(parse_bool(s, k, v)?),
+            "oci-artifact" => attest_referrers = Some(parse_bool(s, k, v)?),
+            "attest-layout" => {
+                attest_referrers = Some(match v {
+                    "referrers" => true,
+                    "buildx" | "index" => false,
+                    _ => bail!(
+                        "invalid output {s:?}: attest-layout must be buildx or referrers, not {v:?}"
+                    ),
+                })
+            }
             other => bail!(
-                "invalid output {s:?}: unknown key {other:?} (xbuild knows type, dest, name, push, oci-mediatypes)"
+                "invalid output {s:?}: unknown key {other:?} (xbuild knows type, dest, name, push, oci-mediatypes, attest-layout)"
             ),
         }
     }
@@ -155,11 +170,13 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
                 push: push.unwrap_or(false) || kind == "registry",
                 names,
                 oci_mediatypes: oci_mediatypes.unwrap_or(true),
+                attest_referrers: attest_referrers.unwrap_or(false),
             })
         }
         "oci" | "docker" => {
             only_image("push", push.is_some())?;
             only_image("oci-mediatypes", oci_mediatypes.is_some())?;
+            only_image("attest-layout", attest_referrers.is_some())?;
             let dest = need_dest(dest, "FILE (xbuild has no daemon to load into; use type=image to keep the image in the local store)")?;
             Ok(if kind == "oci" {
                 OutputSpec::Oci { dest, names }
@@ -170,6 +187,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
         "local" | "tar" => {
             only_image("push", push.is_some())?;
             only_image("oci-mediatypes", oci_mediatypes.is_some())?;
+            only_image("attest-layout", attest_referrers.is_some())?;
             if !names.is_empty() {
                 bail!("invalid output {s:?}: type={kind} takes no name");
             }
@@ -209,6 +227,7 @@ pub fn outputs_from_args(outputs: &[String], push: bool) -> Result<Vec<OutputSpe
                 push: true,
                 names: Vec::new(),
                 oci_mediatypes: true,
+                attest_referrers: false,
             }),
         }
     }
@@ -217,6 +236,7 @@ pub fn outputs_from_args(outputs: &[String], push: bool) -> Result<Vec<OutputSpe
             push: false,
             names: Vec::new(),
             oci_mediatypes: true,
+            attest_referrers: false,
         });
     }
     Ok(specs)
@@ -252,6 +272,10 @@ pub async fn export(
         let (top, manifests) = assembled.for_output(oci);
         export_output(store, top, spec, tags)
             .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Local { dest } = spec {
+            crate::attest::write_local(dest, &assembled.statements)
+                .with_context(|| format!("writing attestations to {}", dest.display()))?;
+        }
         if let OutputSpec::Image {
             push: true, names, ..
         } = spec
@@ -263,11 +287,35 @@ pub async fn export(
                     .parse()
                     .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
                 push(registry, &r, store, top, manifests, events).await?;
+                push_referrers(registry, &r, store, assembled.referrers_for_output(oci)).await?;
                 pushed.push(format!("{}@{}", r.familiar(), top.digest));
             }
         }
     }
     Ok(Exported { pushed })
+}
+
+/// Push each referrer artifact (attestations in the referrers layout) to
+/// `r`'s repository so that its subject's referrers list it.
+async fn push_referrers(
+    registry: &Registry,
+    r: &Reference,
+    store: &BlobStore,
+    referrers: &[(Descriptor, Descriptor)],
+) -> Result<()> {
+    for (artifact, subject) in referrers {
+        registry
+            .push_referrer(r, store, artifact, &subject.digest, &|_| {})
+            .await
+            .with_context(|| {
+                format!(
+                    "pushing the attestations of {} to {} as referrers",
+                    subject.digest,
+                    r.familiar()
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Push `top` (a manifest, or an index over `manifests`) to `r`.
@@ -511,7 +559,8 @@ mod tests {
             OutputSpec::Image {
                 push: true,
                 names: vec!["a:1".into(), "b:2".into()],
-                oci_mediatypes: true
+                oci_mediatypes: true,
+                attest_referrers: false
             }
         );
         assert_eq!(
@@ -519,9 +568,22 @@ mod tests {
             OutputSpec::Image {
                 push: true,
                 names: vec![],
-                oci_mediatypes: false
+                oci_mediatypes: false,
+                attest_referrers: false
             }
         );
+        for spec in [
+            "type=image,push=true,attest-layout=referrers",
+            "type=registry,oci-artifact=true",
+        ] {
+            assert!(matches!(
+                parse_output(spec).unwrap(),
+                OutputSpec::Image {
+                    attest_referrers: true,
+                    ..
+                }
+            ));
+        }
         assert_eq!(
             parse_output("out").unwrap(),
             OutputSpec::Local { dest: "out".into() }
@@ -539,6 +601,8 @@ mod tests {
             ("dest=x", "missing type"),
             ("type=image,push=maybe", "true or false"),
             ("type=image,dest=x", "takes no dest"),
+            ("type=image,attest-layout=side", "buildx or referrers"),
+            ("type=oci,dest=x,attest-layout=referrers", "type=image only"),
         ] {
             let e = parse_output(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");

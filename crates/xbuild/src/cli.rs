@@ -98,6 +98,9 @@ pub enum Commands {
     /// Work with images and indexes in a registry.
     #[command(subcommand)]
     Imagetools(ImagetoolsCommand),
+    /// List and fetch the provenance and SBOM attestations of an image.
+    #[command(subcommand)]
+    Attestations(AttestationsCommand),
     /// Manage the build cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -184,6 +187,19 @@ pub struct BuildArgs {
     /// Shorthand for `--output type=image,push=true`.
     #[arg(long)]
     pub push: bool,
+    /// Attestation to attach, repeatable:
+    /// `type=provenance[,mode=min|max][,builder-id=ID][,version=v1|v0.2]` or
+    /// `type=sbom[,generator=IMAGE]` (`disabled=true` turns one off).
+    #[arg(long = "attest", value_name = "SPEC")]
+    pub attest: Vec<String>,
+    /// Shorthand for `--attest=type=provenance`: `true`, `false`, or options
+    /// such as `mode=max` (default when pushing: `mode=min`).
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// Shorthand for `--attest=type=sbom`: `true`, `false`, or
+    /// `generator=IMAGE`.
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
     /// Output destination (`type=image[,push=true]|oci,dest=F|docker,dest=F|local,dest=DIR`).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
@@ -333,6 +349,11 @@ pub enum ImagetoolsCommand {
         /// Print the raw manifest.
         #[arg(long)]
         raw: bool,
+        /// Print a template instead: `{{json .Provenance}}`, `{{json .SBOM}}`
+        /// (buildx's shape: by platform when there are several),
+        /// `{{json .Manifest}}`, `{{.Name}}`.
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Create an index from images already in a registry.
     Create {
@@ -345,6 +366,27 @@ pub enum ImagetoolsCommand {
         /// Print the index instead of pushing it.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+/// `xbuild attestations ...`.
+#[derive(Debug, Subcommand)]
+pub enum AttestationsCommand {
+    /// List each platform's attestations (buildx layout and OCI referrers).
+    Ls {
+        /// Image reference.
+        reference: String,
+    },
+    /// Print attestation statements as JSON.
+    Get {
+        /// Image reference.
+        reference: String,
+        /// Only this platform's (`linux/arm64`).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
+        /// Only `provenance` or `sbom` (or a full predicate type).
+        #[arg(long = "type", value_name = "TYPE")]
+        r#type: Option<String>,
     },
 }
 
@@ -381,6 +423,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "save",
     "load",
     "imagetools",
+    "attestations",
     "cache",
     "login",
     "logout",

@@ -30,11 +30,60 @@ fn parse(bytes: &[u8], media_type: &str, r: &Reference) -> Result<Manifest> {
         .map_err(|e| anyhow!("{}: not an image manifest or index: {e}", r.familiar()))
 }
 
-/// `xbuild imagetools inspect REF [--raw]`.
-pub fn cmd_inspect(reference: &str, raw: bool) -> Result<()> {
+/// The field a `--format` template prints: `{{json .Field}}` or `{{.Field}}`.
+fn template_field(format: &str) -> Result<(bool, &str)> {
+    let t = format.trim();
+    let inner = t
+        .strip_prefix("{{")
+        .and_then(|x| x.strip_suffix("}}"))
+        .map(str::trim)
+        .ok_or_else(|| anyhow!("unsupported --format {format:?}: expected {{{{json .Field}}}}"))?;
+    let (json, field) = match inner.strip_prefix("json ") {
+        Some(f) => (true, f.trim()),
+        None => (false, inner),
+    };
+    let field = field.strip_prefix('.').ok_or_else(|| {
+        anyhow!("unsupported --format {format:?}: expected a field like .Provenance")
+    })?;
+    Ok((json, field))
+}
+
+/// `xbuild imagetools inspect REF --format TEMPLATE`.
+async fn inspect_format(reg: &Registry, r: &Reference, format: &str) -> Result<()> {
+    let (json, field) = template_field(format)?;
+    let value = match field {
+        "Provenance" | "SBOM" => {
+            let (prov, sbom) = crate::attestations_cmd::template_values(reg, r).await?;
+            if field == "SBOM" {
+                sbom
+            } else {
+                prov
+            }
+        }
+        "Manifest" => {
+            let (bytes, _, _) = reg.fetch_manifest(r).await?;
+            serde_json::from_slice(&bytes).context("the manifest is not JSON")?
+        }
+        "Name" => serde_json::Value::String(r.familiar()),
+        other => bail!(
+            "unsupported --format field .{other} (xbuild knows .Name, .Manifest, .Provenance, .SBOM)"
+        ),
+    };
+    match (&value, json) {
+        (serde_json::Value::String(s), false) => println!("{s}"),
+        _ => println!("{}", serde_json::to_string(&value)?),
+    }
+    Ok(())
+}
+
+/// `xbuild imagetools inspect REF [--raw] [--format TEMPLATE]`.
+pub fn cmd_inspect(reference: &str, raw: bool, format: Option<&str>) -> Result<()> {
     let r = parse_ref(reference)?;
     let reg = registry()?;
     runtime()?.block_on(async {
+        if let Some(f) = format {
+            return inspect_format(&reg, &r, f).await;
+        }
         let (bytes, media_type, digest) = reg
             .fetch_manifest(&r)
             .await

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 use xbuild_coordinator::{
-    cache_io, AssembleOptions, Assembled, BuildRequest, Exported, OutputSpec, PlatformResult,
-    PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
+    cache_io, AssembleOptions, Assembled, Attach, BuildRequest, Exported, OutputSpec,
+    PlatformResult, PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
 };
 use xbuild_engine::events::{Event, EventSink};
 use xbuild_engine::{Engine, EngineError, VertexIds};
-use xbuild_oci::Platform;
+use xbuild_oci::{Descriptor, Platform};
 use xbuild_plan::PlanOptions;
 
 fn style(mode: ProgressMode) -> Style {
@@ -105,6 +105,7 @@ async fn build(
     platforms: &[Platform],
 ) -> Result<()> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let req = crate::request::from_args(args, df, opts, platforms)?;
     let root = crate::paths::xbuild_root()?;
     let renderer = Renderer::stderr(style(mode(args)));
@@ -177,8 +178,20 @@ async fn build(
     }
 
     let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
-    let (assembled, exported) =
-        assemble_and_export(&req, &session, &engine, &done, &renderer).await?;
+    let timing = xbuild_coordinator::attest::Timing {
+        started: started_at,
+        finished: std::time::SystemTime::now(),
+    };
+    let (assembled, exported) = assemble_and_export(
+        &req,
+        &session,
+        &engine,
+        &done,
+        &planned.graphs,
+        &timing,
+        &renderer,
+    )
+    .await?;
     xbuild_coordinator::export_cache(
         &engine,
         &session.registry,
@@ -203,15 +216,41 @@ async fn build(
     Ok(())
 }
 
-/// Assemble the built platforms into one image and write every output.
+/// Assemble the built platforms into one image, with the attestations
+/// asked for, and write every output.
 async fn assemble_and_export(
     req: &BuildRequest,
     session: &Session,
     engine: &Engine,
     done: &[PlatformResult],
+    graphs: &[xbuild_plan::graph::BuildGraph],
+    timing: &xbuild_coordinator::attest::Timing,
     renderer: &Renderer,
 ) -> Result<(Assembled, Exported)> {
     let store = engine.store();
+    if req.attest.sbom.is_some() && req.plan.build_args.contains_key("BUILDKIT_SBOM_SCAN_STAGE") {
+        renderer.emit(Event::Warning {
+            message: "BUILDKIT_SBOM_SCAN_STAGE is not supported yet: the SBOM lists the final \
+                      image (and the context with BUILDKIT_SBOM_SCAN_CONTEXT) only"
+                .to_string(),
+        });
+    }
+    let work = session.root.join("tmp");
+    let prepared =
+        xbuild_coordinator::attest::Prepared::prepare(req, graphs, done, store, &work, timing)?;
+    let statements = |m: &Descriptor| match &prepared {
+        Some(p) => p.statements(m),
+        None => Ok(Vec::new()),
+    };
+    let referrers = req.outputs.iter().any(|o| {
+        matches!(
+            o,
+            OutputSpec::Image {
+                attest_referrers: true,
+                ..
+            }
+        )
+    });
     let assembled = xbuild_coordinator::assemble(
         store,
         done,
@@ -227,6 +266,10 @@ async fn assemble_and_export(
                 )
             }),
             hooks: Vec::new(),
+            attestations: prepared.as_ref().map(|_| Attach {
+                referrers,
+                statements: &statements,
+            }),
         },
     )?;
     let exported = xbuild_coordinator::export(
