@@ -270,12 +270,6 @@ pub async fn export(
             }
         );
         let (top, manifests) = assembled.for_output(oci);
-        export_output(store, top, spec, tags)
-            .with_context(|| format!("writing output {spec:?}"))?;
-        if let OutputSpec::Local { dest } = spec {
-            crate::attest::write_local(dest, &assembled.statements)
-                .with_context(|| format!("writing attestations to {}", dest.display()))?;
-        }
         if let OutputSpec::Image {
             push: true, names, ..
         } = spec
@@ -290,6 +284,14 @@ pub async fn export(
                 push_referrers(registry, &r, store, assembled.referrers_for_output(oci)).await?;
                 pushed.push(format!("{}@{}", r.familiar(), top.digest));
             }
+        }
+        // Tags go into the local store only once every push of this output
+        // succeeded: a failed push leaves `xbuild images` as it was.
+        export_output(store, top, spec, tags)
+            .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Local { dest } = spec {
+            crate::attest::write_local(dest, &assembled.statements)
+                .with_context(|| format!("writing attestations to {}", dest.display()))?;
         }
     }
     Ok(Exported { pushed })
@@ -346,17 +348,17 @@ pub async fn push(
             registry
                 .push_image_untagged(r, store, d, &progress)
                 .await
-                .with_context(|| format!("pushing the {p} image to {}", r.familiar()))?;
+                .with_context(|| format!("pushing the {p} image"))?;
         }
         registry
             .push_index(r, store, top, &progress)
             .await
-            .with_context(|| format!("pushing the index to {}", r.familiar()))?;
+            .with_context(|| "pushing the index")?;
     } else {
         registry
             .push_image(r, store, top, &progress)
             .await
-            .with_context(|| format!("pushing to {}", r.familiar()))?;
+            .context("pushing")?;
     }
     Ok(())
 }

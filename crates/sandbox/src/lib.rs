@@ -28,6 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod binfmt;
+#[cfg(target_os = "linux")]
+mod cancel;
 pub mod caps;
 mod error;
 #[cfg(target_os = "linux")]
@@ -45,6 +47,8 @@ mod protocol;
 pub mod seccomp;
 pub mod user;
 
+#[cfg(target_os = "linux")]
+pub use cancel::{cancel_all, is_cancelled};
 pub use error::{InitError, SandboxError};
 #[cfg(target_os = "linux")]
 pub use executor::LinuxExecutor;

@@ -120,6 +120,8 @@ pub enum Commands {
         /// Registry host.
         registry: String,
     },
+    /// Show the version, git commit, compiler and platform of this binary.
+    Version,
 }
 
 /// `--progress` modes.
@@ -132,8 +134,12 @@ pub enum ProgressMode {
     Tty,
     /// BuildKit-style numbered lines.
     Plain,
-    /// One JSON event per line.
+    /// BuildKit's SolveStatus JSON, one object per line (what
+    /// `docker buildx build --progress=rawjson` prints).
     Rawjson,
+    /// xbuild's own events, one JSON object per line (with cache-miss
+    /// reasons and transfer kinds).
+    Json,
     /// Only the final digest.
     Quiet,
 }
@@ -222,6 +228,10 @@ pub struct BuildArgs {
     /// Write build result metadata (digests, workers, cache counts) to FILE as JSON.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Write the image digest to FILE (the manifest digest for one
+    /// platform, the index digest for several; see docs/guide/identifiers.md).
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
     #[arg(long = "node", value_name = "PLATFORM=NODE")]
     pub nodes: Vec<String>,
@@ -427,6 +437,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "cache",
     "login",
     "logout",
+    "version",
     "help",
 ];
 
@@ -463,6 +474,13 @@ mod tests {
         assert_eq!(a(&["xbuild", "."])[1], "build");
         assert_eq!(a(&["xbuild", "node", "ls"])[1], "node");
         assert_eq!(a(&["xbuild", "--help"])[1], "--help");
+        assert_eq!(a(&["xbuild", "version"])[1], "version");
+        assert!(matches!(
+            Cli::try_parse_from(a(&["xbuild", "version"]))
+                .unwrap()
+                .command,
+            Commands::Version
+        ));
         let cli = Cli::try_parse_from(a(&[
             "xbuild",
             "--platform",
