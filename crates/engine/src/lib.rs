@@ -22,7 +22,7 @@ pub mod redact;
 pub mod secrets;
 pub mod snapshot;
 mod solve;
-pub use solve::check_platforms;
+pub use solve::{check_platforms, check_platforms_except};
 pub mod source;
 
 pub use copyfs::Snapshotter;

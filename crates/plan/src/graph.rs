@@ -485,12 +485,30 @@ pub struct BuildGraph {
     pub unused_build_args: Vec<String>,
     /// Non-fatal findings.
     pub warnings: Vec<PlanWarning>,
+    /// Which project this is (a hash of the context and Dockerfile
+    /// identity, set by the coordinator): cache explanations compare a step
+    /// only with records of the same project. Not part of any cache key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
 }
 
 impl BuildGraph {
     /// Total number of steps over all stages.
     pub fn step_count(&self) -> usize {
         self.stages.iter().map(|s| s.steps.len()).sum()
+    }
+
+    /// The platforms that execute this graph's steps: the target platform
+    /// first, then those of stages on another platform (`FROM
+    /// --platform=$BUILDPLATFORM`). Cache records are filed by these.
+    pub fn execution_platforms(&self) -> Vec<Platform> {
+        let mut out = vec![self.platform.clone()];
+        for st in &self.stages {
+            if !out.contains(&st.platform) {
+                out.push(st.platform.clone());
+            }
+        }
+        out
     }
 
     /// Images this graph pulls (bases and `--from` images), deduplicated.

@@ -29,6 +29,9 @@ use std::process::ExitCode;
 pub use exit::Exit;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Commands::Agent(_)) {
+        paths::cleanup_state();
+    }
     match cli.command {
         Commands::Build(args) => build::run(*args),
         Commands::Node(cmd) => nodes::cmd_node(cmd),
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
         }) => imagetools::cmd_create(&tags, &sources, dry_run),
         Commands::Cache(cli::CacheCommand::Du) => cache_cmd::cmd_du(),
+        Commands::Cache(cli::CacheCommand::Check { repair }) => cache_cmd::cmd_check(repair),
         Commands::Cache(cli::CacheCommand::Prune {
             all,
             keep_storage,
@@ -120,7 +124,7 @@ fn main() -> ExitCode {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);
             }
-            eprintln!("error: {}", error_text(&e));
+            eprintln!("error: {}", progress::sanitize_terminal(&error_text(&e)));
             ExitCode::FAILURE
         }
     }

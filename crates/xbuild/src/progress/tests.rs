@@ -33,6 +33,7 @@ fn started(id: u64, name: &str) -> Event {
         total: 5,
         name: name.into(),
         worker: "qemu".into(),
+        shared_by: Vec::new(),
     }
 }
 
@@ -45,6 +46,7 @@ fn started_on(id: u64, platform: &str, worker: &str, index: usize, name: &str) -
         total: 6,
         name: name.into(),
         worker: worker.into(),
+        shared_by: Vec::new(),
     }
 }
 
@@ -510,4 +512,12 @@ fn sizes() {
     assert_eq!(human_bytes(999), "999B");
     assert_eq!(human_bytes(1000), "1kB");
     assert_eq!(human_bytes(1_234_567), "1.235MB");
+}
+
+#[test]
+fn terminal_sequences_are_neutralised() {
+    assert_eq!(
+        super::sanitize_terminal("bad \x1b]0;owned\x07name\u{9b}2J\n"),
+        "bad \\x1b]0;owned\\x07name\\u{9b}2J\n"
+    );
 }
