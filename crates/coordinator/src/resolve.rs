@@ -334,6 +334,8 @@ mod tests {
             target: None,
             build_args: Default::default(),
             build_platform: amd64.clone(),
+            network: Default::default(),
+            allow: Default::default(),
         };
         let mut rec = Recorder::default();
         xbuild_plan::plan_source(src, &amd64, &opts, &mut rec).unwrap();

@@ -14,9 +14,9 @@ use std::path::{Component, Path, PathBuf};
 
 use fs2::FileExt;
 use xbuild_dockerfile::instructions::{MountType, Sharing};
-use xbuild_plan::{ExecMount, ExecOp, Network};
+use xbuild_plan::{Entitlements, ExecMount, ExecOp, Network};
 use xbuild_sandbox::{
-    Executor, LinuxExecutor, MountKind, MountSpec, NetworkMode, OutputStream, ProcessSpec,
+    Confine, Executor, LinuxExecutor, MountKind, MountSpec, NetworkMode, OutputStream, ProcessSpec,
     RunResult, SandboxError,
 };
 
@@ -65,14 +65,13 @@ pub enum ExecError {
     /// A bind mount from the context was asked for, with no local context.
     #[error("RUN --mount=type=bind from the build context needs a local context directory")]
     NoContext,
-    /// A cache mount's `source=` goes through a symbolic link in the cache
-    /// (which could lead out of it).
-    #[error("cache mount {id:?}: source {source_path:?} goes through a symbolic link; a cache source must stay inside the cache")]
-    CacheSourceLink {
-        /// The cache id.
-        id: String,
-        /// The `source=` path.
-        source_path: String,
+    /// The step asks for more than the build allows.
+    #[error("{what} needs the {entitlement} entitlement: pass --allow {entitlement}")]
+    NotAllowed {
+        /// `RUN --network=host`, ...
+        what: &'static str,
+        /// buildx's name of the entitlement.
+        entitlement: &'static str,
     },
     /// A mount source does not exist.
     #[error("mount source {source_path:?} does not exist in {from}")]
@@ -134,6 +133,8 @@ pub struct ExecPlan {
     pub sources: Vec<MountSource>,
     /// Per mount of `op.mounts`: the secret value, for secret mounts.
     pub secrets: Vec<Option<Vec<u8>>>,
+    /// What the build allows (`--allow`), checked before the step runs.
+    pub allow: Entitlements,
     /// Per mount of `op.mounts`: a cache mount that starts empty (its first
     /// use under `--no-cache`/`--no-cache-filter`; what it holds afterwards
     /// replaces the old contents, as in BuildKit).
@@ -182,33 +183,6 @@ pub fn clean_rel(rel: &str) -> Vec<OsString> {
         }
     }
     out
-}
-
-/// The directory `rel` below a cache directory, created when missing.
-/// `Err(None)` when a component of it is a symbolic link: a RUN step may
-/// have planted one (`ln -s /etc cache/sel`), and binding through it would
-/// expose what it points to on the host, so BuildKit refuses it too.
-fn cache_source_dir(cache: &Path, rel: &str) -> Result<PathBuf, Option<ExecError>> {
-    let mut host = cache.to_path_buf();
-    for c in clean_rel(rel) {
-        host.push(c);
-        match fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => return Err(None),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match fs::create_dir(&host) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Some(io_err("create directory", &host)(e))),
-                }
-                if fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_symlink()) {
-                    return Err(None);
-                }
-            }
-            Err(e) => return Err(Some(io_err("stat", &host)(e))),
-        }
-    }
-    Ok(host)
 }
 
 /// Resolves `rel` inside `root`, following symlinks as if `root` were `/`.
@@ -309,6 +283,18 @@ pub fn run(
     log: &mut dyn FnMut(OutputStream, &[u8]),
 ) -> Result<RunResult, ExecError> {
     let op = &plan.op;
+    if op.network == Network::Host && !plan.allow.network_host {
+        return Err(ExecError::NotAllowed {
+            what: "RUN --network=host",
+            entitlement: "network.host",
+        });
+    }
+    if op.insecure && !plan.allow.security_insecure {
+        return Err(ExecError::NotAllowed {
+            what: "RUN --security=insecure",
+            entitlement: "security.insecure",
+        });
+    }
     let mut setup = Setup::default();
     let files = Scratch::new(&env.tmp_dir)?;
     let hostname = op.hostname.as_deref().unwrap_or(HOSTNAME);
@@ -331,9 +317,11 @@ pub fn run(
         user: op.user.clone(),
         hostname: hostname.to_string(),
         network: match op.network {
+            Network::Default => NetworkMode::Isolated,
             Network::None => NetworkMode::None,
-            Network::Default | Network::Host => NetworkMode::Host,
+            Network::Host => NetworkMode::Host,
         },
+        insecure: op.insecure,
         mounts: Vec::new(),
         etc_hosts: Some(hosts),
         resolv_conf: Some(resolv),
@@ -408,7 +396,15 @@ fn mount_one(
                     }
                     // Writes to a rw bind are thrown away, never reach the context.
                     if m.readonly {
-                        p
+                        return Ok(Some(MountSpec {
+                            kind: MountKind::BindIn {
+                                root: dir,
+                                path: src_rel,
+                                confine: Confine::InRoot,
+                                readonly: true,
+                            },
+                            target,
+                        }));
                     } else if p.is_dir() {
                         overlay_view(env, &[p], true, setup)?
                     } else {
@@ -443,7 +439,16 @@ fn mount_one(
                             from: "the stage",
                         });
                     }
-                    p
+                    // The sandbox resolves it again, atomically, inside the view.
+                    return Ok(Some(MountSpec {
+                        kind: MountKind::BindIn {
+                            root: view,
+                            path: src_rel,
+                            confine: Confine::InRoot,
+                            readonly: m.readonly,
+                        },
+                        target,
+                    }));
                 }
                 MountSource::None => return Err(ExecError::NoContext),
             };
@@ -505,16 +510,17 @@ fn mount_one(
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create directory", &use_dir)(e)),
             }
-            let host = cache_source_dir(&use_dir, &src_rel).map_err(|e| match e {
-                Some(e) => e,
-                None => ExecError::CacheSourceLink {
-                    id: id.clone(),
-                    source_path: src_rel.clone(),
-                },
-            })?;
+            // Earlier builds wrote this directory: `source=` must stay in it
+            // (BuildKit testCacheMountSourceEscape). Missing directories are
+            // made without following any symlink; the sandbox then opens
+            // the source beneath the cache root and refuses an escape.
+            let rel: PathBuf = clean_rel(&src_rel).into_iter().collect();
+            create_beneath(&use_dir, &rel)?;
             Ok(Some(MountSpec {
-                kind: MountKind::Bind {
-                    source: host,
+                kind: MountKind::BindIn {
+                    root: use_dir,
+                    path: rel.to_string_lossy().into_owned(),
+                    confine: Confine::Beneath,
                     readonly: m.readonly,
                 },
                 target,
@@ -571,6 +577,58 @@ fn mount_one(
     }
 }
 
+/// Creates the missing directories of `rel` below `root` (mode 0755),
+/// never following a symlink: the walk stops at the first component that is
+/// not a plain directory (the sandbox resolves, or refuses, the rest).
+fn create_beneath(root: &Path, rel: &Path) -> Result<(), ExecError> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let open = |dir: i32, name: &CString| {
+        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        match fd {
+            // SAFETY: a new fd we own.
+            fd if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            _ => Err(io::Error::last_os_error()),
+        }
+    };
+    let mut dir: OwnedFd = File::open(root).map_err(io_err("open", root))?.into();
+    for part in rel.components() {
+        let Component::Normal(name) = part else {
+            continue;
+        };
+        let Ok(name) = CString::new(name.as_bytes()) else {
+            return Ok(());
+        };
+        dir = match open(dir.as_raw_fd(), &name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // SAFETY: valid dirfd and NUL-terminated name.
+                let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+                let made = io::Error::last_os_error();
+                if rc < 0 && made.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(io_err("create directory", &root.join(rel))(made));
+                }
+                match open(dir.as_raw_fd(), &name) {
+                    Ok(fd) => fd,
+                    Err(_) => return Ok(()),
+                }
+            }
+            // A symlink (ELOOP) or a file (ENOTDIR): left to the sandbox.
+            Err(_) => return Ok(()),
+        };
+    }
+    Ok(())
+}
+
 /// Mounts a view of `layers` (bottom first): read-only, or writable into a
 /// throw-away upper directory. Returns the mount point. With the copy
 /// snapshotter the view is a throw-away merged copy (writable either way).
@@ -609,22 +667,4 @@ pub(crate) fn overlay_view(
     setup.scratches.push(mp);
     setup.mounts.push(guard);
     Ok(target)
-}
-
-#[cfg(test)]
-mod cache_source_tests {
-    use super::*;
-
-    #[test]
-    fn cache_source_through_a_link_is_refused() {
-        // testCacheMountSourceEscape: a RUN replaced cache/sel by a link to /etc.
-        let cache = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/etc", cache.path().join("sel")).unwrap();
-        assert!(matches!(cache_source_dir(cache.path(), "sel"), Err(None)));
-        assert!(matches!(cache_source_dir(cache.path(), "sel/x"), Err(None)));
-        // Plain directories are created inside the cache.
-        let p = cache_source_dir(cache.path(), "a/b").unwrap();
-        assert_eq!(p, cache.path().join("a/b"));
-        assert!(p.is_dir());
-    }
 }

@@ -1116,6 +1116,7 @@ impl Engine {
             op: op.clone(),
             sources,
             secrets,
+            allow: req.graph.entitlements,
             fresh_caches,
         };
         let env = self.exec_env(platform);

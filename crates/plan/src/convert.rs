@@ -189,6 +189,7 @@ pub fn plan(
     }
     Ok(BuildGraph {
         labels: BTreeMap::new(),
+        entitlements: opts.allow,
         platform: platform.clone(),
         build_platform: opts.build_platform.clone(),
         target: p.out.len() - 1,
@@ -898,11 +899,43 @@ impl<'a> Planner<'a> {
                 for m in &run.mounts {
                     mounts.push(self.exec_mount(sc, &mut ex, m, ins, chain)?);
                 }
+                // `default` is the build's `--network`; host networking and
+                // the insecure mode need the build's `--allow`, as in buildx.
                 let network = match run.network.as_deref() {
-                    None | Some("default") => Network::Default,
+                    None | Some("default") => self.opts.network,
                     Some("none") => Network::None,
-                    Some(_) => Network::Host,
+                    Some("host") => Network::Host,
+                    Some(other) => {
+                        return Err(self.at(
+                            ins,
+                            format!("unsupported network mode {other:?} (default, none or host)"),
+                        ))
+                    }
                 };
+                if network == Network::Host && !self.opts.allow.network_host {
+                    return Err(self.at(
+                        ins,
+                        "network mode \"host\" needs the network.host entitlement: \
+                         pass --allow network.host",
+                    ));
+                }
+                let insecure = match run.security.as_deref() {
+                    None | Some("sandbox") => false,
+                    Some("insecure") => true,
+                    Some(other) => {
+                        return Err(self.at(
+                            ins,
+                            format!("unsupported security mode {other:?} (sandbox or insecure)"),
+                        ))
+                    }
+                };
+                if insecure && !self.opts.allow.security_insecure {
+                    return Err(self.at(
+                        ins,
+                        "security mode \"insecure\" needs the security.insecure entitlement: \
+                         pass --allow security.insecure",
+                    ));
+                }
                 let mut inline_files = Vec::new();
                 let args = match (&run.command, run.heredocs.as_slice()) {
                     (Command::Exec(v), _) => v.clone(),
@@ -1003,7 +1036,7 @@ impl<'a> Planner<'a> {
                         },
                         user: sc.state.user.clone(),
                         network,
-                        insecure: run.security.as_deref() == Some("insecure"),
+                        insecure,
                         mounts,
                         inline_files,
                         hostname: self.sandbox_hostname(),

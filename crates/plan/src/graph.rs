@@ -72,17 +72,78 @@ pub struct InlineFile {
     pub mode: u32,
 }
 
-/// `RUN --network`.
+/// `RUN --network` (and the build's `--network`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The worker's default (host networking).
+    /// The sandbox's default: the step's own network namespace with
+    /// outbound access (through `pasta`), without the host's loopback.
     #[default]
     Default,
     /// Only a loopback interface.
     None,
     /// The host's network namespace.
     Host,
+}
+
+/// What a build allows beyond the default sandbox: buildx's `--allow`
+/// entitlements. Carried in the graph so that the worker (local or a node)
+/// checks every step against what the user granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Entitlements {
+    /// `network.host`: `RUN --network=host` and `--network host`.
+    #[serde(default)]
+    pub network_host: bool,
+    /// `security.insecure`: `RUN --security=insecure`.
+    #[serde(default)]
+    pub security_insecure: bool,
+}
+
+impl Entitlements {
+    /// Parses `--allow` values (repeatable, comma-separated), as buildx
+    /// names them: `network.host`, `security.insecure`.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Entitlements, String> {
+        let mut out = Entitlements::default();
+        for item in values.iter().flat_map(|v| v.as_ref().split(',')) {
+            match item.trim() {
+                "" => {}
+                "network.host" => out.network_host = true,
+                "security.insecure" => out.security_insecure = true,
+                other => {
+                    return Err(format!(
+                        "invalid entitlement {other:?} (network.host or security.insecure)"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The granted entitlements, in buildx's names.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.network_host {
+            v.push("network.host");
+        }
+        if self.security_insecure {
+            v.push("security.insecure");
+        }
+        v
+    }
+}
+
+impl Network {
+    /// Parses a build's `--network` value (`default`, `none`, `host`).
+    pub fn parse(value: &str) -> Result<Network, String> {
+        match value {
+            "" | "default" => Ok(Network::Default),
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            other => Err(format!(
+                "invalid network mode {other:?} (default, none or host)"
+            )),
+        }
+    }
 }
 
 /// One mount of a RUN step, values expanded.
@@ -414,6 +475,9 @@ pub struct PlanWarning {
 /// Everything needed to build one platform's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildGraph {
+    /// What the build allows beyond the default sandbox (`--allow`).
+    #[serde(default)]
+    pub entitlements: Entitlements,
     /// The platform of the result (`TARGETPLATFORM`).
     pub platform: Platform,
     /// The platform of the machine that plans (`BUILDPLATFORM`).

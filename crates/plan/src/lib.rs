@@ -51,6 +51,10 @@ pub struct PlanOptions {
     pub build_args: BTreeMap<String, String>,
     /// The platform of the planning machine (`BUILDPLATFORM`).
     pub build_platform: Platform,
+    /// `--network`: the network of `RUN` steps that do not choose one.
+    pub network: Network,
+    /// `--allow`: entitlements granted to the build.
+    pub allow: Entitlements,
 }
 
 impl PlanOptions {
@@ -61,6 +65,8 @@ impl PlanOptions {
             target: None,
             build_args: BTreeMap::new(),
             build_platform: Platform::host_linux(),
+            network: Network::Default,
+            allow: Entitlements::default(),
         }
     }
 }

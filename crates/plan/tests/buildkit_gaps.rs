@@ -17,6 +17,8 @@ fn opts() -> PlanOptions {
         target: None,
         build_args: BTreeMap::new(),
         build_platform: amd64(),
+        network: Default::default(),
+        allow: Default::default(),
     }
 }
 

@@ -19,6 +19,8 @@ fn opts() -> PlanOptions {
         target: None,
         build_args: BTreeMap::new(),
         build_platform: amd64(),
+        network: Default::default(),
+        allow: Default::default(),
     }
 }
 
@@ -504,6 +506,73 @@ fn sandbox_hostname_build_arg_sets_run_hostname() {
     let e = exec(&g.stages[0].steps[0]);
     assert_eq!(e.hostname, None);
     assert!(!serde_json::to_string(e).unwrap().contains("\"hostname\":"));
+}
+
+// RUN --network / --security need buildx's entitlements (`--allow`), and
+// the build's `--network` is the default of steps that name none.
+#[test]
+fn network_and_security_modes_need_entitlements() {
+    let src = "FROM scratch\nRUN --network=host true\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("Dockerfile:2") && text.contains("--allow network.host"),
+        "{text}"
+    );
+
+    let mut allowed = opts();
+    allowed.allow = Entitlements::parse(&["network.host,security.insecure"]).unwrap();
+    let g = plan_for(
+        "FROM scratch\nRUN --network=host --security=insecure true\nRUN true\n",
+        &amd64(),
+        &allowed,
+    );
+    let steps = &g.stages[0].steps;
+    let run = exec(&steps[steps.len() - 2]);
+    assert_eq!((run.network, run.insecure), (Network::Host, true));
+    assert_eq!(exec(&steps[steps.len() - 1]).network, Network::Default);
+    assert_eq!(g.entitlements, allowed.allow);
+
+    let src = "FROM scratch\nRUN --security=insecure true\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+    assert!(e.to_string().contains("--allow security.insecure"), "{e}");
+
+    let e = plan_source(
+        "FROM scratch\nRUN --network=bridge true\n",
+        &amd64(),
+        &opts(),
+        &mut OfflineResolver,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unsupported network mode"), "{e}");
+
+    // The build's --network: none applies to every step that names none;
+    // host needs the entitlement there too.
+    let mut none = opts();
+    none.network = Network::parse("none").unwrap();
+    let g = plan_for(
+        "FROM scratch\nRUN true\nRUN --network=default true\n",
+        &amd64(),
+        &none,
+    );
+    for step in g.stages[0]
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, Op::Exec(_)))
+    {
+        assert_eq!(exec(step).network, Network::None);
+    }
+    let mut host = opts();
+    host.network = Network::Host;
+    assert!(plan_source(
+        "FROM scratch\nRUN true\n",
+        &amd64(),
+        &host,
+        &mut OfflineResolver
+    )
+    .is_err());
+    assert!(Entitlements::parse(&["device"]).is_err());
+    assert!(Network::parse("bridge").is_err());
 }
 
 /// BuildKit's Dockerfile frontend (`dockerfile2llb`, the `[stage i/n]`

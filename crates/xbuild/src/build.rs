@@ -131,6 +131,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
         target: args.target.clone(),
         build_args: parse_build_args(&args.build_args)?,
         build_platform: Platform::host_linux(),
+        network: xbuild_plan::Network::parse(&args.network).map_err(anyhow::Error::msg)?,
+        allow: xbuild_plan::Entitlements::parse(&args.allow).map_err(anyhow::Error::msg)?,
     };
     match call.method.as_str() {
         "check" => run_check(&df, &opts, &platforms, call.json),

@@ -180,6 +180,19 @@ pub struct BuildArgs {
     /// Secret to expose to the build (`id=ID[,src=FILE|,env=VAR]`).
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// Allow extra privileges for RUN steps (repeatable, comma-separated):
+    /// `network.host` (`RUN --network=host`, `--network host`) and
+    /// `security.insecure` (`RUN --security=insecure`: every capability, no
+    /// seccomp). Without them a step gets Docker's default confinement:
+    /// 14 capabilities, the default seccomp profile, masked /proc, and its
+    /// own network namespace with outbound access through `pasta`.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// Network of RUN steps that do not set `--network`: `default` (own
+    /// namespace, outbound only, no access to the host's loopback), `none`
+    /// (loopback only) or `host` (needs `--allow network.host`).
+    #[arg(long = "network", value_name = "MODE", default_value = "default")]
+    pub network: String,
     /// Shorthand for `--output type=image,push=true`.
     #[arg(long)]
     pub push: bool,
