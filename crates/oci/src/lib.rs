@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod compress;
 pub mod config;
 pub mod descriptor;
 pub mod digest;
