@@ -3,6 +3,7 @@
 //! layer tarballs.
 #![warn(missing_docs)]
 
+pub mod annotation;
 pub mod archive;
 pub mod compress;
 pub mod config;
