@@ -320,18 +320,41 @@ pub enum ImagetoolsCommand {
         /// Print the raw manifest.
         #[arg(long)]
         raw: bool,
+        /// Format the output with a Go-template subset: `{{.Name}}`,
+        /// `{{.Manifest.Digest}}`, `{{json .Manifest}}`, `{{json .Image}}`,
+        /// `{{json .}}` (fields `.Name`, `.Manifest`, `.Image` as buildx).
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Create an index from images already in a registry.
+    ///
+    /// Sources are references, digests (in the repository of the tags) or
+    /// OCI descriptors as JSON. Entries with the same digest are merged;
+    /// different manifests of the same platform are all kept, as buildx does.
     Create {
         /// Reference to push the index to (repeatable).
-        #[arg(short = 't', long = "tag", required = true)]
+        #[arg(short = 't', long = "tag", value_name = "REF")]
         tags: Vec<String>,
-        /// Source images or indexes.
-        #[arg(required = true)]
+        /// Read a source (a descriptor as JSON) from a file (repeatable).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Source images or indexes (references, digests or descriptors).
         sources: Vec<String>,
+        /// Keep what the first tag already lists and add the sources to it.
+        #[arg(long)]
+        append: bool,
+        /// Add an annotation (`index:K=V`, `manifest-descriptor[PLATFORM]:K=V`).
+        #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+        annotations: Vec<String>,
+        /// Keep only these platforms of the sources (repeatable, comma-separated).
+        #[arg(short = 'p', long = "platform", value_name = "PLATFORM")]
+        platforms: Vec<String>,
         /// Print the index instead of pushing it.
         #[arg(long)]
         dry_run: bool,
+        /// Write the result's descriptor and names to FILE as JSON.
+        #[arg(long = "metadata-file", value_name = "FILE")]
+        metadata_file: Option<PathBuf>,
     },
 }
 

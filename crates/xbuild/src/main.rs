@@ -68,14 +68,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             images,
         } => images::cmd_save(&output, format, platform.as_deref(), &images),
         Commands::Load { input, quiet } => images::cmd_load(&input, quiet),
-        Commands::Imagetools(cli::ImagetoolsCommand::Inspect { reference, raw }) => {
-            imagetools::cmd_inspect(&reference, raw)
-        }
+        Commands::Imagetools(cli::ImagetoolsCommand::Inspect {
+            reference,
+            raw,
+            format,
+        }) => imagetools::cmd_inspect(&reference, raw, format.as_deref()),
         Commands::Imagetools(cli::ImagetoolsCommand::Create {
             tags,
+            files,
             sources,
+            append,
+            annotations,
+            platforms,
             dry_run,
-        }) => imagetools::cmd_create(&tags, &sources, dry_run),
+            metadata_file,
+        }) => imagetools::cmd_create(&imagetools::CreateOptions {
+            tags,
+            sources,
+            files,
+            append,
+            annotations,
+            platforms,
+            dry_run,
+            metadata_file,
+        }),
         Commands::Cache(cli::CacheCommand::Du) => cache_cmd::cmd_du(),
         Commands::Cache(cli::CacheCommand::Prune {
             all,
