@@ -19,6 +19,7 @@ pub mod image;
 mod keys;
 pub mod mount;
 pub mod redact;
+pub mod remote;
 pub mod secrets;
 pub mod snapshot;
 mod solve;
