@@ -306,9 +306,15 @@ pub fn resolve_commit(r: &GitRef, opts: &FetchOptions) -> Result<Option<String>,
         opts,
     };
     let wanted = r.reference.clone().unwrap_or_else(|| "HEAD".to_string());
+    let peeled = format!("{wanted}^{{}}");
     let out = g.run(
         "ls-remote",
-        ["ls-remote", r.remote.as_str(), wanted.as_str()],
+        [
+            "ls-remote",
+            r.remote.as_str(),
+            wanted.as_str(),
+            peeled.as_str(),
+        ],
     )?;
     let mut lines: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('\t')).collect();
     let rank = |name: &str| -> Option<u8> {
