@@ -23,6 +23,7 @@ pub mod remote;
 pub mod secrets;
 pub mod snapshot;
 mod solve;
+pub mod sshproxy;
 pub use solve::check_platforms;
 pub mod source;
 

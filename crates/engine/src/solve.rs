@@ -829,10 +829,22 @@ impl Engine {
                 _ => None,
             });
         }
+        let ssh = op
+            .mounts
+            .iter()
+            .map(|m| match m.kind {
+                MountType::Ssh => req
+                    .secrets
+                    .ssh_socket(m.id.as_deref().unwrap_or("default"))
+                    .map(Path::to_path_buf),
+                _ => None,
+            })
+            .collect();
         let plan = ExecPlan {
             op: op.clone(),
             sources,
             secrets,
+            ssh,
         };
         let env = self.exec_env(&shared.platform);
         let platform = shared.platform.clone();

@@ -117,6 +117,25 @@ pub enum Commands {
         /// Registry host.
         registry: String,
     },
+    /// Show the xbuild version.
+    Version,
+    /// Print a shell completion script (`source <(xbuild completion bash)`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `xbuild completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `--progress` modes.
@@ -131,7 +150,8 @@ pub enum ProgressMode {
     Plain,
     /// One JSON event per line.
     Rawjson,
-    /// Only the final digest.
+    /// Only the final digest (`none` is accepted as an alias).
+    #[value(alias = "none")]
     Quiet,
 }
 
@@ -184,8 +204,8 @@ pub struct BuildArgs {
     /// `min` exports the target stage's steps, `max` every stage's.
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Progress output.
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    /// Progress output (default from `BUILDKIT_PROGRESS`, else `auto`).
+    #[arg(long, value_enum, env = "BUILDKIT_PROGRESS", default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
     /// Print only the image digest on stdout (same as `--progress quiet`).
     #[arg(short, long)]
@@ -201,6 +221,51 @@ pub struct BuildArgs {
     /// run) (append `,format=json` for JSON).
     #[arg(long = "call", value_name = "METHOD", default_value = "build")]
     pub call: String,
+    /// Shorthand for `--call=check`.
+    #[arg(long)]
+    pub check: bool,
+    /// Write the image ID (the digest of the index, or of the manifest for
+    /// one platform) to FILE.
+    #[arg(long = "iidfile", value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Set a label in the image config (`KEY=VALUE`; repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Add an annotation (`[TYPE[,TYPE]:]KEY=VALUE`; TYPE is `manifest`
+    /// (default), `index`, `manifest-descriptor` or `index-descriptor`,
+    /// optionally with a platform: `manifest[linux/amd64]`; repeatable).
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Additional build context (`NAME=DIR`, `NAME=docker-image://REF`,
+    /// `NAME=oci-layout://PATH[@DIGEST]`, `NAME=https://…`, `NAME=GIT-URL`),
+    /// usable as `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// SSH agent socket or keys to expose to `RUN --mount=type=ssh`
+    /// (`default` = `$SSH_AUTH_SOCK`, or `ID[=SOCKET|KEY[,KEY…]]`; repeatable).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY,…]")]
+    pub ssh: Vec<String>,
+    /// Shorthand for `--output type=docker`: into xbuild's image store, and
+    /// into a local `docker` or `podman` when one is found.
+    #[arg(long)]
+    pub load: bool,
+    /// Add a custom host-to-IP mapping to /etc/hosts of RUN steps
+    /// (`HOST:IP`; repeatable).
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps (e.g. `128m`).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Resource limits of RUN steps (`nofile=1024:2048`; repeatable).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// Accepted for compatibility with `docker buildx build`; xbuild has no
+    /// builder instances, so the value is ignored (a note says so).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// Print debug information about the build (errors with their causes).
+    #[arg(short = 'D', long)]
+    pub debug: bool,
 }
 
 /// `xbuild save --format`.
@@ -394,6 +459,8 @@ pub const SUBCOMMANDS: &[&str] = &[
     "cache",
     "login",
     "logout",
+    "version",
+    "completion",
     "help",
 ];
 

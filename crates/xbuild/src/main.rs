@@ -104,6 +104,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             password_stdin,
         } => login::cmd_login(&registry, username.as_deref(), password_stdin),
         Commands::Logout { registry } => login::cmd_logout(&registry),
+        Commands::Version => {
+            println!(
+                "xbuild {} (buildx-compatible command line)",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        Commands::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let sh = match shell {
+                cli::CompletionShell::Bash => clap_complete::Shell::Bash,
+                cli::CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                cli::CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(sh, &mut cmd, "xbuild", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
