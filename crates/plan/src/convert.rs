@@ -468,6 +468,18 @@ impl<'a> Planner<'a> {
         reference: &str,
         platform: &Platform,
     ) -> Result<(ImageRef, BaseConfig), PlanError> {
+        // `--build-context NAME=docker-image://REF` replaces the image NAME
+        // (also when written with the implied `:latest`).
+        let aliases = &self.opts.image_aliases;
+        let reference = aliases
+            .get(reference)
+            .or_else(|| {
+                reference
+                    .strip_suffix(":latest")
+                    .and_then(|r| aliases.get(r))
+            })
+            .map(String::as_str)
+            .unwrap_or(reference);
         let r = self
             .resolver
             .resolve(reference, platform)

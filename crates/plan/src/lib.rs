@@ -51,6 +51,9 @@ pub struct PlanOptions {
     pub build_args: BTreeMap<String, String>,
     /// The platform of the planning machine (`BUILDPLATFORM`).
     pub build_platform: Platform,
+    /// `--build-context NAME=docker-image://REF`: image names (as written in
+    /// `FROM`, `COPY --from`, `RUN --mount=from`) replaced by another image.
+    pub image_aliases: BTreeMap<String, String>,
 }
 
 impl PlanOptions {
@@ -61,6 +64,7 @@ impl PlanOptions {
             target: None,
             build_args: BTreeMap::new(),
             build_platform: Platform::host_linux(),
+            image_aliases: BTreeMap::new(),
         }
     }
 }

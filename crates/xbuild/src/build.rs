@@ -135,6 +135,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         target: args.target.clone(),
         build_args: parse_build_args(&args.build_args)?,
         build_platform: Platform::host_linux(),
+        image_aliases: Default::default(),
     };
     match call.method.as_str() {
         "check" => run_check(&df, &opts, &platforms, call.json),
