@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod http;
 mod login;
 mod pull;
 mod push;
@@ -30,7 +31,7 @@ use xbuild_oci::reference::{api_host, is_loopback_host};
 use xbuild_oci::{Descriptor, Digest, ImageConfig, ImageManifest, Reference};
 
 /// The `User-Agent` sent to registries.
-pub const USER_AGENT: &str = concat!("xbuild/", env!("CARGO_PKG_VERSION"));
+pub use http::USER_AGENT;
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
@@ -239,8 +240,8 @@ impl Registry {
             platform_resolver: None,
             max_concurrent_upload: n,
             max_concurrent_download: n,
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(120)),
+            connect_timeout: Some(http::CONNECT_TIMEOUT),
+            read_timeout: Some(http::READ_TIMEOUT),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         })

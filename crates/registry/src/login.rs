@@ -3,7 +3,7 @@
 
 use crate::auth::{normalize_registry_key, remove_login, store_login, Secret};
 use crate::error::Ctx;
-use crate::{Registry, RegistryError, USER_AGENT};
+use crate::{Registry, RegistryError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use xbuild_oci::reference::api_host;
@@ -129,10 +129,7 @@ impl Registry {
             reference: registry.to_string(),
             what: "registry API /v2/".into(),
         };
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+        let http = crate::http::client_builder(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| c.protocol(None, e.to_string()))?;
         let first = self

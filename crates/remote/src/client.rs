@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use xbuild_engine::context::ContextIndex;
-use xbuild_engine::events::{Event, EventSink, Transfer, VertexId};
-use xbuild_engine::{Engine, EngineError, ImageSource, SolveResult, VertexIds};
+use xbuild_engine::events::{Event, Transfer, VertexId};
+use xbuild_engine::{Engine, EngineError, SolveRequest, SolveResult, VertexIds};
 use xbuild_oci::Digest;
-use xbuild_plan::BuildGraph;
 
 use crate::protocol::{
     check_version, BlobDest, FrameReader, FrameWriter, Message, NodeInfo, RemoteError, ReplyBody,
@@ -23,34 +22,6 @@ use crate::AgentStream;
 
 type Reader = FrameReader<Pin<Box<dyn AsyncRead + Send>>>;
 type Writer = FrameWriter<Pin<Box<dyn AsyncWrite + Send>>>;
-
-/// One platform's build for a remote worker.
-pub struct RemoteSolve<'a> {
-    /// The coordinator's engine: its store receives the image, its cache
-    /// the records, and its records are offered to the agent.
-    pub engine: &'a Engine,
-    /// The graph.
-    pub graph: &'a BuildGraph,
-    /// The context directory.
-    pub context_dir: Option<&'a Path>,
-    /// The scanned context.
-    pub context: Option<&'a ContextIndex>,
-    /// Where base images come from (pulled into the coordinator's store,
-    /// then sent).
-    pub source: &'a dyn ImageSource,
-    /// Progress.
-    pub events: &'a dyn EventSink,
-    /// Vertex ids of this invocation (agent ids are mapped onto them).
-    pub ids: &'a VertexIds,
-    /// `--no-cache`.
-    pub no_cache: bool,
-    /// `--no-cache-filter`.
-    pub no_cache_filter: &'a [String],
-    /// Secret values for `RUN --mount=type=secret`.
-    pub secrets: SecretValues,
-    /// `SOURCE_DATE_EPOCH`.
-    pub source_date_epoch: Option<i64>,
-}
 
 /// A remote solve's result.
 #[derive(Debug, Clone)]
@@ -195,15 +166,23 @@ impl RemoteWorker {
     /// Builds one platform on the agent and lands the image (manifest,
     /// config, layers) and the cache records the agent wrote in the
     /// coordinator's store and cache.
-    pub async fn solve(&mut self, req: RemoteSolve<'_>) -> Result<RemoteOutcome, SolveError> {
+    ///
+    /// `engine` is the coordinator's engine: its store receives the image,
+    /// its cache the records, and its records are offered to the agent.
+    /// `req` is the same request a local solve takes: base images are
+    /// pulled into the coordinator's store through `req.source`, then sent.
+    pub async fn solve(
+        &mut self,
+        engine: &Engine,
+        req: SolveRequest<'_>,
+    ) -> Result<RemoteOutcome, SolveError> {
         let sent0 = self.writer.sent();
-        let store = req.engine.store();
+        let store = engine.store();
         let platform = req.graph.platform.clone();
         let worker = self.worker_name();
         // Records whose layer this store still has: the agent may count
         // them as hits and fetch the layer only if it needs the files.
-        let records: Vec<_> = req
-            .engine
+        let records: Vec<_> = engine
             .cache()
             .list(&platform)
             .map_err(RemoteError::from)?
@@ -223,7 +202,12 @@ impl RemoteWorker {
                 cache_keys: records.iter().map(|r| r.key.clone()).collect(),
                 no_cache: req.no_cache,
                 no_cache_filter: req.no_cache_filter.to_vec(),
-                secrets: req.secrets.clone(),
+                secrets: SecretValues(
+                    req.secrets
+                        .ids()
+                        .filter_map(|id| Some((id.to_string(), req.secrets.get(id)?.to_vec())))
+                        .collect(),
+                ),
                 source_date_epoch: req.source_date_epoch,
             })))
             .await?;
@@ -355,7 +339,7 @@ impl RemoteWorker {
                 .protocol(format!("the agent did not send blob {d}"))
                 .into());
         }
-        let cache = req.engine.cache();
+        let cache = engine.cache();
         for r in &solved.records {
             let usable = r.layer.as_ref().is_none_or(|l| store.exists(&l.digest));
             if usable && r.platform == platform.to_string() {
@@ -392,7 +376,7 @@ impl RemoteWorker {
     /// Streams the context files with these digests; returns the bytes.
     async fn send_context(
         &mut self,
-        req: &RemoteSolve<'_>,
+        req: &SolveRequest<'_>,
         digests: &[Digest],
     ) -> Result<u64, RemoteError> {
         let (Some(dir), Some(ix)) = (req.context_dir, req.context) else {
@@ -640,19 +624,21 @@ mod tests {
             .unwrap();
             let ids = VertexIds::new();
             let e = worker
-                .solve(RemoteSolve {
-                    engine: &engine,
-                    graph: &graph,
-                    context_dir: None,
-                    context: None,
-                    source: &xbuild_engine::StoreSource,
-                    events: &xbuild_engine::events::NullSink,
-                    ids: &ids,
-                    no_cache: false,
-                    no_cache_filter: &[],
-                    secrets: SecretValues::default(),
-                    source_date_epoch: None,
-                })
+                .solve(
+                    &engine,
+                    SolveRequest {
+                        graph: &graph,
+                        context_dir: None,
+                        context: None,
+                        source: &xbuild_engine::StoreSource,
+                        events: &xbuild_engine::events::NullSink,
+                        ids: &ids,
+                        no_cache: false,
+                        no_cache_filter: &[],
+                        secrets: &xbuild_engine::Secrets::new(),
+                        source_date_epoch: None,
+                    },
+                )
                 .await
                 .unwrap_err();
             assert!(e.reschedule(), "{e}");
@@ -742,19 +728,21 @@ mod tests {
             let ids = VertexIds::new();
             let t0 = std::time::Instant::now();
             let e = worker
-                .solve(RemoteSolve {
-                    engine: &engine,
-                    graph: &graph,
-                    context_dir: None,
-                    context: None,
-                    source: &xbuild_engine::StoreSource,
-                    events: &xbuild_engine::events::NullSink,
-                    ids: &ids,
-                    no_cache: false,
-                    no_cache_filter: &[],
-                    secrets: SecretValues::default(),
-                    source_date_epoch: None,
-                })
+                .solve(
+                    &engine,
+                    SolveRequest {
+                        graph: &graph,
+                        context_dir: None,
+                        context: None,
+                        source: &xbuild_engine::StoreSource,
+                        events: &xbuild_engine::events::NullSink,
+                        ids: &ids,
+                        no_cache: false,
+                        no_cache_filter: &[],
+                        secrets: &xbuild_engine::Secrets::new(),
+                        source_date_epoch: None,
+                    },
+                )
                 .await
                 .unwrap_err();
             let waited = t0.elapsed();

@@ -38,7 +38,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         .with_context(|| format!("creating the agent state directory {}", root.display()))?;
     // The pid, for operators (and the tests that kill an agent mid-build).
     let _ = std::fs::write(root.join("agent.pid"), std::process::id().to_string());
-    let (init_program, init_args) = crate::coordinator::init_program()?;
+    let (init_program, init_args) = xbuild_coordinator::resolve::init_program()?;
     let cfg = AgentConfig {
         root,
         init_program,

@@ -2,7 +2,7 @@
 //! answer a `--call` query or build.
 
 use crate::cli::BuildArgs;
-use crate::Exit;
+use crate::exit::Exit;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,12 +12,7 @@ use xbuild_oci::Platform;
 use xbuild_plan::{check, BuildGraph, OfflineResolver, Op, PlanOptions};
 
 /// The Dockerfile to build, as read from disk or standard input.
-pub struct LoadedDockerfile {
-    /// Name used in messages (the path as the user would write it).
-    pub display: String,
-    /// Its text.
-    pub text: String,
-}
+pub use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 
 /// Read the Dockerfile named by `-f` / `PATH`.
 pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {

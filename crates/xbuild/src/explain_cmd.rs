@@ -2,10 +2,10 @@
 //! the build hit the cache, and why not — base images resolved, the context
 //! hashed and keys computed exactly as a build would, nothing run.
 
-use crate::build::LoadedDockerfile;
 use crate::cli::BuildArgs;
-use crate::coordinator;
 use anyhow::{Context, Result};
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
+use xbuild_coordinator::{RegistrySource, Session};
 use xbuild_engine::events::{reasons_text, NullSink};
 use xbuild_engine::explain::ExplainStep;
 use xbuild_engine::{Secrets, SolveRequest, VertexIds};
@@ -40,13 +40,18 @@ async fn explain(
     platforms: &[Platform],
 ) -> Result<Vec<ExplainStep>> {
     let root = crate::paths::xbuild_root()?;
-    let registry = crate::config::registry(Some(&root))?;
-    let engine = coordinator::open_engine(root.clone(), "local")?;
-    let graphs =
-        coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
-            .await?;
-    let (context_dir, index) = crate::run_build::scan_context(&root, args)?;
-    let source = coordinator::RegistrySource { registry };
+    let session = Session {
+        registry: crate::config::registry(Some(&root))?,
+        root,
+    };
+    let req = crate::request::base(args, df, opts, platforms);
+    let engine = session.open_engine("local")?;
+    let graphs = xbuild_coordinator::plan(&req, &session).await?.graphs;
+    let context_dir = req.context_dir.clone();
+    let index = xbuild_coordinator::scan_context(&req, &session)?;
+    let source = RegistrySource {
+        registry: session.registry.clone(),
+    };
     let secrets = Secrets::default();
     let ids = VertexIds::new();
     let mut out = Vec::new();

@@ -9,8 +9,8 @@ use crate::paths;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, BufRead, Write};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 use xbuild_oci::archive::{self, read_manifest, select_platform};
 use xbuild_oci::gc::{self, GcStats};
@@ -36,22 +36,7 @@ pub fn describe(store: &BlobStore, digest: &Digest) -> Result<Descriptor> {
     ))
 }
 
-/// Point each of `names` at `target` (a manifest or an index). Answers the
-/// normalized references.
-pub fn tag(store: &BlobStore, target: &Descriptor, names: &[String]) -> Result<Vec<Reference>> {
-    let mut out = Vec::new();
-    for n in names {
-        let r = parse_ref(n)?;
-        if r.digest().is_some() {
-            bail!("cannot tag {n:?}: a tag name must not contain a digest");
-        }
-        store
-            .set_ref(&r.to_string(), &target.digest)
-            .with_context(|| format!("tagging {}", r.familiar()))?;
-        out.push(r);
-    }
-    Ok(out)
-}
+pub use xbuild_coordinator::export::{tag, write_dest};
 
 /// One tagged image of the store.
 #[derive(Debug, Clone)]
@@ -622,61 +607,6 @@ pub fn cmd_prune(all: bool, force: bool) -> Result<()> {
     }
     println!("Total reclaimed space: {}", human_size(stats.bytes_removed));
     Ok(())
-}
-
-/// Write to `dest` through a temp file renamed into place (or to stdout for `-`).
-pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    if dest.as_os_str() == "-" {
-        let stdout = io::stdout();
-        if stdout.is_terminal() {
-            bail!("refusing to write an archive to a terminal; use -o FILE or redirect");
-        }
-        let mut w = io::BufWriter::new(stdout.lock());
-        f(&mut w)?;
-        w.flush()?;
-        return Ok(());
-    }
-    // A destination that exists and is not a regular file (a FIFO, a
-    // character device such as /dev/null, a terminal) is written in place:
-    // renaming a temp file over it would replace the device itself.
-    if let Ok(meta) = fs::metadata(dest) {
-        if !meta.is_file() && !meta.is_dir() {
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(dest)
-                .with_context(|| format!("opening {}", dest.display()))?;
-            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
-            f(&mut w)?;
-            w.flush()
-                .with_context(|| format!("writing {}", dest.display()))?;
-            return Ok(());
-        }
-    }
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dest
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file name", dest.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.xbuild-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut w = io::BufWriter::with_capacity(256 * 1024, file);
-        f(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// `xbuild save`.

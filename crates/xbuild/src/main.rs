@@ -4,37 +4,25 @@ mod agent_cmd;
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
-mod cache_io;
 mod cli;
 mod config;
-mod coordinator;
 mod docgen;
+mod exit;
 mod explain_cmd;
 mod images;
 mod imagetools;
 mod login;
 mod nodes;
-mod output;
 mod paths;
 mod progress;
+mod request;
 mod run_build;
-mod workers;
 
 use clap::Parser;
 use cli::{Cli, Commands};
 use std::process::ExitCode;
 
-/// An error that carries its own exit code and has already been reported.
-#[derive(Debug)]
-pub struct Exit(pub u8);
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
-
-impl std::error::Error for Exit {}
+pub use exit::Exit;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -127,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Hidden first argument that turns this binary into the sandbox init
 /// (the engine re-executes itself so the multi-threaded build never forks).
-pub const SANDBOX_INIT_ARG: &str = "__xbuild-sandbox-init";
+pub use xbuild_coordinator::SANDBOX_INIT_ARG;
 
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(SANDBOX_INIT_ARG)) {

@@ -7,10 +7,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use xbuild_coordinator::NodePlan;
 use xbuild_oci::Platform;
 use xbuild_remote::health::{self, AgentInfo, NodeHealth};
 use xbuild_remote::inventory::{Inventory, NodeSpec, SshAddress, DEFAULT_AGENT_COMMAND};
-use xbuild_remote::schedule::{self, LocalCaps, Pin, Plan, Worker};
+use xbuild_remote::schedule::{self, LocalCaps, Pin};
 use xbuild_remote::ssh::{ConnectOptions, HostKeyPolicy, SshPool};
 use xbuild_sandbox::binfmt::{self, Support};
 
@@ -283,17 +284,6 @@ pub fn cmd_agent(args: &AgentArgs) -> Result<bool> {
     Ok(false)
 }
 
-/// The scheduling decision for a build, with the live connections to the
-/// nodes it uses (reused for their agents).
-pub struct NodePlan {
-    /// Who builds what.
-    pub plan: Plan,
-    /// Connections opened while checking the nodes.
-    pub pool: Arc<SshPool>,
-    /// The configured nodes.
-    pub nodes: Vec<NodeSpec>,
-}
-
 /// Check the configured nodes and decide where each platform builds;
 /// print the plan (and warnings for skipped nodes) on stderr. `None` when
 /// no node is configured and nothing is pinned: the build stays local as
@@ -349,46 +339,6 @@ pub async fn plan_build(
         pool,
         nodes: inv.nodes().to_vec(),
     }))
-}
-
-impl NodePlan {
-    /// The node `platform` is scheduled on, if any.
-    pub fn node_for(&self, platform: &Platform) -> Option<&str> {
-        match self.plan.worker(platform)? {
-            Worker::Node(name) => Some(name),
-            _ => None,
-        }
-    }
-
-    /// Start the agent of node `name` on a new channel of the connection
-    /// the health check opened.
-    pub async fn open_agent(&self, name: &str) -> Result<xbuild_remote::AgentStream> {
-        let node = self
-            .nodes
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| anyhow!("no node named {name:?}"))?;
-        Ok(self.pool.connect_agent(node).await?)
-    }
-}
-
-impl NodePlan {
-    /// Kill the agent process `pid` on node `name` (with its build
-    /// processes, which die with it), through the node's SSH connection.
-    pub async fn kill_agent(&self, name: &str, pid: u32) -> Result<()> {
-        let node = self
-            .nodes
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| anyhow!("no node named {name:?}"))?;
-        let conn = self.pool.connection(node).await?;
-        conn.run(
-            &format!("kill -KILL {pid}"),
-            std::time::Duration::from_secs(10),
-        )
-        .await?;
-        Ok(())
-    }
 }
 
 /// Run [`plan_build`] on its own runtime and close the connections: for

@@ -1,23 +1,23 @@
-//! `xbuild build` when it really builds: plan with resolved bases, solve
-//! every platform concurrently on this machine, assemble the index, then
-//! tag, export and push. Nothing is pushed unless every platform built.
+//! `xbuild build` when it really builds: the coordinator's phases in
+//! order (plan, schedule, solve, assemble, export, report), rendered on
+//! the terminal. Nothing is pushed unless every platform built.
 
-use crate::build::LoadedDockerfile;
 use crate::cli::{BuildArgs, ProgressMode};
-use crate::coordinator::{self, PlatformResult, RegistrySource};
-use crate::output::{self, OutputSpec};
+use crate::exit::Exit;
 use crate::progress::{Renderer, Style};
-use crate::Exit;
-use anyhow::{anyhow, Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
-use xbuild_engine::context::{self, ContextIndex, HashCache, ScanOptions};
-use xbuild_engine::events::EventSink;
-use xbuild_engine::{EngineError, Secrets, SolveRequest, VertexIds};
-use xbuild_oci::reference::Reference;
-use xbuild_oci::{Descriptor, Platform};
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
+use xbuild_coordinator::{
+    cache_io, AssembleOptions, Assembled, BuildRequest, Exported, OutputSpec, PlatformResult,
+    PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
+};
+use xbuild_engine::events::{Event, EventSink};
+use xbuild_engine::{Engine, EngineError, VertexIds};
+use xbuild_oci::Platform;
 use xbuild_plan::PlanOptions;
-use xbuild_registry::{Progress, Registry};
 
 fn style(mode: ProgressMode) -> Style {
     match mode {
@@ -28,20 +28,6 @@ fn style(mode: ProgressMode) -> Style {
         ProgressMode::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Style::Tty,
         ProgressMode::Auto => Style::Plain,
     }
-}
-
-/// The Dockerfile's path relative to the context, when it lies inside it
-/// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
-pub(crate) fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
-    let file = match &args.file {
-        Some(f) => f.clone(),
-        None => context_dir.join("Dockerfile"),
-    };
-    let ctx = std::fs::canonicalize(context_dir).ok()?;
-    let f = std::fs::canonicalize(&file).ok()?;
-    f.strip_prefix(&ctx)
-        .ok()
-        .map(|p| p.to_string_lossy().replace('\\', "/"))
 }
 
 /// Lines of an instruction shown at most; longer spans show their first and
@@ -86,42 +72,6 @@ pub fn excerpt(text: &str, file: &str, start: usize, end: usize) -> String {
     s
 }
 
-/// The build context directory (none for `-`) and its index: every file
-/// hashed, with checksums remembered between builds under `root`.
-pub fn scan_context(
-    root: &Path,
-    args: &BuildArgs,
-) -> Result<(Option<PathBuf>, Option<ContextIndex>)> {
-    if args.context == "-" {
-        return Ok((None, None));
-    }
-    let dir = PathBuf::from(&args.context);
-    let rel = dockerfile_rel(&dir, args);
-    let mut cache = HashCache::for_context(root, &dir).ok();
-    let idx = context::scan(
-        &dir,
-        rel.as_deref(),
-        &ScanOptions::default(),
-        cache.as_mut(),
-    )
-    .with_context(|| format!("reading the build context {}", dir.display()))?;
-    if let Some(c) = cache.as_mut() {
-        let _ = c.save();
-    }
-    Ok((Some(dir), Some(idx)))
-}
-
-fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.trim().is_empty() => {
-            Ok(Some(v.trim().parse().map_err(|_| {
-                anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
-            })?))
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Build, export and push. Returns after printing the summary.
 pub fn run(
     args: &BuildArgs,
@@ -133,7 +83,19 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(build(args, df, opts, platforms))
+    let r = rt.block_on(build(args, df, opts, platforms));
+    // Steps of cancelled platforms may still be finishing on blocking
+    // threads: do not wait for them.
+    rt.shutdown_background();
+    r
+}
+
+fn mode(args: &BuildArgs) -> ProgressMode {
+    if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    }
 }
 
 async fn build(
@@ -143,48 +105,19 @@ async fn build(
     platforms: &[Platform],
 ) -> Result<()> {
     let started = Instant::now();
-    let outputs = output::outputs_from_args(&args.outputs, args.push)?;
-    let push = outputs
-        .iter()
-        .any(|o| matches!(o, OutputSpec::Image { push: true, .. }));
-    if push
-        && args.tags.is_empty()
-        && !outputs
-            .iter()
-            .any(|o| matches!(o, OutputSpec::Image { names, .. } if !names.is_empty()))
-    {
-        anyhow::bail!("--push needs a name to push to: give -t REGISTRY/REPO:TAG");
-    }
-    // Validate every name before any work.
-    for t in &args.tags {
-        t.parse::<Reference>()
-            .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
-    }
-    let secrets = Secrets::from(coordinator::parse_secrets(&args.secrets)?);
-    let (cache_to, cache_from) = crate::cache_io::parse_args(&args.cache_to, &args.cache_from)?;
-    let epoch = source_date_epoch()?;
+    let req = crate::request::from_args(args, df, opts, platforms)?;
     let root = crate::paths::xbuild_root()?;
-    let renderer = Renderer::stderr(style(if args.quiet {
-        ProgressMode::Quiet
-    } else {
-        args.progress
-    }));
-    let registry = crate::config::registry(Some(&root))?;
+    let renderer = Renderer::stderr(style(mode(args)));
+    let session = Session {
+        registry: crate::config::registry(Some(&root))?,
+        root,
+    };
 
-    // The engine for planning-time lookups; one per worker kind for solving.
-    let engine = coordinator::open_engine(root.clone(), "local")?;
-    let graphs =
-        coordinator::plan_resolved(df, opts, platforms, &registry, engine.store(), args.pull)
-            .await?;
-    for g in &graphs {
-        for w in &g.warnings {
-            renderer.emit(xbuild_engine::events::Event::Warning {
-                message: match &w.location {
-                    Some(l) => format!("{l}: {} ({})", w.message, w.rule),
-                    None => format!("{} ({})", w.message, w.rule),
-                },
-            });
-        }
+    let planned = xbuild_coordinator::plan(&req, &session).await?;
+    for message in &planned.warnings {
+        renderer.emit(Event::Warning {
+            message: message.clone(),
+        });
     }
 
     // Where each platform builds: configured nodes are checked and the
@@ -192,311 +125,215 @@ async fn build(
     // the agents of this build.
     let show_plan =
         !args.quiet && !matches!(args.progress, ProgressMode::Quiet | ProgressMode::Rawjson);
-    let node_plan = crate::nodes::plan_build(platforms, &args.nodes, show_plan).await?;
-    let on_node = |p: &Platform| node_plan.as_ref().and_then(|n| n.node_for(p)).is_some();
+    let node_plan = crate::nodes::plan_build(platforms, &req.node_pins, show_plan)
+        .await?
+        .map(Arc::new);
+    let schedule = xbuild_coordinator::schedule(&planned, node_plan.as_ref(), &session, &renderer)?;
 
-    // A platform whose RUN steps cannot execute here (and that no node
-    // builds) fails the whole build before any work starts, naming the
-    // platform and the fix.
-    let unrunnable: Vec<String> = graphs
-        .iter()
-        .filter(|g| !on_node(&g.platform))
-        .filter_map(|g| xbuild_engine::check_platforms(g).err())
-        .map(|e| e.to_string())
-        .collect();
-    if !unrunnable.is_empty() {
-        anyhow::bail!("{}", unrunnable.join("\n"));
-    }
-
-    // The context is scanned and hashed once and shared by every platform.
-    let (context_dir, index) = scan_context(&root, args)?;
-
+    let index = xbuild_coordinator::scan_context(&req, &session)?;
+    let engine = session.open_engine("local")?;
     let source = RegistrySource {
-        registry: registry.clone(),
+        registry: session.registry.clone(),
     };
-    let key_inputs = crate::cache_io::KeyInputs {
-        context_dir: context_dir.as_deref(),
+    let key_inputs = cache_io::KeyInputs {
+        context_dir: req.context_dir.as_deref(),
         index: index.as_ref(),
         source: &source,
     };
-    let (imported, fetched) = crate::cache_io::import(
+    let (imported, fetched) = xbuild_coordinator::import_cache(
         &engine,
-        &registry,
-        &cache_from,
-        &graphs,
+        &session.registry,
+        &req.cache_from,
+        &planned.graphs,
         &key_inputs,
         &renderer,
     )
     .await?;
-    if !cache_from.is_empty() && !args.quiet && args.progress != ProgressMode::Quiet {
+    if !req.cache_from.is_empty() && !args.quiet && args.progress != ProgressMode::Quiet {
         eprintln!("cache import: {imported} record(s) imported, {fetched} layer(s) fetched");
     }
-    let ids = VertexIds::new();
-    let mut engines = Vec::new();
-    for g in &graphs {
-        engines.push(coordinator::open_engine(
-            root.clone(),
-            coordinator::local_worker(&g.platform),
-        )?);
-    }
-    let solves = graphs.iter().zip(engines.iter()).map(|(g, eng)| {
-        let req = SolveRequest {
-            graph: g,
-            context_dir: context_dir.as_deref(),
-            context: index.as_ref(),
-            source: &source,
-            events: &renderer,
-            ids: &ids,
-            no_cache: args.no_cache,
-            no_cache_filter: &args.no_cache_filter,
-            secrets: &secrets,
-            source_date_epoch: epoch,
-        };
-        crate::workers::solve(eng, req, node_plan.as_ref())
-    });
-    let results = futures_util::future::join_all(solves).await;
-    if let Some(n) = &node_plan {
-        n.pool.close_all().await;
-    }
 
-    let mut done = Vec::new();
-    let mut failures = Vec::new();
-    for (g, r) in graphs.iter().zip(results) {
-        match r {
-            Ok(solved) => done.push(PlatformResult {
-                platform: solved.result.platform.clone(),
-                worker: solved.worker,
-                manifest: solved.result.manifest.clone(),
-                steps: solved.result.steps,
-                cached: solved.result.cached,
-                duration: solved.result.duration,
-                bytes_sent: solved.bytes_sent,
-            }),
-            Err(e) => failures.push((g.platform.clone(), e)),
-        }
+    let ids = VertexIds::new();
+    let inputs = SolveInputs {
+        graphs: &planned.graphs,
+        context_dir: req.context_dir.as_deref(),
+        context: index.as_ref(),
+        source: &source,
+        events: &renderer,
+        ids: &ids,
+        no_cache: req.no_cache,
+        no_cache_filter: &req.no_cache_filter,
+        secrets: &req.secrets,
+        source_date_epoch: req.source_date_epoch,
+    };
+    let solved = xbuild_coordinator::solve(&schedule, &inputs).await;
+    if let Some(n) = &node_plan {
+        n.close().await;
     }
-    if !failures.is_empty() {
+    if !solved.ok() {
         renderer.finish();
-        if !renderer.shows_logs() {
-            for (name, lines) in renderer.failures() {
-                eprintln!("{name}");
-                for l in lines {
-                    eprintln!("  {l}");
-                }
-            }
-        }
-        for (p, e) in &failures {
-            eprintln!();
-            if let EngineError::Step { location, .. } = e {
-                eprintln!(
-                    "{}",
-                    excerpt(
-                        &df.text,
-                        &location.file,
-                        location.start_line,
-                        location.end_line
-                    )
-                );
-            }
-            let msg = match e {
-                EngineError::Step {
-                    location,
-                    instruction,
-                    source,
-                    ..
-                } => format!("{location}: {instruction}: {source}"),
-                other => other.to_string(),
-            };
-            let worker = match e.root_cause() {
-                EngineError::Remote { worker, .. } => worker.clone(),
-                _ => coordinator::local_worker(p).to_string(),
-            };
-            eprintln!("error: [{p} @ {worker}] {msg}");
-        }
-        if !done.is_empty() {
-            eprintln!(
-                "note: nothing was pushed; the images of {} are in the local store",
-                done.iter()
-                    .map(|d| d.platform.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        print_failures(&renderer, df, &solved);
         return Err(Exit(1).into());
     }
 
-    // One platform: its manifest. Several: an index over them.
-    let store = engine.store();
-    let final_desc: Descriptor = if done.len() == 1 && platforms.len() == 1 {
-        done[0].manifest.clone()
-    } else {
-        let manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
-        xbuild_engine::image::write_index(store, &manifests)?
-    };
-
-    // `oci-mediatypes=false`: the same images relabelled with Docker's
-    // media types (a manifest list over schema 2 manifests).
-    let docker_final: Option<(Descriptor, Vec<Descriptor>)> = if outputs.iter().any(|o| {
-        matches!(
-            o,
-            OutputSpec::Image {
-                oci_mediatypes: false,
-                ..
-            }
-        )
-    }) {
-        let manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
-        let docker = xbuild_engine::image::to_docker_manifests(store, &manifests)?;
-        let top = if done.len() == 1 && platforms.len() == 1 {
-            docker[0].clone()
-        } else {
-            xbuild_engine::image::write_docker_index(store, &docker)?
-        };
-        Some((top, docker))
-    } else {
-        None
-    };
-    let oci_manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
-
-    let mut pushed = Vec::new();
-    for spec in &outputs {
-        let (top, manifests) = match (spec, &docker_final) {
-            (
-                OutputSpec::Image {
-                    oci_mediatypes: false,
-                    ..
-                },
-                Some((top, m)),
-            ) => (top, m.as_slice()),
-            _ => (&final_desc, oci_manifests.as_slice()),
-        };
-        output::export(store, top, spec, &args.tags)
-            .with_context(|| format!("writing output {spec:?}"))?;
-        if let OutputSpec::Image {
-            push: true, names, ..
-        } = spec
-        {
-            let mut all = args.tags.clone();
-            all.extend(names.iter().cloned());
-            for name in all {
-                let r: Reference = name
-                    .parse()
-                    .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
-                push_result(&registry, &r, store, top, manifests, &renderer).await?;
-                pushed.push(format!("{}@{}", r.familiar(), top.digest));
-            }
-        }
-    }
-
-    crate::cache_io::export(
+    let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
+    let (assembled, exported) =
+        assemble_and_export(&req, &session, &engine, &done, &renderer).await?;
+    xbuild_coordinator::export_cache(
         &engine,
-        &registry,
-        &cache_to,
-        &graphs,
+        &session.registry,
+        &req.cache_to,
+        &planned.graphs,
         &key_inputs,
         &renderer,
     )
     .await?;
 
-    // The image the user asked for: the Docker-typed one when the image
-    // output asked for Docker media types.
-    let result = docker_final.as_ref().map_or(&final_desc, |(top, _)| top);
-    let digest = result.digest.to_string();
+    let report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed);
     renderer.finish();
-    if style(if args.quiet {
-        ProgressMode::Quiet
+    if style(mode(args)) == Style::Quiet {
+        println!("{}", report.result.digest);
     } else {
-        args.progress
-    }) == Style::Quiet
-    {
-        println!("{digest}");
-    } else {
-        eprint!("{}", coordinator::summary(&done, &digest, &pushed));
+        eprint!("{}", summary(&report));
         eprintln!("total time: {:.1}s", started.elapsed().as_secs_f64());
     }
     if let Some(path) = &args.metadata_file {
-        write_metadata(path, result, &args.tags, &done)?;
+        write_metadata(path, &report)?;
     }
     Ok(())
 }
 
-async fn push_result(
-    registry: &Registry,
-    r: &Reference,
-    store: &xbuild_oci::BlobStore,
-    final_desc: &Descriptor,
-    manifests: &[Descriptor],
-    events: &Renderer,
-) -> Result<()> {
-    let label = r.familiar();
-    let progress = |p: Progress| {
-        events.emit(xbuild_engine::events::Event::Bytes {
-            id: None,
-            kind: xbuild_engine::events::Transfer::Push,
-            label: format!("{label} {}", p.digest.short()),
-            current: p.current,
-            total: Some(p.total),
-        });
-    };
-    let is_index = manifests.len() > 1 || final_desc.digest != manifests[0].digest;
-    if is_index {
-        for d in manifests {
-            let p = d
-                .platform()
-                .map_or_else(|| d.digest.to_string(), |p| p.to_string());
-            registry
-                .push_image_untagged(r, store, d, &progress)
-                .await
-                .with_context(|| format!("pushing the {p} image to {}", r.familiar()))?;
-        }
-        registry
-            .push_index(r, store, final_desc, &progress)
-            .await
-            .with_context(|| format!("pushing the index to {}", r.familiar()))?;
-    } else {
-        registry
-            .push_image(r, store, final_desc, &progress)
-            .await
-            .with_context(|| format!("pushing to {}", r.familiar()))?;
-    }
-    Ok(())
-}
-
-fn write_metadata(
-    path: &Path,
-    final_desc: &Descriptor,
-    tags: &[String],
+/// Assemble the built platforms into one image and write every output.
+async fn assemble_and_export(
+    req: &BuildRequest,
+    session: &Session,
+    engine: &Engine,
     done: &[PlatformResult],
-) -> Result<()> {
-    let platforms: serde_json::Map<String, serde_json::Value> = done
-        .iter()
-        .map(|d| {
-            (
-                d.platform.to_string(),
-                serde_json::json!({
-                    "digest": d.manifest.digest.to_string(),
-                    "worker": d.worker,
-                    "steps": d.steps,
-                    "cached": d.cached,
-                    "duration_seconds": d.duration.as_secs_f64(),
-                    "bytes_sent_to_worker": d.bytes_sent,
-                }),
-            )
-        })
-        .collect();
-    let names: Vec<String> = tags
-        .iter()
-        .filter_map(|t| t.parse::<Reference>().ok())
-        .map(|r| r.to_string())
-        .collect();
-    let v = serde_json::json!({
-        "containerimage.digest": final_desc.digest.to_string(),
-        "containerimage.descriptor": final_desc,
-        "image.name": names.join(","),
-        "xbuild.platforms": platforms,
-    });
+    renderer: &Renderer,
+) -> Result<(Assembled, Exported)> {
+    let store = engine.store();
+    let assembled = xbuild_coordinator::assemble(
+        store,
+        done,
+        &AssembleOptions {
+            single_platform: req.platforms.len() == 1,
+            docker_media_types: req.outputs.iter().any(|o| {
+                matches!(
+                    o,
+                    OutputSpec::Image {
+                        oci_mediatypes: false,
+                        ..
+                    }
+                )
+            }),
+            hooks: Vec::new(),
+        },
+    )?;
+    let exported = xbuild_coordinator::export(
+        store,
+        &session.registry,
+        &assembled,
+        &req.outputs,
+        &req.tags,
+        renderer,
+    )
+    .await?;
+    Ok((assembled, exported))
+}
+
+/// The failed steps' logs (when progress did not show them), each failed
+/// platform's Dockerfile excerpt and error, and what happened to the others.
+fn print_failures(renderer: &Renderer, df: &LoadedDockerfile, solved: &Solved) {
+    if !renderer.shows_logs() {
+        for (name, lines) in renderer.failures() {
+            eprintln!("{name}");
+            for l in lines {
+                eprintln!("  {l}");
+            }
+        }
+    }
+    for p in &solved.platforms {
+        let PlatformState::Failed { worker, error: e } = &p.state else {
+            continue;
+        };
+        eprintln!();
+        if let EngineError::Step { location, .. } = e {
+            eprintln!(
+                "{}",
+                excerpt(
+                    &df.text,
+                    &location.file,
+                    location.start_line,
+                    location.end_line
+                )
+            );
+        }
+        let msg = match e {
+            EngineError::Step {
+                location,
+                instruction,
+                source,
+                ..
+            } => format!("{location}: {instruction}: {source}"),
+            other => other.to_string(),
+        };
+        let worker = match e.root_cause() {
+            EngineError::Remote { worker, .. } => worker.clone(),
+            _ => worker.clone(),
+        };
+        eprintln!("error: [{} @ {worker}] {msg}", p.platform);
+    }
+    let names = |want: fn(&PlatformState) -> bool| {
+        solved
+            .platforms
+            .iter()
+            .filter(|p| want(&p.state))
+            .map(|p| p.platform.to_string())
+            .collect::<Vec<_>>()
+    };
+    let cancelled = names(|s| matches!(s, PlatformState::Cancelled));
+    if !cancelled.is_empty() {
+        eprintln!("cancelled: {}", cancelled.join(", "));
+    }
+    let done = names(|s| matches!(s, PlatformState::Done(_)));
+    if done.is_empty() {
+        eprintln!("note: nothing was pushed");
+    } else {
+        eprintln!(
+            "note: nothing was pushed; the images of {} are in the local store",
+            done.join(", ")
+        );
+    }
+}
+
+/// The end-of-build table.
+pub fn summary(report: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<16} {:<10} {:>5} {:>6} {:>8}  {}\n",
+        "PLATFORM", "WORKER", "STEPS", "CACHED", "TIME", "DIGEST"
+    ));
+    for r in &report.platforms {
+        s.push_str(&format!(
+            "{:<16} {:<10} {:>5} {:>6} {:>7.1}s  {}\n",
+            r.platform.to_string(),
+            r.worker,
+            r.steps,
+            r.cached,
+            r.duration.as_secs_f64(),
+            r.manifest.digest
+        ));
+    }
+    s.push_str(&format!("image digest: {}\n", report.result.digest));
+    for p in &report.pushed {
+        s.push_str(&format!("pushed: {p}\n"));
+    }
+    s
+}
+
+fn write_metadata(path: &Path, report: &Report) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&report.metadata())?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())

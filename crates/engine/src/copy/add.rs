@@ -4,7 +4,7 @@
 use super::{decompress, dest, Copier, CopyError, Target};
 use crate::context::{select, FsTree};
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -236,18 +236,29 @@ impl Copier<'_> {
             url: url.to_string(),
             message,
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(30))
-            .timeout(opts.timeout.unwrap_or(Duration::from_secs(600)))
-            .build();
-        let resp = match agent.get(url).call() {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, r)) => {
-                return Err(fetch_err(format!("HTTP {code} {}", r.status_text())))
-            }
-            Err(e) => return Err(fetch_err(e.to_string())),
-        };
-        let mtime = resp.header("Last-Modified").and_then(parse_http_date);
+        // The registry's client settings (user agent, timeouts, TLS, proxies).
+        let client = xbuild_registry::http::blocking_client_builder(Some(
+            opts.timeout.unwrap_or(Duration::from_secs(600)),
+        ))
+        .build()
+        .map_err(|e| fetch_err(e.to_string()))?;
+        let resp = client
+            .get(url)
+            .send()
+            .map_err(|e| fetch_err(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(fetch_err(format!(
+                "HTTP {} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )));
+        }
+        let mtime = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
         let staging = staging_dir(self.dest_root)?;
         let tmp: PathBuf = staging.path().join("download");
         let mut out = fs::File::create(&tmp).map_err(dest::io_at("create", &tmp))?;
@@ -255,7 +266,7 @@ impl Copier<'_> {
             .as_ref()
             .map_or(Algorithm::Sha256, |d| d.algorithm());
         let mut hasher = Hasher::new(alg);
-        let mut reader = resp.into_reader();
+        let mut reader = resp;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match reader.read(&mut buf) {
@@ -295,6 +306,22 @@ impl Copier<'_> {
         self.stats.downloads += 1;
         Ok(())
     }
+}
+
+/// An error with its causes (reqwest's own message is terse: "error
+/// sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

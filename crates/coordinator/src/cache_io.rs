@@ -244,7 +244,7 @@ fn platform_manifest(
 }
 
 /// Export this build's cache to every `--cache-to` destination.
-pub async fn export(
+pub async fn export_cache(
     engine: &Engine,
     registry: &Registry,
     specs: &[CacheSpec],
@@ -464,7 +464,7 @@ async fn fetch_layer(
 /// Import every `--cache-from` source for the platforms of `graphs`. A
 /// source that cannot be read is a warning, as in buildx. Returns the
 /// number of records imported and of layer blobs fetched.
-pub async fn import(
+pub async fn import_cache(
     engine: &Engine,
     registry: &Registry,
     specs: &[CacheSpec],

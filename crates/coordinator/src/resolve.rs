@@ -1,19 +1,17 @@
-//! The coordinator: turns `xbuild build` options into per-platform solves
-//! on this machine, then assembles the index, tags it locally, exports and
-//! pushes it.
+//! Base images for planning and solving: resolved in the registry (or the
+//! local store) before planning, pulled when a step needs them.
 //!
 //! Planning runs twice: once offline to learn which base images the target
 //! needs (stages the target does not need are never resolved), then again
 //! with those images resolved (digest pinned, config known), so `ENV` and
 //! `WORKDIR` of a base affect expansion as in BuildKit.
 
-use crate::build::LoadedDockerfile;
-use anyhow::{anyhow, bail, Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use crate::request::DockerfileSource;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::Duration;
 use xbuild_engine::events::{Event, EventSink, Transfer};
 use xbuild_engine::{Engine, ImageSource, PulledImage};
 use xbuild_oci::config::ImageConfig;
@@ -207,7 +205,7 @@ pub async fn resolve_images(
 
 /// Plan every platform with base images resolved.
 pub async fn plan_resolved(
-    df: &LoadedDockerfile,
+    df: &DockerfileSource,
     opts: &PlanOptions,
     platforms: &[Platform],
     registry: &Registry,
@@ -226,50 +224,6 @@ pub async fn plan_resolved(
     Ok(graphs)
 }
 
-/// One platform's finished build.
-#[derive(Debug, Clone)]
-pub struct PlatformResult {
-    /// Target platform.
-    pub platform: Platform,
-    /// Where it ran.
-    pub worker: String,
-    /// Manifest in the local store.
-    pub manifest: Descriptor,
-    /// Steps and how many came from the cache.
-    pub steps: usize,
-    /// Cached steps.
-    pub cached: usize,
-    /// Wall time.
-    pub duration: Duration,
-    /// Bytes sent to a remote worker (`None` when built here).
-    pub bytes_sent: Option<u64>,
-}
-
-/// Print the end-of-build table (issue #7's summary).
-pub fn summary(results: &[PlatformResult], final_digest: &str, pushed: &[String]) -> String {
-    let mut s = String::new();
-    s.push_str(&format!(
-        "{:<16} {:<10} {:>5} {:>6} {:>8}  {}\n",
-        "PLATFORM", "WORKER", "STEPS", "CACHED", "TIME", "DIGEST"
-    ));
-    for r in results {
-        s.push_str(&format!(
-            "{:<16} {:<10} {:>5} {:>6} {:>7.1}s  {}\n",
-            r.platform.to_string(),
-            r.worker,
-            r.steps,
-            r.cached,
-            r.duration.as_secs_f64(),
-            r.manifest.digest
-        ));
-    }
-    s.push_str(&format!("image digest: {final_digest}\n"));
-    for p in pushed {
-        s.push_str(&format!("pushed: {p}\n"));
-    }
-    s
-}
-
 /// Where the sandbox init lives: this very binary, behind a hidden argument.
 pub fn init_program() -> Result<(PathBuf, Vec<String>)> {
     let exe = std::env::current_exe().context("locating the xbuild binary for the sandbox init")?;
@@ -283,47 +237,6 @@ pub fn local_worker(platform: &Platform) -> &'static str {
     } else {
         "qemu"
     }
-}
-
-/// Parse `--secret` specs: `id=ID[,src=FILE|,source=FILE|,env=VAR][,type=file|env]`.
-pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    for spec in specs {
-        let mut id = None;
-        let mut src = None;
-        let mut env = None;
-        let mut typ = None;
-        for field in spec.split(',') {
-            let (k, v) = field
-                .split_once('=')
-                .ok_or_else(|| anyhow!("invalid --secret {spec:?}: expected key=value fields"))?;
-            match k.trim() {
-                "id" => id = Some(v.to_string()),
-                "src" | "source" => src = Some(v.to_string()),
-                "env" => env = Some(v.to_string()),
-                "type" => typ = Some(v.to_string()),
-                other => bail!("invalid --secret field {other:?} (id, src, env, type)"),
-            }
-        }
-        let id = id.ok_or_else(|| anyhow!("--secret needs id=ID"))?;
-        let value = match (typ.as_deref(), src, env) {
-            (Some("env"), Some(v), None) | (_, None, Some(v)) => std::env::var(&v)
-                .map(|s| s.into_bytes())
-                .map_err(|_| anyhow!("--secret id={id}: environment variable {v} is not set"))?,
-            (_, Some(f), None) => {
-                std::fs::read(&f).with_context(|| format!("--secret id={id}: reading {f}"))?
-            }
-            (_, None, None) => match std::env::var(&id) {
-                Ok(v) => v.into_bytes(),
-                Err(_) => {
-                    bail!("--secret id={id}: give src=FILE or env=VAR (no variable {id} is set)")
-                }
-            },
-            (_, Some(_), Some(_)) => bail!("--secret id={id}: give src= or env=, not both"),
-        };
-        out.insert(id, value);
-    }
-    Ok(out)
 }
 
 /// Open the engine over the state directory, naming the worker.

@@ -12,16 +12,18 @@
 //! -                                 shorthand for type=tar,dest=-
 //! ```
 
-#![allow(dead_code)] // Wired into `build` by the coordinator.
-
-use crate::images::{tag, write_dest};
+use crate::assemble::Assembled;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use xbuild_engine::events::{Event, EventSink, Transfer};
 use xbuild_oci::archive::{self, read_manifest};
 use xbuild_oci::layer::{apply_layer, ApplyOptions};
 use xbuild_oci::manifest::Manifest;
+use xbuild_oci::reference::Reference;
 use xbuild_oci::{BlobStore, Descriptor, Platform};
+use xbuild_registry::{Progress, Registry};
 
 /// One parsed `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,12 +222,175 @@ pub fn outputs_from_args(outputs: &[String], push: bool) -> Result<Vec<OutputSpe
     Ok(specs)
 }
 
+/// What the export phase did.
+#[derive(Debug, Clone, Default)]
+pub struct Exported {
+    /// Pushed images, `name@digest`.
+    pub pushed: Vec<String>,
+}
+
+/// Phase 5: write every output of `outputs` (tags in the store, archives,
+/// filesystem trees) and push the `push=true` ones under `tags` and their
+/// own names. Push progress goes to `events`.
+pub async fn export(
+    store: &BlobStore,
+    registry: &Registry,
+    assembled: &Assembled,
+    outputs: &[OutputSpec],
+    tags: &[String],
+    events: &dyn EventSink,
+) -> Result<Exported> {
+    let mut pushed = Vec::new();
+    for spec in outputs {
+        let oci = !matches!(
+            spec,
+            OutputSpec::Image {
+                oci_mediatypes: false,
+                ..
+            }
+        );
+        let (top, manifests) = assembled.for_output(oci);
+        export_output(store, top, spec, tags)
+            .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Image {
+            push: true, names, ..
+        } = spec
+        {
+            let mut all = tags.to_vec();
+            all.extend(names.iter().cloned());
+            for name in all {
+                let r: Reference = name
+                    .parse()
+                    .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
+                push(registry, &r, store, top, manifests, events).await?;
+                pushed.push(format!("{}@{}", r.familiar(), top.digest));
+            }
+        }
+    }
+    Ok(Exported { pushed })
+}
+
+/// Push `top` (a manifest, or an index over `manifests`) to `r`.
+pub async fn push(
+    registry: &Registry,
+    r: &Reference,
+    store: &BlobStore,
+    top: &Descriptor,
+    manifests: &[Descriptor],
+    events: &dyn EventSink,
+) -> Result<()> {
+    let label = r.familiar();
+    let progress = |p: Progress| {
+        events.emit(Event::Bytes {
+            id: None,
+            kind: Transfer::Push,
+            label: format!("{label} {}", p.digest.short()),
+            current: p.current,
+            total: Some(p.total),
+        });
+    };
+    let is_index = manifests.len() > 1 || top.digest != manifests[0].digest;
+    if is_index {
+        for d in manifests {
+            let p = d
+                .platform()
+                .map_or_else(|| d.digest.to_string(), |p| p.to_string());
+            registry
+                .push_image_untagged(r, store, d, &progress)
+                .await
+                .with_context(|| format!("pushing the {p} image to {}", r.familiar()))?;
+        }
+        registry
+            .push_index(r, store, top, &progress)
+            .await
+            .with_context(|| format!("pushing the index to {}", r.familiar()))?;
+    } else {
+        registry
+            .push_image(r, store, top, &progress)
+            .await
+            .with_context(|| format!("pushing to {}", r.familiar()))?;
+    }
+    Ok(())
+}
+
+/// Point each of `names` at `target` (a manifest or an index) in the
+/// store's references. Answers the normalized references.
+pub fn tag(store: &BlobStore, target: &Descriptor, names: &[String]) -> Result<Vec<Reference>> {
+    let mut out = Vec::new();
+    for n in names {
+        let r = Reference::parse(n).map_err(|e| anyhow!("{e}"))?;
+        if r.digest().is_some() {
+            bail!("cannot tag {n:?}: a tag name must not contain a digest");
+        }
+        store
+            .set_ref(&r.to_string(), &target.digest)
+            .with_context(|| format!("tagging {}", r.familiar()))?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Write to `dest` through a temp file renamed into place (or to stdout for `-`).
+pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    if dest.as_os_str() == "-" {
+        let stdout = io::stdout();
+        if stdout.is_terminal() {
+            bail!("refusing to write an archive to a terminal; use -o FILE or redirect");
+        }
+        let mut w = io::BufWriter::new(stdout.lock());
+        f(&mut w)?;
+        w.flush()?;
+        return Ok(());
+    }
+    // A destination that exists and is not a regular file (a FIFO, a
+    // character device such as /dev/null, a terminal) is written in place:
+    // renaming a temp file over it would replace the device itself.
+    if let Ok(meta) = fs::metadata(dest) {
+        if !meta.is_file() && !meta.is_dir() {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(dest)
+                .with_context(|| format!("opening {}", dest.display()))?;
+            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+            f(&mut w)?;
+            w.flush()
+                .with_context(|| format!("writing {}", dest.display()))?;
+            return Ok(());
+        }
+    }
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dest
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a file name", dest.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.xbuild-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+        f(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Export a build `result` (a manifest or an index in `store`) to `spec`.
 /// `names` are the `-t` tags (joined with the spec's own `name=`).
 ///
 /// `type=image` tags the result in the local store; pushing
 /// (`push=true`) is left to the caller, which owns the registry client.
-pub fn export(
+pub fn export_output(
     store: &BlobStore,
     result: &Descriptor,
     spec: &OutputSpec,
@@ -414,7 +579,7 @@ mod tests {
         let names = ["app:1".to_string()];
         // local: one platform straight into DIR, several in subdirectories.
         let one = tmp.path().join("one");
-        export(
+        export_output(
             &store,
             &amd,
             &parse_output(one.to_str().unwrap()).unwrap(),
@@ -424,7 +589,7 @@ mod tests {
         assert_eq!(fs::read_to_string(one.join("etc/which")).unwrap(), "amd");
         let many = tmp.path().join("many");
         let spec = parse_output(&format!("type=local,dest={}", many.display())).unwrap();
-        export(&store, &idx, &spec, &names).unwrap();
+        export_output(&store, &idx, &spec, &names).unwrap();
         assert_eq!(
             fs::read_to_string(many.join("linux_amd64/etc/which")).unwrap(),
             "amd"
@@ -435,7 +600,7 @@ mod tests {
         );
         // tar
         let t = tmp.path().join("fs.tar");
-        export(
+        export_output(
             &store,
             &amd,
             &parse_output(&format!("type=tar,dest={}", t.display())).unwrap(),
@@ -453,7 +618,7 @@ mod tests {
         assert!(found);
         // oci keeps the index; docker refuses it, naming the platforms.
         let o = tmp.path().join("o.tar");
-        export(
+        export_output(
             &store,
             &idx,
             &parse_output(&format!("type=oci,dest={}", o.display())).unwrap(),
@@ -466,16 +631,19 @@ mod tests {
         assert_eq!(got[0].1, ["docker.io/library/app:1"]);
         let d = tmp.path().join("d.tar");
         let spec = parse_output(&format!("type=docker,dest={}", d.display())).unwrap();
-        let e = format!("{:#}", export(&store, &idx, &spec, &names).unwrap_err());
+        let e = format!(
+            "{:#}",
+            export_output(&store, &idx, &spec, &names).unwrap_err()
+        );
         assert!(
             e.contains("linux/arm/v7") && e.contains("linux/amd64"),
             "{e}"
         );
         assert!(!d.exists());
-        export(&store, &amd, &spec, &names).unwrap();
+        export_output(&store, &amd, &spec, &names).unwrap();
         assert!(d.exists());
         // image: tagged in the store.
-        export(
+        export_output(
             &store,
             &idx,
             &parse_output("type=image,name=other:2").unwrap(),

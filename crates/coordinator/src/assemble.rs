@@ -1,0 +1,88 @@
+//! Phase 4: the image the build produced — one platform's manifest, or an
+//! index over the platforms in the requested order — and its Docker
+//! media-type variant when an output asks for one.
+
+use crate::report::PlatformResult;
+use anyhow::Result;
+use xbuild_oci::{BlobStore, Descriptor};
+
+/// Changes the platform manifests before the index is written (annotations,
+/// attestation manifests). Hooks run in order; each gets the manifests as
+/// the previous one left them.
+pub trait AssembleHook: Send + Sync {
+    /// Rewrite `manifests` (write any new blob into `store`).
+    fn manifests(&self, store: &BlobStore, manifests: &mut Vec<Descriptor>) -> Result<()>;
+}
+
+/// How to assemble.
+#[derive(Default)]
+pub struct AssembleOptions<'a> {
+    /// Whether one platform was requested: then the result is its
+    /// manifest, not an index over one manifest.
+    pub single_platform: bool,
+    /// Also write the Docker media-type variant (`oci-mediatypes=false`).
+    pub docker_media_types: bool,
+    /// Hooks over the OCI manifests.
+    pub hooks: Vec<&'a dyn AssembleHook>,
+}
+
+/// The assembled image.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The OCI result: a manifest or an index.
+    pub oci: Descriptor,
+    /// The OCI platform manifests, in the requested order.
+    pub oci_manifests: Vec<Descriptor>,
+    /// The Docker-typed result and its manifests, when asked for.
+    pub docker: Option<(Descriptor, Vec<Descriptor>)>,
+}
+
+impl Assembled {
+    /// The image the user asked for: the Docker-typed one when an output
+    /// asked for Docker media types.
+    pub fn result(&self) -> &Descriptor {
+        self.docker.as_ref().map_or(&self.oci, |(top, _)| top)
+    }
+
+    /// The top descriptor and platform manifests for an output.
+    pub fn for_output(&self, oci_mediatypes: bool) -> (&Descriptor, &[Descriptor]) {
+        match (&self.docker, oci_mediatypes) {
+            (Some((top, m)), false) => (top, m.as_slice()),
+            _ => (&self.oci, self.oci_manifests.as_slice()),
+        }
+    }
+}
+
+/// Assemble `done` (the built platforms, in the requested order) in `store`.
+pub fn assemble(
+    store: &BlobStore,
+    done: &[PlatformResult],
+    opts: &AssembleOptions<'_>,
+) -> Result<Assembled> {
+    let mut manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
+    for h in &opts.hooks {
+        h.manifests(store, &mut manifests)?;
+    }
+    let single = manifests.len() == 1 && opts.single_platform;
+    let oci = if single {
+        manifests[0].clone()
+    } else {
+        xbuild_engine::image::write_index(store, &manifests)?
+    };
+    let docker = if opts.docker_media_types {
+        let docker = xbuild_engine::image::to_docker_manifests(store, &manifests)?;
+        let top = if single {
+            docker[0].clone()
+        } else {
+            xbuild_engine::image::write_docker_index(store, &docker)?
+        };
+        Some((top, docker))
+    } else {
+        None
+    };
+    Ok(Assembled {
+        oci,
+        oci_manifests: manifests,
+        docker,
+    })
+}

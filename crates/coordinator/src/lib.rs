@@ -1,0 +1,48 @@
+//! The build as a library, in explicit phases.
+//!
+//! A [`BuildRequest`] (plain data) goes through:
+//!
+//! 1. [`plan()`] — one build graph per platform, base images resolved, with
+//!    the Dockerfile's warnings;
+//! 2. [`schedule()`] — which [`Worker`] builds each platform (node, local
+//!    agent, this machine), with a local fallback;
+//! 3. [`solve()`] — every platform at once; the first failure cancels every
+//!    other platform at once, and each platform's [`PlatformState`] is reported;
+//! 4. [`assemble()`] — manifests, the index in the requested platform
+//!    order, Docker media-type variants, annotation hooks;
+//! 5. [`export()`] — each output (store tags, archives, local trees) and pushes;
+//!    [`export_cache()`] for `--cache-to`;
+//! 6. [`report()`] — the metadata file's JSON and the summary's data.
+//!
+//! Progress leaves only as engine [`Event`](xbuild_engine::events::Event)s
+//! sent to the caller's [`EventSink`](xbuild_engine::events::EventSink), and
+//! results as return values: this crate never prints.
+
+pub mod assemble;
+pub mod cache_io;
+pub mod export;
+pub mod nodes;
+pub mod plan;
+pub mod report;
+pub mod request;
+pub mod resolve;
+pub mod schedule;
+pub mod solve;
+pub mod worker;
+
+pub use assemble::{assemble, AssembleHook, AssembleOptions, Assembled};
+pub use cache_io::{export_cache, import_cache, CacheSpec};
+pub use export::{export, Exported, OutputSpec};
+pub use nodes::NodePlan;
+pub use plan::{plan, Planned};
+pub use report::{report, PlatformResult, Report};
+pub use request::{scan_context, BuildRequest, DockerfileSource, Session};
+pub use resolve::RegistrySource;
+pub use schedule::{schedule, schedule_with, Assignment, Schedule};
+pub use solve::{solve, PlatformOutcome, PlatformState, SolveInputs, Solved};
+pub use worker::{LocalWorker, Worker, WorkerError, WorkerOutput};
+
+/// Hidden first argument that turns the `xbuild` binary into the sandbox
+/// init (the engine re-executes the binary so the multi-threaded build
+/// never forks).
+pub const SANDBOX_INIT_ARG: &str = "__xbuild-sandbox-init";

@@ -1,0 +1,143 @@
+//! Turning `xbuild build` arguments into a [`BuildRequest`].
+
+use crate::cli::BuildArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
+use xbuild_coordinator::{cache_io, export, BuildRequest, OutputSpec};
+use xbuild_engine::Secrets;
+use xbuild_oci::reference::Reference;
+use xbuild_oci::Platform;
+use xbuild_plan::PlanOptions;
+
+/// The Dockerfile's path relative to the context, when it lies inside it
+/// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
+pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
+    let file = match &args.file {
+        Some(f) => f.clone(),
+        None => context_dir.join("Dockerfile"),
+    };
+    let ctx = std::fs::canonicalize(context_dir).ok()?;
+    let f = std::fs::canonicalize(&file).ok()?;
+    f.strip_prefix(&ctx)
+        .ok()
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => {
+            Ok(Some(v.trim().parse().map_err(|_| {
+                anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+            })?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The request for what `--call explain` needs: Dockerfile, context,
+/// platforms and cache options; no outputs, no secrets.
+pub fn base(
+    args: &BuildArgs,
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+) -> BuildRequest {
+    let context_dir = (args.context != "-").then(|| PathBuf::from(&args.context));
+    BuildRequest {
+        dockerfile: df.clone(),
+        dockerfile_in_context: context_dir.as_deref().and_then(|d| dockerfile_rel(d, args)),
+        plan: opts.clone(),
+        context_dir,
+        platforms: platforms.to_vec(),
+        tags: args.tags.clone(),
+        secrets: Secrets::default(),
+        outputs: Vec::new(),
+        cache_from: Vec::new(),
+        cache_to: Vec::new(),
+        node_pins: args.nodes.clone(),
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        pull: args.pull,
+        source_date_epoch: None,
+    }
+}
+
+/// The full request of a build, every flag checked before any work.
+pub fn from_args(
+    args: &BuildArgs,
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+) -> Result<BuildRequest> {
+    let outputs = export::outputs_from_args(&args.outputs, args.push)?;
+    let push = outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::Image { push: true, .. }));
+    if push
+        && args.tags.is_empty()
+        && !outputs
+            .iter()
+            .any(|o| matches!(o, OutputSpec::Image { names, .. } if !names.is_empty()))
+    {
+        bail!("--push needs a name to push to: give -t REGISTRY/REPO:TAG");
+    }
+    // Validate every name before any work.
+    for t in &args.tags {
+        t.parse::<Reference>()
+            .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
+    }
+    let secrets = Secrets::from(parse_secrets(&args.secrets)?);
+    let (cache_to, cache_from) = cache_io::parse_args(&args.cache_to, &args.cache_from)?;
+    let source_date_epoch = source_date_epoch()?;
+    Ok(BuildRequest {
+        secrets,
+        outputs,
+        cache_from,
+        cache_to,
+        source_date_epoch,
+        ..base(args, df, opts, platforms)
+    })
+}
+
+/// Parse `--secret` specs: `id=ID[,src=FILE|,source=FILE|,env=VAR][,type=file|env]`.
+pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        let mut typ = None;
+        for field in spec.split(',') {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| anyhow!("invalid --secret {spec:?}: expected key=value fields"))?;
+            match k.trim() {
+                "id" => id = Some(v.to_string()),
+                "src" | "source" => src = Some(v.to_string()),
+                "env" => env = Some(v.to_string()),
+                "type" => typ = Some(v.to_string()),
+                other => bail!("invalid --secret field {other:?} (id, src, env, type)"),
+            }
+        }
+        let id = id.ok_or_else(|| anyhow!("--secret needs id=ID"))?;
+        let value = match (typ.as_deref(), src, env) {
+            (Some("env"), Some(v), None) | (_, None, Some(v)) => std::env::var(&v)
+                .map(|s| s.into_bytes())
+                .map_err(|_| anyhow!("--secret id={id}: environment variable {v} is not set"))?,
+            (_, Some(f), None) => {
+                std::fs::read(&f).with_context(|| format!("--secret id={id}: reading {f}"))?
+            }
+            (_, None, None) => match std::env::var(&id) {
+                Ok(v) => v.into_bytes(),
+                Err(_) => {
+                    bail!("--secret id={id}: give src=FILE or env=VAR (no variable {id} is set)")
+                }
+            },
+            (_, Some(_), Some(_)) => bail!("--secret id={id}: give src= or env=, not both"),
+        };
+        out.insert(id, value);
+    }
+    Ok(out)
+}
