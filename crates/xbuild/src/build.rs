@@ -92,7 +92,53 @@ pub fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>> {
     if raw.is_empty() {
         return Ok(vec![Platform::host_linux()]);
     }
-    Platform::parse_list(&raw.join(",")).context("invalid --platform")
+    // `local` is this machine's platform; impossible variants
+    // (`linux/amd64/v9`) are refused before any work.
+    let mut out: Vec<Platform> = Vec::new();
+    for item in raw.iter().flat_map(|r| r.split(',')).map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let p = if item.eq_ignore_ascii_case("local") {
+            Platform::host_linux()
+        } else {
+            Platform::parse_target(item).with_context(|| format!("invalid --platform {item:?}"))?
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        bail!("invalid --platform: empty list");
+    }
+    Ok(out)
+}
+
+/// `--build-context NAME=VALUE`: `docker-image://REF` replaces the image
+/// NAME. Other kinds (a directory, `oci-layout://`, a URL) are refused
+/// with a clear message: xbuild does not send extra contexts yet.
+pub fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for c in raw {
+        let (name, value) = c
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("invalid --build-context {c:?}: expected NAME=VALUE"))?;
+        if name.is_empty() {
+            bail!("invalid --build-context {c:?}: the name is empty");
+        }
+        match value.strip_prefix("docker-image://") {
+            Some(r) => {
+                r.parse::<xbuild_oci::Reference>()
+                    .map_err(|e| anyhow::anyhow!("invalid --build-context {c:?}: {e}"))?;
+                out.insert(name.to_string(), r.to_string());
+            }
+            None => bail!(
+                "--build-context {name}={value}: only docker-image://REF is supported so far \
+                 (directories, oci-layout:// and URLs as named contexts are not)"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 struct Call {
@@ -121,19 +167,31 @@ fn parse_call(s: &str) -> Result<Call> {
 }
 
 /// Run `xbuild build`.
-pub fn run(args: BuildArgs) -> Result<()> {
-    let call = parse_call(&args.call)?;
-    let df = load_dockerfile(&args)?;
+pub fn run(mut args: BuildArgs) -> Result<()> {
+    let call = if args.check {
+        parse_call("check")?
+    } else {
+        parse_call(&args.call)?
+    };
+    if let Some(b) = &args.builder {
+        eprintln!("note: --builder {b} ignored: xbuild has no builder instances (nodes are chosen per platform; see xbuild node ls)");
+    }
+    // Everything that can be refused is refused before a context is fetched.
     let platforms = parse_platforms(&args.platform)?;
+    let image_aliases = parse_build_contexts(&args.build_contexts)?;
+    let quiet = args.quiet || args.progress == crate::cli::ProgressMode::Quiet;
+    let _remote = crate::remote_ctx::materialize(&mut args, quiet)?;
+    let df = load_dockerfile(&args)?;
     let opts = PlanOptions {
         file: df.display.clone(),
         target: args.target.clone(),
         build_args: parse_build_args(&args.build_args)?,
         build_platform: Platform::host_linux(),
-        image_aliases: Default::default(),
+        image_aliases,
     };
+    let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {
-        "check" => run_check(&df, &opts, &platforms, call.json),
+        "check" => run_check(&df, &opts, &platforms, &ssh_ids, call.json),
         "targets" => run_targets(&df, call.json),
         "explain" => crate::explain_cmd::run(&args, &df, &opts, &platforms, call.json),
         "outline" => {
@@ -171,13 +229,72 @@ fn plan_all(
     Ok(out)
 }
 
+/// The ids `--ssh` names (`default` for a bare `default`), without opening
+/// anything.
+pub fn ssh_ids(raw: &[String]) -> Vec<String> {
+    raw.iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(|p| p.split('=').next().unwrap_or("").to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
+/// The `--call check` rules plus xbuild's own: an ssh mount whose id no
+/// `--ssh` provides (the step would run without an agent, or fail with
+/// `required=true`).
+pub fn findings(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    ssh: &[String],
+) -> Vec<check::Finding> {
+    let mut out = check::check_source(&df.text, opts, platforms);
+    let Some(p) = platforms.first() else {
+        return out;
+    };
+    let Ok(g) = xbuild_plan::plan_source(&df.text, p, opts, &mut OfflineResolver) else {
+        return out;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for st in &g.stages {
+        for step in &st.steps {
+            let Op::Exec(e) = &step.op else { continue };
+            for m in &e.mounts {
+                if m.kind != instructions::MountType::Ssh {
+                    continue;
+                }
+                let id = m.id.clone().unwrap_or_else(|| "default".into());
+                if ssh.contains(&id) || !seen.insert((id.clone(), step.location.to_string())) {
+                    continue;
+                }
+                out.push(check::Finding {
+                    rule: "SSHMountWithoutSSHFlag".into(),
+                    severity: check::Severity::Warning,
+                    message: format!(
+                        "RUN --mount=type=ssh uses ssh id {id:?}, but no --ssh {id} is given; \
+                         the step runs without an agent{}",
+                        if m.required {
+                            " and fails (required=true)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    location: Some(step.location.clone()),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn run_check(
     df: &LoadedDockerfile,
     opts: &PlanOptions,
     platforms: &[Platform],
+    ssh: &[String],
     json: bool,
 ) -> Result<()> {
-    let findings = check::check_source(&df.text, opts, platforms);
+    let findings = findings(df, opts, platforms, ssh);
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {

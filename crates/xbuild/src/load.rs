@@ -63,7 +63,8 @@ fn parse_want(v: Option<&str>) -> Result<Want> {
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
 /// Whether the engine's service answers (`docker version` reaches the
@@ -107,9 +108,10 @@ fn load_into(e: Engine, store: &BlobStore, image: &Descriptor, names: &[String])
         .with_context(|| format!("running {} load", e.name()))?;
     let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
     let list = vec![(single, names.to_vec())];
-    let written = write_docker_archive(store, &list, &mut stdin)
-        .map_err(|err| anyhow!("writing the archive to {} load: {err}", e.name()))
-        .and_then(|_| stdin.flush().map_err(Into::into));
+    let written = match write_docker_archive(store, &list, &mut stdin) {
+        Ok(_) => stdin.flush().map_err(anyhow::Error::from),
+        Err(err) => Err(anyhow!("writing the archive to {} load: {err}", e.name())),
+    };
     drop(stdin);
     let out = child.wait_with_output()?;
     written?;
@@ -174,7 +176,10 @@ mod tests {
         assert_eq!(parse_want(None).unwrap(), Want::Auto);
         assert_eq!(parse_want(Some("auto")).unwrap(), Want::Auto);
         assert_eq!(parse_want(Some("none")).unwrap(), Want::None);
-        assert_eq!(parse_want(Some("podman")).unwrap(), Want::Exactly(Engine::Podman));
+        assert_eq!(
+            parse_want(Some("podman")).unwrap(),
+            Want::Exactly(Engine::Podman)
+        );
         assert!(parse_want(Some("containerd")).is_err());
     }
 }

@@ -11,12 +11,15 @@ mod exit;
 mod explain_cmd;
 mod images;
 mod imagetools;
+mod load;
 mod login;
 mod nodes;
 mod paths;
 mod progress;
+mod remote_ctx;
 mod request;
 mod run_build;
+mod sshagent;
 
 use clap::Parser;
 use cli::{Cli, Commands};

@@ -71,10 +71,12 @@ pub fn from_args(
     opts: &PlanOptions,
     platforms: &[Platform],
 ) -> Result<BuildRequest> {
-    let outputs = export::outputs_from_args(&args.outputs, args.push)?;
+    let outputs = export::outputs_from_args(&args.outputs, args.push, args.load)?;
     let push = outputs
         .iter()
         .any(|o| matches!(o, OutputSpec::Image { push: true, .. }));
+    parse_labels(&args.labels)?;
+    annotations(args, &outputs)?;
     if push
         && args.tags.is_empty()
         && !outputs
@@ -98,6 +100,45 @@ pub fn from_args(
         cache_to,
         source_date_epoch,
         ..base(args, df, opts, platforms)
+    })
+}
+
+/// Parse `--label K=V` (an empty value is allowed, as metadata-action
+/// writes for a repository without a description).
+pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in raw {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid --label {l:?}: expected KEY=VALUE"))?;
+        if k.trim().is_empty() {
+            bail!("invalid --label {l:?}: the key is empty");
+        }
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `--annotation` values, then the image output's `annotation.*` ones.
+pub fn annotations(
+    args: &BuildArgs,
+    outputs: &[OutputSpec],
+) -> Result<xbuild_oci::annotation::Annotations> {
+    let mut a = xbuild_oci::annotation::Annotations::new();
+    for v in &args.annotations {
+        a.add_flag(v)
+            .map_err(|e| anyhow!("invalid --annotation {v:?}: {e}"))?;
+    }
+    a.extend(&export::image_opts(outputs).annotations);
+    Ok(a)
+}
+
+/// What the assemble phase changes in each platform manifest.
+pub fn rewrite(args: &BuildArgs, req: &BuildRequest) -> Result<xbuild_coordinator::Rewrite> {
+    Ok(xbuild_coordinator::Rewrite {
+        labels: parse_labels(&args.labels)?,
+        layers: export::image_opts(&req.outputs).layers,
+        annotations: annotations(args, &req.outputs)?,
     })
 }
 

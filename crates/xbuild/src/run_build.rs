@@ -105,7 +105,27 @@ async fn build(
     platforms: &[Platform],
 ) -> Result<()> {
     let started = Instant::now();
-    let req = crate::request::from_args(args, df, opts, platforms)?;
+    let mut req = crate::request::from_args(args, df, opts, platforms)?;
+    let rewrite = crate::request::rewrite(args, &req)?;
+    if platforms.len() == 1 {
+        // BuildKit's rule, checked before any work.
+        rewrite.annotations.check_single_platform()?;
+    }
+    let load_want = if req
+        .outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::Load { .. }))
+    {
+        Some(crate::load::want_from_env()?)
+    } else {
+        None
+    };
+    // `--ssh`: agent sockets for RUN --mount=type=ssh (private agents for
+    // key files live as long as this value).
+    let agents = crate::sshagent::parse(&args.ssh)?;
+    for (id, sock) in &agents.sockets {
+        req.secrets.insert_ssh(id.clone(), sock.clone());
+    }
     let root = crate::paths::xbuild_root()?;
     let renderer = Renderer::stderr(style(mode(args)));
     let session = Session {
@@ -178,7 +198,8 @@ async fn build(
 
     let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
     let (assembled, exported) =
-        assemble_and_export(&req, &session, &engine, &done, &renderer).await?;
+        assemble_and_export(&req, &session, &engine, &done, &renderer, rewrite).await?;
+    drop(agents);
     xbuild_coordinator::export_cache(
         &engine,
         &session.registry,
@@ -189,18 +210,92 @@ async fn build(
     )
     .await?;
 
-    let report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed);
+    let mut report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed);
+    if !exported.names.is_empty() {
+        report.names = exported.names.clone();
+    }
     renderer.finish();
-    if style(mode(args)) == Style::Quiet {
+    let loaded = match (&exported.load, load_want) {
+        (Some((image, names)), Some(want)) => {
+            Some(crate::load::load(want, engine.store(), image, names)?)
+        }
+        _ => None,
+    };
+    let quiet = style(mode(args)) == Style::Quiet;
+    if quiet {
         println!("{}", report.result.digest);
     } else {
         eprint!("{}", summary(&report));
         eprintln!("total time: {:.1}s", started.elapsed().as_secs_f64());
     }
+    if let Some(l) = &loaded {
+        eprintln!("{l}");
+    }
+    if let Some(path) = &args.iidfile {
+        let id = image_id(engine.store(), &report, &req.outputs)?;
+        std::fs::write(path, id).with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(path) = &args.metadata_file {
         write_metadata(path, &report)?;
     }
+    if !quiet {
+        let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
+        print_warnings(
+            &crate::build::findings(df, opts, platforms, &ssh),
+            args.debug,
+        );
+    }
     Ok(())
+}
+
+/// The image ID buildx writes to `--iidfile`: the config digest when the
+/// image only went to a local store (`--load`, as `docker images` shows
+/// it), else the digest of the result (the manifest, or the index).
+fn image_id(
+    store: &xbuild_oci::BlobStore,
+    report: &Report,
+    outputs: &[OutputSpec],
+) -> Result<String> {
+    let only_load = outputs.iter().all(|o| matches!(o, OutputSpec::Load { .. }));
+    if only_load {
+        if let Ok(xbuild_oci::manifest::Manifest::Image(m)) =
+            xbuild_oci::archive::read_manifest(store, &report.result)
+        {
+            return Ok(m.config.digest.to_string());
+        }
+    }
+    Ok(report.result.digest.to_string())
+}
+
+/// The `--call check` findings after a normal build, as buildx prints them.
+fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool) {
+    if findings.is_empty() {
+        return;
+    }
+    let n = findings.len();
+    eprintln!();
+    eprintln!(
+        " {n} warning{} found{}:",
+        if n == 1 { "" } else { "s" },
+        if debug {
+            ""
+        } else {
+            " (use --debug to expand)"
+        }
+    );
+    for f in findings {
+        let line = f
+            .location
+            .as_ref()
+            .map(|l| format!(" (line {})", l.start_line))
+            .unwrap_or_default();
+        eprintln!(" - {}: {}{line}", f.rule, f.message);
+        if debug {
+            if let Some(l) = &f.location {
+                eprintln!("   at {l}");
+            }
+        }
+    }
 }
 
 /// Assemble the built platforms into one image and write every output.
@@ -210,6 +305,7 @@ async fn assemble_and_export(
     engine: &Engine,
     done: &[PlatformResult],
     renderer: &Renderer,
+    rewrite: xbuild_coordinator::Rewrite,
 ) -> Result<(Assembled, Exported)> {
     let store = engine.store();
     let assembled = xbuild_coordinator::assemble(
@@ -227,6 +323,7 @@ async fn assemble_and_export(
                 )
             }),
             hooks: Vec::new(),
+            rewrite,
         },
     )?;
     let exported = xbuild_coordinator::export(

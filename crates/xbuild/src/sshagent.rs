@@ -23,7 +23,10 @@ pub struct SshAgents {
 impl std::fmt::Debug for SshAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SshAgents")
-            .field("ids", &self.sockets.iter().map(|(i, _)| i).collect::<Vec<_>>())
+            .field(
+                "ids",
+                &self.sockets.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -146,7 +149,11 @@ mod tests {
         assert_eq!(a.sockets, vec![("build".to_string(), sock.clone())]);
         assert!(!format!("{a:?}").contains("a.sock"));
         assert!(parse(&["x=/nonexistent/key".into()]).is_err());
-        assert!(parse(&[format!("x={}", sock.display()), format!("x={}", sock.display())]).is_err());
+        assert!(parse(&[
+            format!("x={}", sock.display()),
+            format!("x={}", sock.display())
+        ])
+        .is_err());
         assert!(parse(&["=y".into()]).is_err());
     }
 

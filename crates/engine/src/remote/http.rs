@@ -108,21 +108,32 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
         url: url.to_string(),
         message,
     };
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(30))
-        .timeout(Duration::from_secs(600))
-        .build();
-    let resp = match agent.get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            return Err(fetch_err(format!("HTTP {code} {}", r.status_text())))
+    // The shared client settings (user agent, timeouts, TLS, proxies).
+    let client = xbuild_registry::http::blocking_client_builder(Some(Duration::from_secs(600)))
+        .build()
+        .map_err(|e| fetch_err(e.to_string()))?;
+    let resp = client.get(url).send().map_err(|e| {
+        let mut m = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            m.push_str(": ");
+            m.push_str(&c.to_string());
+            cur = c.source();
         }
-        Err(e) => return Err(fetch_err(e.to_string())),
-    };
+        fetch_err(m)
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(fetch_err(format!(
+            "HTTP {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )));
+    }
     let file = dir.path().join("download");
     {
         let mut out = std::fs::File::create(&file).map_err(io_err("create", &file))?;
-        let mut r = resp.into_reader();
+        let mut r = resp;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match r.read(&mut buf) {
