@@ -459,19 +459,21 @@ fn git_context_build_like_the_default_build_push_action_context() {
         "no .git by default: {:?}",
         files.keys()
     );
-    // The same commit twice gives the same image (mtimes from the commit).
+    // The same commit twice, on another runner, gives the same image
+    // (every mtime is the commit's).
     let again = reg.reference(&format!("{REPO}:git-again"));
     let fresh = Xbuild::new();
-    fresh
-        .run(&[
-            "build",
-            "-q",
-            "-t",
-            &again,
-            "--push",
-            &format!("{url}#{sha}"),
-        ])
-        .ok();
+    let args = bpa_args(
+        &Inputs {
+            labels: labels(),
+            tags: vec![again.clone()],
+            push: true,
+            context: format!("{url}#{sha}"),
+            ..Default::default()
+        },
+        &fresh,
+    );
+    fresh.run(&args).ok();
     assert_eq!(pushed_digest(&again), pushed_digest(&tag));
 
     // The query form with a checksum and a sub-directory.
@@ -786,8 +788,8 @@ fn cache_to_and_from_registry_between_runners() {
     first_args.insert(1, "--progress=plain".into());
     let first = xb.run(&first_args).ok();
     assert_eq!(first.cached_steps(), 0, "{}", first.stderr);
-    // image-manifest=true: the cache is an OCI image manifest with the
-    // BuildKit cache config as its config.
+    // image-manifest=true: the tag is an OCI image manifest (not an index)
+    // whose config is xbuild's cache records blob.
     let raw = testbed::skopeo_inspect_raw(&cache).unwrap();
     assert_eq!(
         raw["mediaType"], "application/vnd.oci.image.manifest.v1+json",
@@ -795,7 +797,7 @@ fn cache_to_and_from_registry_between_runners() {
     );
     assert_eq!(
         raw["config"]["mediaType"],
-        "application/vnd.buildkit.cacheconfig.v0"
+        "application/vnd.xbuild.cache.records.v1+json"
     );
 
     // Another runner (empty state) gets every step from the registry cache.

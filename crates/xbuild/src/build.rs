@@ -177,6 +177,15 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         eprintln!("note: --builder {b} ignored: xbuild has no builder instances (nodes are chosen per platform; see xbuild node ls)");
     }
     // Everything that can be refused is refused before a context is fetched.
+    for (flag, given) in [
+        ("--add-host", !args.add_hosts.is_empty()),
+        ("--shm-size", args.shm_size.is_some()),
+        ("--ulimit", !args.ulimits.is_empty()),
+    ] {
+        if given {
+            bail!("{flag} is not supported by this xbuild yet: RUN steps get the sandbox's /etc/hosts, a 64 MiB /dev/shm and the worker's limits");
+        }
+    }
     let platforms = parse_platforms(&args.platform)?;
     let image_aliases = parse_build_contexts(&args.build_contexts)?;
     let quiet = args.quiet || args.progress == crate::cli::ProgressMode::Quiet;
