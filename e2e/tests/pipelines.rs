@@ -894,3 +894,241 @@ fn load_keeps_the_image_locally_and_says_where() {
         "{names:?}"
     );
 }
+
+/// Host binaries and the libraries `ldd` names, copied under `root` at the
+/// same paths (for a RUN step that needs git and ssh on a busybox base).
+fn copy_with_libs(root: &Path, bins: &[&str]) {
+    let mut files: Vec<PathBuf> = bins.iter().map(PathBuf::from).collect();
+    for b in bins {
+        let out = Command::new("ldd").arg(b).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = line
+                .split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from);
+            if let Some(p) = path {
+                files.push(p);
+            }
+        }
+    }
+    for f in files {
+        let dest = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}
+
+/// A private ssh-agent for the test, stopped on drop.
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssh-agent did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Agent {
+            child,
+            sock,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                if let Ok(b) = std::fs::read(&p) {
+                    // Layers are compressed: look inside gzip blobs too.
+                    let plain = if b.starts_with(&[0x1f, 0x8b]) {
+                        let mut v = Vec::new();
+                        let _ = flate2::read::MultiGzDecoder::new(&b[..]).read_to_end(&mut v);
+                        v
+                    } else {
+                        Vec::new()
+                    };
+                    let hit = |h: &[u8]| h.windows(needle.len()).any(|w| w == needle);
+                    if hit(&b) || hit(&plain) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn ssh_mount_clones_over_ssh_with_a_key_only_in_the_agent() {
+    if testbed::require_root().is_none()
+        || testbed::require_cmd("ssh-agent").is_none()
+        || testbed::require_cmd("ssh-add").is_none()
+        || testbed::require_cmd("ldd").is_none()
+        || testbed::require_cmd("git").is_none()
+    {
+        return;
+    }
+    let Some(sshd) = testbed::Sshd::start_or_skip("127.0.0.9") else {
+        return;
+    };
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    // A repository on the "server".
+    let srv = tempfile::tempdir().unwrap();
+    let work = srv.path().join("private");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("hello.txt"), "private dependency\n").unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(
+        srv.path(),
+        &["clone", "-q", "--bare", "private", "private.git"],
+    );
+    let repo = srv.path().join("private.git");
+
+    // A deploy key that exists only in the agent: generated, authorized on
+    // the server, added to the agent, then deleted from disk.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("deploy");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    sshd.authorize(&keys.path().join("deploy.pub")).unwrap();
+    let private = std::fs::read_to_string(&key).unwrap();
+    // A distinctive piece of the private key's body, to look for later.
+    let secret_line = private
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let agent = Agent::start();
+    assert!(Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::remove_file(&key).unwrap();
+
+    // The image: busybox plus the host's git and ssh.
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let ctx = tempfile::tempdir().unwrap();
+    copy_with_libs(&ctx.path().join("tools"), &["/usr/bin/git", "/usr/bin/ssh"]);
+    let url = format!("ssh://root@{}:{}{}", sshd.ip(), sshd.port(), repo.display());
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {base}\nCOPY tools/ /\nENV GIT_EXEC_PATH=/usr/bin HOME=/root\n\
+             RUN --network=host --mount=type=ssh \
+             GIT_SSH_COMMAND='ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
+             git clone -q {url} /src && cat /src/hello.txt > /cloned\n"
+        ),
+    )
+    .unwrap();
+    let mut allow: Vec<String> = Vec::new();
+    if knows_flag(&xb, "--allow") {
+        allow = vec!["--allow".into(), "network.host".into()];
+    }
+    // `--call check` flags the ssh mount without --ssh; with it, not.
+    let check = xb.run(&["build", "--call", "check", s(ctx.path())]);
+    assert!(
+        check.stdout.contains("SSHMountWithoutSSHFlag"),
+        "{}{}",
+        check.stdout,
+        check.stderr
+    );
+    let check = xb.run_with(
+        &[
+            "build",
+            "--call",
+            "check",
+            "--ssh",
+            "default",
+            s(ctx.path()),
+        ],
+        &[("SSH_AUTH_SOCK", s(&agent.sock))],
+        None,
+    );
+    assert!(
+        !check.stdout.contains("SSHMountWithoutSSHFlag"),
+        "{}",
+        check.stdout
+    );
+
+    // Without --ssh the step has no agent and the clone fails.
+    let mut args: Vec<String> = vec!["build".into(), "--progress=plain".into()];
+    args.extend(allow.iter().cloned());
+    let mut no_agent = args.clone();
+    no_agent.push(s(ctx.path()).into());
+    xb.run_with(&no_agent, &[("SSH_AUTH_SOCK", "")], None)
+        .failed();
+
+    // With --ssh default the clone works.
+    let out = tempfile::tempdir().unwrap();
+    args.extend([
+        "--ssh".into(),
+        "default".into(),
+        "-o".into(),
+        format!("type=local,dest={}", out.path().display()),
+        s(ctx.path()).into(),
+    ]);
+    xb.run_with(&args, &[("SSH_AUTH_SOCK", s(&agent.sock))], None)
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("cloned")).unwrap(),
+        "private dependency\n"
+    );
+    // The key is nowhere in what xbuild wrote: not in a layer, the cache,
+    // the image config or history, nor in the exported filesystem.
+    let leaked = files_containing(xb.root(), secret_line.as_bytes());
+    assert!(leaked.is_empty(), "private key material in {leaked:?}");
+    let leaked = files_containing(out.path(), secret_line.as_bytes());
+    assert!(leaked.is_empty(), "private key material in {leaked:?}");
+    // Nor is the agent socket path baked into the image config.
+    let leaked = files_containing(xb.root(), s(&agent.sock).as_bytes());
+    assert!(leaked.is_empty(), "agent socket path in {leaked:?}");
+}
