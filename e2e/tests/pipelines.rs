@@ -1132,3 +1132,94 @@ fn ssh_mount_clones_over_ssh_with_a_key_only_in_the_agent() {
     let leaked = files_containing(xb.root(), s(&agent.sock).as_bytes());
     assert!(leaked.is_empty(), "agent socket path in {leaked:?}");
 }
+
+#[test]
+fn zstd_layers_are_pushed_and_read_back_as_a_base() {
+    if testbed::require_root().is_none() || testbed::require_cmd("skopeo").is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN echo zstd > /z\n"))]);
+    let tag = reg.reference(&format!("{REPO}:zstd"));
+    xb.run(&[
+        "build",
+        "-q",
+        "-o",
+        &format!(
+            "type=image,name={tag},push=true,compression=zstd,compression-level=19,force-compression=true"
+        ),
+        s(ctx.path()),
+    ])
+    .ok();
+    let raw = testbed::skopeo_inspect_raw(&tag).unwrap();
+    let layers = raw["layers"].as_array().unwrap();
+    assert!(layers.len() >= 2, "{raw}");
+    for l in layers {
+        // force-compression: the base's gzip layer is recompressed too.
+        assert_eq!(
+            l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{raw}"
+        );
+    }
+    // A third party reads it (skopeo decompresses to check diffIDs).
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{tag}"))
+        .arg(format!("oci:{}:x", d.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And xbuild builds on it from a fresh state: zstd layers are applied.
+    let fresh = Xbuild::new();
+    let ctx2 = context(&[("Dockerfile", &format!("FROM {tag}\nRUN cat /z > /copy\n"))]);
+    let out = tempfile::tempdir().unwrap();
+    fresh
+        .run(&[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+            s(ctx2.path()),
+        ])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("copy")).unwrap(),
+        "zstd\n"
+    );
+    // Without force-compression a gzip base layer stays gzip.
+    let mixed = reg.reference(&format!("{REPO}:mixed"));
+    xb.run(&[
+        "build",
+        "-q",
+        "--no-cache",
+        "-o",
+        &format!("type=image,name={mixed},push=true,compression=zstd"),
+        s(ctx.path()),
+    ])
+    .ok();
+    let raw = testbed::skopeo_inspect_raw(&mixed).unwrap();
+    let types: Vec<&str> = raw["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types[0], "application/vnd.oci.image.layer.v1.tar+gzip",
+        "{types:?}"
+    );
+    assert_eq!(
+        types.last().copied(),
+        Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+}

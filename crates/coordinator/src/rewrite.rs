@@ -24,9 +24,57 @@ pub struct Rewrite {
     pub layers: Option<LayerPolicy>,
     /// Annotations for manifests and their descriptors.
     pub annotations: Annotations,
+    /// Layers that come from base images: they keep a usable compression
+    /// unless `force-compression`; every other layer (built by this build)
+    /// is written in the requested compression.
+    pub base_layers: std::collections::HashSet<xbuild_oci::Digest>,
 }
 
 impl Rewrite {
+    /// Collect the layers of the base images `graphs` start from (as
+    /// stored after the solve), for [`Rewrite::base_layers`].
+    pub fn base_layers_of(
+        store: &BlobStore,
+        graphs: &[xbuild_plan::BuildGraph],
+    ) -> std::collections::HashSet<xbuild_oci::Digest> {
+        let mut out = std::collections::HashSet::new();
+        for g in graphs {
+            for st in &g.stages {
+                let xbuild_plan::Base::Image(r) = &st.base else {
+                    continue;
+                };
+                let Some(d) = r
+                    .digest
+                    .as_deref()
+                    .and_then(|d| xbuild_oci::Digest::parse(d).ok())
+                else {
+                    continue;
+                };
+                let Ok(size) = store.size_of(&d) else {
+                    continue;
+                };
+                let Ok(bytes) = store.read_to_vec(&d) else {
+                    continue;
+                };
+                let media = match xbuild_oci::manifest::Manifest::parse(&bytes, None) {
+                    Ok(m) => m.media_type().to_string(),
+                    Err(_) => continue,
+                };
+                let top = Descriptor::new(media, d, size);
+                let Ok(one) = xbuild_oci::archive::select_platform(store, &top, Some(&r.platform))
+                else {
+                    continue;
+                };
+                if let Ok(b) = store.read_to_vec(&one.digest) {
+                    if let Ok(m) = ImageManifest::from_slice(&b) {
+                        out.extend(m.layers.into_iter().map(|l| l.digest));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty() && self.layers.is_none() && self.annotations.is_empty()
@@ -63,8 +111,13 @@ impl Rewrite {
             let mut layers = Vec::with_capacity(m.layers.len());
             for l in &m.layers {
                 let have = mt::layer_compression(&l.media_type);
+                let needs = match have {
+                    Some(h) if self.base_layers.contains(&l.digest) => policy.needs_recompress(h),
+                    Some(h) => h != policy.compression,
+                    None => false,
+                };
                 match have {
-                    Some(h) if policy.needs_recompress(h) => {
+                    Some(_) if needs => {
                         let r = recompress(store, l, policy.compression, policy.level, oci)
                             .with_context(|| format!("compressing layer {}", l.digest))?;
                         layers.push(r.descriptor);

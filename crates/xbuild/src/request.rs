@@ -139,6 +139,7 @@ pub fn rewrite(args: &BuildArgs, req: &BuildRequest) -> Result<xbuild_coordinato
         labels: parse_labels(&args.labels)?,
         layers: export::image_opts(&req.outputs).layers,
         annotations: annotations(args, &req.outputs)?,
+        base_layers: Default::default(),
     })
 }
 

@@ -197,6 +197,11 @@ async fn build(
     }
 
     let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
+    let mut rewrite = rewrite;
+    if rewrite.layers.is_some() {
+        rewrite.base_layers =
+            xbuild_coordinator::Rewrite::base_layers_of(engine.store(), &planned.graphs);
+    }
     let (assembled, exported) =
         assemble_and_export(&req, &session, &engine, &done, &renderer, rewrite).await?;
     drop(agents);
