@@ -1223,3 +1223,74 @@ fn zstd_layers_are_pushed_and_read_back_as_a_base() {
         "{types:?}"
     );
 }
+
+#[test]
+fn add_host_platform_local_and_the_small_flags() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN grep internal /etc/hosts > /hosts\nCMD [\"sh\"]\n"),
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let run = xb
+        .run_with(
+            &[
+                "build",
+                "--add-host",
+                "registry.internal:10.1.2.3",
+                "--add-host",
+                "v6.internal=fd00::1",
+                "--platform",
+                "local",
+                "--builder",
+                "ci-builder",
+                "-o",
+                &format!("type=local,dest={}", out.path().display()),
+                s(ctx.path()),
+            ],
+            &[("BUILDKIT_PROGRESS", "plain")],
+            None,
+        )
+        .ok();
+    assert!(
+        run.stderr.contains("--builder ci-builder ignored"),
+        "{}",
+        run.stderr
+    );
+    // BUILDKIT_PROGRESS=plain gives BuildKit's numbered lines.
+    assert!(run.stderr.contains("#1 "), "{}", run.stderr);
+    let hosts = std::fs::read_to_string(out.path().join("hosts")).unwrap();
+    assert!(hosts.contains("10.1.2.3\tregistry.internal"), "{hosts}");
+    assert!(hosts.contains("fd00::1\tv6.internal"), "{hosts}");
+    // An impossible platform variant is refused before any work.
+    let bad = xb
+        .run(&["build", "--platform", "linux/amd64/v9", s(ctx.path())])
+        .failed();
+    assert!(bad.stderr.contains("v9"), "{}", bad.stderr);
+    assert!(!bad.stderr.contains("#1 "), "{}", bad.stderr);
+    xb.run(&["build", "--add-host", "nohost", s(ctx.path())])
+        .failed();
+    // `--progress none` is quiet: only the digest on stdout.
+    let plain = context(&[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
+    let q = xb
+        .run(&["build", "--progress", "none", s(plain.path())])
+        .ok();
+    assert!(q.stdout.trim().starts_with("sha256:"), "{}", q.stdout);
+    // --check is --call check.
+    let c = xb.run(&["build", "--check", s(plain.path())]).ok();
+    assert!(c.stdout.contains("Check complete"), "{}", c.stdout);
+    // version and shell completion.
+    let v = xb.run(&["version"]).ok();
+    assert!(v.stdout.starts_with("xbuild "), "{}", v.stdout);
+    for shell in ["bash", "zsh", "fish"] {
+        let c = xb.run(&["completion", shell]).ok();
+        assert!(c.stdout.contains("imagetools"), "{shell}");
+    }
+}

@@ -282,12 +282,12 @@ pub fn run(
     let mut setup = Setup::default();
     let files = Scratch::new(&env.tmp_dir)?;
     let hosts = files.path().join("hosts");
-    write_file(
-        &hosts,
-        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-            .as_bytes(),
-        0o644,
-    )?;
+    let mut hosts_text =
+        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (host, ip) in &op.extra_hosts {
+        hosts_text.push_str(&format!("{ip}\t{host}\n"));
+    }
+    write_file(&hosts, hosts_text.as_bytes(), 0o644)?;
     let resolv = files.path().join("resolv.conf");
     write_file(&resolv, host_resolv_conf().as_bytes(), 0o644)?;
     let files_dir = files.path().to_path_buf();

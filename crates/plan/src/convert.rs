@@ -923,6 +923,7 @@ impl<'a> Planner<'a> {
                         insecure: run.security.as_deref() == Some("insecure"),
                         mounts,
                         inline_files,
+                        extra_hosts: self.opts.extra_hosts.clone(),
                     }),
                 )
             }

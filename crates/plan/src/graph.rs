@@ -135,6 +135,11 @@ pub struct ExecOp {
     pub mounts: Vec<ExecMount>,
     /// Heredoc scripts written into the container before the run.
     pub inline_files: Vec<InlineFile>,
+    /// `--add-host`: `(host, ip)` lines added to the step's `/etc/hosts`
+    /// (part of the cache key, as in BuildKit; absent when empty, so the
+    /// keys of builds without it do not change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 /// Copy files into the stage's filesystem (COPY and ADD).

@@ -54,6 +54,8 @@ pub struct PlanOptions {
     /// `--build-context NAME=docker-image://REF`: image names (as written in
     /// `FROM`, `COPY --from`, `RUN --mount=from`) replaced by another image.
     pub image_aliases: BTreeMap<String, String>,
+    /// `--add-host HOST:IP`: extra `/etc/hosts` lines of every RUN step.
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 impl PlanOptions {
@@ -65,6 +67,7 @@ impl PlanOptions {
             build_args: BTreeMap::new(),
             build_platform: Platform::host_linux(),
             image_aliases: BTreeMap::new(),
+            extra_hosts: Vec::new(),
         }
     }
 }

@@ -20,6 +20,7 @@ fn opts() -> PlanOptions {
         build_args: BTreeMap::new(),
         build_platform: amd64(),
         image_aliases: BTreeMap::new(),
+        extra_hosts: Vec::new(),
     }
 }
 

@@ -114,6 +114,32 @@ pub fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>> {
     Ok(out)
 }
 
+/// `--add-host HOST:IP` (or `HOST=IP`, the form IPv6 addresses need).
+pub fn parse_add_hosts(raw: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for h in raw {
+        let (host, ip) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .ok_or_else(|| anyhow::anyhow!("invalid --add-host {h:?}: expected HOST:IP"))?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            bail!("invalid --add-host {h:?}: bad host name");
+        }
+        if ip == "host-gateway" {
+            bail!("--add-host {h}: host-gateway needs a daemon's gateway address; give an IP");
+        }
+        let ip: std::net::IpAddr = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                anyhow::anyhow!("invalid --add-host {h:?}: {ip:?} is not an IP address")
+            })?;
+        out.push((host.to_string(), ip.to_string()));
+    }
+    Ok(out)
+}
+
 /// `--build-context NAME=VALUE`: `docker-image://REF` replaces the image
 /// NAME. Other kinds (a directory, `oci-layout://`, a URL) are refused
 /// with a clear message: xbuild does not send extra contexts yet.
@@ -178,12 +204,11 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
     }
     // Everything that can be refused is refused before a context is fetched.
     for (flag, given) in [
-        ("--add-host", !args.add_hosts.is_empty()),
         ("--shm-size", args.shm_size.is_some()),
         ("--ulimit", !args.ulimits.is_empty()),
     ] {
         if given {
-            bail!("{flag} is not supported by this xbuild yet: RUN steps get the sandbox's /etc/hosts, a 64 MiB /dev/shm and the worker's limits");
+            bail!("{flag} is not supported by this xbuild yet: RUN steps get a 64 MiB /dev/shm and the worker's resource limits");
         }
     }
     let platforms = parse_platforms(&args.platform)?;
@@ -197,6 +222,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         build_args: parse_build_args(&args.build_args)?,
         build_platform: Platform::host_linux(),
         image_aliases,
+        extra_hosts: parse_add_hosts(&args.add_hosts)?,
     };
     let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {
