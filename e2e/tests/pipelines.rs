@@ -1294,3 +1294,107 @@ fn add_host_platform_local_and_the_small_flags() {
         assert!(c.stdout.contains("imagetools"), "{shell}");
     }
 }
+
+#[test]
+fn build_contexts_dir_image_layout_and_git() {
+    if testbed::require_root().is_none()
+        || testbed::require_cmd("skopeo").is_none()
+        || testbed::require_cmd("git").is_none()
+    {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_host_base(&xb, &reg);
+    // A directory, an OCI layout (written by xbuild itself), a git repository.
+    let shared = context(&[("lib/version.txt", "lib 2\n")]);
+    let layout_tar = tempfile::tempdir().unwrap();
+    let ltar = layout_tar.path().join("img.tar");
+    let img_ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY . /from-layout/\n"),
+        ("l.txt", "layout\n"),
+    ]);
+    xb.run(&[
+        "build",
+        "-q",
+        "-o",
+        &format!("type=oci,dest={}", s(&ltar)),
+        s(img_ctx.path()),
+    ])
+    .ok();
+    let layout = tempfile::tempdir().unwrap();
+    tar::Archive::new(std::fs::File::open(&ltar).unwrap())
+        .unpack(layout.path())
+        .unwrap();
+    let served = tempfile::tempdir().unwrap();
+    let work = served.path().join("docs");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("README"), "docs from git\n").unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(
+        served.path(),
+        &["clone", "-q", "--bare", "docs", "docs.git"],
+    );
+    let daemon = GitDaemon::start(served.path());
+
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM alpine AS runtime\n\
+         COPY --from=shared /lib/version.txt /version.txt\n\
+         COPY --from=layout /from-layout/l.txt /l.txt\n\
+         COPY --from=docs /README /docs.txt\n\
+         RUN --mount=from=shared,target=/mnt cat /mnt/lib/version.txt > /mounted.txt\n",
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    xb.run(&[
+        "build",
+        "--build-context",
+        &format!("alpine=docker-image://{base}"),
+        "--build-context",
+        &format!("shared={}", s(shared.path())),
+        "--build-context",
+        &format!("layout=oci-layout://{}", s(layout.path())),
+        "--build-context",
+        &format!("docs=git://127.0.0.1:{}/docs.git#main", daemon.port),
+        "-o",
+        &format!("type=local,dest={}", out.path().display()),
+        s(ctx.path()),
+    ])
+    .ok();
+    let read = |p: &str| std::fs::read_to_string(out.path().join(p)).unwrap();
+    assert_eq!(read("version.txt"), "lib 2\n");
+    assert_eq!(read("mounted.txt"), "lib 2\n");
+    assert_eq!(read("l.txt"), "layout\n");
+    assert_eq!(read("docs.txt"), "docs from git\n");
+    // FROM alpine was the busybox base: its shell ran the RUN step.
+    assert!(out.path().join("bin/busybox").exists());
+    // FROM a directory context: its files are the stage's root.
+    let ctx2 = context(&[("Dockerfile", "FROM shared\n")]);
+    let out2 = tempfile::tempdir().unwrap();
+    xb.run(&[
+        "build",
+        "--build-context",
+        &format!("shared={}", s(shared.path())),
+        "-o",
+        &format!("type=local,dest={}", out2.path().display()),
+        s(ctx2.path()),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out2.path().join("lib/version.txt")).unwrap(),
+        "lib 2\n"
+    );
+    let bad = xb
+        .run(&[
+            "build",
+            "--build-context",
+            "x=/nonexistent/dir",
+            s(ctx2.path()),
+        ])
+        .failed();
+    assert!(bad.stderr.contains("not a directory"), "{}", bad.stderr);
+}

@@ -140,33 +140,6 @@ pub fn parse_add_hosts(raw: &[String]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// `--build-context NAME=VALUE`: `docker-image://REF` replaces the image
-/// NAME. Other kinds (a directory, `oci-layout://`, a URL) are refused
-/// with a clear message: xbuild does not send extra contexts yet.
-pub fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for c in raw {
-        let (name, value) = c
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("invalid --build-context {c:?}: expected NAME=VALUE"))?;
-        if name.is_empty() {
-            bail!("invalid --build-context {c:?}: the name is empty");
-        }
-        match value.strip_prefix("docker-image://") {
-            Some(r) => {
-                r.parse::<xbuild_oci::Reference>()
-                    .map_err(|e| anyhow::anyhow!("invalid --build-context {c:?}: {e}"))?;
-                out.insert(name.to_string(), r.to_string());
-            }
-            None => bail!(
-                "--build-context {name}={value}: only docker-image://REF is supported so far \
-                 (directories, oci-layout:// and URLs as named contexts are not)"
-            ),
-        }
-    }
-    Ok(out)
-}
-
 struct Call {
     method: String,
     json: bool,
@@ -212,8 +185,9 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         }
     }
     let platforms = parse_platforms(&args.platform)?;
-    let image_aliases = parse_build_contexts(&args.build_contexts)?;
     let quiet = args.quiet || args.progress == crate::cli::ProgressMode::Quiet;
+    let named = crate::named_ctx::materialize(&args.build_contexts, &platforms, quiet)?;
+    let image_aliases = named.aliases.clone();
     let _remote = crate::remote_ctx::materialize(&mut args, quiet)?;
     let df = load_dockerfile(&args)?;
     let opts = PlanOptions {

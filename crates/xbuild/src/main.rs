@@ -13,6 +13,7 @@ mod images;
 mod imagetools;
 mod load;
 mod login;
+mod named_ctx;
 mod nodes;
 mod paths;
 mod progress;

@@ -13,23 +13,20 @@ pub struct Fetched {
     _http: Option<remote::HttpContext>,
 }
 
-/// When `args.context` is remote, fetch it and point `args.context` (and a
-/// relative `--file`) into the fetched directory. Progress goes to stderr
-/// unless `quiet`.
-pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>> {
-    let Some(spec) = remote::classify(&args.context)? else {
+/// Fetch `value` when it is a git or HTTP(S) URL: the directory to use and
+/// the guard that keeps it. `None` for a local path.
+pub fn fetch(
+    value: &str,
+    keep_git_dir: bool,
+    quiet: bool,
+) -> Result<Option<(std::path::PathBuf, Fetched)>> {
+    let Some(spec) = remote::classify(value)? else {
         return Ok(None);
     };
     let tmp = crate::paths::xbuild_root()?.join("tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let (root, kept) = match spec {
+    Ok(Some(match spec {
         RemoteSpec::Git(r) => {
-            let build_args = crate::build::parse_build_args(&args.build_args)?;
-            let keep = remote::keep_git_dir_arg(
-                build_args
-                    .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
-                    .map(String::as_str),
-            );
             if !quiet {
                 eprintln!("fetching git context {}", r.display_remote());
             }
@@ -37,7 +34,7 @@ pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>>
                 &r,
                 &tmp,
                 &remote::FetchOptions {
-                    keep_git_dir: keep,
+                    keep_git_dir,
                     ssh_auth_sock: None,
                 },
             )
@@ -66,6 +63,21 @@ pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>>
                 },
             )
         }
+    }))
+}
+
+/// When `args.context` is remote, fetch it and point `args.context` (and a
+/// relative `--file`) into the fetched directory. Progress goes to stderr
+/// unless `quiet`.
+pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>> {
+    let build_args = crate::build::parse_build_args(&args.build_args)?;
+    let keep = remote::keep_git_dir_arg(
+        build_args
+            .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+            .map(String::as_str),
+    );
+    let Some((root, kept)) = fetch(&args.context, keep, quiet)? else {
+        return Ok(None);
     };
     if let Some(f) = &args.file {
         if f.as_os_str() != "-" && !f.is_file() {
