@@ -357,7 +357,9 @@ fn add_host_platform_local_and_the_small_flags() {
     let base = publish_host_base(&xb, &reg);
     let ctx = context(&[(
         "Dockerfile",
-        &format!("FROM {base}\nRUN grep internal /etc/hosts > /hosts\nCMD [\"sh\"]\n"),
+        &format!(
+            "FROM {base}\nRUN grep internal /etc/hosts > /hosts && df -k /dev/shm > /shm\nCMD [\"sh\"]\n"
+        ),
     )]);
     let out = tempfile::tempdir().unwrap();
     let run = xb
@@ -368,6 +370,8 @@ fn add_host_platform_local_and_the_small_flags() {
                 "registry.internal:10.1.2.3",
                 "--add-host",
                 "v6.internal=fd00::1",
+                "--shm-size",
+                "32m",
                 "--platform",
                 "local",
                 "--builder",
@@ -390,6 +394,8 @@ fn add_host_platform_local_and_the_small_flags() {
     let hosts = std::fs::read_to_string(out.path().join("hosts")).unwrap();
     assert!(hosts.contains("10.1.2.3\tregistry.internal"), "{hosts}");
     assert!(hosts.contains("fd00::1\tv6.internal"), "{hosts}");
+    let shm = std::fs::read_to_string(out.path().join("shm")).unwrap();
+    assert!(shm.contains("32768"), "{shm}");
     // An impossible platform variant is refused before any work.
     let bad = xb
         .run(&["build", "--platform", "linux/amd64/v9", s(ctx.path())])

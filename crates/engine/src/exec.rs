@@ -320,6 +320,13 @@ pub fn run(
         });
     }
 
+    if let Some(size) = op.shm_size {
+        // Over the sandbox's own /dev/shm.
+        spec.mounts.push(MountSpec {
+            kind: MountKind::Tmpfs { size: Some(size) },
+            target: "/dev/shm".into(),
+        });
+    }
     let mut secret_dir: Option<PathBuf> = None;
     let mut ssh_n = 0;
     for (i, m) in op.mounts.iter().enumerate() {

@@ -924,6 +924,7 @@ impl<'a> Planner<'a> {
                         mounts,
                         inline_files,
                         extra_hosts: self.opts.extra_hosts.clone(),
+                        shm_size: self.opts.shm_size,
                     }),
                 )
             }

@@ -56,6 +56,8 @@ pub struct PlanOptions {
     pub image_aliases: BTreeMap<String, String>,
     /// `--add-host HOST:IP`: extra `/etc/hosts` lines of every RUN step.
     pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size`: `/dev/shm` of every RUN step, in bytes.
+    pub shm_size: Option<u64>,
 }
 
 impl PlanOptions {
@@ -68,6 +70,7 @@ impl PlanOptions {
             build_platform: Platform::host_linux(),
             image_aliases: BTreeMap::new(),
             extra_hosts: Vec::new(),
+            shm_size: None,
         }
     }
 }

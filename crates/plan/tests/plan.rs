@@ -21,6 +21,7 @@ fn opts() -> PlanOptions {
         build_platform: amd64(),
         image_aliases: BTreeMap::new(),
         extra_hosts: Vec::new(),
+        shm_size: None,
     }
 }
 

@@ -114,6 +114,32 @@ pub fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>> {
     Ok(out)
 }
 
+/// A size as Docker writes it (`--shm-size`): a number of bytes with an
+/// optional unit `b`, `k`, `m`, `g` (powers of 1024, any case, `kb`/`mib`
+/// spellings accepted).
+pub fn parse_size(raw: &str) -> Result<u64> {
+    let t = raw.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size {raw:?}: expected e.g. 64m"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => bail!("invalid size {raw:?}: unknown unit {unit:?} (b, k, m, g)"),
+    };
+    let bytes = (n * mult as f64) as u64;
+    if bytes == 0 {
+        bail!("invalid size {raw:?}: must be more than 0");
+    }
+    Ok(bytes)
+}
+
 /// `--add-host HOST:IP` (or `HOST=IP`, the form IPv6 addresses need).
 pub fn parse_add_hosts(raw: &[String]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -176,14 +202,10 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         eprintln!("note: --builder {b} ignored: xbuild has no builder instances (nodes are chosen per platform; see xbuild node ls)");
     }
     // Everything that can be refused is refused before a context is fetched.
-    for (flag, given) in [
-        ("--shm-size", args.shm_size.is_some()),
-        ("--ulimit", !args.ulimits.is_empty()),
-    ] {
-        if given {
-            bail!("{flag} is not supported by this xbuild yet: RUN steps get a 64 MiB /dev/shm and the worker's resource limits");
-        }
+    if !args.ulimits.is_empty() {
+        bail!("--ulimit is not supported by this xbuild yet: RUN steps get the worker's resource limits");
     }
+    let shm_size = args.shm_size.as_deref().map(parse_size).transpose()?;
     let platforms = parse_platforms(&args.platform)?;
     let quiet = args.quiet || args.progress == crate::cli::ProgressMode::Quiet;
     let named = crate::named_ctx::materialize(&args.build_contexts, &platforms, quiet)?;
@@ -197,6 +219,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         build_platform: Platform::host_linux(),
         image_aliases,
         extra_hosts: parse_add_hosts(&args.add_hosts)?,
+        shm_size,
     };
     let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {
@@ -409,4 +432,39 @@ pub fn outline_text(graphs: &[BuildGraph]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_hosts_and_platforms() {
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512kb").unwrap(), 512 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5t").is_err());
+        let h = parse_add_hosts(&["a.internal:10.0.0.1".into(), "v6=fd00::1".into()]).unwrap();
+        assert_eq!(h[0], ("a.internal".into(), "10.0.0.1".into()));
+        assert_eq!(h[1], ("v6".into(), "fd00::1".into()));
+        assert!(parse_add_hosts(&["nohost".into()]).is_err());
+        assert!(parse_add_hosts(&["x:host-gateway".into()]).is_err());
+        assert!(parse_add_hosts(&["x:999.1.1.1".into()]).is_err());
+        let p = parse_platforms(&["local,linux/arm64".into(), "linux/arm64".into()]).unwrap();
+        assert_eq!(
+            p,
+            [
+                Platform::host_linux(),
+                Platform::parse("linux/arm64").unwrap()
+            ]
+        );
+        assert!(parse_platforms(&["linux/amd64/v9".into()]).is_err());
+        assert_eq!(
+            ssh_ids(&["default".into(), "deploy=/k1,/k2 other".into()]),
+            ["default", "deploy", "other"]
+        );
+    }
 }
