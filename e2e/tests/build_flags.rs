@@ -243,6 +243,36 @@ fn ssh_mount_clones_over_ssh_with_a_key_only_in_the_agent() {
         std::fs::read_to_string(out.path().join("cloned")).unwrap(),
         "private dependency\n"
     );
+    // ADD <ssh git URL> goes through the same --ssh agent (and the user's
+    // own GIT_SSH_COMMAND for host keys).
+    let add_ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {url}#main /dep/\n"),
+    )]);
+    let add_out = tempfile::tempdir().unwrap();
+    xb.run_with(
+        &[
+            "build",
+            "--ssh",
+            "default",
+            "-o",
+            &format!("type=local,dest={}", add_out.path().display()),
+            s(add_ctx.path()),
+        ],
+        &[
+            ("SSH_AUTH_SOCK", s(&agent.sock)),
+            (
+                "GIT_SSH_COMMAND",
+                "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            ),
+        ],
+        None,
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(add_out.path().join("dep/hello.txt")).unwrap(),
+        "private dependency\n"
+    );
     // The key is nowhere in what xbuild wrote: not in a layer, the cache,
     // the image config or history, nor in the exported filesystem.
     let leaked = files_containing(xb.root(), secret_line.as_bytes());

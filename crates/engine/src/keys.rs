@@ -186,7 +186,14 @@ impl Engine {
                 if c.add {
                     for s in c.sources.iter().filter(|s| crate::copy::is_git(s)) {
                         if let Ok(Some(r)) = crate::remote::GitRef::parse(s) {
-                            let o = crate::remote::FetchOptions::default();
+                            let o = crate::remote::FetchOptions {
+                                keep_git_dir: false,
+                                ssh_auth_sock: shared
+                                    .req
+                                    .secrets
+                                    .ssh_socket("default")
+                                    .map(std::path::Path::to_path_buf),
+                            };
                             // One short `git ls-remote`; run inline.
                             let commit = crate::remote::git::resolve_commit(&r, &o).ok().flatten();
                             commits.insert(s.clone(), json!(commit));

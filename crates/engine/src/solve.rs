@@ -901,6 +901,8 @@ impl Engine {
         chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
+        // `ADD git@host:…` uses the build's `--ssh default` agent.
+        let ssh_sock = req.secrets.ssh_socket("default").map(Path::to_path_buf);
         let needs_source = !op.sources.is_empty();
         let source = if needs_source {
             self.layers_of(shared, &op.from, deps, step).await?
@@ -944,6 +946,7 @@ impl Engine {
                         checksum: op.checksum.clone(),
                         keep_git_dir: op.keep_git_dir,
                         timeout: None,
+                        ssh_auth_sock: ssh_sock.clone(),
                     }),
                 };
                 let r = copy::copy_into(&creq);

@@ -201,7 +201,7 @@ impl Copier<'_> {
             staging.path(),
             &git::FetchOptions {
                 keep_git_dir: opts.keep_git_dir,
-                ssh_auth_sock: None,
+                ssh_auth_sock: opts.ssh_auth_sock.clone(),
             },
         )
         .map_err(|e| git_err(e.to_string()))?;

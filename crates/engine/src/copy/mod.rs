@@ -166,6 +166,8 @@ pub struct AddOptions {
     pub keep_git_dir: bool,
     /// Download timeout (default 10 minutes overall, 30 s to connect).
     pub timeout: Option<Duration>,
+    /// The ssh-agent for `git@…` / `ssh://` git sources (`--ssh default`).
+    pub ssh_auth_sock: Option<PathBuf>,
 }
 
 /// One COPY or ADD.
