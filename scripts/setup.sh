@@ -15,6 +15,8 @@ PACKAGES=(
   skopeo buildah          # third-party clients that check what xbuild produces
   openssh-server openssh-client   # remote build nodes on loopback
   hyperfine               # benchmarks
+  python3-pip             # installs spdx-tools and jsonschema (attestation validators)
+  golang-go binutils      # a real Go binary and objcopy for the SBOM scanner tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -67,5 +69,17 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+# Third-party validators of the attestations: pyspdxtools (spdx-tools) for
+# the SPDX SBOMs, jsonschema for the in-toto / SLSA provenance.
+if ! command -v pyspdxtools >/dev/null 2>&1 || ! python3 -c 'import jsonschema' 2>/dev/null; then
+  log "installing spdx-tools and jsonschema from PyPI"
+  python3 -m pip install -q --break-system-packages spdx-tools jsonschema 2>/dev/null \
+    || python3 -m pip install -q spdx-tools jsonschema
+fi
+# A real `cargo auditable` build for the Rust SBOM scanner test.
+if ! cargo auditable --version >/dev/null 2>&1; then
+  log "installing cargo-auditable"
+  cargo install --locked cargo-auditable
 fi
 log "setup complete"

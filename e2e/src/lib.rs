@@ -113,11 +113,17 @@ impl Xbuild {
     }
 
     /// A command for the binary with this state directory.
+    ///
+    /// Pushes get no default provenance here (`BUILDX_NO_DEFAULT_ATTESTATIONS`
+    /// is set), so that tests of other features see only their platforms in
+    /// the index; the attestation tests pass `BUILDX_NO_DEFAULT_ATTESTATIONS=`
+    /// (empty) to get buildx's default back.
     pub fn command(&self) -> Command {
         let mut c = Command::new(xbuild_bin());
         c.env("XBUILD_ROOT", self.root.path())
             .env("XBUILD_CONFIG", self.root.path().join("config.yaml"))
             .env("DOCKER_CONFIG", self.root.path().join("docker"))
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
             .env_remove("SOURCE_DATE_EPOCH");
         c
     }

@@ -1,9 +1,12 @@
 //! Phase 4: the image the build produced — one platform's manifest, or an
 //! index over the platforms in the requested order — and its Docker
-//! media-type variant when an output asks for one.
+//! media-type variant when an output asks for one; with its attestations
+//! (buildx-layout entries in the index, or OCI 1.1 referrer artifacts).
 
+use crate::attest::{self, StatementsFor};
 use crate::report::PlatformResult;
 use anyhow::Result;
+use xbuild_attest::layout::AttestationBlob;
 use xbuild_oci::{BlobStore, Descriptor};
 
 /// Changes the platform manifests before the index is written (annotations,
@@ -27,6 +30,20 @@ pub struct AssembleOptions<'a> {
     /// Labels, layer compression and manifest annotations, applied to each
     /// platform manifest before the hooks.
     pub rewrite: crate::rewrite::Rewrite,
+    /// Attestations to attach, if any.
+    pub attestations: Option<Attach<'a>>,
+}
+
+/// A referrer artifact to push: `(artifact manifest, subject)`.
+pub type Referrer = (Descriptor, Descriptor);
+
+/// The attestations of a build and where they go.
+pub struct Attach<'a> {
+    /// As OCI 1.1 referrers (`attest-layout=referrers`) instead of
+    /// attestation manifests in the index (buildx's layout).
+    pub referrers: bool,
+    /// The statements of a platform manifest (subjects naming it).
+    pub statements: &'a StatementsFor<'a>,
 }
 
 /// The assembled image.
@@ -38,6 +55,13 @@ pub struct Assembled {
     pub oci_manifests: Vec<Descriptor>,
     /// The Docker-typed result and its manifests, when asked for.
     pub docker: Option<(Descriptor, Vec<Descriptor>)>,
+    /// Referrer artifacts to push with the OCI result: `(artifact
+    /// manifest, subject)`.
+    pub oci_referrers: Vec<Referrer>,
+    /// The same for the Docker-typed result.
+    pub docker_referrers: Vec<Referrer>,
+    /// Each OCI platform manifest's statements, for local exports.
+    pub statements: Vec<(Descriptor, Vec<AttestationBlob>)>,
 }
 
 impl Assembled {
@@ -47,7 +71,16 @@ impl Assembled {
         self.docker.as_ref().map_or(&self.oci, |(top, _)| top)
     }
 
-    /// The top descriptor and platform manifests for an output.
+    /// The referrer artifacts to push with an output's result.
+    pub fn referrers_for_output(&self, oci_mediatypes: bool) -> &[Referrer] {
+        match (&self.docker, oci_mediatypes) {
+            (Some(_), false) => &self.docker_referrers,
+            _ => &self.oci_referrers,
+        }
+    }
+
+    /// The top descriptor and manifests (platform images, then buildx
+    /// attestation manifests) for an output.
     pub fn for_output(&self, oci_mediatypes: bool) -> (&Descriptor, &[Descriptor]) {
         match (&self.docker, oci_mediatypes) {
             (Some((top, m)), false) => (top, m.as_slice()),
@@ -69,7 +102,37 @@ pub fn assemble(
     for h in &opts.hooks {
         h.manifests(store, &mut manifests)?;
     }
-    let single = manifests.len() == 1 && opts.single_platform;
+    let mut statements = Vec::new();
+    // Attestation manifests go after the platforms, as buildx orders them;
+    // referrer artifacts are pushed beside the image instead.
+    let attach =
+        |platforms: &[Descriptor], docker: bool| -> Result<(Vec<Descriptor>, Vec<Referrer>)> {
+            match &opts.attestations {
+                None => Ok((Vec::new(), Vec::new())),
+                Some(a) if a.referrers => Ok((
+                    Vec::new(),
+                    attest::referrer_artifacts(store, platforms, a.statements)?,
+                )),
+                Some(a) => Ok((
+                    attest::buildx_entries(store, platforms, docker, a.statements)?,
+                    Vec::new(),
+                )),
+            }
+        };
+    if let Some(a) = &opts.attestations {
+        for m in &manifests {
+            let b = (a.statements)(m)?;
+            if !b.is_empty() {
+                statements.push((m.clone(), b));
+            }
+        }
+    }
+    let (entries, oci_referrers) = attach(&manifests, false)?;
+    // One platform without attestation manifests is its manifest alone;
+    // with them it is an index, as buildx makes it.
+    let single = manifests.len() == 1 && opts.single_platform && entries.is_empty();
+    let platforms = manifests.clone();
+    manifests.extend(entries);
     let applied = opts.rewrite.annotations.for_platform(None);
     let oci = if single {
         // BuildKit refuses index annotations when it writes no index.
@@ -86,8 +149,12 @@ pub fn assemble(
         store.put_bytes(&enc.bytes)?;
         enc.descriptor
     };
+    let mut docker_referrers = Vec::new();
     let docker = if opts.docker_media_types {
-        let docker = xbuild_engine::image::to_docker_manifests(store, &manifests)?;
+        let mut docker = xbuild_engine::image::to_docker_manifests(store, &platforms)?;
+        let (entries, refs) = attach(&docker, true)?;
+        docker_referrers = refs;
+        docker.extend(entries);
         let top = if single {
             docker[0].clone()
         } else {
@@ -102,5 +169,8 @@ pub fn assemble(
         oci,
         oci_manifests: manifests,
         docker,
+        oci_referrers,
+        docker_referrers,
+        statements,
     })
 }

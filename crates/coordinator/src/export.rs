@@ -6,6 +6,7 @@
 //!           [,push-by-digest=true][,name-canonical=true][,store=false]
 //!           [,compression=gzip|zstd|uncompressed][,compression-level=N]
 //!           [,force-compression=true][,unpack=BOOL][,annotation[-TYPE].K=V]
+//!           [,attest-layout=buildx|referrers][,oci-artifact=true]
 //! type=registry[,name=...]          same as type=image,push=true
 //! type=docker (no dest)             load: into the local image store (and a
 //!                                   local docker or podman, by the caller)
@@ -92,6 +93,10 @@ pub struct ImageOpts {
     pub layers: Option<xbuild_oci::compress::LayerPolicy>,
     /// `annotation[-TYPE][[PLATFORM]].K=V`.
     pub annotations: xbuild_oci::annotation::Annotations,
+    /// Push attestations as OCI 1.1 referrers of the platform manifests
+    /// (`attest-layout=referrers`, or BuildKit's `oci-artifact=true`)
+    /// instead of attestation manifests in the index.
+    pub attest_referrers: bool,
 }
 
 impl Default for ImageOpts {
@@ -102,6 +107,7 @@ impl Default for ImageOpts {
             store: true,
             layers: None,
             annotations: Default::default(),
+            attest_referrers: false,
         }
     }
 }
@@ -211,10 +217,20 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
                 })?)
             }
             "force-compression" => force = parse_bool(s, k, v)?,
+            "oci-artifact" => opts.attest_referrers = parse_bool(s, k, v)?,
+            "attest-layout" => {
+                opts.attest_referrers = match v {
+                    "referrers" => true,
+                    "buildx" | "index" => false,
+                    _ => bail!(
+                        "invalid output {s:?}: attest-layout must be buildx or referrers, not {v:?}"
+                    ),
+                }
+            }
             other => bail!(
                 "invalid output {s:?}: unknown key {other:?} (xbuild knows type, dest, name, push, \
                  oci-mediatypes, push-by-digest, name-canonical, store, unpack, compression, \
-                 compression-level, force-compression, annotation.*)"
+                 compression-level, force-compression, annotation.*, attest-layout, oci-artifact)"
             ),
         }
         if !matches!(k, "type" | "dest" | "name" | "names") {
@@ -390,6 +406,10 @@ pub async fn export(
         let (top, manifests) = assembled.for_output(oci);
         export_output(store, top, spec, tags)
             .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Local { dest } = spec {
+            crate::attest::write_local(dest, &assembled.statements)
+                .with_context(|| format!("writing attestations to {}", dest.display()))?;
+        }
         match spec {
             OutputSpec::Image {
                 push: do_push,
@@ -423,6 +443,8 @@ pub async fn export(
                             push(registry, &r, store, top, manifests, events).await?;
                             out.pushed.push(format!("{}@{}", r.familiar(), top.digest));
                         }
+                        push_referrers(registry, &r, store, assembled.referrers_for_output(oci))
+                            .await?;
                     }
                 }
             }
@@ -480,6 +502,29 @@ pub async fn push_by_digest(
             .push_manifest_bytes(&by_digest, &bytes, &top.media_type)
             .await
             .with_context(|| format!("pushing the index to {}", r.name()))?;
+    }
+    Ok(())
+}
+
+/// Push each referrer artifact (attestations in the referrers layout) to
+/// `r`'s repository so that its subject's referrers list it.
+async fn push_referrers(
+    registry: &Registry,
+    r: &Reference,
+    store: &BlobStore,
+    referrers: &[(Descriptor, Descriptor)],
+) -> Result<()> {
+    for (artifact, subject) in referrers {
+        registry
+            .push_referrer(r, store, artifact, &subject.digest, &|_| {})
+            .await
+            .with_context(|| {
+                format!(
+                    "pushing the attestations of {} to {} as referrers",
+                    subject.digest,
+                    r.familiar()
+                )
+            })?;
     }
     Ok(())
 }
@@ -747,6 +792,15 @@ mod tests {
                 opts: ImageOpts::default(),
             }
         );
+        for spec in [
+            "type=image,push=true,attest-layout=referrers",
+            "type=registry,oci-artifact=true",
+        ] {
+            assert!(matches!(
+                parse_output(spec).unwrap(),
+                OutputSpec::Image { opts, .. } if opts.attest_referrers
+            ));
+        }
         assert_eq!(
             parse_output("out").unwrap(),
             OutputSpec::Local { dest: "out".into() }
@@ -801,6 +855,8 @@ mod tests {
             ("dest=x", "missing type"),
             ("type=image,push=maybe", "true or false"),
             ("type=image,dest=x", "takes no dest"),
+            ("type=image,attest-layout=side", "buildx or referrers"),
+            ("type=oci,dest=x,attest-layout=referrers", "type=image only"),
         ] {
             let e = parse_output(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");

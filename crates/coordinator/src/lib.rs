@@ -19,6 +19,7 @@
 //! results as return values: this crate never prints.
 
 pub mod assemble;
+pub mod attest;
 pub mod cache_io;
 pub mod export;
 pub mod nodes;
@@ -31,7 +32,7 @@ pub mod schedule;
 pub mod solve;
 pub mod worker;
 
-pub use assemble::{assemble, AssembleHook, AssembleOptions, Assembled};
+pub use assemble::{assemble, AssembleHook, AssembleOptions, Assembled, Attach};
 pub use cache_io::{export_cache, import_cache, CacheSpec};
 pub use export::{export, Exported, OutputSpec};
 pub use nodes::NodePlan;

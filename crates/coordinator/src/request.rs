@@ -50,6 +50,9 @@ pub struct BuildRequest {
     pub pull: bool,
     /// `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: Option<i64>,
+    /// Attestations to attach (`--attest`, `--provenance`, `--sbom`, after
+    /// buildx's defaults).
+    pub attest: xbuild_attest::options::Resolved,
 }
 
 impl std::fmt::Debug for BuildRequest {

@@ -190,6 +190,7 @@ fn request(platforms: &[&str]) -> BuildRequest {
         no_cache_filter: Vec::new(),
         pull: false,
         source_date_epoch: None,
+        attest: Default::default(),
     }
 }
 
@@ -401,4 +402,146 @@ async fn one_requested_platform_is_its_manifest() {
     )
     .unwrap();
     assert_eq!(assembled.oci, done[0].manifest);
+}
+
+/// Assemble with max provenance: one attestation manifest per platform
+/// after the platforms (buildx's layout), each statement about its platform
+/// manifest and recording the worker that built it; or, in the referrers
+/// layout, none in the index and one artifact per platform.
+#[tokio::test]
+async fn attestations_follow_the_platforms() {
+    use xbuild_attest::provenance::{Mode, PredicateOptions};
+    use xbuild_coordinator::attest::{Prepared, Timing};
+    use xbuild_coordinator::Attach;
+    let bed = bed();
+    let events = Recorder::default();
+    let order = ["linux/amd64", "linux/arm64"];
+    let (planned, solved) = run(&bed, &order, &events, |p| {
+        let name = if p.architecture() == "arm64" {
+            "node arm1"
+        } else {
+            "local"
+        };
+        (fake(name, Behaviour::Succeed(0)), None)
+    })
+    .await;
+    let done: Vec<_> = solved.done().into_iter().cloned().collect();
+    let mut req = request(&order);
+    req.tags = vec!["localhost:5000/app:1".into()];
+    req.attest.provenance = Some(PredicateOptions {
+        mode: Mode::Max,
+        ..Default::default()
+    });
+    let now = std::time::SystemTime::now();
+    let timing = Timing {
+        started: now,
+        finished: now,
+    };
+    let prepared = Prepared::prepare(
+        &req,
+        &planned.graphs,
+        &done,
+        &bed.store,
+        &bed.session.root.join("tmp"),
+        &timing,
+    )
+    .unwrap()
+    .expect("provenance asked for");
+    let statements = |m: &Descriptor| prepared.statements(m);
+    for referrers in [false, true] {
+        let assembled = assemble(
+            &bed.store,
+            &done,
+            &AssembleOptions {
+                single_platform: false,
+                attestations: Some(Attach {
+                    referrers,
+                    statements: &statements,
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let bytes = bed.store.read_to_vec(&assembled.oci.digest).unwrap();
+        let Manifest::Index(idx) = Manifest::parse(&bytes, None).unwrap() else {
+            panic!("not an index");
+        };
+        let attestation_manifests: Vec<Descriptor> = if referrers {
+            assert_eq!(idx.manifests.len(), 2, "only the platforms");
+            assert_eq!(assembled.oci_referrers.len(), 2);
+            for (art, subject) in &assembled.oci_referrers {
+                let m = bed.store.read_to_vec(&art.digest).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+                assert_eq!(v["subject"]["digest"], subject.digest.as_str());
+            }
+            assembled
+                .oci_referrers
+                .iter()
+                .map(|(a, _)| a.clone())
+                .collect()
+        } else {
+            assert_eq!(idx.manifests.len(), 4);
+            for (i, d) in idx.manifests[2..].iter().enumerate() {
+                assert_eq!(
+                    d.annotations["vnd.docker.reference.digest"],
+                    done[i].manifest.digest.as_str()
+                );
+                assert_eq!(d.platform.as_ref().unwrap().os, "unknown");
+            }
+            idx.manifests[2..].to_vec()
+        };
+        for (i, a) in attestation_manifests.iter().enumerate() {
+            let m: serde_json::Value =
+                serde_json::from_slice(&bed.store.read_to_vec(&a.digest).unwrap()).unwrap();
+            let layer = m["layers"][0]["digest"].as_str().unwrap();
+            let st: serde_json::Value = serde_json::from_slice(
+                &bed.store
+                    .read_to_vec(&xbuild_oci::Digest::parse(layer).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                st["subject"][0]["digest"]["sha256"],
+                done[i].manifest.digest.hex()
+            );
+            assert_eq!(
+                st["subject"][0]["name"],
+                format!(
+                    "pkg:docker/localhost:5000/app@1?platform={}",
+                    order[i].replace('/', "%2F")
+                )
+            );
+            let ip = &st["predicate"]["buildDefinition"]["internalParameters"];
+            assert_eq!(ip["targetPlatform"], order[i]);
+            let worker = &ip["worker"];
+            if i == 1 {
+                assert_eq!(worker["kind"], "node");
+                assert_eq!(worker["name"], "arm1");
+            } else {
+                assert_eq!(worker["kind"], "local");
+            }
+            // mode=max: the steps (FROM, ENV, LABEL) with their lines.
+            let steps = ip["buildConfig"]["llbDefinition"].as_array().unwrap();
+            assert_eq!(steps.len(), 3, "{steps:?}");
+            assert_eq!(steps[2]["inputs"][0], "step1:0");
+        }
+        // Each platform's statements are kept for local exports.
+        assert_eq!(assembled.statements.len(), 2);
+    }
+    // One platform with attestations becomes an index, as with buildx.
+    let one = assemble(
+        &bed.store,
+        &done[..1],
+        &AssembleOptions {
+            single_platform: true,
+            attestations: Some(Attach {
+                referrers: false,
+                statements: &statements,
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(one.oci, done[0].manifest);
+    assert_eq!(one.oci_manifests.len(), 2);
 }

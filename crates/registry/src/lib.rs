@@ -14,9 +14,11 @@ pub mod http;
 mod login;
 mod pull;
 mod push;
+pub mod referrers;
 
 pub use auth::{Credential, DockerConfig, Secret};
 pub use error::RegistryError;
+pub use referrers::{referrers_tag, ReferrerIndexing};
 
 use crate::auth::normalize_registry_key;
 use crate::error::Ctx;

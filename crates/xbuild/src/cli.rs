@@ -98,6 +98,9 @@ pub enum Commands {
     /// Work with images and indexes in a registry.
     #[command(subcommand)]
     Imagetools(ImagetoolsCommand),
+    /// List and fetch the provenance and SBOM attestations of an image.
+    #[command(subcommand)]
+    Attestations(AttestationsCommand),
     /// Manage the build cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -191,6 +194,19 @@ pub struct BuildArgs {
     /// Shorthand for `--output type=image,push=true`.
     #[arg(long)]
     pub push: bool,
+    /// Attestation to attach, repeatable:
+    /// `type=provenance[,mode=min|max][,builder-id=ID][,version=v1|v0.2]` or
+    /// `type=sbom[,generator=IMAGE]` (`disabled=true` turns one off).
+    #[arg(long = "attest", value_name = "SPEC")]
+    pub attest: Vec<String>,
+    /// Shorthand for `--attest=type=provenance`: `true`, `false`, or options
+    /// such as `mode=max` (default when pushing: `mode=min`).
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// Shorthand for `--attest=type=sbom`: `true`, `false`, or
+    /// `generator=IMAGE`.
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
     /// Output destination (`type=image[,push=true]|oci,dest=F|docker,dest=F|local,dest=DIR`).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
@@ -387,7 +403,8 @@ pub enum ImagetoolsCommand {
         raw: bool,
         /// Format the output with a Go-template subset: `{{.Name}}`,
         /// `{{.Manifest.Digest}}`, `{{json .Manifest}}`, `{{json .Image}}`,
-        /// `{{json .}}` (fields `.Name`, `.Manifest`, `.Image` as buildx).
+        /// `{{json .Provenance}}`, `{{json .SBOM}}` (by platform when there
+        /// are several), `{{json .}}` — the fields buildx shows.
         #[arg(long, value_name = "TEMPLATE")]
         format: Option<String>,
     },
@@ -420,6 +437,27 @@ pub enum ImagetoolsCommand {
         /// Write the result's descriptor and names to FILE as JSON.
         #[arg(long = "metadata-file", value_name = "FILE")]
         metadata_file: Option<PathBuf>,
+    },
+}
+
+/// `xbuild attestations ...`.
+#[derive(Debug, Subcommand)]
+pub enum AttestationsCommand {
+    /// List each platform's attestations (buildx layout and OCI referrers).
+    Ls {
+        /// Image reference.
+        reference: String,
+    },
+    /// Print attestation statements as JSON.
+    Get {
+        /// Image reference.
+        reference: String,
+        /// Only this platform's (`linux/arm64`).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
+        /// Only `provenance` or `sbom` (or a full predicate type).
+        #[arg(long = "type", value_name = "TYPE")]
+        r#type: Option<String>,
     },
 }
 
@@ -456,6 +494,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "save",
     "load",
     "imagetools",
+    "attestations",
     "cache",
     "login",
     "logout",

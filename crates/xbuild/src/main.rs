@@ -1,6 +1,7 @@
 //! The `xbuild` binary: CLI, coordinator and agent in one.
 
 mod agent_cmd;
+mod attestations_cmd;
 mod binfmt_cmd;
 mod build;
 mod cache_cmd;
@@ -65,6 +66,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             raw,
             format,
         }) => imagetools::cmd_inspect(&reference, raw, format.as_deref()),
+        Commands::Attestations(cli::AttestationsCommand::Ls { reference }) => {
+            attestations_cmd::cmd_ls(&reference)
+        }
+        Commands::Attestations(cli::AttestationsCommand::Get {
+            reference,
+            platform,
+            r#type,
+        }) => attestations_cmd::cmd_get(&reference, platform.as_deref(), r#type.as_deref()),
         Commands::Imagetools(cli::ImagetoolsCommand::Create {
             tags,
             files,

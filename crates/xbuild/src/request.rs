@@ -61,7 +61,30 @@ pub fn base(
         no_cache_filter: args.no_cache_filter.clone(),
         pull: args.pull,
         source_date_epoch: None,
+        attest: Default::default(),
     }
+}
+
+/// The attestations asked for by `--attest`, `--provenance` and `--sbom`,
+/// with buildx's default (a min provenance when pushing, unless
+/// `BUILDX_NO_DEFAULT_ATTESTATIONS` is set).
+pub fn attestations(args: &BuildArgs, push: bool) -> Result<xbuild_attest::options::Resolved> {
+    let mut a = xbuild_attest::AttestOptions::default();
+    for v in &args.attest {
+        a.add_attest(v)?;
+    }
+    if let Some(v) = &args.provenance {
+        a.set_provenance_flag(v)?;
+    }
+    if let Some(v) = &args.sbom {
+        a.set_sbom_flag(v)?;
+    }
+    let no_default = xbuild_attest::options::no_default_attestations(
+        std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS")
+            .ok()
+            .as_deref(),
+    );
+    Ok(a.resolve(push, no_default))
 }
 
 /// The full request of a build, every flag checked before any work.
@@ -93,12 +116,14 @@ pub fn from_args(
     let secrets = Secrets::from(parse_secrets(&args.secrets)?);
     let (cache_to, cache_from) = cache_io::parse_args(&args.cache_to, &args.cache_from)?;
     let source_date_epoch = source_date_epoch()?;
+    let attest = attestations(args, push)?;
     Ok(BuildRequest {
         secrets,
         outputs,
         cache_from,
         cache_to,
         source_date_epoch,
+        attest,
         ..base(args, df, opts, platforms)
     })
 }

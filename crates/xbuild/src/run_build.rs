@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use xbuild_coordinator::DockerfileSource as LoadedDockerfile;
 use xbuild_coordinator::{
-    cache_io, AssembleOptions, Assembled, BuildRequest, Exported, OutputSpec, PlatformResult,
-    PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
+    cache_io, AssembleOptions, Assembled, Attach, BuildRequest, Exported, OutputSpec,
+    PlatformResult, PlatformState, RegistrySource, Report, Session, SolveInputs, Solved,
 };
 use xbuild_engine::events::{Event, EventSink};
 use xbuild_engine::{Engine, EngineError, VertexIds};
-use xbuild_oci::Platform;
+use xbuild_oci::{Descriptor, Platform};
 use xbuild_plan::PlanOptions;
 
 fn style(mode: ProgressMode) -> Style {
@@ -105,12 +105,9 @@ async fn build(
     platforms: &[Platform],
 ) -> Result<()> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let mut req = crate::request::from_args(args, df, opts, platforms)?;
     let rewrite = crate::request::rewrite(args, &req)?;
-    if platforms.len() == 1 {
-        // BuildKit's rule, checked before any work.
-        rewrite.annotations.check_single_platform()?;
-    }
     let load_want = if req
         .outputs
         .iter()
@@ -202,8 +199,23 @@ async fn build(
         rewrite.base_layers =
             xbuild_coordinator::Rewrite::base_layers_of(engine.store(), &planned.graphs);
     }
-    let (assembled, exported) =
-        assemble_and_export(&req, &session, &engine, &done, &renderer, rewrite).await?;
+    let timing = xbuild_coordinator::attest::Timing {
+        started: started_at,
+        finished: std::time::SystemTime::now(),
+    };
+    let (assembled, exported) = assemble_and_export(
+        &req,
+        &session,
+        &engine,
+        &done,
+        Finish {
+            graphs: &planned.graphs,
+            timing: &timing,
+            rewrite,
+        },
+        &renderer,
+    )
+    .await?;
     drop(agents);
     xbuild_coordinator::export_cache(
         &engine,
@@ -303,16 +315,47 @@ fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool) {
     }
 }
 
-/// Assemble the built platforms into one image and write every output.
+/// Assemble the built platforms into one image, with the attestations
+/// asked for, and write every output.
+/// What assembling needs besides the built platforms.
+struct Finish<'a> {
+    graphs: &'a [xbuild_plan::graph::BuildGraph],
+    timing: &'a xbuild_coordinator::attest::Timing,
+    rewrite: xbuild_coordinator::Rewrite,
+}
+
 async fn assemble_and_export(
     req: &BuildRequest,
     session: &Session,
     engine: &Engine,
     done: &[PlatformResult],
+    finish: Finish<'_>,
     renderer: &Renderer,
-    rewrite: xbuild_coordinator::Rewrite,
 ) -> Result<(Assembled, Exported)> {
+    let Finish {
+        graphs,
+        timing,
+        rewrite,
+    } = finish;
     let store = engine.store();
+    if req.attest.sbom.is_some() && req.plan.build_args.contains_key("BUILDKIT_SBOM_SCAN_STAGE") {
+        renderer.emit(Event::Warning {
+            message: "BUILDKIT_SBOM_SCAN_STAGE is not supported yet: the SBOM lists the final \
+                      image (and the context with BUILDKIT_SBOM_SCAN_CONTEXT) only"
+                .to_string(),
+        });
+    }
+    let work = session.root.join("tmp");
+    let prepared =
+        xbuild_coordinator::attest::Prepared::prepare(req, graphs, done, store, &work, timing)?;
+    let statements = |m: &Descriptor| match &prepared {
+        Some(p) => p.statements(m),
+        None => Ok(Vec::new()),
+    };
+    let referrers = req
+        .outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::Image { opts, .. } if opts.attest_referrers));
     let assembled = xbuild_coordinator::assemble(
         store,
         done,
@@ -329,6 +372,10 @@ async fn assemble_and_export(
             }),
             hooks: Vec::new(),
             rewrite,
+            attestations: prepared.as_ref().map(|_| Attach {
+                referrers,
+                statements: &statements,
+            }),
         },
     )?;
     let exported = xbuild_coordinator::export(

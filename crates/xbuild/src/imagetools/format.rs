@@ -8,7 +8,8 @@
 //! The data is the same as buildx's: `.Name` (the name as given),
 //! `.Manifest` (for an image manifest its descriptor; for an index the
 //! index with its digest and size), `.Image` (the image config; for an index
-//! of several platforms a map from platform to config). Field names are Go's
+//! of several platforms a map from platform to config), `.Provenance` and
+//! `.SBOM` (the attestations, by platform). Field names are Go's
 //! (`.Manifest.MediaType`) and are looked up in the JSON documents by their
 //! JSON spelling. `json` prints indented JSON with Go's escaping of `<`, `>`
 //! and `&`.

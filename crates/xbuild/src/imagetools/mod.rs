@@ -74,6 +74,7 @@ async fn template_data(
     bytes: &[u8],
     media_type: &str,
     digest: &xbuild_oci::Digest,
+    wants_attestations: bool,
 ) -> Result<serde_json::Value> {
     use serde_json::{json, Value};
     let (manifest, image) = match parse(bytes, media_type, r)? {
@@ -116,7 +117,14 @@ async fn template_data(
             image_config_value(reg, r, &im).await?,
         ),
     };
-    Ok(json!({"name": name, "manifest": manifest, "image": image}))
+    let mut data = json!({"name": name, "manifest": manifest, "image": image});
+    if wants_attestations {
+        // buildx's `.Provenance` / `.SBOM` (methods there, so not in `{{json .}}`).
+        let (prov, sbom) = crate::attestations_cmd::template_values(reg, r).await?;
+        data["Provenance"] = prov;
+        data["SBOM"] = sbom;
+    }
+    Ok(data)
 }
 
 /// `xbuild imagetools inspect REF [--raw] [--format TEMPLATE]`.
@@ -134,7 +142,9 @@ pub fn cmd_inspect(reference: &str, raw: bool, format: Option<&str>) -> Result<(
             .await
             .with_context(|| format!("inspecting {}", r.familiar()))?;
         if let Some(t) = template.filter(|t| !t.is_whole_manifest()) {
-            let data = template_data(&reg, reference, &r, &bytes, &media_type, &digest).await?;
+            let attest = format.is_some_and(|f| f.contains("Provenance") || f.contains("SBOM"));
+            let data =
+                template_data(&reg, reference, &r, &bytes, &media_type, &digest, attest).await?;
             let mut out = t.render(&data)?;
             if !out.ends_with('\n') {
                 out.push('\n');
