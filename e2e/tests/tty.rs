@@ -29,6 +29,11 @@ struct Tmux {
 impl Tmux {
     /// Starts `command` (run by the shell) in a detached session of 120x40.
     fn start(command: &str) -> Tmux {
+        Tmux::start_sized(command, 120, 40)
+    }
+
+    /// Starts `command` in a detached session of `cols`x`rows`.
+    fn start_sized(command: &str, cols: u16, rows: u16) -> Tmux {
         let dir = tempfile::Builder::new()
             .prefix("xbuild-tty-")
             .tempdir()
@@ -66,9 +71,9 @@ impl Tmux {
                 "-s",
                 &t.session,
                 "-x",
-                "120",
+                &cols.to_string(),
                 "-y",
-                "40",
+                &rows.to_string(),
             ])
             .arg(command)
             .status()
@@ -105,6 +110,35 @@ impl Tmux {
         let mut s = lines.join("\n");
         s.push('\n');
         s
+    }
+
+    /// The whole history with colour attributes as escape sequences.
+    fn capture_escapes(&self) -> String {
+        let out = self
+            .cmd()
+            .args([
+                "capture-pane",
+                "-p",
+                "-e",
+                "-J",
+                "-S",
+                "-",
+                "-t",
+                &self.session,
+            ])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends keys (`C-c`) to the session.
+    fn send_keys(&self, keys: &str) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", &self.session, keys])
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
     }
 
     /// Polls the screen until `done` holds, panicking with the last screen
@@ -245,4 +279,250 @@ fn tty_progress_shows_live_platform_blocks_then_a_clean_summary() {
         "{all}"
     );
     assert!(!all.contains("| line "), "{all}");
+}
+
+/// The shell command that runs `xbuild ARGS` with `xb`'s state in a tmux
+/// pane, then says how it exited and stays open.
+fn pane_command(xb: &Xbuild, env: &str, builds: &[String]) -> String {
+    let root = xb.root();
+    let mut cmd = String::from("trap 'true' INT; ");
+    for b in builds {
+        cmd.push_str(&format!(
+            "env XBUILD_ROOT={root} XBUILD_CONFIG={config} DOCKER_CONFIG={docker} {env} {bin} {b}; ",
+            root = quote(s(root)),
+            config = quote(s(&root.join("config.yaml"))),
+            docker = quote(s(&root.join("docker"))),
+            bin = quote(s(&xbuild_bin())),
+        ));
+    }
+    cmd.push_str("echo \"xbuild exited $?\"; sleep 300");
+    cmd
+}
+
+/// Columns a captured line takes (tmux gives plain text; wide characters
+/// are not used by these builds).
+fn cols(l: &str) -> usize {
+    l.chars().count()
+}
+
+/// Issue 21: at 80 and 120 columns no line is longer than the terminal
+/// (nothing wraps: tmux's joined capture would show a wrapped line as one
+/// longer line), the summary table keeps one row per platform, pull lines
+/// name their platform, the step counts agree, and colour follows
+/// NO_COLOR. The screens are saved as fixtures (`tty-80-end.txt`,
+/// `tty-120-end.txt`) for docs/guide/progress.md.
+#[test]
+fn tty_fits_80_and_120_columns_with_colour_on_and_off() {
+    if testbed::require_cmd("tmux").is_none() {
+        return;
+    }
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let base = publish_base(&Xbuild::new(), &reg);
+    let dockerfile = |word: &str| {
+        format!(
+            "ARG BASE\n\
+             FROM $BASE\n\
+             ENV GREETING=hello\n\
+             RUN echo \"$GREETING from a rather long instruction that does not fit in eighty columns, {word}\" > /greeting\n\
+             RUN for i in 1 2 3; do echo \"output line $i of a step whose lines are long enough to need cutting at eighty columns\"; sleep 0.3; done\n\
+             WORKDIR /app\n\
+             CMD [\"cat\", \"/greeting\"]\n"
+        )
+    };
+    for (width, colour) in [(80u16, false), (120u16, true)] {
+        // A fresh state directory: the base is pulled, and the second
+        // build misses on the changed instruction.
+        let xb = Xbuild::new();
+        let ctx = context(&[("Dockerfile", &dockerfile("first"))]);
+        let ctx2 = context(&[("Dockerfile", &dockerfile("second"))]);
+        let build = |dir: &Path| {
+            format!(
+                "build --progress tty --platform linux/amd64,linux/arm64 --build-arg BASE={} {}",
+                quote(&base),
+                quote(s(dir))
+            )
+        };
+        let env = if colour {
+            "TERM=xterm-256color"
+        } else {
+            "NO_COLOR=1 TERM=xterm-256color"
+        };
+        let tmux = Tmux::start_sized(
+            &pane_command(&xb, env, &[build(ctx.path()), build(ctx2.path())]),
+            width,
+            30,
+        );
+        tmux.wait_for("the end of both builds", Duration::from_secs(600), |sc| {
+            sc.contains("xbuild exited")
+        });
+        let all = tmux.capture(true, true);
+        assert!(all.contains("xbuild exited 0"), "{all}");
+        for l in all.lines() {
+            assert!(
+                cols(l) <= usize::from(width),
+                "{width} columns: {l:?}\n{all}"
+            );
+        }
+        // The summary: its header and one row per platform, after each build.
+        let lines: Vec<&str> = all.lines().collect();
+        let headers: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                l.split_whitespace().collect::<Vec<_>>()
+                    == ["PLATFORM", "WORKER", "STEPS", "CACHED", "TIME", "DIGEST"]
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(headers.len(), 2, "{all}");
+        for h in &headers {
+            for (k, (platform, worker)) in [("linux/amd64", "local"), ("linux/arm64", "qemu")]
+                .iter()
+                .enumerate()
+            {
+                let w: Vec<&str> = lines[h + 1 + k].split_whitespace().collect();
+                assert_eq!(w.first(), Some(platform), "{all}");
+                assert_eq!(w.get(1), Some(worker), "{all}");
+                // Every instruction after FROM (ENV, RUN, RUN, WORKDIR,
+                // CMD): what the live counters count too.
+                assert_eq!(w.get(2), Some(&"5"), "{all}");
+                assert!(w.last().is_some_and(|d| d.starts_with("sha256:")), "{all}");
+            }
+            assert!(lines[h + 3].starts_with("image digest: sha256:"), "{all}");
+        }
+        // Metadata-only instructions take no number; RUN lines do.
+        assert!(
+            all.contains("[linux/amd64 stage-0] ENV GREETING=hello"),
+            "{all}"
+        );
+        assert!(
+            all.contains("[linux/arm64 stage-0 2/4] RUN echo \"$GREETING"),
+            "{all}"
+        );
+        // The second build misses on the changed RUN, reason on one line.
+        let miss: Vec<&str> = all
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .starts_with("cache miss: instruction changed")
+            })
+            .collect();
+        assert_eq!(miss.len(), 2, "{all}");
+        // Pulls name the platform.
+        let pulled: Vec<&str> = all.lines().filter(|l| l.starts_with("pulled ")).collect();
+        assert!(!pulled.is_empty(), "{all}");
+        for l in &pulled {
+            assert!(
+                l.starts_with("pulled linux/amd64 ") || l.starts_with("pulled linux/arm64 "),
+                "{l}"
+            );
+        }
+        // Colour: SGR sequences only when allowed.
+        let esc = tmux.capture_escapes();
+        if colour {
+            assert!(esc.contains("\x1b[32mDONE"), "no colour:\n{esc}");
+        } else {
+            assert!(!esc.contains("\x1b["), "colour despite NO_COLOR:\n{esc}");
+        }
+        save_screen(&format!("tty-{width}-end.txt"), &tmux.capture(false, true));
+    }
+}
+
+/// Pids whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                out.push(format!("{name}: {cmd}"));
+            }
+        }
+    }
+    out
+}
+
+/// Mount points under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .collect()
+}
+
+/// Issue 21: Ctrl-C while both platforms run a step: exit code 130, every
+/// running step marked CANCELED, a "cancelled" line, and no process of the
+/// steps nor any mount left under the state directory.
+#[test]
+fn tty_ctrl_c_cancels_cleanly() {
+    if testbed::require_cmd("tmux").is_none() {
+        return;
+    }
+    if require_multiplatform().is_none() {
+        return;
+    }
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let base = publish_base(&xb, &reg);
+    // A number no other process on the machine sleeps for.
+    let marker = format!("{}", 31_000 + std::process::id() % 9_000);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("ARG BASE\nFROM $BASE\nRUN echo started; sleep {marker}\nRUN echo never\n"),
+    )]);
+    let build = format!(
+        "build --progress tty --platform linux/amd64,linux/arm64 --build-arg BASE={} {}",
+        quote(&base),
+        quote(s(ctx.path()))
+    );
+    let tmux = Tmux::start_sized(&pane_command(&xb, "", &[build]), 100, 30);
+    tmux.wait_for("both steps running", Duration::from_secs(300), |sc| {
+        sc.matches("| started").count() == 2 || sc.contains("xbuild exited")
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_with(&format!("sleep {marker}")).len() < 2 {
+        assert!(Instant::now() < deadline, "the steps' sleeps did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux.send_keys("C-c");
+    tmux.wait_for("xbuild to exit", Duration::from_secs(120), |sc| {
+        sc.contains("xbuild exited")
+    });
+    let all = tmux.capture(true, true);
+    assert!(all.contains("xbuild exited 130"), "{all}");
+    assert!(all.contains("cancelled"), "{all}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let step = format!("[{platform} stage-0 2/3] RUN echo started; sleep {marker}");
+        let lines: Vec<&str> = all.lines().filter(|l| l.contains(&step)).collect();
+        assert_eq!(lines.len(), 1, "{step}:\n{all}");
+        assert!(lines[0].ends_with("CANCELED"), "{all}");
+    }
+    assert!(!all.contains("ERROR"), "{all}");
+    assert!(!all.contains("error:"), "{all}");
+    assert!(!all.contains("RUN echo never"), "{all}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = processes_with(&format!("sleep {marker}"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "steps still running: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mounts_under(xb.root()), Vec::<String>::new());
+    save_screen("tty-ctrl-c.txt", &tmux.capture(false, true));
 }

@@ -404,12 +404,6 @@ pub async fn export(
             }
         );
         let (top, manifests) = assembled.for_output(oci);
-        export_output(store, top, spec, tags)
-            .with_context(|| format!("writing output {spec:?}"))?;
-        if let OutputSpec::Local { dest } = spec {
-            crate::attest::write_local(dest, &assembled.statements)
-                .with_context(|| format!("writing attestations to {}", dest.display()))?;
-        }
         match spec {
             OutputSpec::Image {
                 push: do_push,
@@ -463,6 +457,22 @@ pub async fn export(
                 out.load = Some((top.clone(), all));
             }
             _ => {}
+        }
+        // Tags go into the local store only once every push of this output
+        // succeeded: a failed push leaves `xbuild images` as it was.
+        export_output(store, top, spec, tags)
+            .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Local { dest } = spec {
+            crate::attest::write_local(dest, &assembled.statements)
+                .with_context(|| format!("writing attestations to {}", dest.display()))?;
+        }
+        // Tags go into the local store only once every push of this output
+        // succeeded: a failed push leaves `xbuild images` as it was.
+        export_output(store, top, spec, tags)
+            .with_context(|| format!("writing output {spec:?}"))?;
+        if let OutputSpec::Local { dest } = spec {
+            crate::attest::write_local(dest, &assembled.statements)
+                .with_context(|| format!("writing attestations to {}", dest.display()))?;
         }
     }
     Ok(out)
@@ -557,17 +567,17 @@ pub async fn push(
             registry
                 .push_image_untagged(r, store, d, &progress)
                 .await
-                .with_context(|| format!("pushing the {p} image to {}", r.familiar()))?;
+                .with_context(|| format!("pushing the {p} image"))?;
         }
         registry
             .push_index(r, store, top, &progress)
             .await
-            .with_context(|| format!("pushing the index to {}", r.familiar()))?;
+            .with_context(|| "pushing the index")?;
     } else {
         registry
             .push_image(r, store, top, &progress)
             .await
-            .with_context(|| format!("pushing to {}", r.familiar()))?;
+            .context("pushing")?;
     }
     Ok(())
 }

@@ -67,12 +67,14 @@ impl ImageSource for RegistrySource {
                 .reference
                 .parse()
                 .map_err(|e| format!("invalid image reference {:?}: {e}", image.reference))?;
+            // Named by platform first (two platforms pull the same tag) and
+            // by the reference as written, not its pinned digest.
+            let label = format!("{} {}", image.platform, r.familiar());
             if let Some(d) = &image.digest {
                 if let Ok(digest) = d.parse() {
                     r = r.with_digest(digest);
                 }
             }
-            let label = r.familiar();
             let progress_fn = move |p: Progress| {
                 events.emit(Event::Bytes {
                     id: None,
@@ -87,7 +89,7 @@ impl ImageSource for RegistrySource {
                 .registry
                 .pull(&r, &image.platform, store, progress)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| without_reference(e.to_string(), &r, &image.reference))?;
             Ok(PulledImage {
                 manifest: pulled.descriptor,
                 image: pulled.manifest,
@@ -95,6 +97,19 @@ impl ImageSource for RegistrySource {
             })
         })
     }
+}
+
+/// A registry error's text without its leading `REFERENCE: `: the callers'
+/// messages (`Dockerfile:1: FROM REF (linux/amd64): ...`) name the
+/// reference already, and it is printed once.
+fn without_reference(message: String, r: &Reference, written: &str) -> String {
+    let names = [r.to_string(), r.familiar(), written.to_string()];
+    for n in names {
+        if let Some(rest) = message.strip_prefix(&format!("{n}: ")) {
+            return rest.to_string();
+        }
+    }
+    message
 }
 
 /// Records which images planning asks for, answering with empty configs.
@@ -193,7 +208,7 @@ pub async fn resolve_images(
                 digest: Some(res.manifest_digest.to_string()),
                 config: base_config(&res.config),
             }),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(without_reference(e.to_string(), &r, reference)),
         };
         ((reference.clone(), platform.clone()), res)
     });

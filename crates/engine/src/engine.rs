@@ -215,9 +215,11 @@ pub struct SolveResult {
     pub manifest: Descriptor,
     /// The image config.
     pub config: ImageConfig,
-    /// Steps solved (FROM not counted).
+    /// Steps solved (every instruction after FROM, metadata-only ones
+    /// included; FROM not counted): what the summary's STEPS column and
+    /// the tty view's counters show.
     pub steps: usize,
-    /// Steps that came from the cache.
+    /// Of those, the steps that came from the cache.
     pub cached: usize,
     /// Wall-clock time of the solve.
     pub duration: Duration,

@@ -51,7 +51,7 @@ pub enum MissReason {
     },
     /// An earlier step of the stage missed, so this one rebuilds.
     ParentMissed {
-        /// The first step of the stage that missed (`[build 2/5] RUN make`).
+        /// The step's direct parent, which missed (`[build 2/5] RUN make`).
         step: String,
     },
     /// The instruction text (after expansion) differs from the last build's.
@@ -151,11 +151,14 @@ pub enum Event {
         platform: Platform,
         /// Stage display name (`build`, `stage-1`).
         stage: String,
-        /// 1-based position in the stage, FROM being 1.
+        /// Step number in the stage, as BuildKit numbers it (`2` of
+        /// `[build 2/5]`): FROM of an image and filesystem steps (RUN,
+        /// COPY, ADD, WORKDIR) are numbered; 0 for a vertex without a
+        /// number (metadata-only instructions, FROM scratch or a stage).
         index: usize,
-        /// Number of vertices in the stage, FROM included.
+        /// Numbered steps in the stage.
         total: usize,
-        /// The instruction text (`RUN make`).
+        /// The instruction as written (`RUN make`).
         name: String,
         /// Where it runs (`local`, `qemu`, `node amd1`).
         worker: String,

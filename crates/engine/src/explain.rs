@@ -23,8 +23,12 @@ pub struct ExplainStep {
     pub index: usize,
     /// Vertices in the stage, FROM included.
     pub total: usize,
-    /// The instruction text.
+    /// The instruction as written.
     pub name: String,
+    /// How progress output names it (`[build 2/5] RUN make`; metadata-only
+    /// steps take no number: `[build] ENV A=1`).
+    #[serde(default)]
+    pub label: String,
     /// The step's cache key.
     pub key: Digest,
     /// Whether a build now would take it from the cache (FROM: always).
@@ -57,6 +61,7 @@ impl Engine {
                 index: 1,
                 total,
                 name: stage.from_text.clone(),
+                label: stage.step_label(0),
                 key: key.clone(),
                 cached: true,
                 causes: Vec::new(),
@@ -105,15 +110,17 @@ impl Engine {
                 } else {
                     self.miss_causes(&platform, &key, &sk)
                 };
-                if !causes.is_empty() && missed.is_none() {
-                    missed = Some(step_label(stage, si + 2, &step.text));
+                // The next step names this one, its direct parent.
+                if !causes.is_empty() {
+                    missed = Some(step_label(stage, si + 2));
                 }
                 out.push(ExplainStep {
                     platform: platform.clone(),
                     stage: stage.display_name(),
                     index: si + 2,
                     total,
-                    name: step.text.clone(),
+                    name: step.title().to_string(),
+                    label: step_label(stage, si + 2),
                     key: sk.key.clone(),
                     cached: causes.is_empty(),
                     causes,

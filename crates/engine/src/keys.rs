@@ -32,13 +32,10 @@ pub(crate) fn slot(stage: &Stage, index: usize) -> String {
     format!("{} {index}", stage.display_name())
 }
 
-/// `[build 2/5] RUN make`.
-pub(crate) fn step_label(stage: &Stage, index: usize, text: &str) -> String {
-    format!(
-        "[{} {index}/{}] {text}",
-        stage.display_name(),
-        stage.steps.len() + 1
-    )
+/// `[build 2/5] RUN make`: the step at 1-based vertex `index` (FROM is 1),
+/// numbered the way progress output numbers it.
+pub(crate) fn step_label(stage: &Stage, index: usize) -> String {
+    stage.step_label(index.saturating_sub(1))
 }
 
 impl Engine {

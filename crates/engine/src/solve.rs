@@ -412,15 +412,16 @@ impl Engine {
     ) -> Result<StageOut, EngineError> {
         let req = shared.req;
         let stage = &req.graph.stages[idx];
-        let total = stage.steps.len() + 1;
+        let numbers = stage.numbers();
+        let total = numbers.total;
         let platform = &shared.platform;
-        let start_vertex = |index: usize, name: &str| {
+        let start_vertex = |index: Option<usize>, name: &str| {
             let id = req.ids.next_id();
             req.events.emit(Event::Started {
                 id,
                 platform: platform.clone(),
                 stage: stage.display_name(),
-                index,
+                index: index.unwrap_or(0),
                 total,
                 name: name.to_string(),
                 worker: self.inner.cfg.worker.clone(),
@@ -428,7 +429,7 @@ impl Engine {
             id
         };
         // FROM.
-        let vid = start_vertex(1, &stage.from_text);
+        let vid = start_vertex(numbers.from, &stage.from_text);
         let t0 = Instant::now();
         let dep_keys: HashMap<usize, Digest> =
             deps.iter().map(|(i, d)| (*i, d.key.clone())).collect();
@@ -480,7 +481,7 @@ impl Engine {
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
-            let vid = start_vertex(si + 2, &step.text);
+            let vid = start_vertex(numbers.steps[si], step.title());
             let t0 = Instant::now();
             let r = async {
                 let sk = self
@@ -508,8 +509,10 @@ impl Engine {
                 .await
             }
             .await;
-            if r.as_ref().is_ok_and(|hit| !hit) && missed.is_none() {
-                missed = Some(crate::keys::step_label(stage, si + 2, &step.text));
+            // A miss makes every later step rebuild; the next one names
+            // this one, its direct parent, as the reason.
+            if r.as_ref().is_ok_and(|hit| !hit) {
+                missed = Some(crate::keys::step_label(stage, si + 2));
             }
             match r {
                 Ok(hit) => {

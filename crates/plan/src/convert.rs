@@ -1052,6 +1052,7 @@ impl<'a> Planner<'a> {
         let build_args = build_args.unwrap_or_else(|| ex.used.clone());
         sc.steps.push(Step {
             location: loc(self.file(), ins),
+            display: title_as_written(ins),
             text,
             created_by,
             op,
@@ -1142,6 +1143,17 @@ struct StageConv {
     scope: Scope,
     state: StageState,
     steps: Vec<Step>,
+}
+
+/// The instruction as the Dockerfile spells it, on one line: upper-case
+/// keyword, the rest verbatim (continuations already joined by the parser).
+fn title_as_written(ins: &Instruction) -> String {
+    let rest = strip_keyword(&ins.original);
+    if rest.is_empty() {
+        ins.keyword.clone()
+    } else {
+        format!("{} {rest}", ins.keyword)
+    }
 }
 
 fn strip_keyword(original: &str) -> &str {

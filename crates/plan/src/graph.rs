@@ -244,9 +244,15 @@ pub enum Op {
 pub struct Step {
     /// Where the instruction is.
     pub location: Location,
-    /// The instruction as displayed and keyed: keyword plus expanded words
-    /// (RUN keeps its command text as written; the shell expands it).
+    /// The instruction as keyed: keyword plus expanded words (RUN keeps
+    /// its command text as written; the shell expands it).
     pub text: String,
+    /// The instruction as written in the Dockerfile (keyword upper-cased,
+    /// continuations joined, nothing expanded): the progress title. Empty
+    /// in graphs from older coordinators; [`Step::title`] then falls back
+    /// to `text`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub display: String,
     /// The history `created_by` Docker writes for this step.
     pub created_by: String,
     /// What to do.
@@ -256,6 +262,53 @@ pub struct Step {
     pub build_args: BTreeMap<String, String>,
     /// True when this step came from a base image's ONBUILD trigger.
     pub from_onbuild: bool,
+}
+
+impl Step {
+    /// The progress title: the instruction as written.
+    pub fn title(&self) -> &str {
+        if self.display.is_empty() {
+            &self.text
+        } else {
+            &self.display
+        }
+    }
+
+    /// Whether the step changes the filesystem and so takes a step number
+    /// in progress output (`[build 2/5]`). BuildKit numbers RUN, COPY, ADD
+    /// and WORKDIR; metadata-only instructions (ENV, ARG, USER, CMD,
+    /// EXPOSE, LABEL, ...) only change the image config and take none.
+    pub fn is_numbered(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Exec(_) | Op::Copy(_) | Op::Config(ConfigOp::Workdir(_))
+        )
+    }
+}
+
+/// How progress output numbers a stage's vertices, the way BuildKit's
+/// Dockerfile frontend does: FROM takes number 1 when it pulls an image
+/// (not for `scratch` or another stage), then each filesystem step takes
+/// the next number; `total` counts them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepNumbers {
+    /// The FROM's number, if it has one.
+    pub from: Option<usize>,
+    /// Each step's number, in order (`None` for metadata-only steps).
+    pub steps: Vec<Option<usize>>,
+    /// How many numbers the stage hands out.
+    pub total: usize,
+}
+
+impl StepNumbers {
+    /// The bracketed prefix of a numbered vertex (`[build 2/5]`), or of an
+    /// unnumbered one (`[build]`).
+    pub fn prefix(stage: &str, number: Option<usize>, total: usize) -> String {
+        match number {
+            Some(n) if total > 0 => format!("[{stage} {n}/{total}]"),
+            _ => format!("[{stage}]"),
+        }
+    }
 }
 
 /// One stage of the build, for one platform.
@@ -283,6 +336,43 @@ impl Stage {
         self.name
             .clone()
             .unwrap_or_else(|| format!("stage-{}", self.dockerfile_index))
+    }
+
+    /// Step numbers for progress output (see [`StepNumbers`]).
+    pub fn numbers(&self) -> StepNumbers {
+        let mut total = 0;
+        let from = matches!(self.base, Base::Image(_)).then(|| {
+            total += 1;
+            total
+        });
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| {
+                s.is_numbered().then(|| {
+                    total += 1;
+                    total
+                })
+            })
+            .collect();
+        StepNumbers { from, steps, total }
+    }
+
+    /// `[build 2/5] RUN make`: how progress output and miss reasons name
+    /// the step at `position` (0 is FROM, 1 the first step after it).
+    pub fn step_label(&self, position: usize) -> String {
+        let n = self.numbers();
+        let (number, title) = match position.checked_sub(1) {
+            None => (n.from, self.from_text.as_str()),
+            Some(i) => (
+                n.steps.get(i).copied().flatten(),
+                self.steps.get(i).map(Step::title).unwrap_or_default(),
+            ),
+        };
+        format!(
+            "{} {title}",
+            StepNumbers::prefix(&self.display_name(), number, n.total)
+        )
     }
 
     /// Indices of the stages this one depends on (base, COPY --from, mounts).

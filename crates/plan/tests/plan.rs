@@ -489,3 +489,78 @@ fn check_finds_the_usual_problems() {
     let skipped = "# check=skip=JSONArgsRecommended\nFROM alpine\nCMD ls\n";
     assert!(check::check_source(skipped, &opts(), &[amd64()]).is_empty());
 }
+
+/// BuildKit's Dockerfile frontend (`dockerfile2llb`, the `[stage i/n]`
+/// prefix): an image FROM and RUN/COPY/ADD/WORKDIR take numbers, metadata
+/// instructions none, FROM scratch or a stage none; titles are the
+/// instructions as written, before expansion.
+#[test]
+fn progress_numbering_counts_filesystem_steps_only() {
+    let src = "FROM busybox AS build\n\
+               ARG TARGETOS=linux\n\
+               ENV GREETING=hi PATH=/opt/bin:$PATH\n\
+               WORKDIR /src\n\
+               USER 0\n\
+               COPY a /a\n\
+               EXPOSE 80\n\
+               RUN echo $GREETING \\\n  done\n\
+               LABEL x=y\n\
+               CMD [\"sh\"]\n\
+               FROM build AS derived\n\
+               RUN true\n\
+               FROM scratch\n\
+               COPY --from=derived /a /a\n";
+    let g = plan_for(src, &amd64(), &opts());
+    let build = &g.stages[0];
+    let n = build.numbers();
+    assert_eq!(n.from, Some(1));
+    assert_eq!(n.total, 4);
+    assert_eq!(
+        n.steps,
+        [
+            None,
+            None,
+            Some(2),
+            None,
+            Some(3),
+            None,
+            Some(4),
+            None,
+            None
+        ]
+    );
+    assert_eq!(build.step_label(0), "[build 1/4] FROM busybox AS build");
+    assert_eq!(
+        build.step_label(2),
+        "[build] ENV GREETING=hi PATH=/opt/bin:$PATH"
+    );
+    assert_eq!(build.step_label(3), "[build 2/4] WORKDIR /src");
+    assert_eq!(build.step_label(1), "[build] ARG TARGETOS=linux");
+    assert!(build
+        .step_label(7)
+        .starts_with("[build 4/4] RUN echo $GREETING"));
+    // Keys still see the expanded text.
+    assert!(
+        build.steps[1].text.contains("/opt/bin:"),
+        "{}",
+        build.steps[1].text
+    );
+    assert!(!build.steps[1].text.contains("$PATH"));
+
+    let stage = |name: &str| {
+        g.stages
+            .iter()
+            .find(|s| s.display_name() == name)
+            .unwrap_or_else(|| panic!("no stage {name}"))
+    };
+    let derived = stage("derived").numbers();
+    assert_eq!((derived.from, derived.total), (None, 1));
+    assert_eq!(stage("derived").step_label(1), "[derived 1/1] RUN true");
+    let scratch = stage("stage-2");
+    assert_eq!(scratch.numbers().from, None);
+    assert_eq!(scratch.step_label(0), "[stage-2] FROM scratch");
+    assert_eq!(
+        scratch.step_label(1),
+        "[stage-2 1/1] COPY --from=derived /a /a"
+    );
+}

@@ -171,6 +171,9 @@ pub enum SandboxError {
         /// What could not be decoded.
         detail: String,
     },
+    /// The build was interrupted: the process was killed, or not started.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<InitError> for SandboxError {

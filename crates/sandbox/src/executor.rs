@@ -61,6 +61,9 @@ impl Executor for LinuxExecutor {
         output: &mut dyn FnMut(OutputStream, &[u8]),
     ) -> Result<RunResult, SandboxError> {
         validate(spec)?;
+        if crate::cancel::is_cancelled() {
+            return Err(SandboxError::Cancelled);
+        }
         let rootfs = std::fs::canonicalize(rootfs).map_err(|source| SandboxError::Rootfs {
             path: rootfs.to_path_buf(),
             source,
@@ -94,7 +97,11 @@ impl Executor for LinuxExecutor {
             .env(FDS_ENV, format!("{},{}", passed[0], passed[1]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C on the caller's terminal goes
+            // to the caller, which stops its sandboxes itself (cancel_all),
+            // as a container's processes are not the client's to interrupt.
+            .process_group(0);
         // SAFETY: the closure only calls fcntl, which is async-signal-safe.
         // Clearing close-on-exec happens in the forked child only, so other
         // threads of the caller never inherit the pipes.
@@ -113,7 +120,11 @@ impl Executor for LinuxExecutor {
             program: self.init_program.clone(),
             source,
         })?;
+        let pid = child.id();
         let mut child = ChildGuard(Some(child));
+        // Declared after the guard: dropped (forgotten) before the guard
+        // reaps the pid on an error path.
+        let registration = crate::cancel::Registration::new(pid);
         drop(spec_r);
         drop(report_w);
 
@@ -130,8 +141,15 @@ impl Executor for LinuxExecutor {
         let inner = child.0.as_mut().expect("child present until waited");
         let stdout = inner.stdout.take().expect("stdout is piped");
         let stderr = inner.stderr.take().expect("stderr is piped");
-        let reports = pump(stdout.into(), stderr.into(), report_r, output)?;
+        let reports = pump(stdout.into(), stderr.into(), report_r, output);
+        // Forgotten before the wait reaps the pid, so it cannot be reused
+        // under a kill.
+        drop(registration);
+        let reports = reports?;
         let status = child.wait()?;
+        if crate::cancel::is_cancelled() {
+            return Err(SandboxError::Cancelled);
+        }
         let duration = started.elapsed();
 
         let decoded = decode(&reports).map_err(|detail| SandboxError::Protocol { detail })?;

@@ -23,6 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod binfmt;
+#[cfg(target_os = "linux")]
+mod cancel;
 mod error;
 #[cfg(target_os = "linux")]
 mod executor;
@@ -35,6 +37,8 @@ mod paths;
 mod protocol;
 pub mod user;
 
+#[cfg(target_os = "linux")]
+pub use cancel::{cancel_all, is_cancelled};
 pub use error::{InitError, SandboxError};
 #[cfg(target_os = "linux")]
 pub use executor::LinuxExecutor;

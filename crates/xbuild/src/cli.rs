@@ -120,7 +120,7 @@ pub enum Commands {
         /// Registry host.
         registry: String,
     },
-    /// Show the xbuild version.
+    /// Show the version, git commit, compiler and platform of this binary.
     Version,
     /// Print a shell completion script (`source <(xbuild completion bash)`).
     Completion {
@@ -151,8 +151,12 @@ pub enum ProgressMode {
     Tty,
     /// BuildKit-style numbered lines.
     Plain,
-    /// One JSON event per line.
+    /// BuildKit's SolveStatus JSON, one object per line (what
+    /// `docker buildx build --progress=rawjson` prints).
     Rawjson,
+    /// xbuild's own events, one JSON object per line (with cache-miss
+    /// reasons and transfer kinds).
+    Json,
     /// Only the final digest (`none` is accepted as an alias).
     #[value(alias = "none")]
     Quiet,
@@ -229,6 +233,12 @@ pub struct BuildArgs {
     /// Write build result metadata (digests, workers, cache counts) to FILE as JSON.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Write the image digest to FILE (the manifest digest for one
+    /// platform, the index digest for several; the config digest when the
+    /// image only goes to a local store with `--load`, as buildx writes it;
+    /// see docs/guide/identifiers.md).
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
     #[arg(long = "node", value_name = "PLATFORM=NODE")]
     pub nodes: Vec<String>,
@@ -240,10 +250,6 @@ pub struct BuildArgs {
     /// Shorthand for `--call=check`.
     #[arg(long)]
     pub check: bool,
-    /// Write the image ID (the digest of the index, or of the manifest for
-    /// one platform) to FILE.
-    #[arg(long = "iidfile", value_name = "FILE")]
-    pub iidfile: Option<PathBuf>,
     /// Set a label in the image config (`KEY=VALUE`; repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -536,6 +542,13 @@ mod tests {
         assert_eq!(a(&["xbuild", "."])[1], "build");
         assert_eq!(a(&["xbuild", "node", "ls"])[1], "node");
         assert_eq!(a(&["xbuild", "--help"])[1], "--help");
+        assert_eq!(a(&["xbuild", "version"])[1], "version");
+        assert!(matches!(
+            Cli::try_parse_from(a(&["xbuild", "version"]))
+                .unwrap()
+                .command,
+            Commands::Version
+        ));
         let cli = Cli::try_parse_from(a(&[
             "xbuild",
             "--platform",

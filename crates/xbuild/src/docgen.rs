@@ -86,4 +86,110 @@ mod tests {
             stale.join(", ")
         );
     }
+
+    fn repo_file(rel: &str) -> String {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn the_guide_shows_the_current_hello_dockerfile() {
+        let page = repo_file("docs/guide/first-build.md");
+        let block = page
+            .split("```dockerfile\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a dockerfile block in first-build.md");
+        assert_eq!(
+            block,
+            repo_file("examples/hello/Dockerfile"),
+            "docs/guide/first-build.md shows another examples/hello/Dockerfile"
+        );
+    }
+
+    #[test]
+    fn the_readme_links_only_inside_the_repository() {
+        let readme = repo_file("README.md");
+        for (i, part) in readme.split("](").enumerate().skip(1) {
+            let target = part.split(')').next().unwrap_or("");
+            assert!(
+                !target.starts_with("../") && !target.starts_with('/'),
+                "README.md link {i} leaves the repository: {target}"
+            );
+        }
+    }
+
+    /// The screens of `docs/guide/progress.md`, captured by the tmux tests
+    /// in `e2e/tests/tty.rs` (`XBUILD_UPDATE_FIXTURES=1` rewrites them).
+    const SCREENS: &[(&str, &str, &str)] = &[
+        (
+            "While it builds (120 columns)",
+            "tty-screen-mid.txt",
+            "Finished steps are logged above a live block per platform: its worker, \
+             the running step with its elapsed time and last output lines.",
+        ),
+        (
+            "At the end (120 columns)",
+            "tty-screen-end.txt",
+            "The live area is gone; each step is logged once, a miss reason on one line \
+             under it, then the summary.",
+        ),
+        (
+            "At 80 columns",
+            "tty-80-end.txt",
+            "Two builds in a row, the second after an instruction changed. Every line is \
+             cut to the width with `…`; the summary's digests are shortened first (the full \
+             ones are in `-q`, `--iidfile` and `--metadata-file`).",
+        ),
+        (
+            "At 120 columns, with colour",
+            "tty-120-end.txt",
+            "The same two builds; on a terminal DONE is green, CACHED cyan, ERROR red \
+             (colour is off with `NO_COLOR=1`, `CLICOLOR=0`, `TERM=dumb` or when stderr is \
+             not a terminal).",
+        ),
+        (
+            "Ctrl-C",
+            "tty-ctrl-c.txt",
+            "Every running step is marked CANCELED, their processes are killed and their \
+             mounts removed, and xbuild exits with status 130.",
+        ),
+    ];
+
+    fn progress_page() -> String {
+        let mut page = String::from(
+            "# The progress view\n\n\
+             <!-- generated from e2e/fixtures by crates/xbuild/src/docgen.rs; do not edit -->\n\n\
+             On a terminal `xbuild build` shows a live view (`--progress tty`, the default when \
+             stderr is a terminal); `--progress plain` prints BuildKit's numbered lines, \
+             `--progress rawjson` BuildKit's SolveStatus JSON and `--progress json` xbuild's own \
+             events. The screens below are captured from real builds by the tests in \
+             `e2e/tests/tty.rs`; the last line of each is the test's shell reporting the exit \
+             status.\n",
+        );
+        for (title, file, text) in SCREENS {
+            let screen = repo_file(&format!("e2e/fixtures/{file}"));
+            page.push_str(&format!(
+                "\n## {title}\n\n{text}\n\n```text\n{}\n```\n",
+                screen.trim_end()
+            ));
+        }
+        page
+    }
+
+    #[test]
+    fn the_progress_page_shows_the_captured_screens() {
+        let want = progress_page();
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/guide/progress.md");
+        if std::env::var_os("XBUILD_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            want,
+            "docs/guide/progress.md is out of date; run XBUILD_UPDATE_DOCS=1 cargo test -p xbuild docgen"
+        );
+    }
 }

@@ -75,7 +75,13 @@ async fn explain(
 
 /// The human table: one line per vertex.
 pub fn table(steps: &[ExplainStep]) -> String {
-    let label = |s: &ExplainStep| format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name);
+    let label = |s: &ExplainStep| {
+        if s.label.is_empty() {
+            format!("[{} {}/{}] {}", s.stage, s.index, s.total, s.name)
+        } else {
+            s.label.clone()
+        }
+    };
     let width = steps
         .iter()
         .map(|s| label(s).chars().count())

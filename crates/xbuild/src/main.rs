@@ -21,7 +21,10 @@ mod progress;
 mod remote_ctx;
 mod request;
 mod run_build;
+mod solve_status;
 mod sshagent;
+mod usage;
+mod version_cmd;
 
 use clap::Parser;
 use cli::{Cli, Commands};
@@ -105,13 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             password_stdin,
         } => login::cmd_login(&registry, username.as_deref(), password_stdin),
         Commands::Logout { registry } => login::cmd_logout(&registry),
-        Commands::Version => {
-            println!(
-                "xbuild {} (buildx-compatible command line)",
-                env!("CARGO_PKG_VERSION")
-            );
-            Ok(())
-        }
+        Commands::Version => version_cmd::run(),
         Commands::Completion { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -135,7 +132,17 @@ fn main() -> ExitCode {
         xbuild_sandbox::init_main();
     }
     let args = cli::with_default_command(std::env::args().collect());
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::CommandFactory;
+            if let Some(text) = usage::unknown_flag_message(&Cli::command(), &args, &e) {
+                eprintln!("error: {text}");
+                return ExitCode::from(usage::USAGE_EXIT);
+            }
+            e.exit()
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -288,10 +288,14 @@ pub fn cmd_agent(args: &AgentArgs) -> Result<bool> {
 /// print the plan (and warnings for skipped nodes) on stderr. `None` when
 /// no node is configured and nothing is pinned: the build stays local as
 /// always.
+///
+/// The plan and warnings go to `say`, one line per call (the progress
+/// renderer during a build, so they land above the live view).
 pub async fn plan_build(
     platforms: &[Platform],
     pins: &[String],
     show_plan: bool,
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<NodePlan>> {
     let pins = pins
         .iter()
@@ -326,12 +330,12 @@ pub async fn plan_build(
     };
     let plan = schedule::plan_workers(platforms, &health, &pins, &local)?;
     for w in &plan.warnings {
-        eprintln!("warning: {w}");
+        say(&format!("warning: {w}"));
     }
     if show_plan {
-        eprintln!("scheduling:");
+        say("scheduling:");
         for a in &plan.assignments {
-            eprintln!("  {a}");
+            say(&format!("  {a}"));
         }
     }
     Ok(Some(NodePlan {
@@ -346,7 +350,7 @@ pub async fn plan_build(
 pub fn plan_build_blocking(platforms: &[Platform], pins: &[String], show_plan: bool) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let plan = plan_build(platforms, pins, show_plan).await;
+        let plan = plan_build(platforms, pins, show_plan, &|l| eprintln!("{l}")).await;
         if let Ok(Some(p)) = &plan {
             p.pool.close_all().await;
         }

@@ -23,6 +23,7 @@ fn style(mode: ProgressMode) -> Style {
     match mode {
         ProgressMode::Quiet => Style::Quiet,
         ProgressMode::Rawjson => Style::RawJson,
+        ProgressMode::Json => Style::Json,
         ProgressMode::Plain => Style::Plain,
         ProgressMode::Tty => Style::Tty,
         ProgressMode::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Style::Tty,
@@ -83,11 +84,48 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let r = rt.block_on(build(args, df, opts, platforms));
+    let renderer = Renderer::stderr(style(mode(args)));
+    let r = rt.block_on(async {
+        let build = build(args, df, opts, platforms, &renderer);
+        tokio::pin!(build);
+        tokio::select! {
+            r = &mut build => r,
+            _ = tokio::signal::ctrl_c() => {
+                interrupt(&renderer, build).await;
+                Err(Exit(INTERRUPTED).into())
+            }
+        }
+    });
+    if renderer.is_cancelled() {
+        // Killed steps unmount their filesystems on blocking threads as
+        // they unwind: wait for them (bounded), so nothing stays mounted.
+        rt.shutdown_timeout(UNWIND_TIMEOUT);
+        return Err(Exit(INTERRUPTED).into());
+    }
     // Steps of cancelled platforms may still be finishing on blocking
     // threads: do not wait for them.
     rt.shutdown_background();
     r
+}
+
+/// Exit code of an interrupted build (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
+/// How long an interrupted build may take to stop its steps and unmount.
+const UNWIND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Ctrl-C: every running step is marked cancelled and its sandbox killed,
+/// then the build unwinds (its guards unmount what it mounted) for at
+/// most [`UNWIND_TIMEOUT`]; a second Ctrl-C exits at once.
+async fn interrupt(renderer: &Renderer, build: std::pin::Pin<&mut impl std::future::Future>) {
+    renderer.cancel();
+    xbuild_sandbox::cancel_all();
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+    });
+    let _ = tokio::time::timeout(UNWIND_TIMEOUT, build).await;
+    renderer.finish();
 }
 
 fn mode(args: &BuildArgs) -> ProgressMode {
@@ -103,6 +141,7 @@ async fn build(
     df: &LoadedDockerfile,
     opts: &PlanOptions,
     platforms: &[Platform],
+    renderer: &Renderer,
 ) -> Result<()> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
@@ -124,7 +163,6 @@ async fn build(
         req.secrets.insert_ssh(id.clone(), sock.clone());
     }
     let root = crate::paths::xbuild_root()?;
-    let renderer = Renderer::stderr(style(mode(args)));
     let session = Session {
         registry: crate::config::registry(Some(&root))?,
         root,
@@ -140,12 +178,27 @@ async fn build(
     // Where each platform builds: configured nodes are checked and the
     // plan printed before any work starts. Their connections stay open for
     // the agents of this build.
-    let show_plan =
-        !args.quiet && !matches!(args.progress, ProgressMode::Quiet | ProgressMode::Rawjson);
-    let node_plan = crate::nodes::plan_build(platforms, &req.node_pins, show_plan)
+    let show_plan = !args.quiet
+        && !matches!(
+            args.progress,
+            ProgressMode::Quiet | ProgressMode::Rawjson | ProgressMode::Json
+        );
+    // Printed above the live view; in the JSON modes its warnings become
+    // warning events and the plan is left out.
+    // (quiet mode prints the warnings alone, as before).
+    let shown = style(mode(args));
+    let say = |l: &str| match (shown, l.strip_prefix("warning: ")) {
+        (Style::Plain | Style::Tty, _) => renderer.note(l),
+        (Style::Quiet, Some(_)) => eprintln!("{l}"),
+        (_, Some(message)) => renderer.emit(Event::Warning {
+            message: message.to_string(),
+        }),
+        (_, None) => {}
+    };
+    let node_plan = crate::nodes::plan_build(platforms, &req.node_pins, show_plan, &say)
         .await?
         .map(Arc::new);
-    let schedule = xbuild_coordinator::schedule(&planned, node_plan.as_ref(), &session, &renderer)?;
+    let schedule = xbuild_coordinator::schedule(&planned, node_plan.as_ref(), &session, renderer)?;
 
     let index = xbuild_coordinator::scan_context(&req, &session)?;
     let engine = session.open_engine("local")?;
@@ -163,11 +216,13 @@ async fn build(
         &req.cache_from,
         &planned.graphs,
         &key_inputs,
-        &renderer,
+        renderer,
     )
     .await?;
-    if !req.cache_from.is_empty() && !args.quiet && args.progress != ProgressMode::Quiet {
-        eprintln!("cache import: {imported} record(s) imported, {fetched} layer(s) fetched");
+    if !req.cache_from.is_empty() && human(style(mode(args))) {
+        renderer.note(&format!(
+            "cache import: {imported} record(s) imported, {fetched} layer(s) fetched"
+        ));
     }
 
     let ids = VertexIds::new();
@@ -176,7 +231,7 @@ async fn build(
         context_dir: req.context_dir.as_deref(),
         context: index.as_ref(),
         source: &source,
-        events: &renderer,
+        events: renderer,
         ids: &ids,
         no_cache: req.no_cache,
         no_cache_filter: &req.no_cache_filter,
@@ -187,9 +242,13 @@ async fn build(
     if let Some(n) = &node_plan {
         n.close().await;
     }
+    if renderer.is_cancelled() {
+        // Ctrl-C: the steps were stopped, not failed; nothing to report.
+        return Err(Exit(INTERRUPTED).into());
+    }
     if !solved.ok() {
         renderer.finish();
-        print_failures(&renderer, df, &solved);
+        print_failures(renderer, df, &solved);
         return Err(Exit(1).into());
     }
 
@@ -213,7 +272,7 @@ async fn build(
             timing: &timing,
             rewrite,
         },
-        &renderer,
+        renderer,
     )
     .await?;
     drop(agents);
@@ -223,7 +282,7 @@ async fn build(
         &req.cache_to,
         &planned.graphs,
         &key_inputs,
-        &renderer,
+        renderer,
     )
     .await?;
 
@@ -238,11 +297,13 @@ async fn build(
         }
         _ => None,
     };
-    let quiet = style(mode(args)) == Style::Quiet;
+    let s = style(mode(args));
+    let quiet = s == Style::Quiet;
     if quiet {
         println!("{}", report.result.digest);
-    } else {
-        eprint!("{}", summary(&report));
+    } else if human(s) {
+        let width = crate::progress::stderr_width();
+        eprint!("{}", summary(&report, width));
         eprintln!("total time: {:.1}s", started.elapsed().as_secs_f64());
     }
     if let Some(l) = &loaded {
@@ -250,10 +311,23 @@ async fn build(
     }
     if let Some(path) = &args.iidfile {
         let id = image_id(engine.store(), &report, &req.outputs)?;
-        std::fs::write(path, id).with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, id.as_bytes())?;
     }
     if let Some(path) = &args.metadata_file {
-        write_metadata(path, &report)?;
+        let mut meta = report.metadata();
+        if let (true, Some(m)) = (report.platforms.len() == 1, meta.as_object_mut()) {
+            // BuildKit's key for the image's config digest (what `images`
+            // shows as IMAGE ID).
+            if let Ok(im) =
+                xbuild_engine::image::read_manifest(engine.store(), &report.result.digest)
+            {
+                m.insert(
+                    "containerimage.config.digest".into(),
+                    im.config.digest.to_string().into(),
+                );
+            }
+        }
+        write_file(path, &serde_json::to_vec_pretty(&meta)?)?;
     }
     if !quiet {
         let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
@@ -313,6 +387,12 @@ fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool) {
             }
         }
     }
+}
+
+/// Whether the progress style is for people (the summary goes to stderr);
+/// the JSON styles keep stderr machine-readable.
+fn human(s: Style) -> bool {
+    matches!(s, Style::Plain | Style::Tty)
 }
 
 /// Assemble the built platforms into one image, with the attestations
@@ -394,7 +474,11 @@ async fn assemble_and_export(
 /// platform's Dockerfile excerpt and error, and what happened to the others.
 fn print_failures(renderer: &Renderer, df: &LoadedDockerfile, solved: &Solved) {
     if !renderer.shows_logs() {
+        // The output of each failed step (its name alone says nothing new).
         for (name, lines) in renderer.failures() {
+            if lines.is_empty() {
+                continue;
+            }
             eprintln!("{name}");
             for l in lines {
                 eprintln!("  {l}");
@@ -455,35 +539,68 @@ fn print_failures(renderer: &Renderer, df: &LoadedDockerfile, solved: &Solved) {
     }
 }
 
-/// The end-of-build table.
-pub fn summary(report: &Report) -> String {
+/// The end-of-build table, fitted to `width` columns when given (the
+/// terminal's): the digests are cut with `…` first (the full digests are in
+/// `-q`, `--iidfile` and `--metadata-file`), then whole lines.
+pub fn summary(report: &Report, width: Option<usize>) -> String {
+    // One column stays free so that no terminal wraps a full line.
+    let room = width.map(|w| w.saturating_sub(1).max(20));
+    let head = |p: &str, w: &str, st: &str, c: &str, t: &str| {
+        format!("{p:<16} {w:<10} {st:>5} {c:>6} {t:>8}  ")
+    };
+    let cut = |text: String| match room {
+        Some(r) => crate::progress::fit_width(&text, r),
+        None => text,
+    };
+    // `left` and a digest: the digest shortened to what fits.
+    let with_digest = |left: String, digest: &str| match room {
+        Some(r) => {
+            let used = left.chars().count();
+            let keep = r.saturating_sub(used).max("sha256:".len() + 13);
+            cut(format!(
+                "{left}{}",
+                crate::progress::fit_width(digest, keep)
+            ))
+        }
+        None => format!("{left}{digest}"),
+    };
     let mut s = String::new();
-    s.push_str(&format!(
-        "{:<16} {:<10} {:>5} {:>6} {:>8}  {}\n",
-        "PLATFORM", "WORKER", "STEPS", "CACHED", "TIME", "DIGEST"
-    ));
+    s.push_str(&cut(format!(
+        "{}DIGEST",
+        head("PLATFORM", "WORKER", "STEPS", "CACHED", "TIME")
+    )));
+    s.push('\n');
     for r in &report.platforms {
-        s.push_str(&format!(
-            "{:<16} {:<10} {:>5} {:>6} {:>7.1}s  {}\n",
-            r.platform.to_string(),
-            r.worker,
-            r.steps,
-            r.cached,
-            r.duration.as_secs_f64(),
-            r.manifest.digest
-        ));
+        let left = head(
+            &r.platform.to_string(),
+            &r.worker,
+            &r.steps.to_string(),
+            &r.cached.to_string(),
+            &format!("{:.1}s", r.duration.as_secs_f64()),
+        );
+        s.push_str(&with_digest(left, r.manifest.digest.as_ref()));
+        s.push('\n');
     }
-    s.push_str(&format!("image digest: {}\n", report.result.digest));
+    let digest = report.result.digest.to_string();
+    s.push_str(&with_digest("image digest: ".into(), &digest));
+    s.push('\n');
     for p in &report.pushed {
-        s.push_str(&format!("pushed: {p}\n"));
+        // `name@digest`: the name kept whole where it fits, the digest cut.
+        let (name, d) = p.rsplit_once('@').unwrap_or((p.as_str(), ""));
+        if d.is_empty() {
+            s.push_str(&cut(format!("pushed: {name}")));
+        } else {
+            s.push_str(&with_digest(format!("pushed: {name}@"), d));
+        }
+        s.push('\n');
     }
     s
 }
 
-fn write_metadata(path: &Path, report: &Report) -> Result<()> {
+/// Writes `bytes` to `path` through a temporary file next to it.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&report.metadata())?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

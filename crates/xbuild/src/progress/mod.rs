@@ -1,6 +1,7 @@
 //! Rendering the engine's event stream: BuildKit-shaped plain lines, a live
-//! per-platform view for terminals (`tty`), one JSON object per line
-//! (`rawjson`), or nothing (`quiet`).
+//! per-platform view for terminals (`tty`), BuildKit's SolveStatus objects
+//! (`rawjson`), xbuild's own events as JSON lines (`json`), or nothing
+//! (`quiet`).
 //!
 //! Plain output, as DESIGN.md shows it:
 //!
@@ -26,7 +27,6 @@
 //!        | cc -O2 -c main.c
 //! ```
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,8 +43,10 @@ pub enum Style {
     /// A live per-platform view redrawn in place, finished steps printed
     /// above it (plain finished-step lines when stderr is not a terminal).
     Tty,
-    /// One JSON event per line.
+    /// BuildKit's SolveStatus JSON, one object per line.
     RawJson,
+    /// xbuild's events, one JSON object per line.
+    Json,
     /// Nothing.
     Quiet,
 }
@@ -55,6 +57,8 @@ struct VertexState {
     /// Bytes of an unfinished log line, per stream.
     partial: [Vec<u8>; 2],
     cached: bool,
+    /// Done, failed or cancelled.
+    ended: bool,
 }
 
 #[derive(Default)]
@@ -66,6 +70,10 @@ struct State {
     names: HashMap<VertexId, String>,
     failed: Vec<VertexId>,
     steps_cached: usize,
+    /// `rawjson`: events as BuildKit SolveStatus updates.
+    solve_status: crate::solve_status::Encoder,
+    /// `plain`: the closing lines were printed.
+    closed: bool,
 }
 
 /// A thread-safe renderer writing to stderr (or any writer, for tests).
@@ -77,6 +85,46 @@ pub struct Renderer {
     live: Option<Arc<Live>>,
     /// The thread that redraws the live area.
     ticker: Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`Renderer::cancel`].
+    cancelled: AtomicBool,
+}
+
+/// A vertex's bracketed prefix as BuildKit writes it: `[linux/arm64 build
+/// 2/5]`, or without a number for a vertex that has none (metadata-only
+/// instructions, FROM scratch or another stage): `[linux/arm64 build]`.
+/// `platform` may be empty (inside a platform's block).
+pub(super) fn prefix(platform: &str, stage: &str, index: usize, total: usize) -> String {
+    let mut s = String::from("[");
+    if !platform.is_empty() {
+        s.push_str(platform);
+        s.push(' ');
+    }
+    s.push_str(stage);
+    if index > 0 && total > 0 {
+        s.push_str(&format!(" {index}/{total}"));
+    }
+    s.push(']');
+    s
+}
+
+/// `[linux/arm64 build 2/5] RUN make` (see [`prefix`]).
+pub(super) fn title(platform: &str, stage: &str, index: usize, total: usize, name: &str) -> String {
+    format!("{} {name}", prefix(platform, stage, index, total))
+}
+
+/// Columns of the terminal on stderr, if stderr is one (for fitting the
+/// end-of-build summary).
+pub fn stderr_width() -> Option<usize> {
+    if std::io::stderr().is_terminal() {
+        terminal_size().map(|(w, _)| w)
+    } else {
+        None
+    }
+}
+
+/// `s` cut to at most `width` columns with `…`.
+pub fn fit_width(s: &str, width: usize) -> String {
+    truncate(s, width)
 }
 
 fn secs(d: Duration) -> String {
@@ -90,31 +138,37 @@ impl Renderer {
         if style != Style::Tty || !std::io::stderr().is_terminal() {
             return Self::to_writer(style, Box::new(std::io::stderr()));
         }
-        // One bar whose message is the whole live area: indicatif redraws it
-        // in place at the terminal's current width and prints log lines
-        // above it.
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(20));
-        if let Ok(s) = ProgressStyle::with_template("{msg}") {
-            bar.set_style(s);
-        }
-        let r = Self::build(style, Box::new(std::io::stderr()), Some(bar));
+        let screen = Screen::new(Box::new(std::io::stderr()));
+        let r = Self::build(
+            style,
+            Box::new(std::io::stderr()),
+            Some(screen),
+            Paint(colour_wanted(true)),
+        );
         r.start_ticker();
         r
     }
 
     /// Render to any writer (`Style::Tty` without a live area: finished
-    /// steps only).
+    /// steps only, without colour).
     pub fn to_writer(style: Style, out: Box<dyn Write + Send>) -> Self {
-        Self::build(style, out, None)
+        Self::build(style, out, None, Paint(false))
     }
 
-    fn build(style: Style, out: Box<dyn Write + Send>, bar: Option<ProgressBar>) -> Self {
+    fn build(
+        style: Style,
+        out: Box<dyn Write + Send>,
+        screen: Option<Screen>,
+        paint: Paint,
+    ) -> Self {
         let live = (style == Style::Tty).then(|| {
             Arc::new(Live {
                 state: Mutex::new(TtyState::new(Instant::now())),
-                bar,
+                screen: screen.map(Mutex::new),
+                paint,
                 stop: AtomicBool::new(false),
                 finished: AtomicBool::new(false),
+                tick: std::sync::atomic::AtomicUsize::new(0),
             })
         });
         Renderer {
@@ -123,23 +177,22 @@ impl Renderer {
             state: Mutex::new(State::default()),
             live,
             ticker: Mutex::new(None),
+            cancelled: AtomicBool::new(false),
         }
     }
 
     /// Starts the thread that redraws the live area ten times a second
     /// (elapsed times and the spinner move even when no event arrives).
     fn start_ticker(&self) {
-        let Some(live) = self.live.as_ref().filter(|l| l.bar.is_some()) else {
+        let Some(live) = self.live.as_ref().filter(|l| l.screen.is_some()) else {
             return;
         };
         let live = Arc::clone(live);
         let handle = std::thread::Builder::new()
             .name("xbuild-progress".into())
             .spawn(move || {
-                let mut tick = 0usize;
                 while !live.stop.load(Ordering::Acquire) {
-                    live.redraw(tick);
-                    tick = tick.wrapping_add(1);
+                    live.redraw();
                     std::thread::park_timeout(Duration::from_millis(100));
                 }
             });
@@ -148,10 +201,51 @@ impl Renderer {
         }
     }
 
+    /// The build was interrupted (Ctrl-C): steps that fail from now on are
+    /// shown as cancelled, not as errors, and [`Renderer::finish`] says the
+    /// build was cancelled.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(live) = &self.live {
+            if let Ok(mut st) = live.state.lock() {
+                st.cancelled = true;
+            }
+        }
+    }
+
+    /// A line for the user outside the event stream (the scheduling plan,
+    /// warnings of the coordinator): above the live view in tty mode, as is
+    /// in plain mode, nowhere in the JSON and quiet modes (stderr stays
+    /// machine-readable).
+    pub fn note(&self, text: &str) {
+        match self.style {
+            Style::Tty => {
+                if let Some(live) = &self.live {
+                    if let Ok(st) = live.state.lock() {
+                        self.above(live, &st, &[Logged::Other(text.to_string())]);
+                    }
+                }
+            }
+            Style::Plain => self.line(text),
+            Style::RawJson | Style::Json | Style::Quiet => {}
+        }
+    }
+
+    /// Whether [`Renderer::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
     /// Ends the live view: steps still running are reported as canceled,
     /// the live area is cleared, and later output (the summary, failures)
-    /// goes below the clean log. Idempotent; a no-op for other styles.
+    /// goes below the clean log. Idempotent.
     pub fn finish(&self) {
+        if self.style == Style::RawJson {
+            self.rawjson_finish();
+        }
+        if self.style == Style::Plain {
+            self.plain_finish();
+        }
         let Some(live) = &self.live else {
             return;
         };
@@ -165,29 +259,46 @@ impl Renderer {
         // Under the state lock, so no event's line lands between the last
         // lines and the clearing.
         let mut st = live.state.lock().unwrap_or_else(|e| e.into_inner());
-        live.finished.store(true, Ordering::Release);
         let lines = st.finish();
-        match &live.bar {
-            Some(bar) => {
-                for l in &lines {
-                    bar.println(l);
-                }
-                bar.finish_and_clear();
-            }
-            None => {
-                for l in &lines {
-                    self.line(l);
-                }
+        self.above(live, &st, &lines);
+        live.finished.store(true, Ordering::Release);
+        if let Some(screen) = &live.screen {
+            if let Ok(mut s) = screen.lock() {
+                s.clear();
             }
         }
         drop(st);
     }
 
-    /// Prints a line of the tty log above the live area.
-    fn above(&self, live: &Live, s: &str) {
-        match &live.bar {
-            Some(bar) if !live.finished.load(Ordering::Acquire) => bar.println(s),
-            _ => self.line(s),
+    /// Prints lines of the tty log above the live area (fitted to the
+    /// terminal, coloured), or as they are when there is no terminal.
+    fn above(&self, live: &Live, st: &TtyState, lines: &[Logged]) {
+        if lines.is_empty() {
+            return;
+        }
+        match &live.screen {
+            Some(screen) if !live.finished.load(Ordering::Acquire) => {
+                let (width, height) = terminal_size().unwrap_or((80, 24));
+                let w = width.saturating_sub(1).max(1);
+                let text: Vec<String> = lines
+                    .iter()
+                    .map(|l| l.render(Some(w), live.paint))
+                    .collect();
+                let tick = live.tick.load(Ordering::Relaxed);
+                let area = if live.stop.load(Ordering::Acquire) {
+                    Vec::new()
+                } else {
+                    st.render(Instant::now(), width, height, tick, live.paint)
+                };
+                if let Ok(mut s) = screen.lock() {
+                    s.draw(&text, &area);
+                }
+            }
+            _ => {
+                for l in lines {
+                    self.line(&l.render(None, Paint(false)));
+                }
+            }
         }
     }
 
@@ -273,6 +384,7 @@ impl EventSink for Renderer {
         match self.style {
             Style::Quiet => self.quiet(&event),
             Style::RawJson => self.rawjson(&event),
+            Style::Json => self.json(&event),
             Style::Plain => self.plain(&event),
             Style::Tty => self.tty(&event),
         }
@@ -294,316 +406,4 @@ mod tty;
 use tty::*;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use xbuild_engine::events::LogStream;
-    use xbuild_oci::Platform;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn started(id: u64, name: &str) -> Event {
-        Event::Started {
-            id: VertexId(id),
-            platform: Platform::parse("linux/arm64").unwrap(),
-            stage: "build".into(),
-            index: 2,
-            total: 5,
-            name: name.into(),
-            worker: "qemu".into(),
-        }
-    }
-
-    #[test]
-    fn plain_matches_buildkit_shape() {
-        let buf = Buf::default();
-        let r = Renderer::to_writer(Style::Plain, Box::new(buf.clone()));
-        r.emit(started(10, "RUN make"));
-        r.emit(Event::Log {
-            id: VertexId(10),
-            stream: LogStream::Stdout,
-            elapsed: Duration::from_millis(412),
-            data: b"cc -O2 -c main.c\npartial".to_vec(),
-        });
-        r.emit(Event::Done {
-            id: VertexId(10),
-            duration: Duration::from_millis(1900),
-        });
-        r.emit(started(11, "COPY . ."));
-        r.emit(Event::Cached { id: VertexId(11) });
-        r.emit(Event::Done {
-            id: VertexId(11),
-            duration: Duration::ZERO,
-        });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            out,
-            "#1 [linux/arm64 build 2/5] RUN make\n#1 0.412 cc -O2 -c main.c\n#1 partial\n#1 DONE 1.9s\n#2 [linux/arm64 build 2/5] COPY . .\n#2 CACHED\n"
-        );
-        assert_eq!(r.cached_count(), 1);
-        assert_eq!(r.output_of(VertexId(10)), ["cc -O2 -c main.c", "partial"]);
-    }
-
-    #[test]
-    fn rawjson_lines_parse() {
-        let buf = Buf::default();
-        let r = Renderer::to_writer(Style::RawJson, Box::new(buf.clone()));
-        r.emit(started(1, "RUN x"));
-        r.emit(Event::Cached { id: VertexId(1) });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        for l in out.lines() {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            assert!(v.get("type").is_some());
-        }
-        assert_eq!(out.lines().count(), 2);
-    }
-
-    fn started_on(id: u64, platform: &str, worker: &str, index: usize, name: &str) -> Event {
-        Event::Started {
-            id: VertexId(id),
-            platform: Platform::parse(platform).unwrap(),
-            stage: "stage-1".into(),
-            index,
-            total: 6,
-            name: name.into(),
-            worker: worker.into(),
-        }
-    }
-
-    fn log(id: u64, data: &str) -> Event {
-        Event::Log {
-            id: VertexId(id),
-            stream: LogStream::Stdout,
-            elapsed: Duration::ZERO,
-            data: data.as_bytes().to_vec(),
-        }
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn tty_blocks_show_worker_running_step_tail_and_elapsed() {
-        let t0 = Instant::now();
-        let mut st = TtyState::new(t0);
-        assert_eq!(
-            st.render(t0 + ms(300), 80, 40, 0),
-            ["- preparing the build  0.3s"]
-        );
-        assert!(st
-            .apply(&started_on(1, "linux/amd64", "local", 3, "RUN make"), t0)
-            .is_empty());
-        st.apply(&started_on(2, "linux/arm64", "qemu", 2, "RUN uname -m"), t0);
-        st.apply(&log(1, "one\ntwo\nthree\nfour\nfi"), t0 + ms(100));
-        let done = st.apply(
-            &Event::Done {
-                id: VertexId(2),
-                duration: ms(400),
-            },
-            t0 + ms(400),
-        );
-        assert_eq!(
-            done,
-            ["#2 [linux/arm64 stage-1 2/6] RUN uname -m  DONE 0.4s"]
-        );
-        st.apply(
-            &started_on(3, "linux/arm64", "qemu", 3, "RUN make"),
-            t0 + ms(500),
-        );
-        st.apply(&Event::Cached { id: VertexId(3) }, t0 + ms(500));
-        let cached = st.apply(
-            &Event::Done {
-                id: VertexId(3),
-                duration: Duration::ZERO,
-            },
-            t0 + ms(500),
-        );
-        assert_eq!(cached, ["#3 [linux/arm64 stage-1 3/6] RUN make  CACHED"]);
-
-        let screen = st.render(t0 + ms(1500), 80, 40, 1);
-        assert_eq!(
-            screen,
-            [
-                "\\ linux/amd64 @ local  0 done, 0 cached  1.5s",
-                "    #1 [stage-1 3/6] RUN make  1.5s",
-                "       | three",
-                "       | four",
-                "       | fi",
-                "* linux/arm64 @ qemu  2 done, 1 cached  0.5s",
-            ]
-        );
-        // Fewer rows: output lines go first, then the block is cut.
-        assert_eq!(st.render(t0 + ms(1500), 80, 5, 1).len(), 4);
-        assert_eq!(
-            st.render(t0 + ms(1500), 80, 5, 1)[2],
-            "       | fi",
-            "one output line per step when space is short"
-        );
-        let tiny = st.render(t0 + ms(1500), 80, 3, 1);
-        assert_eq!(tiny.len(), 2);
-        assert_eq!(
-            tiny,
-            [
-                "\\ linux/amd64 @ local  0 done, 0 cached  1.5s",
-                "... 2 more lines"
-            ]
-        );
-        assert_eq!(st.cached, 1);
-    }
-
-    #[test]
-    fn tty_lines_fit_any_width_without_panicking() {
-        let t0 = Instant::now();
-        let mut st = TtyState::new(t0);
-        let long = format!("RUN {}", "x".repeat(300));
-        st.apply(&started_on(1, "linux/arm64", "qemu", 2, &long), t0);
-        st.apply(&log(1, "\x1b[31mred\x1b[0m\tok\rprogress 50%\n"), t0);
-        for width in [0, 1, 2, 3, 4, 10, 40, 120] {
-            for height in [0, 1, 2, 3, 40] {
-                let lines = st.render(t0 + ms(2000), width, height, 7);
-                let w = if width == 0 { 80 } else { width };
-                assert!(!lines.is_empty());
-                for l in &lines {
-                    assert!(l.chars().count() <= w, "{width}x{height}: {l:?}");
-                }
-                if height > 1 {
-                    assert!(lines.len() < height, "{width}x{height}: {lines:?}");
-                }
-            }
-        }
-        let wide = st.render(t0 + ms(2000), 60, 40, 0);
-        assert_eq!(wide[1].chars().count(), 60);
-        assert!(wide[1].ends_with("...  2.0s"), "{}", wide[1]);
-        assert_eq!(wide[2], "       | progress 50%");
-    }
-
-    #[test]
-    fn tty_byte_bars_show_throughput_and_completed_transfers_are_logged() {
-        let t0 = Instant::now();
-        let mut st = TtyState::new(t0);
-        let bytes = |current: u64| Event::Bytes {
-            id: None,
-            kind: Transfer::Push,
-            label: "reg/app sha256:abcd".into(),
-            current,
-            total: Some(4_000_000),
-        };
-        assert!(st.apply(&bytes(0), t0).is_empty());
-        st.apply(&bytes(2_000_000), t0 + ms(1000));
-        assert_eq!(
-            st.render(t0 + ms(1000), 100, 40, 0),
-            ["  push reg/app sha256:abcd  [=========>          ] 2MB/4MB  2MB/s"]
-        );
-        let done = st.apply(&bytes(4_000_000), t0 + ms(1500));
-        assert_eq!(done, ["pushed reg/app sha256:abcd 4MB"]);
-        assert!(st.flows.is_empty());
-        assert_eq!(byte_bar(0, 0), format!("[{}]", "=".repeat(BAR_WIDTH)));
-        assert_eq!(byte_bar(5, 10), "[=========>          ]");
-        assert_eq!(byte_bar(50, 10), format!("[{}]", "=".repeat(BAR_WIDTH)));
-    }
-
-    #[test]
-    fn tty_writer_logs_finished_steps_failures_and_cancellations() {
-        let buf = Buf::default();
-        let r = Renderer::to_writer(Style::Tty, Box::new(buf.clone()));
-        assert!(!r.shows_logs());
-        r.emit(Event::Warning {
-            message: "FROM without a tag".into(),
-        });
-        r.emit(started_on(10, "linux/arm64", "qemu", 2, "RUN false"));
-        r.emit(log(10, "first\nlast words"));
-        r.emit(started_on(11, "linux/amd64", "local", 2, "RUN sleep 9"));
-        r.emit(Event::Failed {
-            id: VertexId(10),
-            error: "exit code 1\nmore".into(),
-        });
-        r.finish();
-        r.finish();
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            out,
-            "WARNING: FROM without a tag\n\
-             #1 [linux/arm64 stage-1 2/6] RUN false  ERROR: exit code 1 more\n\
-             #2 [linux/amd64 stage-1 2/6] RUN sleep 9  CANCELED\n"
-        );
-        assert_eq!(
-            r.failures(),
-            [(
-                "[linux/arm64 stage-1 2/6] RUN false".to_string(),
-                vec!["first".to_string(), "last words".to_string()]
-            )]
-        );
-    }
-
-    #[test]
-    fn tty_done_lines_say_why_a_step_missed() {
-        let buf = Buf::default();
-        let r = Renderer::to_writer(Style::Tty, Box::new(buf.clone()));
-        r.emit(started_on(1, "linux/amd64", "local", 2, "RUN echo b"));
-        r.emit(Event::Miss {
-            id: VertexId(1),
-            reason: "instruction changed: \"RUN echo a\" -> \"RUN echo b\"".into(),
-            causes: Vec::new(),
-        });
-        r.emit(Event::Done {
-            id: VertexId(1),
-            duration: Duration::from_millis(300),
-        });
-        r.finish();
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(
-            out.contains(
-                "#1 [linux/amd64 stage-1 2/6] RUN echo b  DONE 0.3s  \
-                 (cache miss: instruction changed: \"RUN echo a\" -> \"RUN echo b\")"
-            ),
-            "{out}"
-        );
-    }
-
-    #[test]
-    fn tty_ignores_events_of_unknown_vertices() {
-        let t0 = Instant::now();
-        let mut st = TtyState::new(t0);
-        assert!(st.apply(&log(5, "x\n"), t0).is_empty());
-        assert!(st
-            .apply(
-                &Event::Done {
-                    id: VertexId(5),
-                    duration: ms(1)
-                },
-                t0
-            )
-            .is_empty());
-        assert!(st.apply(&Event::Cached { id: VertexId(5) }, t0).is_empty());
-        assert_eq!(st.render(t0, 80, 24, 0).len(), 1);
-    }
-
-    #[test]
-    fn log_lines_are_cleaned_for_one_row() {
-        assert_eq!(clean("a\tb"), "a    b");
-        assert_eq!(clean("10%\r20%\r"), "20%");
-        assert_eq!(clean("\x1b[1;32mgreen\x1b[0m"), "green");
-        assert_eq!(one_line("RUN <<EOF\necho\nEOF"), "RUN <<EOF echo EOF");
-        assert_eq!(truncate("abcdef", 4), "a...");
-        assert_eq!(truncate("abcdef", 2), "ab");
-        assert_eq!(truncate("abc", 0), "");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_bytes(999), "999B");
-        assert_eq!(human_bytes(1000), "1kB");
-        assert_eq!(human_bytes(1_234_567), "1.235MB");
-    }
-}
+mod tests;

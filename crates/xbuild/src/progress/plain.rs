@@ -16,7 +16,7 @@ impl Renderer {
                 index,
                 total,
                 name,
-                ..
+                worker,
             } => {
                 st.next += 1;
                 let number = st.next;
@@ -27,10 +27,12 @@ impl Renderer {
                         ..Default::default()
                     },
                 );
-                let display = format!("[{platform} {stage} {index}/{total}] {name}");
+                let p = platform.to_string();
+                let display = title(&p, stage, *index, *total, name);
                 st.names.insert(*id, display.clone());
                 drop(st);
-                self.line(&format!("#{number} {display}"));
+                // BuildKit's line, then where it runs (as errors name it).
+                self.line(&format!("#{number} {display}  [{p} @ {worker}]"));
             }
             Event::Cached { id } => {
                 let Some(v) = st.vertices.get_mut(id) else {
@@ -57,6 +59,7 @@ impl Renderer {
                 };
                 let n = v.number;
                 let cached = v.cached;
+                v.ended = true;
                 let tails: Vec<String> = v
                     .partial
                     .iter_mut()
@@ -76,9 +79,19 @@ impl Renderer {
                 }
             }
             Event::Failed { id, error } => {
-                let n = st.vertices.get(id).map(|v| v.number).unwrap_or(0);
+                let n = match st.vertices.get_mut(id) {
+                    Some(v) => {
+                        v.ended = true;
+                        v.number
+                    }
+                    None => 0,
+                };
                 drop(st);
-                self.line(&format!("#{n} ERROR: {error}"));
+                if self.is_cancelled() {
+                    self.line(&format!("#{n} CANCELED"));
+                } else {
+                    self.line(&format!("#{n} ERROR: {error}"));
+                }
             }
             Event::Bytes {
                 id,
@@ -147,6 +160,34 @@ impl Renderer {
         drop(st);
         for l in lines {
             self.line(&format!("#{n} {:.3} {l}", elapsed.as_secs_f64()));
+        }
+    }
+
+    /// The end of the build: steps that never finished are marked
+    /// `CANCELED` (as BuildKit does), and an interrupted build says so.
+    /// Idempotent.
+    pub(super) fn plain_finish(&self) {
+        let mut st = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let mut open: Vec<u64> = st
+            .vertices
+            .values()
+            .filter(|v| !v.ended)
+            .map(|v| v.number)
+            .collect();
+        open.sort_unstable();
+        drop(st);
+        for n in open {
+            self.line(&format!("#{n} CANCELED"));
+        }
+        if self.is_cancelled() {
+            self.line("cancelled: the build was interrupted; running steps were stopped");
         }
     }
 }

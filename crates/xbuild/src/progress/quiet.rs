@@ -17,8 +17,10 @@ impl Renderer {
                     name,
                     ..
                 } => {
-                    st.names
-                        .insert(*id, format!("[{platform} {stage} {index}/{total}] {name}"));
+                    st.names.insert(
+                        *id,
+                        title(&platform.to_string(), stage, *index, *total, name),
+                    );
                     st.next += 1;
                     let n = st.next;
                     st.vertices.insert(

@@ -1,6 +1,20 @@
 //! `--progress tty`: the live per-platform view.
+//!
+//! The live area sits at the bottom of the terminal, one block per platform
+//! (its worker, the running steps with their elapsed time and last output
+//! lines, byte bars for transfers); each finished step is printed once
+//! above it, so the scrollback keeps a clean log. Every line is fitted to
+//! the terminal's width (cut with `…`), so nothing wraps.
+//!
+//! Drawing: each frame rewrites only the rows that changed since the last
+//! one, inside a synchronized update (DEC private mode 2026: the terminal
+//! shows the whole frame at once; terminals without it ignore the mode), so
+//! slow or remote terminals do not flicker. Colour is used unless
+//! `NO_COLOR` is set, `CLICOLOR=0`, `TERM=dumb`, or stderr is not a
+//! terminal.
 
 use super::*;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 impl Renderer {
     pub(super) fn tty(&self, event: &Event) {
@@ -10,15 +24,11 @@ impl Renderer {
         let Ok(mut st) = live.state.lock() else {
             return;
         };
+        let lines = st.apply(event, Instant::now());
         // Printed under the state lock so lines keep the events' order.
-        for l in st.apply(event, Instant::now()) {
-            self.above(live, &l);
-        }
+        self.above(live, &st, &lines);
     }
 }
-
-// The tty view.
-// ---------------------------------------------------------------------------
 
 /// Output lines of a running step shown in the live area.
 pub(super) const TAIL_LINES: usize = 3;
@@ -26,36 +36,45 @@ pub(super) const TAIL_LINES: usize = 3;
 pub(super) const BAR_WIDTH: usize = 20;
 /// Transfers not tied to a running step shown at once; the rest are counted.
 pub(super) const MAX_FLOWS: usize = 6;
-/// Characters of an error kept on a failed step's log line.
-pub(super) const ERROR_CHARS: usize = 160;
 /// Frames of the spinner of a platform with a running step (ASCII, so any
 /// terminal and any locale shows it).
 pub(super) const SPINNER: [char; 4] = ['-', '\\', '|', '/'];
+/// Begin and end of a synchronized update (DEC private mode 2026).
+const SYNC_BEGIN: &str = "\x1b[?2026h";
+const SYNC_END: &str = "\x1b[?2026l";
 
 /// The live area and the state it is drawn from.
 pub(super) struct Live {
     pub(super) state: Mutex<TtyState>,
-    /// The live area; `None` when stderr is not a terminal.
-    pub(super) bar: Option<ProgressBar>,
+    /// The terminal; `None` when stderr is not a terminal (finished lines
+    /// are then printed as they come, without a live area).
+    pub(super) screen: Option<Mutex<Screen>>,
+    /// Colours on.
+    pub(super) paint: Paint,
     /// Set when [`Renderer::finish`] starts; stops the ticker thread.
     pub(super) stop: AtomicBool,
     /// Set once the live area is gone: later lines go straight to the writer.
     pub(super) finished: AtomicBool,
+    /// Spinner frame.
+    pub(super) tick: std::sync::atomic::AtomicUsize,
 }
 
 impl Live {
-    /// Recomputes the live area for the terminal's current size and hands it
-    /// to indicatif, which redraws it in place.
-    pub(super) fn redraw(&self, tick: usize) {
-        let Some(bar) = &self.bar else {
+    /// Draws the live area for the terminal's current size (rows that did
+    /// not change are left alone).
+    pub(super) fn redraw(&self) {
+        let Some(screen) = &self.screen else {
+            return;
+        };
+        let Ok(st) = self.state.lock() else {
             return;
         };
         let (width, height) = terminal_size().unwrap_or((80, 24));
-        let text = match self.state.lock() {
-            Ok(st) => st.render(Instant::now(), width, height, tick).join("\n"),
-            Err(_) => return,
-        };
-        bar.set_message(text);
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let area = st.render(Instant::now(), width, height, tick, self.paint);
+        if let Ok(mut s) = screen.lock() {
+            s.draw(&[], &area);
+        }
     }
 }
 
@@ -73,6 +92,135 @@ pub(super) fn terminal_size() -> Option<(usize, usize)> {
     (r == 0 && ws.ws_col > 0).then_some((usize::from(ws.ws_col), usize::from(ws.ws_row)))
 }
 
+/// Whether to colour the tty view: stderr is a terminal, `NO_COLOR` is not
+/// set (to anything non-empty), `CLICOLOR` is not `0`, `TERM` is not `dumb`.
+pub(super) fn colour_wanted(is_terminal: bool) -> bool {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    is_terminal
+        && var("NO_COLOR").is_none()
+        && var("CLICOLOR").is_none_or(|v| v != "0")
+        && var("TERM").is_none_or(|v| v != "dumb")
+}
+
+/// SGR colouring, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Paint(pub(super) bool);
+
+impl Paint {
+    fn sgr(self, code: &str, s: &str) -> String {
+        if self.0 && !s.is_empty() {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    fn ok(self, s: &str) -> String {
+        self.sgr("32", s)
+    }
+    fn cached(self, s: &str) -> String {
+        self.sgr("36", s)
+    }
+    fn bad(self, s: &str) -> String {
+        self.sgr("1;31", s)
+    }
+    fn warn(self, s: &str) -> String {
+        self.sgr("33", s)
+    }
+    fn dim(self, s: &str) -> String {
+        self.sgr("2", s)
+    }
+    fn bold(self, s: &str) -> String {
+        self.sgr("1", s)
+    }
+    fn busy(self, s: &str) -> String {
+        self.sgr("34", s)
+    }
+}
+
+/// The terminal end of the view: what the live area shows now, and how to
+/// change it into the next frame.
+pub(super) struct Screen {
+    out: Box<dyn Write + Send>,
+    /// The rows of the live area as drawn (the cursor rests at the start of
+    /// the row below them).
+    shown: Vec<String>,
+}
+
+impl Screen {
+    pub(super) fn new(out: Box<dyn Write + Send>) -> Self {
+        Screen {
+            out,
+            shown: Vec::new(),
+        }
+    }
+
+    /// Prints `above` (finished lines) over the live area and draws `area`.
+    pub(super) fn draw(&mut self, above: &[String], area: &[String]) {
+        let bytes = self.frame(above, area);
+        if !bytes.is_empty() {
+            let _ = self.out.write_all(bytes.as_bytes());
+            let _ = self.out.flush();
+        }
+    }
+
+    /// The bytes that turn the screen into `above` printed and `area`
+    /// shown: only rows that differ are rewritten; nothing at all when
+    /// nothing changed. One synchronized update.
+    ///
+    /// The lines above take the live area's first rows and the area moves
+    /// down under them. Rows are cleared one by one (never with "erase
+    /// display", which tmux turns into scrolling the screen into history).
+    pub(super) fn frame(&mut self, above: &[String], area: &[String]) -> String {
+        let mut out = String::new();
+        let old = self.shown.len();
+        let mut row = old;
+        let goto = |out: &mut String, row: &mut usize, to: usize| {
+            if to < *row {
+                out.push_str(&format!("\x1b[{}A", *row - to));
+            } else if to > *row {
+                out.push_str(&format!("\x1b[{}B", to - *row));
+            }
+            out.push('\r');
+            *row = to;
+        };
+        let target: Vec<&String> = above.iter().chain(area).collect();
+        for (i, l) in target.iter().enumerate().take(old) {
+            if self.shown[i] != **l {
+                goto(&mut out, &mut row, i);
+                out.push_str(l);
+                out.push_str("\x1b[K");
+            }
+        }
+        if target.len() > old {
+            goto(&mut out, &mut row, old);
+            for l in &target[old..] {
+                out.push_str(l);
+                out.push_str("\x1b[K\r\n");
+            }
+        } else if target.len() < old {
+            // The rows the area no longer uses, and the row under it (the
+            // terminal may have echoed a key there: `^C`).
+            for i in target.len()..=old {
+                goto(&mut out, &mut row, i);
+                out.push_str("\x1b[2K");
+            }
+            goto(&mut out, &mut row, target.len());
+        } else if !out.is_empty() {
+            goto(&mut out, &mut row, target.len());
+        }
+        self.shown = area.to_vec();
+        if out.is_empty() {
+            return out;
+        }
+        format!("{SYNC_BEGIN}{out}{SYNC_END}")
+    }
+
+    /// Removes the live area; the cursor is left where it began.
+    pub(super) fn clear(&mut self) {
+        self.draw(&[], &[]);
+    }
+}
+
 /// One vertex as the tty view knows it.
 pub(super) struct TtyVertex {
     pub(super) number: u64,
@@ -82,6 +230,9 @@ pub(super) struct TtyVertex {
     pub(super) short: String,
     /// Index of its platform's block.
     pub(super) block: usize,
+    /// Whether it counts as a step (not FROM): what the block's counters
+    /// and the summary's STEPS count.
+    pub(super) step: bool,
     pub(super) started: Instant,
     /// Bytes of an unfinished line, per stream.
     pub(super) partial: [Vec<u8>; 2],
@@ -89,7 +240,7 @@ pub(super) struct TtyVertex {
     pub(super) tail: VecDeque<String>,
     /// Everything it printed, for the failure report.
     pub(super) logs: Vec<String>,
-    /// Why it missed the cache, shown with its DONE line.
+    /// Why it missed the cache, shown under its DONE line.
     pub(super) miss: Option<String>,
     pub(super) cached: bool,
     pub(super) finished: bool,
@@ -129,6 +280,7 @@ pub(super) struct Block {
     pub(super) last: Instant,
     /// Running vertices, in start order.
     pub(super) running: Vec<VertexId>,
+    /// Steps finished (cached ones included), as the summary counts them.
     pub(super) done: usize,
     pub(super) cached: usize,
     pub(super) failed: bool,
@@ -181,6 +333,53 @@ impl Flow {
     }
 }
 
+/// A line for above the live area, and how to colour it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Logged {
+    /// `#N title` and a status (`DONE 1.2s`, `CACHED`, `ERROR`, `CANCELED`).
+    Step(String, String),
+    /// Why the step above missed the cache.
+    Miss(String),
+    /// `WARNING: ...`.
+    Warning(String),
+    /// The build was interrupted.
+    Cancelled(String),
+    /// Anything else (completed transfers).
+    Other(String),
+}
+
+impl Logged {
+    /// The line in at most `width` columns (`None`: as is), coloured.
+    pub(super) fn render(&self, width: Option<usize>, paint: Paint) -> String {
+        let cut = |s: &str| width.map_or_else(|| s.to_string(), |w| truncate(s, w));
+        match self {
+            Logged::Step(left, status) => {
+                let line = match width {
+                    Some(w) => fit(left, status, w),
+                    None => format!("{left}  {status}"),
+                };
+                let Some(head) = line.strip_suffix(status.as_str()) else {
+                    return line;
+                };
+                let status = if status.starts_with("DONE") {
+                    paint.ok(status)
+                } else if status == "CACHED" {
+                    paint.cached(status)
+                } else if status == "CANCELED" {
+                    paint.warn(status)
+                } else {
+                    paint.bad(status)
+                };
+                format!("{head}{status}")
+            }
+            Logged::Miss(s) => paint.dim(&cut(s)),
+            Logged::Warning(s) => paint.warn(&cut(s)),
+            Logged::Cancelled(s) => paint.warn(&cut(s)),
+            Logged::Other(s) => cut(s),
+        }
+    }
+}
+
 /// Everything the tty view shows, updated by events and drawn by
 /// [`TtyState::render`]; no terminal involved, so it is testable as text.
 pub(super) struct TtyState {
@@ -192,6 +391,9 @@ pub(super) struct TtyState {
     pub(super) flows: Vec<Flow>,
     pub(super) failed: Vec<VertexId>,
     pub(super) cached: usize,
+    /// The build was interrupted: failures of running steps are reported
+    /// as cancellations.
+    pub(super) cancelled: bool,
 }
 
 impl TtyState {
@@ -204,20 +406,26 @@ impl TtyState {
             flows: Vec::new(),
             failed: Vec::new(),
             cached: 0,
+            cancelled: false,
         }
     }
 
     /// Takes in one event; returns the lines to print above the live area.
-    pub(super) fn apply(&mut self, e: &Event, now: Instant) -> Vec<String> {
+    pub(super) fn apply(&mut self, e: &Event, now: Instant) -> Vec<Logged> {
         match e {
-            Event::Started { .. } => self.started(e, now),
+            Event::Started { .. } => {
+                self.started(e, now);
+                Vec::new()
+            }
             Event::Cached { id } => {
                 if let Some(v) = self.vertices.get_mut(id) {
                     if !v.cached {
                         v.cached = true;
-                        self.cached += 1;
-                        if let Some(b) = self.blocks.get_mut(v.block) {
-                            b.cached += 1;
+                        if v.step {
+                            self.cached += 1;
+                            if let Some(b) = self.blocks.get_mut(v.block) {
+                                b.cached += 1;
+                            }
                         }
                     }
                 }
@@ -232,79 +440,20 @@ impl TtyState {
             Event::Log {
                 id, stream, data, ..
             } => {
-                let Some(v) = self.vertices.get_mut(id) else {
-                    return Vec::new();
-                };
-                let idx = match stream {
-                    LogStream::Stdout => 0,
-                    LogStream::Stderr => 1,
-                };
-                v.partial[idx].extend_from_slice(data);
-                while let Some(pos) = v.partial[idx].iter().position(|b| *b == b'\n') {
-                    let rest = v.partial[idx].split_off(pos + 1);
-                    let mut l = std::mem::replace(&mut v.partial[idx], rest);
-                    l.pop();
-                    if l.last() == Some(&b'\r') {
-                        l.pop();
-                    }
-                    let line = String::from_utf8_lossy(&l).into_owned();
-                    if v.tail.len() == TAIL_LINES {
-                        v.tail.pop_front();
-                    }
-                    v.tail.push_back(line.clone());
-                    v.logs.push(line);
-                }
+                self.log(*id, *stream, data);
                 Vec::new()
             }
-            Event::Done { id, duration } => {
-                let Some(v) = self.vertices.get_mut(id) else {
-                    return Vec::new();
-                };
-                if v.finished {
-                    return Vec::new();
-                }
-                v.flush_partial();
-                v.finished = true;
-                let status = if v.cached {
-                    "CACHED".to_string()
-                } else {
-                    format!("DONE {}", secs(*duration))
-                };
-                let mut line = format!("#{} {}  {status}", v.number, one_line(&v.display));
-                if let (false, Some(m)) = (v.cached, &v.miss) {
-                    line.push_str(&format!("  (cache miss: {})", one_line(m)));
-                }
-                let block = v.block;
-                self.end_vertex(*id, block, now, false);
-                vec![line]
-            }
-            Event::Failed { id, error } => {
-                if !self.failed.contains(id) {
-                    self.failed.push(*id);
-                }
-                let Some(v) = self.vertices.get_mut(id) else {
-                    return vec![format!("ERROR: {}", one_line(error))];
-                };
-                v.flush_partial();
-                v.finished = true;
-                // The full error follows the build; the log line names it.
-                let line = format!(
-                    "#{} {}  ERROR: {}",
-                    v.number,
-                    one_line(&v.display),
-                    truncate(&one_line(error), ERROR_CHARS)
-                );
-                let block = v.block;
-                self.end_vertex(*id, block, now, true);
-                vec![line]
-            }
+            Event::Done { id, duration } => self.done(*id, *duration, now),
+            Event::Failed { id, .. } => self.failed(*id, now),
             Event::Bytes { .. } => self.bytes(e, now),
-            Event::Warning { message } => vec![format!("WARNING: {}", one_line(message))],
+            Event::Warning { message } => {
+                vec![Logged::Warning(format!("WARNING: {}", one_line(message)))]
+            }
         }
     }
 
-    /// A vertex started: its platform's block, its numbers and names.
-    fn started(&mut self, e: &Event, now: Instant) -> Vec<String> {
+    /// A vertex started: into its platform's block (made on first use).
+    fn started(&mut self, e: &Event, now: Instant) {
         let Event::Started {
             id,
             platform,
@@ -315,7 +464,7 @@ impl TtyState {
             worker,
         } = e
         else {
-            return Vec::new();
+            return;
         };
         let p = platform.to_string();
         let block = match self.blocks.iter().position(|b| b.platform == p) {
@@ -339,13 +488,16 @@ impl TtyState {
         b.running.retain(|r| r != id);
         b.running.push(*id);
         self.next += 1;
+        // What the summary counts as steps: every vertex but FROM.
+        let step = !name.starts_with("FROM ") || *index > 1;
         self.vertices.insert(
             *id,
             TtyVertex {
                 number: self.next,
-                display: format!("[{p} {stage} {index}/{total}] {name}"),
-                short: format!("[{stage} {index}/{total}] {name}"),
+                display: title(&p, stage, *index, *total, name),
+                short: title("", stage, *index, *total, name),
                 block,
+                step,
                 started: now,
                 partial: Default::default(),
                 tail: VecDeque::new(),
@@ -355,11 +507,88 @@ impl TtyState {
                 finished: false,
             },
         );
-        Vec::new()
     }
 
-    /// Bytes moved: a finished transfer is logged, a running one drawn as a bar.
-    fn bytes(&mut self, e: &Event, now: Instant) -> Vec<String> {
+    /// Output of a running step: complete lines into its tail and log.
+    fn log(&mut self, id: VertexId, stream: LogStream, data: &[u8]) {
+        let Some(v) = self.vertices.get_mut(&id) else {
+            return;
+        };
+        let idx = match stream {
+            LogStream::Stdout => 0,
+            LogStream::Stderr => 1,
+        };
+        v.partial[idx].extend_from_slice(data);
+        while let Some(pos) = v.partial[idx].iter().position(|b| *b == b'\n') {
+            let rest = v.partial[idx].split_off(pos + 1);
+            let mut l = std::mem::replace(&mut v.partial[idx], rest);
+            l.pop();
+            if l.last() == Some(&b'\r') {
+                l.pop();
+            }
+            let line = String::from_utf8_lossy(&l).into_owned();
+            if v.tail.len() == TAIL_LINES {
+                v.tail.pop_front();
+            }
+            v.tail.push_back(line.clone());
+            v.logs.push(line);
+        }
+    }
+
+    /// A step finished: its line, and why it missed on the line under it.
+    fn done(&mut self, id: VertexId, duration: Duration, now: Instant) -> Vec<Logged> {
+        let Some(v) = self.vertices.get_mut(&id) else {
+            return Vec::new();
+        };
+        if v.finished {
+            return Vec::new();
+        }
+        v.flush_partial();
+        v.finished = true;
+        let status = if v.cached {
+            "CACHED".to_string()
+        } else {
+            format!("DONE {}", secs(duration))
+        };
+        let mut lines = vec![Logged::Step(
+            format!("#{} {}", v.number, one_line(&v.display)),
+            status,
+        )];
+        if let (false, Some(m)) = (v.cached, &v.miss) {
+            lines.push(Logged::Miss(format!("     cache miss: {}", one_line(m))));
+        }
+        let (block, step) = (v.block, v.step);
+        self.end_vertex(id, block, now, false, step);
+        lines
+    }
+
+    /// A step failed (or was stopped by an interrupt).
+    fn failed(&mut self, id: VertexId, now: Instant) -> Vec<Logged> {
+        let Some(v) = self.vertices.get_mut(&id) else {
+            return Vec::new();
+        };
+        if v.finished {
+            return Vec::new();
+        }
+        v.flush_partial();
+        v.finished = true;
+        // The error itself is printed once, after the build.
+        let status = if self.cancelled { "CANCELED" } else { "ERROR" };
+        let line = Logged::Step(
+            format!("#{} {}", v.number, one_line(&v.display)),
+            status.into(),
+        );
+        let block = v.block;
+        let cancelled = self.cancelled;
+        if !cancelled && !self.failed.contains(&id) {
+            self.failed.push(id);
+        }
+        self.end_vertex(id, block, now, !cancelled, false);
+        vec![line]
+    }
+
+    /// Bytes moved: the transfer's bar, or its line once complete.
+    fn bytes(&mut self, e: &Event, now: Instant) -> Vec<Logged> {
         let Event::Bytes {
             id,
             kind,
@@ -388,11 +617,11 @@ impl TtyState {
                 Transfer::Context => "sent",
                 Transfer::Export => "exported",
             };
-            return vec![format!(
+            return vec![Logged::Other(format!(
                 "{prefix}{verb} {} {}",
                 one_line(label),
                 human_bytes(*current)
-            )];
+            ))];
         }
         match pos {
             Some(i) => {
@@ -418,29 +647,45 @@ impl TtyState {
         Vec::new()
     }
 
-    pub(super) fn end_vertex(&mut self, id: VertexId, block: usize, now: Instant, failed: bool) {
+    pub(super) fn end_vertex(
+        &mut self,
+        id: VertexId,
+        block: usize,
+        now: Instant,
+        failed: bool,
+        step: bool,
+    ) {
         if let Some(b) = self.blocks.get_mut(block) {
             b.running.retain(|r| *r != id);
-            b.done += usize::from(!failed);
+            b.done += usize::from(step && !failed);
             b.failed |= failed;
             b.last = now;
         }
         self.flows.retain(|f| f.vertex != Some(id));
     }
 
-    /// The build is over: the lines for steps that never finished.
-    pub(super) fn finish(&mut self) -> Vec<String> {
+    /// The build is over: the lines for steps that never finished (marked
+    /// CANCELED), and after an interrupt the line that says so.
+    pub(super) fn finish(&mut self) -> Vec<Logged> {
         let mut open: Vec<&mut TtyVertex> =
             self.vertices.values_mut().filter(|v| !v.finished).collect();
         open.sort_by_key(|v| v.number);
-        let lines = open
+        let mut lines: Vec<Logged> = open
             .into_iter()
             .map(|v| {
                 v.flush_partial();
                 v.finished = true;
-                format!("#{} {}  CANCELED", v.number, one_line(&v.display))
+                Logged::Step(
+                    format!("#{} {}", v.number, one_line(&v.display)),
+                    "CANCELED".into(),
+                )
             })
             .collect();
+        if self.cancelled {
+            lines.push(Logged::Cancelled(
+                "cancelled: the build was interrupted; running steps were stopped".into(),
+            ));
+        }
         for b in &mut self.blocks {
             b.running.clear();
         }
@@ -460,7 +705,8 @@ impl TtyState {
     }
 
     /// The live area for a terminal of `width` columns and `height` rows
-    /// (0: unknown), at spinner frame `tick`. Every line fits the width; the
+    /// (0: unknown), at spinner frame `tick`. Every line is narrower than
+    /// the width (the last column stays free, so no terminal wraps); the
     /// whole fits the height, dropping output lines first.
     pub(super) fn render(
         &self,
@@ -468,8 +714,10 @@ impl TtyState {
         width: usize,
         height: usize,
         tick: usize,
+        paint: Paint,
     ) -> Vec<String> {
         let width = if width == 0 { 80 } else { width };
+        let width = width.saturating_sub(1).max(1);
         let max = match height {
             0 => usize::MAX,
             h => (h - 1).max(1),
@@ -485,24 +733,33 @@ impl TtyState {
             let keep = max - 1;
             let hidden = lines.len() - keep;
             lines.truncate(keep);
-            lines.push(format!("... {hidden} more lines"));
+            lines.push((Row::Other, format!("… {hidden} more lines")));
         }
-        lines.into_iter().map(|l| truncate(&l, width)).collect()
+        lines
+            .into_iter()
+            .map(|(kind, l)| {
+                let l = truncate(&l, width);
+                match kind {
+                    Row::Header => paint.bold(&l),
+                    Row::Running => paint.busy(&l),
+                    Row::Failed => paint.bad(&l),
+                    Row::Output => paint.dim(&l),
+                    Row::Other => l,
+                }
+            })
+            .collect()
     }
 
-    pub(super) fn compose(
-        &self,
-        now: Instant,
-        width: usize,
-        tick: usize,
-        tail: usize,
-    ) -> Vec<String> {
+    fn compose(&self, now: Instant, width: usize, tick: usize, tail: usize) -> Vec<(Row, String)> {
         let spin = SPINNER[tick % SPINNER.len()];
         let mut out = Vec::new();
         if self.blocks.is_empty() && self.flows.is_empty() {
-            out.push(format!(
-                "{spin} preparing the build  {}",
-                secs(now.saturating_duration_since(self.start))
+            out.push((
+                Row::Running,
+                format!(
+                    "{spin} preparing the build  {}",
+                    secs(now.saturating_duration_since(self.start))
+                ),
             ));
             return out;
         }
@@ -520,31 +777,40 @@ impl TtyState {
             } else {
                 (spin, now.saturating_duration_since(b.first))
             };
-            out.push(format!(
-                "{mark} {} @ {}  {}{} done, {} cached  {}",
-                b.platform,
-                b.worker,
-                if b.failed { "FAILED  " } else { "" },
-                b.done,
-                b.cached,
-                secs(elapsed)
+            let s = if b.done == 1 { "" } else { "s" };
+            out.push((
+                if b.failed { Row::Failed } else { Row::Header },
+                fit(
+                    &format!("{mark} {} @ {}", b.platform, b.worker),
+                    &format!(
+                        "{}{} step{s} done, {} cached  {}",
+                        if b.failed { "FAILED  " } else { "" },
+                        b.done,
+                        b.cached,
+                        secs(elapsed)
+                    ),
+                    width,
+                ),
             ));
             for (id, v) in running {
-                out.push(fit(
-                    &format!("    #{} {}", v.number, one_line(&v.short)),
-                    &secs(now.saturating_duration_since(v.started)),
-                    width,
+                out.push((
+                    Row::Running,
+                    fit(
+                        &format!("    #{} {}", v.number, one_line(&v.short)),
+                        &secs(now.saturating_duration_since(v.started)),
+                        width,
+                    ),
                 ));
                 out.extend(
                     v.tail_lines(tail)
                         .into_iter()
-                        .map(|l| format!("       | {l}")),
+                        .map(|l| (Row::Output, format!("       | {l}"))),
                 );
                 out.extend(
                     self.flows
                         .iter()
                         .filter(|f| f.vertex == Some(*id))
-                        .map(|f| f.line(now, "       ", width)),
+                        .map(|f| (Row::Other, f.line(now, "       ", width))),
                 );
             }
         }
@@ -559,16 +825,26 @@ impl TtyState {
         };
         let rest: Vec<&Flow> = self.flows.iter().filter(|f| !shown(f)).collect();
         for f in rest.iter().take(MAX_FLOWS) {
-            out.push(f.line(now, "  ", width));
+            out.push((Row::Other, f.line(now, "  ", width)));
         }
         if rest.len() > MAX_FLOWS {
-            out.push(format!(
-                "  ... and {} more transfers",
-                rest.len() - MAX_FLOWS
+            out.push((
+                Row::Other,
+                format!("  … and {} more transfers", rest.len() - MAX_FLOWS),
             ));
         }
         out
     }
+}
+
+/// What a row of the live area is, for its colour.
+#[derive(Debug, Clone, Copy)]
+enum Row {
+    Header,
+    Running,
+    Failed,
+    Output,
+    Other,
 }
 
 /// `[=========>          ]`: `current` of `total`.
@@ -595,26 +871,43 @@ pub(super) fn byte_bar(current: u64, total: u64) -> String {
     s
 }
 
-/// `left  right` in at most `width` columns, shortening `left` first.
-pub(super) fn fit(left: &str, right: &str, width: usize) -> String {
-    let room = width.saturating_sub(right.chars().count() + 2);
-    if left.chars().count() <= room || room < 8 {
-        format!("{left}  {right}")
-    } else {
-        format!("{}  {right}", truncate(left, room))
-    }
+/// Columns `s` takes on a terminal.
+pub(super) fn columns(s: &str) -> usize {
+    UnicodeWidthStr::width(s)
 }
 
-/// At most `width` characters, `...` marking a cut.
+/// `left  right` in at most `width` columns, shortening `left` first (and
+/// `right` too when even it does not fit).
+pub(super) fn fit(left: &str, right: &str, width: usize) -> String {
+    let r = columns(right);
+    if columns(left) + 2 + r <= width {
+        return format!("{left}  {right}");
+    }
+    if r + 2 + 8 > width {
+        return truncate(&format!("{left}  {right}"), width);
+    }
+    format!("{}  {right}", truncate(left, width - r - 2))
+}
+
+/// At most `width` columns, `…` marking a cut.
 pub(super) fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
+    if columns(s) <= width {
         return s.to_string();
     }
-    if width <= 3 {
-        return s.chars().take(width).collect();
+    if width == 0 {
+        return String::new();
     }
-    let mut t: String = s.chars().take(width - 3).collect();
-    t.push_str("...");
+    let mut t = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > width - 1 {
+            break;
+        }
+        t.push(c);
+        used += w;
+    }
+    t.push('…');
     t
 }
 
