@@ -21,6 +21,10 @@
 #                           instead of docs/benchmarks.md
 #   XBUILD_BENCH_OUT=FILE   where to write the report instead
 #   XBUILD_BENCH_MICRO=0    skip the micro-benchmarks
+#   XBUILD_BENCH_ONLY=NAME  only one workload: small (with push), cpu (with
+#                           the SSH node rows), large or cross; no micro
+#   XBUILD_BENCH_BIN=DIR    take xbuild and xbuild-testbed from DIR instead of
+#                           a release build (e.g. target/debug on a busy box)
 #   XBUILD_SKIP_SETUP=1     do not run scripts/setup.sh
 #   XBUILD_BENCH_MIN_FREE_GB=N  free space required in /tmp (default 6, quick 1)
 #   CARGO_TARGET_DIR        honoured (default target/)
@@ -36,6 +40,10 @@ quick=${XBUILD_BENCH_QUICK:-0}
 micro=${XBUILD_BENCH_MICRO:-1}
 target_dir=${CARGO_TARGET_DIR:-target}
 case $target_dir in /*) ;; *) target_dir=$repo/$target_dir ;; esac
+only=${XBUILD_BENCH_ONLY:-}
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+# One workload is not the whole table: its report goes next to the others'.
+[ -z "$only" ] || { micro=0; XBUILD_BENCH_OUT=${XBUILD_BENCH_OUT:-$target_dir/bench/benchmarks-$only.md}; }
 if [ "$quick" = 1 ]; then
   out=${XBUILD_BENCH_OUT:-$target_dir/bench/benchmarks-quick.md}
   large_dirs=10      # x 200 files, 3.6 MB each
@@ -68,11 +76,18 @@ have_time=0
 have_pigz=0
 command -v pigz >/dev/null 2>&1 && have_pigz=1
 
-log "building xbuild (release)"
-CARGO_TARGET_DIR=$target_dir cargo build --release --locked -p xbuild -p xbuild-testbed
+if [ -n "${XBUILD_BENCH_BIN:-}" ]; then
+  bin_dir=$XBUILD_BENCH_BIN
+  bin_kind="binaries from $bin_dir"
+else
+  log "building xbuild (release)"
+  CARGO_TARGET_DIR=$target_dir cargo build --release --locked -p xbuild -p xbuild-testbed
+  bin_dir=$target_dir/release
+  bin_kind="release build"
+fi
 t_measure=$SECONDS
-xb=$target_dir/release/xbuild
-testbed=$target_dir/release/xbuild-testbed
+xb=$bin_dir/xbuild
+testbed=$bin_dir/xbuild-testbed
 
 work=$(mktemp -d /tmp/xbuild-bench.XXXXXX)
 # The cold states are kept until the end (see new_state) and buildah's vfs
@@ -248,6 +263,7 @@ bah() { buildah --root "$bstate/root" --runroot "$bstate/run" --storage-driver v
 bud() { bah bud --isolation chroot --layers --tls-verify=false -q "$@"; }
 both=linux/amd64,linux/arm64
 
+if want small; then
 # 1. small: ARG, RUN, COPY of 50 files, CMD.
 small=$work/small
 mkdir -p "$small/files"
@@ -304,6 +320,8 @@ for i in $(seq "$runs"); do
   t_run b-push-change bpush "$i"
 done
 
+fi # small
+
 # 3. cpu: a CPU-bound shell loop; the SEED argument makes every run a miss
 # of the RUN step only (the base stays in the local state).
 cpu=$work/cpu
@@ -314,6 +332,7 @@ FROM \${BASE}
 ARG SEED=0
 RUN echo "\$SEED" > /seed && i=0 && while [ \$i -lt $cpu_loops ]; do i=\$((i+1)); done && echo \$i > /loops
 EOF
+if want cpu; then
 for plat in amd64 arm64; do
   log "cpu: $cpu_loops shell iterations on linux/$plat"
   for i in $(seq "$runs"); do
@@ -453,6 +472,44 @@ if [ -z "$node_na" ]; then
   sshd_pid=
 fi
 
+fi # cpu
+
+# 5. cross-compile: a `FROM --platform=$BUILDPLATFORM` stage whose compile
+# step does not depend on the target (the cpu loop stands in for a cross
+# toolchain, so that the row runs offline on the testbed base), then
+# `ARG TARGETARCH` and a target-specific step; the target stage copies the
+# result. xbuild runs the shared step once for every target. Cold: new
+# state per run, 1 target (amd64) and 2 targets.
+cross=$work/cross
+mkdir -p "$cross"
+cat >"$cross/Dockerfile" <<EOF
+ARG BASE
+FROM --platform=\$BUILDPLATFORM \${BASE} AS build
+RUN i=0 && while [ \$i -lt $cpu_loops ]; do i=\$((i+1)); done && echo \$i > /compiled
+ARG TARGETARCH
+RUN mkdir -p /out && echo "\$(cat /compiled) for \$TARGETARCH" > /out/app
+FROM \${BASE}
+COPY --from=build /out/app /app
+EOF
+if want cross; then
+  log "cross-compile: \$BUILDPLATFORM stage, 1 and 2 targets, cold"
+  for _ in $(seq "$runs"); do
+    new_state
+    t_run x-cross1 x --platform linux/amd64 --build-arg "BASE=$base" -t bench/cross:latest "$cross"
+    t_run b-cross1 bud --platform linux/amd64 --build-arg "BASE=$base" -t bench/cross:latest "$cross"
+    new_state
+    t_run x-cross2 x --platform "$both" --build-arg "BASE=$base" -t bench/cross2:latest "$cross"
+    t_run b-cross2 bud --platform "$both" --manifest bench-cross2 --build-arg "BASE=$base" "$cross"
+  done
+  # The row measures what it claims: one shared compile step per run.
+  n=$(grep -cE '^#[0-9]+ \[linux/amd64,linux/arm64 build 2/4\] RUN i=0' "$work/logs/x-cross2.log" || true)
+  if [ "$n" != "$runs" ]; then
+    echo "x-cross2: the shared compile step was shown $n times in $runs runs" >&2
+    exit 1
+  fi
+fi
+
+if want large; then
 # 2. large context: mixed text (compressible) and random data, COPY . /ctx/.
 large=$work/large
 log "generating the large context ($((large_dirs * 200)) files, $((large_dirs * 36 / 10)) MB)"
@@ -514,11 +571,18 @@ for _ in $(seq "$runs"); do
   t_rss b-large-warm "${bl[@]}"
 done
 
+fi # large
+
+if want small; then
 add_time "small, 2 platforms, cold" small-cold 1.0
 add_time "small, 2 platforms, warm (nothing changed)" small-warm 0.2
 add_time "small, 2 platforms, one file changed" small-change ""
+fi
+if want large; then
 add_time "large context, amd64, cold" large-cold 0.6
 add_time "large context, amd64, warm (nothing changed)" large-warm 0.1
+fi
+if want cpu; then
 add_time "cpu loop, native (linux/amd64)" cpu-amd64 ""
 add_time "cpu loop, QEMU (linux/arm64)" cpu-arm64 ""
 if [ -z "$node_na" ]; then
@@ -536,10 +600,23 @@ if [ -z "$node_na" ]; then
 else
   add_na "cpu loop, 2 platforms, amd64 on the SSH node + arm64 QEMU here" "$node_na"
 fi
+fi # cpu
+if want cross; then
+  add_time "cross-compile (\$BUILDPLATFORM stage), 1 target (amd64), cold" cross1 ""
+  # Two targets against one: the shared step runs once, so about 1×.
+  cross_note=$(awk -v x1="$(median "$work/t/x-cross1")" -v x2="$(median "$work/t/x-cross2")" \
+    -v b1="$(median "$work/t/b-cross1")" -v b2="$(median "$work/t/b-cross2")" \
+    'BEGIN { printf "2 targets / 1 target: xbuild %.2f×, buildah %.2f×", x2 / x1, b2 / b1 }')
+  add_time "cross-compile (\$BUILDPLATFORM stage), 2 targets (amd64 + arm64), cold" cross2 "" "$cross_note"
+fi
+if want small; then
 add_time "push small, 2 platforms, new repository" push-first ""
 add_time "push small, 2 platforms, one layer changed" push-change ""
+fi
 rss_row=
-if [ "$have_time" = 1 ]; then
+if ! want large; then
+  :
+elif [ "$have_time" = 1 ]; then
   xr=$(max_of "$work/t/x-large-cold.rss")
   br=$(max_of "$work/t/b-large-cold.rss")
   xw=$(max_of "$work/t/x-large-warm.rss")
@@ -634,6 +711,8 @@ for r in "${rows[@]}" "${micro_rows[@]}"; do
 done
 
 report=$work/report.md
+# Workloads left out (XBUILD_BENCH_ONLY) are described with zeros.
+: "${large_files:=0}" "${large_bytes:=0}"
 {
   echo "<!-- bench:begin (generated by scripts/bench.sh; edit outside the markers) -->"
   echo
@@ -646,7 +725,7 @@ report=$work/report.md
   echo "| memory | $mem |"
   echo "| kernel | $(uname -r) ($os) |"
   echo "| file system of the work dirs | $fs |"
-  echo "| xbuild | commit $commit, release build |"
+  echo "| xbuild | commit $commit, $bin_kind |"
   echo "| buildah | $(buildah --version | sed 's/ (.*//') (vfs storage, chroot isolation, \`--layers\`) |"
   echo "| QEMU | $(qemu-aarch64-static --version | head -n 1) |"
   echo "| SSH node | $ssh_version \`sshd\` on 127.0.0.2, started by the script: this machine |"
@@ -659,6 +738,9 @@ report=$work/report.md
   echo "of $cpu_loops iterations of a busybox \`sh\` loop (the SSH node rows: the same"
   echo "build with linux/amd64 scheduled on a node that is an \`sshd\` on 127.0.0.2 of"
   echo "this machine; buildah has no nodes, so its cell there is its local build);"
+  echo "cross = a \`FROM --platform=\$BUILDPLATFORM\` stage whose compile step (the cpu"
+  echo "loop) does not depend on the target, then \`ARG TARGETARCH\` and a per-target"
+  echo "step, copied into a target stage; cold, for 1 and for 2 targets;"
   echo "push = the small image pushed"
   echo "to a registry on loopback (both tools: build with every step cached + push)."
   echo "Cold = new, empty state (\`XBUILD_ROOT\` / buildah \`--root\`), the base image"
@@ -669,9 +751,11 @@ report=$work/report.md
   echo "|---|---|---|---|---|---|"
   for r in "${rows[@]}"; do echo "| ${r//$tab/ | } |"; done
   echo
+  if want large; then
   awk -v x="$x_layer" -v g="$gz_layer" -v p="$pz_layer" -v u="$large_bytes" 'BEGIN {
     printf "The large layer compresses to %.1f MB with xbuild (gzip level 1), %.1f MB with\n", x / 1e6, g / 1e6
     printf "`tar | gzip -1`%s, from %.0f MB of files.\n", (p == "NA" ? "" : sprintf(" and %.1f MB with `tar | pigz -1`", p / 1e6)), u / 1e6 }'
+  fi
   if [ "$micro" = 1 ]; then
     echo
     echo "Micro-benchmarks (\`cargo bench -p xbuild-engine --bench hot_paths\`, criterion"

@@ -218,6 +218,7 @@ async fn keys_of(engine: &Engine, g: &BuildGraph, inp: &KeyInputs<'_>) -> Result
         no_cache_filter: &[],
         secrets: &secrets,
         source_date_epoch: None,
+        presolved: &[],
     };
     Ok(engine.explain(req).await?)
 }
@@ -256,7 +257,8 @@ fn platform_manifest(
         if s.index == 1 || (!max && s.stage != target) || !seen.insert(s.key.clone()) {
             continue;
         }
-        let Some(rec) = cache.get(platform, &s.key, store) else {
+        // Filed under the platform that executed the step.
+        let Some(rec) = cache.get(&s.executes_on, &s.key, store) else {
             continue;
         };
         if let Some(l) = &rec.layer {
@@ -568,6 +570,7 @@ pub async fn import_cache(
     let store = engine.store();
     for g in graphs {
         let p = &g.platform;
+        let exec_platforms = g.execution_platforms();
         // Records first (all of them: small), remembering where each came from.
         let mut origin_of: HashMap<Digest, (CacheRecord, Origin)> = HashMap::new();
         for spec in specs {
@@ -579,12 +582,17 @@ pub async fn import_cache(
                         }
                     }
                     for rec in blob.records {
-                        if rec.platform != p.to_string() {
+                        // A target's records include those of the stages it
+                        // runs on the build platform, filed under that one.
+                        let Some(on) = exec_platforms
+                            .iter()
+                            .find(|e| rec.platform == e.to_string())
+                        else {
                             continue;
-                        }
-                        if cache.get_raw(p, &rec.key).is_none() {
-                            cache.put(p, &rec)?;
-                            cache.index(p, &rec)?;
+                        };
+                        if cache.get_raw(on, &rec.key).is_none() {
+                            cache.put(on, &rec)?;
+                            cache.index(on, &rec)?;
                             imported += 1;
                         }
                         origin_of
@@ -612,7 +620,7 @@ pub async fn import_cache(
             if !stage_open {
                 continue;
             }
-            if cache.get(p, &s.key, store).is_some() {
+            if cache.get(&s.executes_on, &s.key, store).is_some() {
                 continue;
             }
             let Some((rec, origin)) = origin_of.get(&s.key) else {

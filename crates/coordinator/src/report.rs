@@ -26,6 +26,26 @@ pub struct PlatformResult {
     pub bytes_sent: Option<u64>,
 }
 
+/// The work several targets shared (the start of a build-platform stage),
+/// solved once for all of them.
+#[derive(Debug, Clone)]
+pub struct SharedResult {
+    /// The platform that executed it.
+    pub platform: Platform,
+    /// The targets it served, in request order.
+    pub served: Vec<Platform>,
+    /// The stages it covers (display names).
+    pub stages: Vec<String>,
+    /// Where it ran.
+    pub worker: String,
+    /// Steps (FROM not counted).
+    pub steps: usize,
+    /// Cached steps.
+    pub cached: usize,
+    /// Wall time.
+    pub duration: Duration,
+}
+
 /// The outcome of a build.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -37,6 +57,8 @@ pub struct Report {
     pub names: Vec<String>,
     /// What was pushed (`name@digest`).
     pub pushed: Vec<String>,
+    /// The shared work, shown once (set with [`Report::with_shared`]).
+    pub shared: Option<SharedResult>,
 }
 
 /// Gather the report of a finished build.
@@ -55,10 +77,17 @@ pub fn report(
             .map(|r| r.to_string())
             .collect(),
         pushed,
+        shared: None,
     }
 }
 
 impl Report {
+    /// The report with the shared work of the solve (`Solved::shared`).
+    pub fn with_shared(mut self, shared: Option<SharedResult>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     /// The `--metadata-file` document (BuildKit's keys plus xbuild's
     /// per-platform data).
     pub fn metadata(&self) -> Value {
@@ -79,11 +108,23 @@ impl Report {
                 )
             })
             .collect();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "containerimage.digest": self.result.digest.to_string(),
             "containerimage.descriptor": self.result,
             "image.name": self.names.join(","),
             "xbuild.platforms": platforms,
-        })
+        });
+        if let Some(s) = &self.shared {
+            doc["xbuild.shared"] = serde_json::json!({
+                "platform": s.platform.to_string(),
+                "shared_by": s.served.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "stages": s.stages,
+                "worker": s.worker,
+                "steps": s.steps,
+                "cached": s.cached,
+                "duration_seconds": s.duration.as_secs_f64(),
+            });
+        }
+        doc
     }
 }

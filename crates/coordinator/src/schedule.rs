@@ -1,5 +1,6 @@
 //! Phase 2: which worker builds each platform.
 
+use crate::merge::{Merged, Presolved, SharedGraph};
 use crate::nodes::NodePlan;
 use crate::plan::Planned;
 use crate::request::Session;
@@ -31,11 +32,38 @@ impl std::fmt::Debug for Assignment {
     }
 }
 
-/// One assignment per platform, in the planned order.
+/// The shared prefixes of a build (work that does not depend on the target,
+/// see [`crate::merge`]) and where they run: once, before the targets, on a
+/// worker for their execution platform (a native one: a node for that
+/// platform, else this machine).
+#[derive(Debug)]
+pub struct SharedRun {
+    /// The shared stages as one graph.
+    pub shared: SharedGraph,
+    /// Its worker.
+    pub assignment: Assignment,
+    /// For each target graph (in the assignments' order), its presolved
+    /// prefixes: `(stage, steps)`.
+    pub presolved: Vec<Vec<Presolved>>,
+}
+
+/// One assignment per platform, in the planned order, and the shared run.
 #[derive(Debug)]
 pub struct Schedule {
     /// The assignments.
     pub assignments: Vec<Assignment>,
+    /// The work shared by several targets, when there is some.
+    pub shared: Option<SharedRun>,
+}
+
+impl Schedule {
+    /// The presolved prefixes of the `i`th target graph.
+    pub fn presolved(&self, i: usize) -> &[Presolved] {
+        self.shared
+            .as_ref()
+            .and_then(|s| s.presolved.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Give each planned platform a worker: the node `nodes` chose for it (its
@@ -51,11 +79,20 @@ pub fn schedule(
     events: &dyn EventSink,
 ) -> Result<Schedule> {
     let on_node = |p: &Platform| nodes.and_then(|n| n.node_for(p)).is_some();
+    let merged = Merged::new(&planned.graphs);
+    let shared = merged.shared_graph(&planned.graphs);
     let unrunnable: Vec<String> = planned
         .graphs
         .iter()
-        .filter(|g| !on_node(&g.platform))
-        .filter_map(|g| xbuild_engine::check_platforms(g).err())
+        .enumerate()
+        .filter(|(_, g)| !on_node(&g.platform))
+        .filter_map(|(i, g)| xbuild_engine::check_platforms_except(g, &merged.presolved(i)).err())
+        .chain(
+            shared
+                .iter()
+                .filter(|s| !on_node(&s.graph.platform))
+                .filter_map(|s| xbuild_engine::check_platforms(&s.graph).err()),
+        )
         .map(|e| e.to_string())
         .collect();
     if !unrunnable.is_empty() {
@@ -100,7 +137,9 @@ pub fn schedule(
 }
 
 /// A schedule whose workers `pick` chooses for each planned graph, in the
-/// planned order (tests inject fake workers this way).
+/// planned order (tests inject fake workers this way), then for the graph
+/// of the stages several targets share, if any (its platform is the one
+/// those stages execute on).
 pub fn schedule_with(
     planned: &Planned,
     mut pick: impl FnMut(&BuildGraph) -> Result<Assignment>,
@@ -110,5 +149,19 @@ pub fn schedule_with(
         .iter()
         .map(&mut pick)
         .collect::<Result<Vec<_>>>()?;
-    Ok(Schedule { assignments })
+    let merged = Merged::new(&planned.graphs);
+    let shared = match merged.shared_graph(&planned.graphs) {
+        Some(shared) => Some(SharedRun {
+            assignment: pick(&shared.graph)?,
+            presolved: (0..planned.graphs.len())
+                .map(|i| merged.presolved(i))
+                .collect(),
+            shared,
+        }),
+        None => None,
+    };
+    Ok(Schedule {
+        assignments,
+        shared,
+    })
 }

@@ -3,7 +3,8 @@
 //! which stops local steps' waits and closes agents' channels), as
 //! `docker buildx` does; each platform's state is reported.
 
-use crate::report::PlatformResult;
+use crate::merge::{Presolved, SharedStage};
+use crate::report::{PlatformResult, SharedResult};
 use crate::schedule::{Assignment, Schedule};
 use crate::worker::{WorkerError, WorkerOutput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -39,18 +40,24 @@ pub struct SolveInputs<'a> {
 }
 
 impl<'a> SolveInputs<'a> {
-    fn request(&self, graph: &'a BuildGraph) -> SolveRequest<'a> {
+    fn request(
+        &self,
+        graph: &'a BuildGraph,
+        presolved: &'a [Presolved],
+        events: &'a dyn EventSink,
+    ) -> SolveRequest<'a> {
         SolveRequest {
             graph,
             context_dir: self.context_dir,
             context: self.context,
             source: self.source,
-            events: self.events,
+            events,
             ids: self.ids,
             no_cache: self.no_cache,
             no_cache_filter: self.no_cache_filter,
             secrets: self.secrets,
             source_date_epoch: self.source_date_epoch,
+            presolved,
         }
     }
 }
@@ -85,6 +92,9 @@ pub struct PlatformOutcome {
 pub struct Solved {
     /// The outcomes.
     pub platforms: Vec<PlatformOutcome>,
+    /// The work several targets shared, solved once, when there was some
+    /// and it built.
+    pub shared: Option<SharedResult>,
 }
 
 impl Solved {
@@ -121,13 +131,18 @@ fn result_of(out: WorkerOutput) -> PlatformResult {
 
 /// One platform on its worker, then on its fallback when the worker is
 /// unreachable or lost (with a warning).
-async fn solve_one(
+async fn solve_one<'a>(
     a: &Assignment,
-    inputs: &SolveInputs<'_>,
-    graph: &BuildGraph,
+    inputs: &SolveInputs<'a>,
+    (graph, presolved): (&'a BuildGraph, &'a [Presolved]),
+    events: &'a dyn EventSink,
 ) -> Result<PlatformResult, (String, EngineError)> {
     let worker = a.worker.name();
-    let e = match a.worker.solve(inputs.request(graph)).await {
+    let e = match a
+        .worker
+        .solve(inputs.request(graph, presolved, events))
+        .await
+    {
         Ok(out) => return Ok(result_of(out)),
         Err(WorkerError::Build(e)) => return Err((worker, e)),
         Err(e) => e,
@@ -150,7 +165,10 @@ async fn solve_one(
         ),
     };
     inputs.events.emit(Event::Warning { message });
-    match fallback.solve(inputs.request(graph)).await {
+    match fallback
+        .solve(inputs.request(graph, presolved, events))
+        .await
+    {
         Ok(out) => Ok(result_of(out)),
         Err(WorkerError::Build(e)) => Err((fallback.name(), e)),
         Err(e) => Err((
@@ -169,13 +187,54 @@ async fn solve_one(
 pub async fn solve(schedule: &Schedule, inputs: &SolveInputs<'_>) -> Solved {
     let n = schedule.assignments.len();
     let mut states: Vec<Option<PlatformState>> = (0..n).map(|_| None).collect();
+    // Work several targets share runs first, once; the targets then take
+    // it from the cache (records travel to their workers by key, layers by
+    // digest when a step reads them).
+    let mut shared = None;
+    if let Some(run) = &schedule.shared {
+        let sink = SharedSink {
+            inner: inputs.events,
+            stages: &run.shared.stages,
+        };
+        let g = &run.shared.graph;
+        match solve_one(&run.assignment, inputs, (g, &[]), &sink).await {
+            Ok(r) => {
+                shared = Some(SharedResult {
+                    platform: g.platform.clone(),
+                    served: run.shared.targets(),
+                    stages: run.shared.stages.iter().map(|s| s.name.clone()).collect(),
+                    worker: r.worker,
+                    steps: r.steps,
+                    cached: r.cached,
+                    duration: r.duration,
+                });
+            }
+            Err((worker, error)) => {
+                // Reported on the first target it serves; the others did
+                // not start.
+                let first = run.shared.targets().into_iter().next();
+                let at = schedule
+                    .assignments
+                    .iter()
+                    .position(|a| Some(&a.platform) == first.as_ref())
+                    .unwrap_or(0);
+                if let Some(s) = states.get_mut(at) {
+                    *s = Some(PlatformState::Failed { worker, error });
+                }
+                return finish(schedule, states, None);
+            }
+        }
+    }
     {
         let mut running: FuturesUnordered<_> = schedule
             .assignments
             .iter()
             .zip(inputs.graphs)
             .enumerate()
-            .map(|(i, (a, g))| async move { (i, solve_one(a, inputs, g).await) })
+            .map(|(i, (a, g))| async move {
+                let presolved = schedule.presolved(i);
+                (i, solve_one(a, inputs, (g, presolved), inputs.events).await)
+            })
             .collect();
         while let Some((i, r)) = running.next().await {
             match r {
@@ -188,7 +247,16 @@ pub async fn solve(schedule: &Schedule, inputs: &SolveInputs<'_>) -> Solved {
         }
         // Dropping `running` here cancels whatever is still building.
     }
+    finish(schedule, states, shared)
+}
+
+fn finish(
+    schedule: &Schedule,
+    states: Vec<Option<PlatformState>>,
+    shared: Option<SharedResult>,
+) -> Solved {
     Solved {
+        shared,
         platforms: schedule
             .assignments
             .iter()
@@ -198,5 +266,30 @@ pub async fn solve(schedule: &Schedule, inputs: &SolveInputs<'_>) -> Solved {
                 state: s.unwrap_or(PlatformState::Cancelled),
             })
             .collect(),
+    }
+}
+
+/// The progress of the shared solve: each vertex is marked with the targets
+/// it serves and counted against its whole stage (`[build 2/4]`).
+struct SharedSink<'a> {
+    inner: &'a dyn EventSink,
+    stages: &'a [SharedStage],
+}
+
+impl EventSink for SharedSink<'_> {
+    fn emit(&self, mut event: Event) {
+        if let Event::Started {
+            stage,
+            total,
+            shared_by,
+            ..
+        } = &mut event
+        {
+            if let Some(s) = self.stages.iter().find(|s| s.name == *stage) {
+                *total = s.total;
+                *shared_by = s.served.clone();
+            }
+        }
+        self.inner.emit(event)
     }
 }

@@ -204,6 +204,13 @@ pub struct SolveRequest<'a> {
     pub secrets: &'a Secrets,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and config times.
     pub source_date_epoch: Option<i64>,
+    /// Shared prefixes this build already solved once for several targets
+    /// (the start of a build-platform stage that does not depend on the
+    /// target): `(stage index, steps)` — the stage's FROM and its first
+    /// `steps` steps are taken from the cache without progress events,
+    /// without counting them, and regardless of `--no-cache` (the shared
+    /// solve honoured it).
+    pub presolved: &'a [(usize, usize)],
 }
 
 /// The outcome of a solve.

@@ -162,6 +162,10 @@ pub enum Event {
         name: String,
         /// Where it runs (`local`, `qemu`, `node amd1`).
         worker: String,
+        /// The target platforms a shared vertex serves (it runs once for
+        /// all of them); empty for a vertex of one platform.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shared_by: Vec<Platform>,
     },
     /// The vertex's result came from the cache.
     Cached {
@@ -260,6 +264,20 @@ impl VecSink {
 impl<F: Fn(Event) + Send + Sync> EventSink for F {
     fn emit(&self, event: Event) {
         self(event)
+    }
+}
+
+/// The platform part of a vertex label: `linux/arm64`, or for a vertex
+/// shared by several targets the list of them (`linux/amd64,linux/arm64`).
+pub fn platform_label(platform: &Platform, shared_by: &[Platform]) -> String {
+    if shared_by.len() > 1 {
+        shared_by
+            .iter()
+            .map(Platform::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        platform.to_string()
     }
 }
 

@@ -15,8 +15,12 @@ use crate::solve::Shared;
 /// One vertex of the answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainStep {
-    /// The platform.
+    /// The target platform whose graph the step belongs to.
     pub platform: Platform,
+    /// The platform that executes the step (the stage's platform: the build
+    /// platform for `FROM --platform=$BUILDPLATFORM` stages). The key holds
+    /// it and the cache files the step's record under it.
+    pub executes_on: Platform,
     /// Stage display name.
     pub stage: String,
     /// 1-based position in the stage (FROM is 1).
@@ -54,9 +58,11 @@ impl Engine {
         let mut out = Vec::new();
         for (i, stage) in g.stages.iter().enumerate() {
             let total = stage.steps.len() + 1;
+            let exec = &stage.platform;
             let (mut key, base) = self.stage_base_key(&shared, stage, &keys, &names).await?;
             out.push(ExplainStep {
                 platform: platform.clone(),
+                executes_on: exec.clone(),
                 stage: stage.display_name(),
                 index: 1,
                 total,
@@ -103,12 +109,12 @@ impl Engine {
                 } else if self
                     .inner
                     .cache
-                    .get(&platform, &sk.key, &self.inner.store)
+                    .get(exec, &sk.key, &self.inner.store)
                     .is_some()
                 {
                     Vec::new()
                 } else {
-                    self.miss_causes(&platform, &key, &sk)
+                    self.miss_causes(exec, &key, &sk)
                 };
                 // The next step names this one, its direct parent.
                 if !causes.is_empty() {
@@ -116,6 +122,7 @@ impl Engine {
                 }
                 out.push(ExplainStep {
                     platform: platform.clone(),
+                    executes_on: exec.clone(),
                     stage: stage.display_name(),
                     index: si + 2,
                     total,

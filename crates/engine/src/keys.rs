@@ -22,6 +22,10 @@ const MAX_PATHS: usize = 5;
 #[derive(Debug, Clone)]
 pub(crate) struct StepKey {
     pub(crate) key: Digest,
+    /// The platform that executes the step (the stage's platform, which is
+    /// the build platform for `FROM --platform=$BUILDPLATFORM` stages): the
+    /// key holds it and the cache record is filed under it.
+    pub(crate) platform: Platform,
     /// The text the key holds (the step's, but `ARG NAME...` without values).
     pub(crate) text: String,
     pub(crate) trace: StepTrace,
@@ -66,7 +70,9 @@ impl Engine {
         dep_keys: &HashMap<usize, Digest>,
         dep_names: &HashMap<usize, String>,
     ) -> Result<(Digest, Option<InputTrace>), EngineError> {
-        let platform = &shared.platform;
+        // Keyed by the platform that executes the stage, not by the target
+        // it serves: a build-platform stage has one key for every target.
+        let platform = &stage.platform;
         let no_args = Default::default();
         Ok(match &stage.base {
             Base::Scratch => (
@@ -136,7 +142,24 @@ impl Engine {
                 let names: Vec<&str> = decls.iter().map(|(k, _)| k.as_str()).collect();
                 arg_text = format!("ARG {}", names.join(" "));
                 key_text = &arg_text;
-                json!({ "config": { "Arg": names } })
+                // A target arg whose value the executing platform does not
+                // imply (`ARG TARGETARCH` in a build-platform stage): the
+                // step is the target's, keyed by its value. Elsewhere the
+                // platform in the key says it all (keys as they always were).
+                let implied = xbuild_plan::platform_args(&stage.platform, &stage.platform);
+                let target: serde_json::Map<String, serde_json::Value> = decls
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("TARGET"))
+                    .filter_map(|(k, v)| {
+                        let v = v.as_ref()?;
+                        (implied.get(k).is_some_and(|i| i != v)).then(|| (k.clone(), json!(v)))
+                    })
+                    .collect();
+                if target.is_empty() {
+                    json!({ "config": { "Arg": names } })
+                } else {
+                    json!({ "config": { "Arg": names }, "target_args": target })
+                }
             }
             Op::Config(c) => json!({ "config": c }),
             Op::Exec(e) => {
@@ -223,7 +246,7 @@ impl Engine {
         };
         let key = KeyInput::new(
             Some(parent),
-            &shared.platform,
+            &stage.platform,
             key_text,
             &step.build_args,
             op_json,
@@ -241,6 +264,7 @@ impl Engine {
         };
         Ok(StepKey {
             key,
+            platform: stage.platform.clone(),
             text: key_text.to_string(),
             trace,
         })

@@ -24,7 +24,7 @@ pub mod secrets;
 pub mod snapshot;
 mod solve;
 pub mod sshproxy;
-pub use solve::check_platforms;
+pub use solve::{check_platforms, check_platforms_except};
 pub mod source;
 
 pub use copyfs::Snapshotter;

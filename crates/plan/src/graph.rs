@@ -438,6 +438,19 @@ impl BuildGraph {
         self.stages.iter().map(|s| s.steps.len()).sum()
     }
 
+    /// The platforms that execute this graph's steps: the target platform
+    /// first, then those of stages on another platform (`FROM
+    /// --platform=$BUILDPLATFORM`). Cache records are filed by these.
+    pub fn execution_platforms(&self) -> Vec<Platform> {
+        let mut out = vec![self.platform.clone()];
+        for st in &self.stages {
+            if !out.contains(&st.platform) {
+                out.push(st.platform.clone());
+            }
+        }
+        out
+    }
+
     /// Images this graph pulls (bases and `--from` images), deduplicated.
     pub fn images(&self) -> Vec<&ImageRef> {
         fn push<'g>(out: &mut Vec<&'g ImageRef>, r: &'g ImageRef) {

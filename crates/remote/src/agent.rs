@@ -572,7 +572,6 @@ async fn run_job(
         reason: "the writer stopped (broken pipe)".into(),
     };
     let send = |m: Message| out.send(Outgoing::Msg(m)).map_err(|_| closed());
-    let platform = job.graph.platform.clone();
     let engine = match Engine::open(EngineConfig {
         root: cfg.root.clone(),
         init_program: cfg.init_program.clone(),
@@ -590,10 +589,17 @@ async fn run_job(
         }
     };
 
-    // Cache records of the platform the agent lacks.
-    let before: BTreeMap<Digest, CacheRecord> = engine
-        .cache()
-        .list(&platform)?
+    // Cache records the agent lacks, of every platform that executes a
+    // step of the graph.
+    let exec_platforms = job.graph.execution_platforms();
+    let list_all = || -> Result<Vec<CacheRecord>, RemoteError> {
+        let mut all = Vec::new();
+        for p in &exec_platforms {
+            all.extend(engine.cache().list(p)?);
+        }
+        Ok(all)
+    };
+    let before: BTreeMap<Digest, CacheRecord> = list_all()?
         .into_iter()
         .map(|r| (r.key.clone(), r))
         .collect();
@@ -609,8 +615,9 @@ async fn run_job(
     match expect(rx, peer).await? {
         Message::Records { records } => {
             for r in records {
-                if want.contains(&r.key) && r.platform == platform.to_string() {
-                    engine.cache().put(&platform, &r)?;
+                let filed = exec_platforms.iter().find(|p| r.platform == p.to_string());
+                if let (true, Some(p)) = (want.contains(&r.key), filed) {
+                    engine.cache().put(p, &r)?;
                     before.insert(r.key.clone(), r);
                 }
             }
@@ -658,6 +665,7 @@ async fn run_job(
         no_cache_filter: &job.no_cache_filter,
         secrets: &secrets,
         source_date_epoch: job.source_date_epoch,
+        presolved: &job.presolved,
     };
     let solve = engine.solve(req);
     tokio::pin!(solve);
@@ -705,9 +713,7 @@ async fn run_job(
     };
 
     // Records written (or rewritten) by this solve go back with the image.
-    let records: Vec<CacheRecord> = engine
-        .cache()
-        .list(&platform)?
+    let records: Vec<CacheRecord> = list_all()?
         .into_iter()
         .filter(|r| before.get(&r.key) != Some(r))
         .collect();

@@ -182,13 +182,20 @@ impl RemoteWorker {
         let worker = self.worker_name();
         // Records whose layer this store still has: the agent may count
         // them as hits and fetch the layer only if it needs the files.
-        let records: Vec<_> = engine
-            .cache()
-            .list(&platform)
-            .map_err(RemoteError::from)?
-            .into_iter()
-            .filter(|r| r.layer.as_ref().is_none_or(|l| store.exists(&l.digest)))
-            .collect();
+        // Of every platform that executes a step of the graph (a
+        // build-platform stage's records are filed under the build platform).
+        let exec_platforms = req.graph.execution_platforms();
+        let mut records = Vec::new();
+        for p in &exec_platforms {
+            records.extend(
+                engine
+                    .cache()
+                    .list(p)
+                    .map_err(RemoteError::from)?
+                    .into_iter()
+                    .filter(|r| r.layer.as_ref().is_none_or(|l| store.exists(&l.digest))),
+            );
+        }
         let mtimes = match (req.context_dir, req.context) {
             (Some(dir), Some(ix)) => mtimes_of(dir, ix),
             _ => BTreeMap::new(),
@@ -209,6 +216,7 @@ impl RemoteWorker {
                         .collect(),
                 ),
                 source_date_epoch: req.source_date_epoch,
+                presolved: req.presolved.to_vec(),
             })))
             .await?;
         self.writer.flush().await?;
@@ -342,8 +350,9 @@ impl RemoteWorker {
         let cache = engine.cache();
         for r in &solved.records {
             let usable = r.layer.as_ref().is_none_or(|l| store.exists(&l.digest));
-            if usable && r.platform == platform.to_string() {
-                cache.put(&platform, r).map_err(RemoteError::from)?;
+            let filed = exec_platforms.iter().find(|p| r.platform == p.to_string());
+            if let (true, Some(p)) = (usable, filed) {
+                cache.put(p, r).map_err(RemoteError::from)?;
             }
         }
         let manifest = xbuild_engine::image::read_manifest(store, &solved.manifest.digest)
@@ -637,6 +646,7 @@ mod tests {
                         no_cache_filter: &[],
                         secrets: &xbuild_engine::Secrets::new(),
                         source_date_epoch: None,
+                        presolved: &[],
                     },
                 )
                 .await
@@ -741,6 +751,7 @@ mod tests {
                         no_cache_filter: &[],
                         secrets: &xbuild_engine::Secrets::new(),
                         source_date_epoch: None,
+                        presolved: &[],
                     },
                 )
                 .await
@@ -816,6 +827,7 @@ mod tests {
                 total: 2,
                 name: "FROM x".into(),
                 worker: "local".into(),
+                shared_by: Vec::new(),
             },
             &mut map,
             &ids,

@@ -256,6 +256,10 @@ pub struct SolveJob {
     pub secrets: SecretValues,
     /// `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: Option<i64>,
+    /// Stages the coordinator already solved once for several targets:
+    /// taken from the cache without progress (see `SolveRequest::presolved`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presolved: Vec<(usize, usize)>,
 }
 
 /// Where a received blob goes.

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use xbuild_coordinator::merge::Merged;
 use xbuild_dockerfile::instructions;
 use xbuild_oci::Platform;
 use xbuild_plan::{check, BuildGraph, OfflineResolver, Op, PlanOptions};
@@ -230,7 +231,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
             let graphs = plan_all(&df, &opts, &platforms)?;
             crate::nodes::plan_build_blocking(&platforms, &args.nodes, true)?;
             if call.json {
-                println!("{}", serde_json::to_string_pretty(&graphs)?);
+                println!("{}", serde_json::to_string_pretty(&outline_json(&graphs)?)?);
             } else {
                 print!("{}", outline_text(&graphs));
             }
@@ -374,10 +375,82 @@ fn run_targets(df: &LoadedDockerfile, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Human-readable outline of the plans, one block per platform.
+/// The plans as JSON: one graph per platform, each with `shared_steps`
+/// when several targets share the start of some stages (the merged graph:
+/// those vertices are one, solved once).
+fn outline_json(graphs: &[BuildGraph]) -> Result<serde_json::Value> {
+    let merged = Merged::new(graphs);
+    let shared = merged.shared_graph(graphs);
+    let mut out = Vec::new();
+    for (i, g) in graphs.iter().enumerate() {
+        let mut v = serde_json::to_value(g)?;
+        let presolved = merged.presolved(i);
+        if let (Some(sg), false) = (&shared, presolved.is_empty()) {
+            v["shared_steps"] = presolved
+                .iter()
+                .map(|(stage, steps)| {
+                    let name = g.stages[*stage].display_name();
+                    let by = sg
+                        .stages
+                        .iter()
+                        .find(|s| s.name == name)
+                        .map(|s| s.served.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        "stage": stage,
+                        "steps": steps,
+                        "executes_on": g.stages[*stage].platform.to_string(),
+                        "shared_by": by,
+                    })
+                })
+                .collect();
+        }
+        out.push(v);
+    }
+    Ok(serde_json::Value::Array(out))
+}
+
+/// Human-readable outline of the plans: the steps several targets share
+/// (the merged graph's common vertices, run once) first, then one block
+/// per platform with its own steps.
 pub fn outline_text(graphs: &[BuildGraph]) -> String {
     let mut s = String::new();
-    for g in graphs {
+    let merged = Merged::new(graphs);
+    if let Some(sg) = merged.shared_graph(graphs) {
+        let g = &sg.graph;
+        s.push_str(&format!(
+            "shared by {} (runs once on {}; {} stage(s), {} step(s))\n",
+            sg.targets()
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            g.platform,
+            g.stages.len(),
+            g.step_count()
+        ));
+        for (st, info) in g.stages.iter().zip(&sg.stages) {
+            let by: Vec<String> = info.served.iter().map(|p| p.to_string()).collect();
+            let label = |i: usize| format!("[{} {} {i}/{}]", by.join(","), info.name, info.total);
+            s.push_str(&format!(
+                "  {} {}   # for {}, {}\n",
+                label(1),
+                st.from_text,
+                st.platform,
+                st.location
+            ));
+            for (i, step) in st.steps.iter().enumerate() {
+                s.push_str(&format!(
+                    "  {} {}   # {}\n",
+                    label(i + 2),
+                    step.text,
+                    step.location
+                ));
+            }
+        }
+    }
+    for (gi, g) in graphs.iter().enumerate() {
+        let presolved = merged.presolved(gi);
         let target = &g.stages[g.target];
         s.push_str(&format!(
             "{} (target {}; {} stage(s), {} step(s); build platform {})\n",
@@ -387,19 +460,29 @@ pub fn outline_text(graphs: &[BuildGraph]) -> String {
             g.step_count(),
             g.build_platform
         ));
-        for st in &g.stages {
+        for (si, st) in g.stages.iter().enumerate() {
             let total = st.steps.len() + 1;
             let name = st.display_name();
+            let shared = presolved.iter().find(|(i, _)| *i == si).map(|p| p.1);
+            if let Some(k) = shared {
+                s.push_str(&format!(
+                    "  [{} {name} 1-{}/{total}] shared (above)\n",
+                    g.platform,
+                    k + 1
+                ));
+            }
             let base = match &st.base {
                 xbuild_plan::Base::Scratch => "scratch".to_string(),
                 xbuild_plan::Base::Image(r) => r.reference.clone(),
                 xbuild_plan::Base::Stage(i) => format!("stage {}", g.stages[*i].display_name()),
             };
-            s.push_str(&format!(
-                "  [{} {name} 1/{total}] {}   # {base} for {}, {}\n",
-                g.platform, st.from_text, st.platform, st.location
-            ));
-            for (i, step) in st.steps.iter().enumerate() {
+            if shared.is_none() {
+                s.push_str(&format!(
+                    "  [{} {name} 1/{total}] {}   # {base} for {}, {}\n",
+                    g.platform, st.from_text, st.platform, st.location
+                ));
+            }
+            for (i, step) in st.steps.iter().enumerate().skip(shared.unwrap_or(0)) {
                 let mut line = format!("  [{} {name} {}/{total}] {}", g.platform, i + 2, step.text);
                 let mut notes = vec![step.location.to_string()];
                 if !step.build_args.is_empty() {

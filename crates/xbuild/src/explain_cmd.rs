@@ -67,6 +67,7 @@ async fn explain(
             no_cache_filter: &args.no_cache_filter,
             secrets: &secrets,
             source_date_epoch: None,
+            presolved: &[],
         };
         out.extend(engine.explain(req).await?);
     }

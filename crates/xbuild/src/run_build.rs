@@ -286,7 +286,8 @@ async fn build(
     )
     .await?;
 
-    let mut report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed);
+    let mut report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed)
+        .with_shared(solved.shared.clone());
     if !exported.names.is_empty() {
         report.names = exported.names.clone();
     }
@@ -579,6 +580,23 @@ pub fn summary(report: &Report, width: Option<usize>) -> String {
             &format!("{:.1}s", r.duration.as_secs_f64()),
         );
         s.push_str(&with_digest(left, r.manifest.digest.as_ref()));
+        s.push('\n');
+    }
+    if let Some(r) = &report.shared {
+        // Work shared by several targets, built once: one row, marked.
+        let served: Vec<String> = r.served.iter().map(|p| p.to_string()).collect();
+        let left = head(
+            &r.platform.to_string(),
+            &r.worker,
+            &r.steps.to_string(),
+            &r.cached.to_string(),
+            &format!("{:.1}s", r.duration.as_secs_f64()),
+        );
+        s.push_str(&cut(format!(
+            "{left}shared by {} ({})",
+            served.join(", "),
+            r.stages.join(", ")
+        )));
         s.push('\n');
     }
     let digest = report.result.digest.to_string();

@@ -276,11 +276,14 @@ impl Encoder {
             index,
             total,
             name,
+            shared_by,
             ..
         } = event
         else {
             return None;
         };
+        // A step shared by several targets is one vertex, titled with all of them.
+        let platform = xbuild_engine::events::platform_label(platform, shared_by);
         let prefix = if *index > 0 && *total > 0 {
             format!("[{platform} {stage} {index}/{total}]")
         } else {
@@ -447,6 +450,7 @@ mod tests {
             total: 3,
             name: name.into(),
             worker: "qemu".into(),
+            shared_by: Vec::new(),
         }
     }
 

@@ -164,6 +164,7 @@ pub async fn solve(
             no_cache_filter: &opts.no_cache_filter,
             secrets: opts.secrets.unwrap_or(&empty),
             source_date_epoch: opts.sde,
+            presolved: &[],
         })
         .await;
     (r, sink.events())

@@ -17,6 +17,7 @@ impl Renderer {
                 total,
                 name,
                 worker,
+                shared_by,
             } => {
                 st.next += 1;
                 let number = st.next;
@@ -27,7 +28,7 @@ impl Renderer {
                         ..Default::default()
                     },
                 );
-                let p = platform.to_string();
+                let p = xbuild_engine::events::platform_label(platform, shared_by);
                 let display = title(&p, stage, *index, *total, name);
                 st.names.insert(*id, display.clone());
                 drop(st);

@@ -33,6 +33,7 @@ fn started(id: u64, name: &str) -> Event {
         total: 5,
         name: name.into(),
         worker: "qemu".into(),
+        shared_by: Vec::new(),
     }
 }
 
@@ -45,6 +46,7 @@ fn started_on(id: u64, platform: &str, worker: &str, index: usize, name: &str) -
         total: 6,
         name: name.into(),
         worker: worker.into(),
+        shared_by: Vec::new(),
     }
 }
 

@@ -462,11 +462,12 @@ impl TtyState {
             total,
             name,
             worker,
+            shared_by,
         } = e
         else {
             return;
         };
-        let p = platform.to_string();
+        let p = xbuild_engine::events::platform_label(platform, shared_by);
         let block = match self.blocks.iter().position(|b| b.platform == p) {
             Some(i) => i,
             None => {
