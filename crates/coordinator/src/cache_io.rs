@@ -629,10 +629,21 @@ pub async fn import_cache(
             };
             if let Some(l) = &rec.layer {
                 if !store.exists(&l.digest) {
-                    fetch_layer(store, registry, origin, l, events)
-                        .await
-                        .with_context(|| format!("fetching cache layer {}", l.digest))?;
-                    fetched += 1;
+                    // A layer that cannot be fetched or does not match its
+                    // digest (a corrupt cache source) is a cache miss with
+                    // a warning, as in buildx: the step is built instead.
+                    match fetch_layer(store, registry, origin, l, events).await {
+                        Ok(()) => fetched += 1,
+                        Err(e) => {
+                            events.emit(Event::Warning {
+                                message: format!(
+                                    "cache layer {} is unusable ({e:#}); building the step instead",
+                                    l.digest
+                                ),
+                            });
+                            stage_open = false;
+                        }
+                    }
                 }
             }
         }

@@ -26,7 +26,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use xbuild_engine::events::{Event, EventSink, Transfer};
 use xbuild_oci::archive::{self, read_manifest};
-use xbuild_oci::layer::{apply_layer, ApplyOptions};
+use xbuild_oci::layer::{apply_layer, merge_tree, ApplyOptions};
 use xbuild_oci::manifest::Manifest;
 use xbuild_oci::reference::Reference;
 use xbuild_oci::{BlobStore, Descriptor, Platform};
@@ -108,6 +108,29 @@ impl Default for ImageOpts {
             layers: None,
             annotations: Default::default(),
             attest_referrers: false,
+        }
+    }
+}
+
+impl std::fmt::Display for OutputSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputSpec::Image { push, names, .. } => {
+                write!(f, "type=image")?;
+                if !names.is_empty() {
+                    write!(f, ",name={}", names.join(","))?;
+                }
+                if *push {
+                    write!(f, ",push=true")?;
+                }
+                Ok(())
+            }
+            OutputSpec::Oci { dest, .. } => write!(f, "type=oci,dest={}", dest.display()),
+            OutputSpec::Docker { dest, .. } => write!(f, "type=docker,dest={}", dest.display()),
+            OutputSpec::Local { dest } => write!(f, "type=local,dest={}", dest.display()),
+            OutputSpec::Tar { dest } => write!(f, "type=tar,dest={}", dest.display()),
+            OutputSpec::Load { .. } => write!(f, "type=docker"),
+            OutputSpec::CacheOnly => write!(f, "type=cacheonly"),
         }
     }
 }
@@ -460,16 +483,11 @@ pub async fn export(
         }
         // Tags go into the local store only once every push of this output
         // succeeded: a failed push leaves `xbuild images` as it was.
-        export_output(store, top, spec, tags)
-            .with_context(|| format!("writing output {spec:?}"))?;
-        if let OutputSpec::Local { dest } = spec {
-            crate::attest::write_local(dest, &assembled.statements)
-                .with_context(|| format!("writing attestations to {}", dest.display()))?;
+        let warnings = export_output(store, top, spec, tags)
+            .with_context(|| format!("writing output {spec}"))?;
+        for message in warnings {
+            events.emit(Event::Warning { message });
         }
-        // Tags go into the local store only once every push of this output
-        // succeeded: a failed push leaves `xbuild images` as it was.
-        export_output(store, top, spec, tags)
-            .with_context(|| format!("writing output {spec:?}"))?;
         if let OutputSpec::Local { dest } = spec {
             crate::attest::write_local(dest, &assembled.statements)
                 .with_context(|| format!("writing attestations to {}", dest.display()))?;
@@ -599,6 +617,30 @@ pub fn tag(store: &BlobStore, target: &Descriptor, names: &[String]) -> Result<V
     Ok(out)
 }
 
+/// Removes `.NAME.xbuild-PID.tmp` files in `dir` whose writer (PID) is
+/// gone: what a `save` or export killed with SIGKILL left beside its
+/// destination.
+fn remove_dead_temp_files(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.xbuild-");
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some(pid) = f
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Write to `dest` through a temp file renamed into place (or to stdout for `-`).
 pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     if dest.as_os_str() == "-" {
@@ -634,6 +676,7 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
     let name = dest
         .file_name()
         .ok_or_else(|| anyhow!("{} is not a file name", dest.display()))?;
+    remove_dead_temp_files(&dir, &name.to_string_lossy());
     let tmp = dir.join(format!(
         ".{}.xbuild-{}.tmp",
         name.to_string_lossy(),
@@ -664,7 +707,8 @@ pub fn export_output(
     result: &Descriptor,
     spec: &OutputSpec,
     names: &[String],
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     let all = |extra: &[String]| -> Vec<String> {
         let mut v = names.to_vec();
         for n in extra {
@@ -707,10 +751,10 @@ pub fn export_output(
             })
             .with_context(|| format!("exporting docker archive to {}", dest.display()))?;
         }
-        OutputSpec::Local { dest } => export_local(store, result, dest)?,
+        OutputSpec::Local { dest } => warnings = export_local(store, result, dest)?,
         OutputSpec::Tar { dest } => {
             let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-            export_local(store, result, tmp.path())?;
+            warnings = export_fs(store, result, tmp.path(), true)?;
             write_dest(dest, |w| {
                 let mut b = tar::Builder::new(w);
                 b.follow_symlinks(false);
@@ -721,7 +765,7 @@ pub fn export_output(
             .with_context(|| format!("exporting the filesystem to {}", dest.display()))?;
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// The single-platform manifests of `result` with their platforms.
@@ -744,7 +788,25 @@ fn platform_manifests(
 
 /// Apply the layers of `result` into `dest`; an index with several
 /// platforms gets one subdirectory per platform (`linux_amd64`), as buildx does.
-pub fn export_local(store: &BlobStore, result: &Descriptor, dest: &Path) -> Result<()> {
+///
+/// Like BuildKit, this merges into what is there: the image's files are
+/// added and overwrite files of the same path; files already in `dest` are
+/// never removed (the layers are unpacked into a staging directory, where
+/// their whiteouts apply, and the result is moved in), and device nodes are
+/// never created (skipped; the warnings are returned).
+pub fn export_local(store: &BlobStore, result: &Descriptor, dest: &Path) -> Result<Vec<String>> {
+    export_fs(store, result, dest, false)
+}
+
+/// [`export_local`], creating device nodes when `devices` (for `type=tar`,
+/// whose staging directory is private).
+fn export_fs(
+    store: &BlobStore,
+    result: &Descriptor,
+    dest: &Path,
+    devices: bool,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     let manifests = platform_manifests(store, result)?;
     if manifests.is_empty() {
         bail!("{} has no image for any platform", result.digest);
@@ -762,13 +824,36 @@ pub fn export_local(store: &BlobStore, result: &Descriptor, dest: &Path) -> Resu
                 d.digest
             );
         };
+        // Beside the destination (same filesystem: entries are renamed in).
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        let staging = tempfile::Builder::new()
+            .prefix(".xbuild-export-")
+            .tempdir_in(parent.unwrap_or(Path::new(".")))
+            .or_else(|_| tempfile::tempdir())
+            .context("creating a staging directory")?;
+        let opts = ApplyOptions {
+            devices,
+            ..ApplyOptions::default()
+        };
         for l in &m.layers {
-            let f = store.open_blob(&l.digest)?;
-            apply_layer(f, &dir, &ApplyOptions::default())
+            // Checked as it is read: a corrupt layer fails the export (the
+            // blob is named and quarantined) instead of being unpacked.
+            let mut f = store.open_verified(&l.digest, Some(l.size))?;
+            let applied = apply_layer(std::io::BufReader::new(&mut f), staging.path(), &opts);
+            f.finish()?;
+            let stats = applied
                 .with_context(|| format!("applying layer {} to {}", l.digest, dir.display()))?;
+            warnings.extend(
+                stats
+                    .warnings
+                    .into_iter()
+                    .map(|w| format!("{}: {w}", dir.display())),
+            );
         }
+        merge_tree(staging.path(), &dir)
+            .with_context(|| format!("exporting the filesystem to {}", dir.display()))?;
     }
-    Ok(())
+    Ok(warnings)
 }
 
 #[cfg(test)]

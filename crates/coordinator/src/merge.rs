@@ -204,6 +204,7 @@ impl Merged {
                 stages,
                 unused_build_args: Vec::new(),
                 warnings: Vec::new(),
+                project: graphs[units[0].1].project.clone(),
             },
             stages: served,
         })

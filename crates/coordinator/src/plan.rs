@@ -27,6 +27,9 @@ pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
         req.pull,
     )
     .await?;
+    let mut graphs = graphs;
+    let project = project_id(req);
+    graphs.iter_mut().for_each(|g| g.project = project.clone());
     let warnings = graphs
         .iter()
         .flat_map(|g| &g.warnings)
@@ -36,4 +39,28 @@ pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
         })
         .collect();
     Ok(Planned { graphs, warnings })
+}
+
+/// The identity of a project for cache explanations: a short hash of the
+/// canonical context directory and the Dockerfile's path (`-` for a
+/// context on standard input). Builds compare their steps' records only
+/// within one project; it never enters a cache key.
+pub fn project_id(req: &BuildRequest) -> String {
+    let canon = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .to_string_lossy()
+            .into_owned()
+    };
+    let ctx = req
+        .context_dir
+        .as_deref()
+        .map(canon)
+        .unwrap_or_else(|| "-".into());
+    let file = match &req.dockerfile_in_context {
+        Some(rel) => rel.clone(),
+        None => canon(std::path::Path::new(&req.dockerfile.display)),
+    };
+    let d = xbuild_oci::Digest::sha256_of(format!("{ctx}\0{file}").as_bytes());
+    format!("project:{}", &d.hex()[..16])
 }

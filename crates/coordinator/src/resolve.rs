@@ -97,6 +97,24 @@ impl ImageSource for RegistrySource {
             })
         })
     }
+
+    /// Base layers found missing or corrupt (and quarantined) during the
+    /// build are downloaded again from the repository they came from.
+    fn fetch_blobs<'a>(
+        &'a self,
+        blobs: &'a [Descriptor],
+        store: &'a BlobStore,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            for b in blobs {
+                self.registry
+                    .refetch(b, store, &xbuild_registry::no_progress)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A registry error's text without its leading `REFERENCE: `: the callers'

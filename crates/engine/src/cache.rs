@@ -99,6 +99,42 @@ impl<'a> KeyInput<'a> {
     }
 }
 
+/// The member of a record file holding the checksum of the rest.
+const CHECK_FIELD: &str = "check";
+
+/// A record as written: its JSON plus a `check` member, the sha256 of the
+/// JSON of every other member (in serde_json's canonical key order), so a
+/// flipped byte anywhere is found when the record is read.
+fn encode_record(rec: &CacheRecord) -> Result<Vec<u8>, CacheError> {
+    let enc = |e: serde_json::Error| CacheError::Encode(e.to_string());
+    let mut v = serde_json::to_value(rec).map_err(enc)?;
+    let sum = Digest::sha256_of(&serde_json::to_vec(&v).map_err(enc)?);
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert(
+            CHECK_FIELD.into(),
+            serde_json::Value::String(sum.to_string()),
+        );
+    }
+    serde_json::to_vec_pretty(&v).map_err(enc)
+}
+
+/// The record in `bytes`, or `None` when it is not one or fails its
+/// checksum (records written before the checksum existed have none).
+pub fn decode_record(bytes: &[u8]) -> Option<CacheRecord> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let check = match &mut v {
+        serde_json::Value::Object(m) => m.remove(CHECK_FIELD),
+        _ => return None,
+    };
+    if let Some(check) = check {
+        let sum = Digest::sha256_of(&serde_json::to_vec(&v).ok()?);
+        if check.as_str() != Some(sum.as_str()) {
+            return None;
+        }
+    }
+    serde_json::from_value(v).ok()
+}
+
 /// What the cache remembers about one step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
@@ -206,8 +242,7 @@ impl CacheStore {
 
     /// The record of `key`, when there is a usable one (its layer blob present).
     pub fn get(&self, p: &Platform, key: &Digest, store: &BlobStore) -> Option<CacheRecord> {
-        let bytes = fs::read(self.record_path(p, key)).ok()?;
-        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        let rec = self.get_raw(p, key)?;
         if rec.key != *key {
             return None;
         }
@@ -219,10 +254,20 @@ impl CacheStore {
     }
 
     /// The record of `key` as stored, whether or not its layer blob is present.
+    ///
+    /// A damaged record (not JSON, truncated, or failing its checksum: a
+    /// flipped byte) is not returned -- a cache miss, and the step is built
+    /// again and its record rewritten -- and is removed.
     pub fn get_raw(&self, p: &Platform, key: &Digest) -> Option<CacheRecord> {
-        let bytes = fs::read(self.record_path(p, key)).ok()?;
-        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
-        (rec.key == *key).then_some(rec)
+        let path = self.record_path(p, key);
+        let bytes = fs::read(&path).ok()?;
+        match decode_record(&bytes) {
+            Some(rec) => (rec.key == *key).then_some(rec),
+            None => {
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
     }
 
     /// Every record of platform `p` (unreadable files are skipped), by key.
@@ -275,8 +320,7 @@ impl CacheStore {
 
     /// Writes (or replaces) a record.
     pub fn put(&self, p: &Platform, rec: &CacheRecord) -> Result<(), CacheError> {
-        let bytes =
-            serde_json::to_vec_pretty(rec).map_err(|e| CacheError::Encode(e.to_string()))?;
+        let bytes = encode_record(rec)?;
         self.write_atomic(
             &self.platform_dir(p),
             &format!("{}.json", rec.key.hex()),
@@ -380,10 +424,7 @@ impl CacheStore {
                 continue;
             };
             for f in files.flatten() {
-                let Some(rec) = fs::read(f.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
-                else {
+                let Some(rec) = fs::read(f.path()).ok().and_then(|b| decode_record(&b)) else {
                     continue;
                 };
                 for src in rec.trace.iter().flat_map(|t| &t.sources) {
@@ -438,10 +479,7 @@ impl CacheStore {
             if !f.file_name().to_string_lossy().ends_with(".json") {
                 continue;
             }
-            if let Some(rec) = fs::read(f.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
-            {
+            if let Some(rec) = fs::read(f.path()).ok().and_then(|b| decode_record(&b)) {
                 out.push(rec);
             }
         }
@@ -469,7 +507,7 @@ impl CacheStore {
                 let Ok(bytes) = fs::read(f.path()) else {
                     continue;
                 };
-                if let Ok(rec) = serde_json::from_slice::<CacheRecord>(&bytes) {
+                if let Some(rec) = decode_record(&bytes) {
                     if let Some(l) = rec.layer {
                         out.push(l.digest);
                     }
@@ -485,6 +523,41 @@ impl CacheStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record with a flipped byte (still valid JSON) or cut short is a
+    /// miss and is removed, never used with the damaged values.
+    #[test]
+    fn damaged_records_are_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheStore::open(dir.path()).unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let rec = CacheRecord {
+            key: Digest::sha256_of(b"k"),
+            parent: None,
+            platform: p.to_string(),
+            text: "RUN echo hello".into(),
+            layer: None,
+            diff_id: None,
+            created: "2020-01-01T00:00:00Z".into(),
+            trace: None,
+        };
+        for damage in ["flip", "truncate"] {
+            cache.put(&p, &rec).unwrap();
+            assert_eq!(cache.get_raw(&p, &rec.key), Some(rec.clone()));
+            let path = cache.record_path(&p, &rec.key);
+            let mut bytes = fs::read(&path).unwrap();
+            match damage {
+                "flip" => {
+                    let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
+                    bytes[at] = b'j';
+                }
+                _ => bytes.truncate(bytes.len() / 2),
+            }
+            fs::write(&path, &bytes).unwrap();
+            assert_eq!(cache.get_raw(&p, &rec.key), None, "{damage}");
+            assert!(!path.exists(), "{damage}: the damaged record stays");
+        }
+    }
 
     #[test]
     fn keys_are_stable_and_sensitive() {

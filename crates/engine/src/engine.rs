@@ -270,7 +270,24 @@ impl Engine {
     /// `snapshots/`, `cache/`, `cachemounts/`, `mounts/`, `tmp/`. Leftovers
     /// of killed processes (scratch directories, mounts) are removed.
     pub fn open(cfg: EngineConfig) -> Result<Engine, EngineError> {
-        mkdir(&cfg.root)?;
+        if !cfg.root.is_dir() {
+            // Private to its owner: it holds contexts, layers and records.
+            use std::os::unix::fs::DirBuilderExt;
+            if let Some(parent) = cfg.root.parent() {
+                mkdir(parent)?;
+            }
+            match fs::DirBuilder::new().mode(0o700).create(&cfg.root) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(EngineError::Io {
+                        op: "create directory",
+                        path: cfg.root.clone(),
+                        source,
+                    })
+                }
+            }
+        }
         let root = fs::canonicalize(&cfg.root).map_err(|source| EngineError::Io {
             op: "resolve",
             path: cfg.root.clone(),

@@ -154,7 +154,7 @@ fn read_records(cache_dir: &Path) -> Result<Vec<RecordFile>, HousekeepingError> 
                 .metadata()
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            if let Ok(rec) = serde_json::from_slice::<CacheRecord>(&bytes) {
+            if let Some(rec) = crate::cache::decode_record(&bytes) {
                 out.push(RecordFile {
                     path,
                     rec,
@@ -292,6 +292,78 @@ fn image_content(store: &BlobStore) -> (BTreeSet<Digest>, BTreeSet<String>) {
     (layers, diff_ids)
 }
 
+/// What [`check`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Blobs verified.
+    pub blobs: usize,
+    /// Blobs that did not match their digest (now quarantined), with sizes.
+    pub corrupt: Vec<(Digest, u64)>,
+    /// Incomplete snapshots removed.
+    pub snapshots_removed: usize,
+    /// Damaged cache records removed.
+    pub records_removed: usize,
+}
+
+/// Verifies the state under `root`: every blob of `store` against its
+/// digest (a corrupt one is quarantined), every snapshot's completeness
+/// marker (an incomplete snapshot is removed), every cache record's
+/// checksum (a damaged one is removed). The caller holds [`lock_exclusive`].
+pub fn check(
+    root: &Path,
+    store: &BlobStore,
+    _lock: &BuildLock,
+) -> Result<CheckReport, HousekeepingError> {
+    let mut report = CheckReport::default();
+    cleanup_leftovers(root);
+    for (d, size) in store.list()? {
+        report.blobs += 1;
+        match store.check(&d) {
+            Ok(()) => {}
+            Err(xbuild_oci::store::StoreError::Corrupt { .. }) => report.corrupt.push((d, size)),
+            Err(xbuild_oci::store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let snaps = root.join("snapshots");
+    if let Ok(rd) = fs::read_dir(&snaps) {
+        for e in rd.flatten() {
+            if e.file_name() == "empty" || !e.path().is_dir() {
+                continue;
+            }
+            if crate::snapshot::slot_diff_id(&e.path()).is_none() {
+                crate::snapshot::remove_slot(&e.path(), &root.join("trash"))
+                    .map_err(snap_err(&e.path()))?;
+                report.snapshots_removed += 1;
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(root.join("cache")) {
+        for pd in rd.flatten() {
+            let Ok(files) = fs::read_dir(pd.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let damaged = fs::read(&path)
+                    .map(|b| crate::cache::decode_record(&b).is_none())
+                    .unwrap_or(false);
+                if damaged {
+                    match fs::remove_file(&path) {
+                        Ok(()) => report.records_removed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err("remove cache record", &path)(e)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// Not used for at least `until` (every record without a filter).
 fn unused_for(r: &RecordFile, until: Option<Duration>) -> bool {
     let Some(age) = until else {
@@ -302,12 +374,29 @@ fn unused_for(r: &RecordFile, until: Option<Duration>) -> bool {
         .is_ok_and(|idle| idle >= age)
 }
 
-fn remove_tree(p: &Path) -> Result<(), HousekeepingError> {
-    match fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("remove", p)(e)),
+/// Removes a directory crash-atomically, through `root/trash`.
+fn remove_tree(root: &Path, p: &Path) -> Result<(), HousekeepingError> {
+    crate::snapshot::remove_atomically(p, &root.join("trash")).map_err(snap_err(p))
+}
+
+fn snap_err(p: &Path) -> impl FnOnce(crate::snapshot::SnapshotError) -> HousekeepingError + '_ {
+    move |e| HousekeepingError::Io {
+        op: "remove",
+        path: p.to_path_buf(),
+        source: io::Error::other(e.to_string()),
     }
+}
+
+/// Finishes what killed processes left behind under `root`: removals
+/// interrupted in `trash/`, scratch directories and mounts under `tmp/` and
+/// `mounts/` whose owner is dead (live ones are locked and kept). Returns
+/// how many entries were removed.
+pub fn cleanup_leftovers(root: &Path) -> usize {
+    let mut n = crate::snapshot::empty_trash(&root.join("trash"));
+    for d in ["mounts", "tmp"] {
+        n += crate::snapshot::cleanup_scratch(&root.join(d)).unwrap_or(0);
+    }
+    n
 }
 
 /// Prune the build cache under `root`. The caller holds
@@ -326,6 +415,7 @@ pub fn prune(
     _lock: &BuildLock,
 ) -> Result<PruneReport, HousekeepingError> {
     let mut report = PruneReport::default();
+    cleanup_leftovers(root);
     let (image_layers, image_diff_ids) = image_content(store);
     let mut records = read_records(&root.join("cache"))?;
     // Least recently used first: what --keep-storage removes first.
@@ -426,7 +516,7 @@ pub fn prune(
                 });
                 if pd.path().is_dir() && old {
                     report.cache_mounts += fs::read_dir(pd.path()).map(|r| r.count()).unwrap_or(0);
-                    remove_tree(&pd.path())?;
+                    remove_tree(root, &pd.path())?;
                 }
             }
         }
@@ -443,9 +533,12 @@ pub fn prune(
             if e.file_name() == "empty" || !e.path().is_dir() {
                 continue;
             }
-            let id = fs::read_to_string(e.path().join("diffid")).unwrap_or_default();
-            if opts.all || !needed.contains(id.trim()) {
-                remove_tree(&e.path())?;
+            // Incomplete slots (a kill during a removal or a commit) are
+            // debris: never used, removed here.
+            let id = crate::snapshot::slot_diff_id(&e.path());
+            if opts.all || id.as_ref().is_none_or(|id| !needed.contains(id)) {
+                crate::snapshot::remove_slot(&e.path(), &root.join("trash"))
+                    .map_err(snap_err(&e.path()))?;
                 report.snapshots += 1;
             }
         }

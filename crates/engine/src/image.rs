@@ -440,14 +440,27 @@ pub fn export_rootfs(
     })?;
     let opts = ApplyOptions::default();
     for layer in &m.layers {
-        let f = store
-            .open_blob(&layer.digest)
-            .map_err(|_| ImageError::MissingBlob(layer.digest.clone()))?;
-        apply_layer(BufReader::new(f), dest, &opts).map_err(|e| ImageError::Export {
+        let mut f = store
+            .open_verified(&layer.digest, Some(layer.size))
+            .map_err(|e| match e {
+                xbuild_oci::store::StoreError::NotFound(_) => {
+                    ImageError::MissingBlob(layer.digest.clone())
+                }
+                other => ImageError::Export {
+                    digest: layer.digest.clone(),
+                    path: dest.display().to_string(),
+                    message: other.to_string(),
+                },
+            })?;
+        let applied = apply_layer(BufReader::new(&mut f), dest, &opts);
+        let checked = f.finish();
+        let export_err = |message: String| ImageError::Export {
             digest: layer.digest.clone(),
             path: dest.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        checked.map_err(|e| export_err(e.to_string()))?;
+        applied.map_err(|e| export_err(e.to_string()))?;
     }
     Ok(())
 }

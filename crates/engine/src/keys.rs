@@ -31,9 +31,15 @@ pub(crate) struct StepKey {
     pub(crate) trace: StepTrace,
 }
 
-/// The step slot of `stage`'s vertex at 1-based `index`.
-pub(crate) fn slot(stage: &Stage, index: usize) -> String {
-    format!("{} {index}", stage.display_name())
+/// The step slot of `stage`'s vertex at 1-based `index` in `project`
+/// (records of other projects never share a slot, so explanations never
+/// compare with, or quote, another project's steps).
+pub(crate) fn slot(project: &str, stage: &Stage, index: usize) -> String {
+    if project.is_empty() {
+        format!("{} {index}", stage.display_name())
+    } else {
+        format!("{project} {} {index}", stage.display_name())
+    }
 }
 
 /// `[build 2/5] RUN make`: the step at 1-based vertex `index` (FROM is 1),
@@ -253,7 +259,7 @@ impl Engine {
         )
         .key()?;
         let trace = StepTrace {
-            slot: slot(stage, index),
+            slot: slot(&shared.req.graph.project, stage, index),
             args: step
                 .build_args
                 .iter()

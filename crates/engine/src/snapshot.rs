@@ -4,7 +4,9 @@
 //! ```text
 //! snapshots/<first 16 hex of diffID>/fs       the layer's files (whiteout = char 0/0)
 //! snapshots/<first 16 hex of diffID>/diffid   the full diffID
+//! snapshots/<first 16 hex of diffID>/complete the full diffID again, written last
 //! snapshots/empty                            an empty lower layer
+//! trash/<unique>                             removed snapshots and scratch, being deleted
 //! tmp/<unique>/.lock                         held (flock) by the live owner
 //! mounts/<unique>/m                          mount points, same locking
 //! ```
@@ -12,7 +14,17 @@
 //! A snapshot is built in a scratch directory and renamed into place in one
 //! step, so a half-made snapshot never carries its final name; when two
 //! processes make the same one, the first rename wins and the other copy is
-//! thrown away. Scratch directories whose lock nobody holds are leftovers
+//! thrown away. A snapshot is used only when its `complete` marker (written
+//! and fsynced after everything else, before the rename) names its diffID;
+//! anything else in a slot is debris and is moved aside.
+//!
+//! Removing is crash-atomic too: the marker is deleted first, then the
+//! directory is renamed into `trash/` and deleted there; [`empty_trash`] at
+//! the start of every command finishes what a killed process left. So a
+//! kill -9 at any point of a removal leaves either a complete snapshot or
+//! no snapshot under the slot's name, never a partial one.
+//!
+//! Scratch directories whose lock nobody holds are leftovers
 //! of killed processes and are removed (after unmounting what is below them)
 //! by [`cleanup_scratch`].
 
@@ -24,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fs2::FileExt;
 use xbuild_oci::layer::{apply_layer, ApplyError, ApplyFormat, ApplyOptions};
+use xbuild_oci::store::StoreError;
 use xbuild_oci::{BlobStore, Descriptor, Digest};
 
 use crate::mount::{mounts_under, unmount};
@@ -56,6 +69,9 @@ pub enum SnapshotError {
     /// A layer blob is not in the content store.
     #[error("layer {0} is missing from the content store")]
     MissingBlob(Digest),
+    /// A layer blob does not match its digest (it was quarantined).
+    #[error("{0}")]
+    CorruptBlob(StoreError),
     /// A layer's content does not match the diffID it is known by.
     #[error("layer {digest} has diffID {actual}, expected {expected}")]
     DiffIdMismatch {
@@ -77,6 +93,28 @@ pub(crate) fn io_err<'a>(
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The marker a complete snapshot holds (its diffID), written last.
+pub const COMPLETE: &str = "complete";
+
+/// The diffID a slot holds when it is a complete snapshot.
+pub fn slot_diff_id(slot: &Path) -> Option<String> {
+    let id = fs::read_to_string(slot.join(COMPLETE)).ok()?;
+    let id = id.trim();
+    (id.starts_with("sha256:") || id.starts_with("sha512:")).then(|| id.to_string())
+}
+
+/// Removes a snapshot slot: the marker first (so a kill after this point
+/// leaves an incomplete slot that is never used), then the rest through the
+/// trash.
+pub fn remove_slot(slot: &Path, trash: &Path) -> Result<(), SnapshotError> {
+    match fs::remove_file(slot.join(COMPLETE)) {
+        Ok(()) => fsync_dir(slot),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove", &slot.join(COMPLETE))(e)),
+    }
+    remove_atomically(slot, trash)
 }
 
 static SCRATCH_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -174,6 +212,77 @@ fn remove_tree(dir: &Path) {
     }
 }
 
+/// The trash directory beside a snapshots (or scratch) directory: `<root>/trash`.
+fn trash_of(dir: &Path) -> PathBuf {
+    dir.parent().unwrap_or(dir).join("trash")
+}
+
+/// Removes `dir` crash-atomically: renames it into `trash` (on the same
+/// filesystem) and deletes it there. After a kill at any point, `dir` is
+/// either untouched or gone; what is in the trash is removed by
+/// [`empty_trash`]. Mounts below `dir` are unmounted first.
+pub fn remove_atomically(dir: &Path, trash: &Path) -> Result<(), SnapshotError> {
+    for m in mounts_under(dir) {
+        let _ = unmount(&m);
+    }
+    fs::create_dir_all(trash).map_err(io_err("create directory", trash))?;
+    let dest = trash.join(unique_name());
+    match fs::rename(dir, &dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("move into the trash", dir)(e)),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent);
+    }
+    match fs::remove_dir_all(&dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", &dest)(e)),
+    }
+}
+
+/// Deletes whatever a killed process left in `trash` (nothing there is in
+/// use: entries are only ever renamed in to be deleted). Returns how many
+/// entries were removed.
+pub fn empty_trash(trash: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(trash) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let p = e.path();
+        for m in mounts_under(&p) {
+            let _ = unmount(&m);
+        }
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        if r.is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn fsync_dir(dir: &Path) {
+    if let Ok(f) = File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Writes `name` in `dir` holding `text`, fsynced.
+fn write_synced(dir: &Path, name: &str, text: &str) -> Result<(), SnapshotError> {
+    use std::io::Write as _;
+    let p = dir.join(name);
+    let mut f = File::create(&p).map_err(io_err("write", &p))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("write", &p))
+}
+
 /// Removes scratch directories under `parent` left by dead processes: those
 /// whose lock is free (or that have none and are older than a minute).
 pub fn cleanup_scratch(parent: &Path) -> Result<usize, SnapshotError> {
@@ -225,14 +334,29 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Opens `dir` (creating it and its empty layer), using `tmp` for scratch.
+    /// Opens `dir` (creating it and its empty layer), using `tmp` for
+    /// scratch, and finishes removals a killed process left in the trash
+    /// (`trash/` beside `dir`).
     pub fn open(dir: &Path, tmp: &Path) -> Result<Snapshots, SnapshotError> {
         let empty = dir.join("empty");
         fs::create_dir_all(&empty).map_err(io_err("create directory", &empty))?;
+        empty_trash(&trash_of(dir));
         Ok(Snapshots {
             dir: dir.to_path_buf(),
             tmp: tmp.to_path_buf(),
         })
+    }
+
+    /// Where removed snapshots go before they are deleted.
+    pub fn trash(&self) -> PathBuf {
+        trash_of(&self.dir)
+    }
+
+    /// Removes the snapshot of `diff_id` (or any debris in its slot)
+    /// crash-atomically: the completeness marker goes first, then the
+    /// directory moves to the trash and is deleted there.
+    pub fn remove(&self, diff_id: &Digest) -> Result<(), SnapshotError> {
+        remove_slot(&self.slot(diff_id), &self.trash())
     }
 
     /// An always-empty directory, the bottom of every overlay stack.
@@ -244,11 +368,11 @@ impl Snapshots {
         self.dir.join(&diff_id.hex()[..16])
     }
 
-    /// The `fs` directory of the snapshot of `diff_id`, when present.
+    /// The `fs` directory of the snapshot of `diff_id`, when present and
+    /// complete (its `complete` marker names `diff_id`).
     pub fn get(&self, diff_id: &Digest) -> Option<PathBuf> {
         let slot = self.slot(diff_id);
-        let id = fs::read_to_string(slot.join("diffid")).ok()?;
-        (id.trim() == diff_id.as_str()).then(|| slot.join("fs"))
+        (slot_diff_id(&slot)?.as_str() == diff_id.as_str()).then(|| slot.join("fs"))
     }
 
     /// A scratch directory with `fs` (upper) and `work` subdirectories.
@@ -269,21 +393,30 @@ impl Snapshots {
         if work.exists() {
             fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
         }
-        let id = scratch.path().join("diffid");
-        fs::write(&id, format!("{diff_id}\n")).map_err(io_err("write", &id))?;
+        write_synced(scratch.path(), "diffid", &format!("{diff_id}\n"))?;
+        // Written last: a snapshot without it is never used.
+        write_synced(scratch.path(), COMPLETE, &format!("{diff_id}\n"))?;
+        fsync_dir(scratch.path());
         let slot = self.slot(diff_id);
-        if !scratch.rename_to(&slot)? {
+        for _ in 0..3 {
+            if scratch.rename_to(&slot)? {
+                fsync_dir(&self.dir);
+                return Ok(slot.join("fs"));
+            }
             if let Some(p) = self.get(diff_id) {
                 return Ok(p);
             }
-            // A different layer with the same 16-hex prefix, or debris: replace debris.
-            return Err(SnapshotError::Io {
-                op: "commit snapshot (slot taken by another layer)",
-                path: slot,
-                source: io::Error::from_raw_os_error(libc::EEXIST),
-            });
+            if slot_diff_id(&slot).is_some() {
+                break; // a complete snapshot of another layer with the same prefix
+            }
+            // Debris of a killed process (no marker): move it aside, retry.
+            remove_slot(&slot, &self.trash())?;
         }
-        Ok(slot.join("fs"))
+        Err(SnapshotError::Io {
+            op: "commit snapshot (slot taken by another layer)",
+            path: slot,
+            source: io::Error::from_raw_os_error(libc::EEXIST),
+        })
     }
 
     /// The snapshot of a stored layer, extracting the blob when missing.
@@ -296,22 +429,28 @@ impl Snapshots {
         if let Some(p) = self.get(diff_id) {
             return Ok(p);
         }
-        let f = store
-            .open_blob(&layer.digest)
-            .map_err(|_| SnapshotError::MissingBlob(layer.digest.clone()))?;
+        // The blob is checked against its digest as it is unpacked: a
+        // corrupt one (flipped bytes, truncated) is quarantined and
+        // reported as such, so the caller can fetch it again.
+        let mut f = store
+            .open_verified(&layer.digest, Some(layer.size))
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => SnapshotError::MissingBlob(layer.digest.clone()),
+                other => SnapshotError::CorruptBlob(other),
+            })?;
         let scratch = Scratch::new(&self.tmp)?;
         let fs_dir = scratch.subdir("fs")?;
         let opts = ApplyOptions {
             format: ApplyFormat::Overlay,
             ..Default::default()
         };
-        let stats = apply_layer(BufReader::with_capacity(256 * 1024, f), &fs_dir, &opts).map_err(
-            |source| SnapshotError::Extract {
-                digest: layer.digest.clone(),
-                path: fs_dir.clone(),
-                source,
-            },
-        )?;
+        let applied = apply_layer(BufReader::with_capacity(256 * 1024, &mut f), &fs_dir, &opts);
+        f.finish().map_err(SnapshotError::CorruptBlob)?;
+        let stats = applied.map_err(|source| SnapshotError::Extract {
+            digest: layer.digest.clone(),
+            path: fs_dir.clone(),
+            source,
+        })?;
         if stats.diff_id != *diff_id {
             return Err(SnapshotError::DiffIdMismatch {
                 digest: layer.digest.clone(),
@@ -326,6 +465,48 @@ impl Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot left half-deleted or half-made by a killed process (files,
+    /// the `diffid` file, no `complete` marker) is never used, and a commit
+    /// of the same layer replaces it instead of failing with "slot taken".
+    #[test]
+    fn an_incomplete_slot_is_never_used_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps =
+            Snapshots::open(&dir.path().join("snapshots"), &dir.path().join("tmp")).unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let id = Digest::sha256_of(b"layer");
+        // What an in-place removal killed halfway leaves.
+        let slot = snaps.slot(&id);
+        fs::create_dir_all(slot.join("fs/many")).unwrap();
+        fs::write(slot.join("fs/many/1"), b"x").unwrap();
+        fs::write(slot.join("diffid"), format!("{id}\n")).unwrap();
+        assert_eq!(snaps.get(&id), None, "a slot without its marker was used");
+        let s = snaps.scratch().unwrap();
+        fs::create_dir_all(s.path().join("fs/many")).unwrap();
+        for i in 0..5 {
+            fs::write(s.path().join(format!("fs/many/{i}")), b"x").unwrap();
+        }
+        let fs_dir = snaps.commit(s, &id).unwrap();
+        assert_eq!(fs::read_dir(fs_dir.join("many")).unwrap().count(), 5);
+        assert_eq!(snaps.get(&id), Some(fs_dir));
+        // Removal goes through the trash and leaves nothing behind.
+        snaps.remove(&id).unwrap();
+        assert!(!slot.exists());
+        assert_eq!(fs::read_dir(snaps.trash()).unwrap().count(), 0);
+    }
+
+    /// Whatever a killed removal left in the trash is deleted when the
+    /// snapshots are next opened.
+    #[test]
+    fn the_trash_is_emptied_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let trash = dir.path().join("trash");
+        fs::create_dir_all(trash.join("x/fs/a")).unwrap();
+        fs::write(trash.join("x/fs/a/f"), b"1").unwrap();
+        Snapshots::open(&dir.path().join("snapshots"), &dir.path().join("tmp")).unwrap();
+        assert_eq!(fs::read_dir(&trash).unwrap().count(), 0);
+    }
 
     /// Another process cleaning up while this one creates scratch
     /// directories never takes a live scratch's lock or removes it.

@@ -29,7 +29,7 @@ use crate::image::{timestamp, ImageBuilder};
 use crate::keys::StepKey;
 use crate::mount::mount_overlay;
 use crate::redact::Redactor;
-use crate::snapshot::Scratch;
+use crate::snapshot::{Scratch, SnapshotError};
 use crate::source::PulledImage;
 use xbuild_dockerfile::instructions::MountType;
 
@@ -389,14 +389,35 @@ impl Engine {
             platform: r.platform.to_string(),
             message,
         };
-        let img = {
+        let pull = async {
             let _g = self.inner.pull_lock.lock().await;
             shared
                 .req
                 .source
                 .pull(r, &self.inner.store, shared.req.events)
                 .await
-                .map_err(pull_err)?
+        };
+        // A pull that takes long says what it waits for (a registry that
+        // does not answer fails at its deadline; until then the user sees
+        // why nothing moves).
+        let img = {
+            tokio::pin!(pull);
+            let mut waited = 0u64;
+            loop {
+                let tick = std::time::Duration::from_secs(if waited == 0 { 5 } else { 30 });
+                match tokio::time::timeout(tick, &mut pull).await {
+                    Ok(res) => break res.map_err(pull_err)?,
+                    Err(_) => {
+                        waited += tick.as_secs();
+                        shared.req.events.emit(Event::Warning {
+                            message: format!(
+                                "still pulling {} for {} after {waited}s: waiting for its registry",
+                                r.reference, r.platform
+                            ),
+                        });
+                    }
+                }
+            }
         };
         let diff_ids = img.config.rootfs.diff_ids.clone();
         if diff_ids.len() != img.image.layers.len() {
@@ -811,22 +832,51 @@ impl Engine {
                     message: format!("fetching layers: {message}"),
                 })?;
         }
-        let inner = inner.clone();
-        let chain = chain.to_vec();
-        tokio::task::spawn_blocking(move || {
-            chain
-                .iter()
-                .map(|c| match c {
-                    ChainLayer::Ready(p) => Ok(p.clone()),
-                    ChainLayer::Pending { layer, diff_id } => {
-                        inner.snapshots.ensure(&inner.store, layer, diff_id)
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| EngineError::Task(e.to_string()))?
-        .map_err(EngineError::from)
+        let extract = |inner: Arc<Inner>, chain: Vec<ChainLayer>| {
+            tokio::task::spawn_blocking(move || {
+                chain
+                    .iter()
+                    .map(|c| match c {
+                        ChainLayer::Ready(p) => Ok(p.clone()),
+                        ChainLayer::Pending { layer, diff_id } => {
+                            inner.snapshots.ensure(&inner.store, layer, diff_id)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        };
+        let first = extract(inner.clone(), chain.to_vec())
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        let Err(SnapshotError::CorruptBlob(corrupt)) = first else {
+            return first.map_err(EngineError::from);
+        };
+        // A layer blob did not match its digest; it was quarantined. Fetch
+        // it again from where it came from (a base layer from its registry)
+        // and extract once more; when nothing can provide it, report it.
+        let gone: Vec<Descriptor> = chain
+            .iter()
+            .filter_map(|c| match c {
+                ChainLayer::Pending { layer, diff_id }
+                    if inner.snapshots.get(diff_id).is_none()
+                        && !inner.store.exists(&layer.digest) =>
+                {
+                    Some((**layer).clone())
+                }
+                _ => None,
+            })
+            .collect();
+        req.events.emit(Event::Warning {
+            message: format!("{corrupt}; fetching it again"),
+        });
+        let _ = req.source.fetch_blobs(&gone, &inner.store).await;
+        if gone.iter().any(|l| !inner.store.exists(&l.digest)) {
+            return Err(EngineError::from(SnapshotError::CorruptBlob(corrupt)));
+        }
+        extract(inner.clone(), chain.to_vec())
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(EngineError::from)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -273,3 +273,25 @@ fn throughput_vs_sha256sum() {
     );
     assert_eq!(idx.stats.bytes_hashed as usize, written);
 }
+
+/// A file whose name is not UTF-8 does not fail the build when
+/// `.dockerignore` excludes it (BuildKit handles such names); included, it
+/// is refused with an error naming it and the fix.
+#[test]
+fn a_non_utf8_name_excluded_by_dockerignore_is_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("ok.txt"), "ok").unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"bad-\xff\xfe.bin");
+    std::fs::write(root.join(bad), "junk").unwrap();
+    std::fs::create_dir(root.join("junk")).unwrap();
+    std::fs::write(root.join("junk").join(bad), "junk").unwrap();
+    let opts = xbuild_engine::context::ScanOptions::default();
+    let e = xbuild_engine::context::scan(root, None, &opts, None).unwrap_err();
+    assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+    std::fs::write(root.join(".dockerignore"), "*.bin\njunk\n").unwrap();
+    let ix = xbuild_engine::context::scan(root, None, &opts, None).unwrap();
+    let paths: Vec<&str> = ix.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, [".dockerignore", "ok.txt"]);
+}

@@ -151,6 +151,11 @@ fn check_size(store: &BlobStore, d: &Descriptor, what: &str) -> Result<u64> {
         Err(e) => return Err(e.into()),
     };
     if size != d.size {
+        // The stored blob is damaged (the descriptor was made from the
+        // right content): quarantine it and say so.
+        if let Err(e) = store.open_verified(&d.digest, Some(d.size)) {
+            return Err(e.into());
+        }
         return Err(ArchiveError::SizeMismatch {
             digest: d.digest.clone(),
             expected: d.size,
@@ -352,7 +357,9 @@ fn write_tar<W: Write>(store: &BlobStore, entries: BTreeMap<String, Source>, out
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o644);
                 h.set_size(size);
-                let f = store.open_blob(&d)?;
+                // Checked while it is copied: a corrupt blob fails the
+                // export, naming the blob, and is quarantined.
+                let f = store.open_verified(&d, Some(size))?;
                 let r = Exact {
                     inner: BufReader::with_capacity(256 * 1024, f),
                     left: size,

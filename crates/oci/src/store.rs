@@ -7,6 +7,7 @@
 //! blobs/sha256/<hex>     one file per blob, named by its digest
 //! tmp/ingest-*           blobs being written (same filesystem, renamed into place)
 //! refs/<escaped name>    one file per reference, holding a digest
+//! quarantine/<hex>-*     blobs found corrupt (kept for inspection, never used)
 //! lock                   store-wide advisory lock (shared: writers, exclusive: GC)
 //! ```
 //!
@@ -88,6 +89,18 @@ pub enum StoreError {
         size: u64,
         /// The limit.
         limit: u64,
+    },
+    /// A stored blob does not match its name (flipped bytes, truncated).
+    /// It was moved to the store's `quarantine/` directory, so it is
+    /// fetched again (or rebuilt) rather than used.
+    #[error("blob {digest} in the content store is corrupt ({detail}); moved it to {quarantined}")]
+    Corrupt {
+        /// The blob.
+        digest: Digest,
+        /// What is wrong.
+        detail: String,
+        /// Where it went.
+        quarantined: PathBuf,
     },
     /// A reference name is empty or too long.
     #[error("invalid reference name {0:?}")]
@@ -319,6 +332,89 @@ impl BlobStore {
         Ok(d)
     }
 
+    /// Opens a present blob for a reader that hashes what it reads and,
+    /// when the last byte has been read, checks the digest and the size
+    /// (`expected_size`, else the file's): a corrupt blob fails the read
+    /// with [`StoreError::Corrupt`] (inside an `io::Error` of kind
+    /// `InvalidData`, naming the blob) after being quarantined.
+    pub fn open_verified(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<VerifiedBlob> {
+        let file = self.open_blob(digest)?;
+        let p = self.path_of(digest);
+        let len = file.metadata().map_err(io_err("stat", &p))?.len();
+        let size = expected_size.unwrap_or(len);
+        let mut v = VerifiedBlob {
+            store: self.clone(),
+            digest: digest.clone(),
+            file,
+            size,
+            read: 0,
+            hash: Some(DigestWriter::with_algorithm(io::sink(), digest.algorithm())),
+            failed: None,
+        };
+        if len != size {
+            let e = self.quarantine_with(digest, format!("{len} bytes, expected {size}"));
+            v.failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(v)
+    }
+
+    /// Moves a corrupt blob out of the way (into `quarantine/`), so that it
+    /// is no longer found and gets fetched or rebuilt. Returns where it went.
+    pub fn quarantine(&self, digest: &Digest) -> Result<PathBuf> {
+        let src = self.path_of(digest);
+        let dir = self.root.join("quarantine");
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let dest = dir.join(format!("{}-{}", digest.hex(), unique_suffix()));
+        match fs::rename(&src, &dest) {
+            Ok(()) => Ok(dest),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(dest),
+            Err(e) => Err(io_err("quarantine", &src)(e)),
+        }
+    }
+
+    /// Digests of quarantined blobs that the store still lacks.
+    pub fn quarantined(&self) -> Vec<Digest> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.root.join("quarantine")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.split('-').next().unwrap_or_default();
+            let alg = if hex.len() == 128 { "sha512" } else { "sha256" };
+            if let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) {
+                if !self.exists(&d) && !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn quarantine_with(&self, digest: &Digest, detail: String) -> StoreError {
+        match self.quarantine(digest) {
+            Ok(quarantined) => StoreError::Corrupt {
+                digest: digest.clone(),
+                detail,
+                quarantined,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// Re-hashes a present blob; when it does not match its name it is
+    /// quarantined and [`StoreError::Corrupt`] returned.
+    pub fn check(&self, digest: &Digest) -> Result<()> {
+        let mut r = self.open_verified(digest, None)?;
+        r.finish()
+    }
+
     /// Re-hash a present blob and report whether it matches its name.
     pub fn verify(&self, digest: &Digest) -> Result<bool> {
         let mut f = self.open_blob(digest)?;
@@ -528,6 +624,117 @@ fn unescape_ref(file: &str) -> Option<String> {
     (escape_ref(&s) == file).then_some(s)
 }
 
+/// A stored blob being read and checked against its digest and size; see
+/// [`BlobStore::open_verified`].
+pub struct VerifiedBlob {
+    store: BlobStore,
+    digest: Digest,
+    file: File,
+    size: u64,
+    read: u64,
+    hash: Option<DigestWriter<io::Sink>>,
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for VerifiedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedBlob")
+            .field("digest", &self.digest)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedBlob {
+    /// The blob.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Reads what the consumer left unread and checks the whole blob
+    /// (a no-op when the check already ran).
+    pub fn finish(&mut self) -> Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(self.to_store_error(e)),
+            }
+        }
+        match &self.failed {
+            Some(m) => Err(StoreError::Read(io::Error::new(
+                io::ErrorKind::InvalidData,
+                m.clone(),
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The [`StoreError`] inside an error this reader returned.
+    fn to_store_error(&self, e: io::Error) -> StoreError {
+        if e.kind() == io::ErrorKind::InvalidData && self.failed.is_some() {
+            if let Some(inner) = e.into_inner() {
+                if let Ok(se) = inner.downcast::<StoreError>() {
+                    return *se;
+                }
+                return StoreError::Read(io::Error::other(self.failed.clone().unwrap_or_default()));
+            }
+            return StoreError::Read(io::Error::other(self.failed.clone().unwrap_or_default()));
+        }
+        io_err("read", &self.store.path_of(&self.digest))(e)
+    }
+
+    fn check_end(&mut self) -> io::Result<()> {
+        let Some(h) = self.hash.take() else {
+            return Ok(());
+        };
+        let (actual, n, _) = h.finish();
+        let detail = if n != self.size {
+            Some(format!("{n} bytes, expected {}", self.size))
+        } else if actual != self.digest {
+            Some(format!("its content hashes to {actual}"))
+        } else {
+            None
+        };
+        match detail {
+            None => Ok(()),
+            Some(d) => {
+                let e = self.store.quarantine_with(&self.digest, d);
+                self.failed = Some(e.to_string());
+                Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+        }
+    }
+}
+
+impl Read for VerifiedBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(m) = &self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, m.clone()));
+        }
+        if self.hash.is_none() || buf.is_empty() {
+            return Ok(0);
+        }
+        let left = self.size - self.read.min(self.size);
+        let want = buf.len().min(left.min(usize::MAX as u64) as usize);
+        let n = if want == 0 {
+            0
+        } else {
+            self.file.read(&mut buf[..want])?
+        };
+        if let Some(h) = self.hash.as_mut() {
+            h.write_all(&buf[..n])?;
+        }
+        self.read += n as u64;
+        if n == 0 || self.read == self.size {
+            // The end of the blob (or of the file, when it is short).
+            self.check_end()?;
+        }
+        Ok(n)
+    }
+}
+
 /// A blob being written into the store: write to it, then
 /// [`commit`](BlobWriter::commit). Dropped without commit, it removes its
 /// temp file. Holds the store's shared lock while alive.
@@ -593,8 +800,10 @@ impl BlobWriter {
                 });
             }
         }
-        if self.store.exists(&digest) {
+        if self.store.size_of(&digest).ok() == Some(size) {
             // Someone else stored the same content; ours is redundant.
+            // (A present file of another size is a damaged copy: ours,
+            // verified, replaces it.)
             return Ok((digest, size));
         }
         let dest = self.store.path_of(&digest);
@@ -633,6 +842,58 @@ impl Drop for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flipped byte or a truncation is found while the blob is read, the
+    /// error names the blob, the blob is quarantined, and a fresh ingest
+    /// of the right content repairs the store.
+    #[test]
+    fn corrupt_blobs_are_found_while_read_and_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let d = store.put_bytes(&data).unwrap();
+        let mut all = Vec::new();
+        store
+            .open_verified(&d, Some(data.len() as u64))
+            .unwrap()
+            .read_to_end(&mut all)
+            .unwrap();
+        assert_eq!(all, data);
+        for damage in ["flip", "truncate"] {
+            let p = store.path_of(&d);
+            let mut bytes = fs::read(&p).unwrap();
+            match damage {
+                "flip" => bytes[1234] ^= 0x40,
+                _ => bytes.truncate(1000),
+            }
+            let mut perm = fs::metadata(&p).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+            fs::set_permissions(&p, perm).unwrap();
+            fs::write(&p, &bytes).unwrap();
+            let e = match store.open_verified(&d, None) {
+                Ok(mut r) => {
+                    let mut sink = Vec::new();
+                    r.read_to_end(&mut sink).unwrap_err().to_string()
+                }
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.contains(d.as_str()) && e.contains("corrupt"),
+                "{damage}: {e}"
+            );
+            assert!(!store.exists(&d), "{damage}: not quarantined");
+            assert!(fs::read_dir(dir.path().join("quarantine")).unwrap().count() > 0);
+            // Writing it again (a re-fetch) repairs it, even over a damaged
+            // copy of another size (a truncated download put back).
+            if damage == "truncate" {
+                fs::write(&p, &bytes).unwrap();
+            }
+            store
+                .ingest(&data[..], Some(&d), Some(data.len() as u64))
+                .unwrap();
+            store.check(&d).unwrap();
+        }
+    }
 
     #[test]
     fn ref_escaping_round_trips() {

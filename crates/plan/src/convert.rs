@@ -174,6 +174,7 @@ pub fn plan(
         stages: p.out,
         unused_build_args: unused,
         warnings: p.warnings,
+        project: String::new(),
     })
 }
 

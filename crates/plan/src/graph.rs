@@ -430,6 +430,11 @@ pub struct BuildGraph {
     pub unused_build_args: Vec<String>,
     /// Non-fatal findings.
     pub warnings: Vec<PlanWarning>,
+    /// Which project this is (a hash of the context and Dockerfile
+    /// identity, set by the coordinator): cache explanations compare a step
+    /// only with records of the same project. Not part of any cache key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
 }
 
 impl BuildGraph {

@@ -53,6 +53,32 @@ pub struct RegistryConfig {
     /// place), so a later push can mount a base image's layers from the
     /// repository they were pulled from instead of uploading them.
     pub origins: Option<PathBuf>,
+    /// The deadline for progress: a request that moves no bytes for this
+    /// long fails (naming the registry), and retries stop once twice this
+    /// long has passed since the first attempt. Default
+    /// `$XBUILD_REGISTRY_TIMEOUT` seconds, else 60.
+    pub timeout: Duration,
+}
+
+/// The environment variable that sets [`RegistryConfig::timeout`] (seconds).
+pub const TIMEOUT_ENV: &str = "XBUILD_REGISTRY_TIMEOUT";
+
+/// [`RegistryConfig::timeout`] when `XBUILD_REGISTRY_TIMEOUT` is unset or invalid.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest manifest or index accepted from a registry: containerd's
+/// `MaxManifestSize` (its resolver refuses larger ones), rounded to 4 MiB.
+/// Bodies are read up to this many bytes and no further.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// `XBUILD_REGISTRY_TIMEOUT` (whole or fractional seconds, > 0), else the default.
+pub fn timeout_from_env() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e7)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TIMEOUT)
 }
 
 impl Default for RegistryConfig {
@@ -63,6 +89,7 @@ impl Default for RegistryConfig {
             max_concurrent: 3,
             retries: 3,
             origins: None,
+            timeout: timeout_from_env(),
         }
     }
 }
@@ -142,6 +169,8 @@ struct Inner {
     cfg: RegistryConfig,
     docker_config: PathBuf,
     hosts: Mutex<HashMap<String, HostClient>>,
+    /// The plain HTTP client, made on first use.
+    http: Mutex<Option<reqwest::Client>>,
     /// Blob digest -> (registry, repository) known to hold it, for mounts.
     known: Mutex<HashMap<Digest, BTreeSet<(String, String)>>>,
 }
@@ -174,6 +203,7 @@ impl Registry {
                 cfg,
                 docker_config,
                 hosts: Mutex::new(HashMap::new()),
+                http: Mutex::new(None),
                 known: Mutex::new(HashMap::new()),
             }),
         }
@@ -242,11 +272,31 @@ impl Registry {
             platform_resolver: None,
             max_concurrent_upload: n,
             max_concurrent_download: n,
-            connect_timeout: Some(http::CONNECT_TIMEOUT),
-            read_timeout: Some(http::READ_TIMEOUT),
+            connect_timeout: Some(self.connect_timeout()),
+            // reqwest's read timeout restarts on every read: no bytes for
+            // this long fails the request.
+            read_timeout: Some(self.inner.cfg.timeout),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         })
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.inner.cfg.timeout.min(Duration::from_secs(10))
+    }
+
+    /// A plain HTTP client with the same deadlines (for requests oci-client
+    /// cannot bound, such as size-capped manifest reads).
+    pub(crate) fn http(&self) -> Result<reqwest::Client, reqwest::Error> {
+        if let Some(c) = self.inner.http.lock().expect("http lock").as_ref() {
+            return Ok(c.clone());
+        }
+        let c = http::client_builder(None)
+            .connect_timeout(self.connect_timeout())
+            .read_timeout(self.inner.cfg.timeout)
+            .build()?;
+        *self.inner.http.lock().expect("http lock") = Some(c.clone());
+        Ok(c)
     }
 
     /// Drop the cached client (credentials and tokens) of `registry`.
@@ -260,17 +310,26 @@ impl Registry {
 
     /// Run `f` until it succeeds, fails with a non-transient error, or has
     /// been retried `cfg.retries` times, sleeping 100 ms, 200 ms, 400 ms, ...
-    /// (at most 5 s) in between.
+    /// (at most 5 s) in between. No retry starts once twice
+    /// [`RegistryConfig::timeout`] has passed since the first attempt, so
+    /// a registry that accepts connections and never answers fails the
+    /// operation in bounded time.
     pub(crate) async fn retry<T, Fut>(&self, mut f: impl FnMut() -> Fut) -> Result<T, RegistryError>
     where
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        let budget = self.inner.cfg.timeout.saturating_mul(2);
+        let start = std::time::Instant::now();
         let mut attempt: u32 = 0;
         loop {
             match f().await {
                 Err(e) if e.is_transient() && attempt < self.inner.cfg.retries => {
                     let ms = 100u64.saturating_mul(1 << attempt.min(10)).min(5_000);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let pause = Duration::from_millis(ms);
+                    if start.elapsed() + pause >= budget {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -339,6 +398,59 @@ impl Registry {
             let (r, repo) = l.split_once(' ')?;
             (r == reg && repo != repository).then(|| repo.to_string())
         })
+    }
+}
+
+impl Registry {
+    /// Every place (`registry`, `repository`) known to hold `digest`: seen
+    /// in this process, or remembered under [`RegistryConfig::origins`].
+    pub fn origins_of(&self, digest: &Digest) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .inner
+            .known
+            .lock()
+            .expect("known lock")
+            .get(digest)
+            .map(|p| p.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Some(dir) = &self.inner.cfg.origins {
+            let listed = std::fs::read_to_string(origins_file(dir, digest)).unwrap_or_default();
+            for l in listed.lines() {
+                if let Some((r, repo)) = l.split_once(' ') {
+                    let place = (r.to_string(), repo.to_string());
+                    if !out.contains(&place) {
+                        out.push(place);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Downloads `desc` again from a repository known to hold it (see
+    /// [`Registry::origins_of`]), replacing a missing or damaged copy in
+    /// `store`. Returns false when no place is known; the last error when
+    /// every place failed.
+    pub async fn refetch(
+        &self,
+        desc: &Descriptor,
+        store: &xbuild_oci::BlobStore,
+        progress: ProgressFn<'_>,
+    ) -> Result<bool, RegistryError> {
+        let mut last = None;
+        for (registry, repo) in self.origins_of(&desc.digest) {
+            let Ok(r) = Reference::parse(&format!("{registry}/{repo}@{}", desc.digest)) else {
+                continue;
+            };
+            match self.pull_blob(&r, desc, store, progress).await {
+                Ok(()) => return Ok(true),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(false),
+        }
     }
 }
 
@@ -453,5 +565,28 @@ mod tests {
             })
             .await;
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// Retries stop once twice the progress deadline has passed, however
+    /// many are left: slow failures cannot add up to minutes.
+    #[tokio::test]
+    async fn retries_are_bounded_in_total_time() {
+        let r = Registry::new(RegistryConfig {
+            retries: 1000,
+            timeout: Duration::from_millis(200),
+            ..RegistryConfig::default()
+        });
+        let reference = Reference::parse("localhost:1/a").unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let res: Result<(), _> = r
+            .retry(|| async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Err(ctx(&reference, "x").unreachable("timed out"))
+            })
+            .await;
+        assert!(res.is_err());
+        let n = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((2..=3).contains(&n), "{n} attempts within a 400 ms budget");
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::{
     ctx, manifest_what, oci_digest_ref, oci_ref, Direction, HostClient, Progress, ProgressFn,
-    Pulled, Registry, RegistryError, Resolved,
+    Pulled, Registry, RegistryError, Resolved, MAX_MANIFEST_SIZE,
 };
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -64,17 +64,16 @@ impl Registry {
     ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
         let hc = self.host(r.registry()).await?;
         let c = ctx(r, manifest_what(r));
-        let oref = oci_ref(r);
-        let (bytes, digest) = self
-            .retry(|| async {
-                hc.client
-                    .pull_manifest_raw(&oref, &hc.auth, ACCEPT)
-                    .await
-                    .map_err(|e| c.oci(e))
-            })
+        let (bytes, header) = self
+            .retry(|| async { self.get_manifest_capped(&hc, r, &c).await })
             .await?;
-        let digest = Digest::parse(&digest)
-            .map_err(|e| c.protocol(None, format!("bad manifest digest {digest:?}: {e}")))?;
+        // The digest: the reference's, else the registry's header (when its
+        // algorithm is known), else sha256 of the bytes.
+        let digest = match (r.digest(), header.as_deref().map(Digest::parse)) {
+            (Some(d), _) => d.clone(),
+            (None, Some(Ok(d))) => d,
+            _ => Digest::sha256_of(&bytes),
+        };
         // oci-client checks the bytes against the digest it returns when the
         // algorithms agree; check the reference's digest here too.
         let actual = Digest::of(digest.algorithm(), &bytes);
@@ -88,6 +87,98 @@ impl Registry {
         }
         let media_type = media_type_of(&bytes);
         Ok((bytes.to_vec(), media_type, digest))
+    }
+
+    /// GET the manifest `r` names with oci-client's credentials and token,
+    /// reading at most [`MAX_MANIFEST_SIZE`] bytes of body: a larger (or
+    /// endless) body fails at the cap, never buffering more. Returns the
+    /// bytes and the `Docker-Content-Digest` header.
+    async fn get_manifest_capped(
+        &self,
+        hc: &HostClient,
+        r: &Reference,
+        c: &crate::error::Ctx<'_>,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let oref = oci_ref(r);
+        let token = hc
+            .client
+            .auth(&oref, &hc.auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|e| c.oci(e))?;
+        let scheme = if self.is_plain_http(r.registry()) {
+            "http"
+        } else {
+            "https"
+        };
+        let at = match r.digest() {
+            Some(d) => d.to_string(),
+            None => r.tag().unwrap_or("latest").to_string(),
+        };
+        let url = format!(
+            "{scheme}://{}/v2/{}/manifests/{at}",
+            r.api_registry(),
+            r.repository()
+        );
+        let http = self.http().map_err(|e| c.reqwest(&e))?;
+        let mut req = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPT.join(", "));
+        req = match (&token, &hc.auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, oci_client::secrets::RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            (None, oci_client::secrets::RegistryAuth::Bearer(t)) => req.bearer_auth(t),
+            (None, oci_client::secrets::RegistryAuth::Anonymous) => req,
+        };
+        let mut res = req.send().await.map_err(|e| c.reqwest(&e))?;
+        let status = res.status().as_u16();
+        let too_large = |n: u64| {
+            c.protocol(
+                None,
+                format!(
+                    "the manifest is larger than {MAX_MANIFEST_SIZE} bytes ({n} bytes read), \
+                     more than any image needs; refusing it"
+                ),
+            )
+        };
+        let cap = if status == 200 {
+            MAX_MANIFEST_SIZE
+        } else {
+            64 << 10
+        };
+        if status == 200 {
+            if let Some(n) = res.content_length().filter(|n| *n > cap) {
+                return Err(too_large(n));
+            }
+        }
+        let header = res
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > cap {
+                        if status == 200 {
+                            return Err(too_large(body.len() as u64 + chunk.len() as u64));
+                        }
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(c.reqwest(&e)),
+            }
+        }
+        if status != 200 {
+            let text = String::from_utf8_lossy(&body);
+            if status == 404 || text.contains("MANIFEST_UNKNOWN") || text.contains("NAME_UNKNOWN") {
+                return Err(c.not_found());
+            }
+            return Err(c.status(status, format!("GET {url}: HTTP {status}")));
+        }
+        Ok((body, header))
     }
 
     /// Resolve `r` for `platform`: the manifest (picked from an index when

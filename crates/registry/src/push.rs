@@ -353,6 +353,14 @@ impl Registry {
                 actual: size,
             }));
         }
+        // Never upload a damaged blob: check it against its digest first
+        // (a corrupt one is quarantined and named in the error).
+        let (st, d) = (store.clone(), desc.digest.clone());
+        tokio::task::spawn_blocking(move || st.check(&d))
+            .await
+            .map_err(|e| {
+                RegistryError::Store(StoreError::Read(std::io::Error::other(e.to_string())))
+            })??;
         let oref = oci_digest_ref(r, &desc.digest);
         let report = |current| {
             progress(Progress {

@@ -167,11 +167,73 @@ impl RemoteWorker {
     /// config, layers) and the cache records the agent wrote in the
     /// coordinator's store and cache.
     ///
+    /// When the connection breaks while the coordinator is sending (the
+    /// agent failed, reported why and exited), the agent's last words are
+    /// read before the loss is reported: its error ("no space left on
+    /// device") is what the user sees, not "broken pipe".
+    ///
     /// `engine` is the coordinator's engine: its store receives the image,
     /// its cache the records, and its records are offered to the agent.
     /// `req` is the same request a local solve takes: base images are
     /// pulled into the coordinator's store through `req.source`, then sent.
     pub async fn solve(
+        &mut self,
+        engine: &Engine,
+        req: SolveRequest<'_>,
+    ) -> Result<RemoteOutcome, SolveError> {
+        let platform = req.graph.platform.clone();
+        match self.solve_inner(engine, req).await {
+            Err(SolveError::Remote(e)) if e.is_lost() => {
+                let worker = self.worker_name();
+                match self.last_words(&platform, &worker).await {
+                    Some(reason) => Err(reason),
+                    None => Err(SolveError::Remote(e)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// After a broken connection: the `Failed` or `Error` message the agent
+    /// sent before it went away, if one is still in the stream (data frames
+    /// and other messages are skipped; waits at most a few seconds).
+    async fn last_words(
+        &mut self,
+        platform: &xbuild_oci::Platform,
+        worker: &str,
+    ) -> Option<SolveError> {
+        let peer = self.peer();
+        let read = async {
+            loop {
+                match self.reader.read_frame().await {
+                    Ok(Some(crate::protocol::Frame::Json(b))) => {
+                        match serde_json::from_slice::<Message>(&b) {
+                            Ok(Message::Failed { message, step }) => {
+                                return Some(SolveError::Build(build_error(
+                                    platform, worker, message, step,
+                                )))
+                            }
+                            Ok(Message::Error { message }) => {
+                                return Some(SolveError::Remote(RemoteError::Remote {
+                                    peer: peer.clone(),
+                                    message,
+                                }))
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(Some(crate::protocol::Frame::Data(_))) => {}
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn solve_inner(
         &mut self,
         engine: &Engine,
         req: SolveRequest<'_>,
@@ -660,6 +722,108 @@ mod tests {
             );
             fake.await.unwrap();
         });
+    }
+
+    /// The agent fails while the coordinator is still sending it context
+    /// files (its disk is full), says why and exits: the coordinator reports
+    /// the agent's error, not the broken pipe its next write meets. Before
+    /// the fix this depended on timing (about 2 runs in 5 lost the error).
+    #[test]
+    fn the_agents_last_error_wins_over_the_broken_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("ctx");
+        std::fs::create_dir_all(&big).unwrap();
+        std::fs::write(big.join("big.bin"), vec![7u8; 8 << 20]).unwrap();
+        let digest = Digest::sha256_of(&std::fs::read(big.join("big.bin")).unwrap());
+        let index = ContextIndex {
+            entries: vec![xbuild_engine::context::IndexEntry {
+                path: "big.bin".into(),
+                kind: xbuild_engine::context::EntryKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: 8 << 20,
+                link_target: None,
+                digest: Some(digest.clone()),
+            }],
+            stats: Default::default(),
+        };
+        for round in 0..20 {
+            rt().block_on(async {
+                let (ours, theirs) = tokio::io::duplex(1 << 16);
+                let (ar, aw) = tokio::io::split(theirs);
+                let want = digest.clone();
+                let fake = tokio::spawn(async move {
+                    let mut r = FrameReader::new(ar, "coordinator");
+                    let mut w = FrameWriter::new(aw, "coordinator");
+                    r.expect_message().await.unwrap();
+                    w.send(&Message::Welcome(info())).await.unwrap();
+                    w.flush().await.unwrap();
+                    r.expect_message().await.unwrap(); // the solve
+                    w.send(&Message::WantFiles {
+                        id: 1,
+                        digests: vec![want],
+                    })
+                    .await
+                    .unwrap();
+                    w.flush().await.unwrap();
+                    // Take a little of the file, then run out of disk.
+                    for _ in 0..(round % 4) {
+                        let _ = r.read_frame().await;
+                    }
+                    w.send(&Message::Error {
+                        message: "writing context: No space left on device (os error 28)".into(),
+                    })
+                    .await
+                    .unwrap();
+                    w.flush().await.unwrap();
+                    // Exit: both directions close.
+                });
+                let (r, w) = tokio::io::split(ours);
+                let mut worker = RemoteWorker::connect(stream(r, w), "amd1").await.unwrap();
+                let engine = Engine::open(xbuild_engine::EngineConfig {
+                    root: dir.path().join("coord"),
+                    init_program: "/nonexistent".into(),
+                    init_args: vec![],
+                    worker: "local".into(),
+                    snapshotter: Some(xbuild_engine::Snapshotter::Copy),
+                })
+                .unwrap();
+                let graph = xbuild_plan::plan_source(
+                    "FROM scratch\nCOPY big.bin /\n",
+                    &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+                    &xbuild_plan::PlanOptions::new("Dockerfile"),
+                    &mut xbuild_plan::OfflineResolver,
+                )
+                .unwrap();
+                let ids = VertexIds::new();
+                let e = worker
+                    .solve(
+                        &engine,
+                        SolveRequest {
+                            graph: &graph,
+                            context_dir: Some(&big),
+                            context: Some(&index),
+                            source: &xbuild_engine::StoreSource,
+                            events: &xbuild_engine::events::NullSink,
+                            ids: &ids,
+                            no_cache: false,
+                            no_cache_filter: &[],
+                            secrets: &xbuild_engine::Secrets::new(),
+                            source_date_epoch: None,
+                            presolved: &[],
+                        },
+                    )
+                    .await
+                    .unwrap_err();
+                assert!(
+                    e.to_string().contains("No space left on device"),
+                    "round {round}: {e}"
+                );
+                assert!(e.reschedule(), "{e}");
+                fake.await.unwrap();
+            });
+        }
     }
 
     fn info() -> NodeInfo {

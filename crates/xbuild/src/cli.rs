@@ -485,6 +485,14 @@ pub enum CacheCommand {
         #[arg(long)]
         filter: Vec<String>,
     },
+    /// Verify the content store and build cache: every blob against its
+    /// digest (corrupt ones are quarantined), snapshots (incomplete ones are
+    /// removed) and cache records (damaged ones are removed).
+    Check {
+        /// Download quarantined blobs again from the registries they came from.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// The names `xbuild` treats as subcommands; anything else means `build`.

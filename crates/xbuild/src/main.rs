@@ -33,6 +33,9 @@ use std::process::ExitCode;
 pub use exit::Exit;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Commands::Agent(_)) {
+        paths::cleanup_state();
+    }
     match cli.command {
         Commands::Build(args) => build::run(*args),
         Commands::Node(cmd) => nodes::cmd_node(cmd),
@@ -97,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metadata_file,
         }),
         Commands::Cache(cli::CacheCommand::Du) => cache_cmd::cmd_du(),
+        Commands::Cache(cli::CacheCommand::Check { repair }) => cache_cmd::cmd_check(repair),
         Commands::Cache(cli::CacheCommand::Prune {
             all,
             keep_storage,
@@ -149,7 +153,7 @@ fn main() -> ExitCode {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);
             }
-            eprintln!("error: {}", error_text(&e));
+            eprintln!("error: {}", progress::sanitize_terminal(&error_text(&e)));
             ExitCode::FAILURE
         }
     }

@@ -69,9 +69,40 @@ pub fn config_file() -> Result<PathBuf> {
     Ok(dir.join("xbuild").join("config.yaml"))
 }
 
+/// Creates the state directory when missing, private to its owner (0700:
+/// it holds build contexts, layers and cache records).
+pub fn ensure_root(root: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if root.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", root.display())),
+    }
+}
+
+/// At the start of a command: finishes removals and removes scratch
+/// directories, mounts and secrets tmpfs of killed processes under the
+/// state directory (live builds' ones are locked and kept). Best effort.
+pub fn cleanup_state() {
+    let Ok(root) = xbuild_root() else {
+        return;
+    };
+    if root.is_dir() {
+        xbuild_engine::housekeeping::cleanup_leftovers(&root);
+    }
+}
+
 /// Open (creating if needed) the content store under `$XBUILD_ROOT`.
 pub fn open_store() -> Result<BlobStore> {
     let root = xbuild_root()?;
+    ensure_root(&root)?;
     let dir = content_dir(&root);
     BlobStore::open(&dir).with_context(|| format!("opening the image store at {}", dir.display()))
 }

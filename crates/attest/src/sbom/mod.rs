@@ -455,6 +455,7 @@ pub fn scan_layers<R: Read>(
         chown: false,
         xattrs: false,
         format: ApplyFormat::Merged,
+        ..ApplyOptions::default()
     };
     for (index, layer) in layers.into_iter().enumerate() {
         apply_layer(layer, dir, &apply).map_err(|source| ScanError::Unpack {

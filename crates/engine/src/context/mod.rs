@@ -61,8 +61,9 @@ pub enum ContextError {
         /// The pattern as given.
         pattern: String,
     },
-    /// A file name is not valid UTF-8 (not supported in contexts).
-    #[error("file name is not valid UTF-8: {0}")]
+    /// A file name is not valid UTF-8 (such files can only be left out of
+    /// the context with `.dockerignore`).
+    #[error("file name is not valid UTF-8: {0} (exclude it in .dockerignore)")]
     NonUtf8(PathBuf),
     /// A literal source does not exist (or is ignored).
     #[error("COPY failed: {path:?} not found in build context (or excluded by .dockerignore)")]
@@ -414,11 +415,26 @@ impl Walker<'_> {
         let mut names = Vec::new();
         for ent in fs::read_dir(&hdir).map_err(io_err("read directory", &hdir))? {
             let ent = ent.map_err(io_err("read directory", &hdir))?;
-            let name = ent
-                .file_name()
-                .into_string()
-                .map_err(|_| ContextError::NonUtf8(ent.path()))?;
-            names.push(name);
+            match ent.file_name().into_string() {
+                Ok(name) => names.push(name),
+                // A name that is not UTF-8 is fine when .dockerignore
+                // excludes it (matched on its lossy form: `*.bin`, `junk/`);
+                // the build never sees it. Included, it cannot be indexed.
+                Err(raw) => {
+                    let rel = join_rel(dir, &raw.to_string_lossy());
+                    let (excluded, _) =
+                        self.pm
+                            .matches_using_parent_results(&rel, info)
+                            .map_err(|source| ContextError::Ignore {
+                                file: ".dockerignore".into(),
+                                source,
+                            })?;
+                    let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+                    if !(excluded && (!is_dir || !self.could_reinclude_below(&rel))) {
+                        return Err(ContextError::NonUtf8(ent.path()));
+                    }
+                }
+            }
         }
         names.sort();
         let mut any = false;

@@ -31,6 +31,23 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tar::EntryType;
 
+/// Copies `r` into the file `w` (at `path`), telling read errors (the
+/// layer) from write errors (the destination).
+fn copy_split(r: &mut impl Read, w: &mut fs::File, path: &Path) -> Result<u64, ApplyError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ApplyError::Read(e)),
+        };
+        io::Write::write_all(w, &buf[..k]).map_err(io_err("write", path))?;
+        n += k as u64;
+    }
+}
+
 /// Errors from applying a layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -100,6 +117,10 @@ pub struct ApplyOptions {
     pub xattrs: bool,
     /// How whiteouts are written (default [`ApplyFormat::Merged`]).
     pub format: ApplyFormat,
+    /// Create character and block device nodes (default true). When false
+    /// they are skipped with a warning (a local export into a user's
+    /// directory never creates devices, as BuildKit's does not).
+    pub devices: bool,
 }
 
 impl Default for ApplyOptions {
@@ -109,6 +130,7 @@ impl Default for ApplyOptions {
             chown: unsafe { libc::geteuid() } == 0,
             xattrs: true,
             format: ApplyFormat::Merged,
+            devices: true,
         }
     }
 }
@@ -498,7 +520,9 @@ impl Applier<'_> {
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(&p)
                     .map_err(io_err("create", &p))?;
-                let n = io::copy(entry, &mut f).map_err(ApplyError::Read)?;
+                // Reading the layer and writing the file fail differently: a
+                // full disk is a write error naming the file, not a bad layer.
+                let n = copy_split(entry, &mut f, &p)?;
                 self.stats.bytes += n;
                 self.stats.files += 1;
                 if self.opts.chown {
@@ -543,6 +567,9 @@ impl Applier<'_> {
                 }
                 self.set_xattrs(&p, &meta);
                 set_times_nofollow(&p, meta.mtime).map_err(io_err("set times of", &p))?;
+            }
+            EntryType::Char | EntryType::Block if !self.opts.devices => {
+                self.warn(format!("skipped device node {name:?}"));
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let h = entry.header();
@@ -794,6 +821,50 @@ mod tests {
         assert_eq!(s(clean_name(b"/abs")), ("abs".into(), true));
         assert_eq!(s(clean_name(b"a/../../b")), ("b".into(), true));
         assert_eq!(s(clean_name(b"./")), ("".into(), false));
+    }
+
+    /// A full disk while a file is written is reported as a write error
+    /// naming the file, not as an unreadable layer ("reading layer stream").
+    #[test]
+    fn a_full_disk_is_a_write_error_naming_the_file() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to mount a small tmpfs");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let c = |s: &str| CString::new(s).unwrap();
+        let target = c(root.to_str().unwrap());
+        // SAFETY: valid NUL-terminated strings.
+        let r = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                c("size=64k").as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mount tmpfs: {}", io::Error::last_os_error());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1 << 20);
+        b.append_data(&mut h, "big.bin", &vec![7u8; 1 << 20][..])
+            .unwrap();
+        let layer = b.into_inner().unwrap();
+        let e = apply_layer(&layer[..], &root, &ApplyOptions::default()).unwrap_err();
+        // SAFETY: valid NUL-terminated string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("write ")
+                && text.contains("big.bin")
+                && !text.contains("reading layer"),
+            "{text}"
+        );
     }
 
     fn overlay_tar() -> Vec<u8> {

@@ -4,11 +4,13 @@
 //! directory with OCI whiteout semantics, never touching anything outside it.
 
 pub mod apply;
+pub mod merge;
 pub mod write;
 
 pub use apply::{
     apply_layer, ApplyError, ApplyFormat, ApplyOptions, ApplyStats, OVERLAY_OPAQUE_XATTR,
 };
+pub use merge::{merge_tree, MergeError, MergeStats};
 pub use write::{write_layer, LayerOutput, SourceMode, WriteError, WriteOptions};
 
 /// Prefix of a whiteout entry's base name (`.wh.<name>` deletes `<name>`).

@@ -399,6 +399,25 @@ impl Drop for Renderer {
 
 // ---------------------------------------------------------------------------
 
+/// Text from outside (file names from tar headers and contexts, registry
+/// messages) made safe for a terminal: control characters other than
+/// newline and tab (ESC, CSI, BEL, backspace, carriage return, C1 codes)
+/// are shown as `\xNN` / `\u{NN}` escapes instead of being interpreted.
+pub fn sanitize_terminal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 mod plain;
 mod quiet;
 mod rawjson;

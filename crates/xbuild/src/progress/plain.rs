@@ -119,7 +119,7 @@ impl Renderer {
             }
             Event::Warning { message } => {
                 drop(st);
-                self.line(&format!("WARNING: {message}"));
+                self.line(&format!("WARNING: {}", super::sanitize_terminal(message)));
             }
         }
     }

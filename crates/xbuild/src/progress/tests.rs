@@ -513,3 +513,11 @@ fn sizes() {
     assert_eq!(human_bytes(1000), "1kB");
     assert_eq!(human_bytes(1_234_567), "1.235MB");
 }
+
+#[test]
+fn terminal_sequences_are_neutralised() {
+    assert_eq!(
+        super::sanitize_terminal("bad \x1b]0;owned\x07name\u{9b}2J\n"),
+        "bad \\x1b]0;owned\\x07name\\u{9b}2J\n"
+    );
+}
