@@ -153,6 +153,11 @@ pub struct Mount {
     pub env: Option<String>,
     /// `size=` for tmpfs mounts, in bytes.
     pub size: Option<u64>,
+    /// The spec as written. Values that hold a variable (`type=$T`,
+    /// `mode=$M`) are only interpreted once expanded: planning parses the
+    /// spec again with [`parse_mount_with`].
+    #[serde(default)]
+    pub spec: String,
 }
 
 /// `RUN` with its flags.
@@ -473,8 +478,63 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Parse one `RUN --mount=` value.
+/// Parse one `RUN --mount=` value as written. A value holding a variable
+/// is left for [`parse_mount_with`] at planning time, except `from=`, which
+/// BuildKit refuses to expand (testMountFromError).
 pub fn parse_mount(spec: &str) -> Result<Mount, String> {
+    for f in split_csv(spec)? {
+        if let Some((k, v)) = f.trim().split_once('=') {
+            if k.trim().eq_ignore_ascii_case("from") {
+                if let Some(i) = v.find('$') {
+                    if i + 1 != v.len() {
+                        return Err(
+                            "'from' doesn't support variable expansion, define alias stage instead"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    parse_mount_inner(spec, &mut |v: &str| Ok(v.to_string()), true)
+}
+
+/// Parse one `RUN --mount=` value, each value passed through `expand`
+/// first (BuildKit expands every mount option: `type=$MNT_TYPE`,
+/// testMountArg).
+pub fn parse_mount_with(
+    spec: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Mount, String> {
+    parse_mount_inner(spec, expand, false)
+}
+
+fn parse_mount_inner(
+    spec: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, String>,
+    defer_vars: bool,
+) -> Result<Mount, String> {
+    let mut deferred = false;
+    let mut fields = Vec::new();
+    for f in split_csv(spec)? {
+        let f = f.trim().to_string();
+        match f.split_once('=') {
+            Some((_, v)) if defer_vars && v.contains('$') => {
+                // Interpreted once expanded; `type` keeps its default.
+                deferred = true;
+            }
+            Some((k, v)) => fields.push(format!("{k}={}", expand(v)?)),
+            None => fields.push(f),
+        }
+    }
+    let mut m = parse_mount_fields(&fields, deferred)?;
+    m.spec = spec.to_string();
+    Ok(m)
+}
+
+/// Interprets already expanded `key=value` fields; `partial`: some fields
+/// are still to come (skip the checks of the whole spec).
+fn parse_mount_fields(fields: &[String], partial: bool) -> Result<Mount, String> {
     let mut m = Mount {
         kind: MountType::Bind,
         target: None,
@@ -489,10 +549,10 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
         required: None,
         env: None,
         size: None,
+        spec: String::new(),
     };
-    let fields = split_csv(spec)?;
     // `type` may appear anywhere; find it first so later keys can be checked against it.
-    for f in &fields {
+    for f in fields {
         if let Some(v) = f.trim().strip_prefix("type=") {
             m.kind = match v.to_ascii_lowercase().as_str() {
                 "bind" => MountType::Bind,
@@ -583,6 +643,9 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             }
             other => return Err(format!("unexpected key {other:?} in mount spec")),
         }
+    }
+    if partial {
+        return Ok(m);
     }
     if m.kind != MountType::Secret && m.kind != MountType::Ssh && m.target.is_none() {
         return Err("mount target is required (target=PATH)".into());
@@ -918,12 +981,24 @@ pub fn from_node(node: &Node, file: &str) -> Result<Instruction, InstructionErro
                 _ => {}
             }
             let trigger = from_node(inner, file)?;
-            let text = node
+            let mut text = node
                 .original
                 .trim_start()
                 .get("onbuild".len()..)
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|| inner.original.clone());
+            // Heredoc bodies belong to the trigger: stored after its line,
+            // each followed by its delimiter (BuildKit, testOnBuildHeredoc).
+            let docs = if inner.heredocs.is_empty() {
+                &node.heredocs
+            } else {
+                &inner.heredocs
+            };
+            for h in docs {
+                text.push('\n');
+                text.push_str(&h.content);
+                text.push_str(&h.name);
+            }
             Kind::Onbuild {
                 trigger: Box::new(trigger),
                 text,
@@ -992,6 +1067,18 @@ mod tests {
     }
 
     #[test]
+    fn onbuild_heredoc_keeps_its_body() {
+        // dockerfile_heredoc_test.go testOnBuildHeredoc
+        let src = "FROM busybox\nONBUILD RUN <<EOF\necho \"hello world\" >> /dest\nEOF\n";
+        let doc = crate::parse(src, "Dockerfile").unwrap();
+        let df = from_document(&doc, "Dockerfile").unwrap();
+        let Kind::Onbuild { text, .. } = &df.instructions[1].kind else {
+            panic!("not ONBUILD: {:?}", df.instructions[1].kind);
+        };
+        assert_eq!(text, "RUN <<EOF\necho \"hello world\" >> /dest\nEOF");
+    }
+
+    #[test]
     fn mounts() {
         let m = parse_mount("type=cache,target=/root/.cache,sharing=locked,id=go").unwrap();
         assert_eq!(m.kind, MountType::Cache);
@@ -1013,6 +1100,27 @@ mod tests {
             (Some(0o700), Some(1000), Some(1000))
         );
         assert!(parse_mount("type=bind").is_err());
+        // dockerfile_mount_test.go testMountFromError
+        let e = parse_mount("from=$ttt,type=cache,target=/tmp").unwrap_err();
+        assert!(
+            e.contains("'from' doesn't support variable expansion"),
+            "{e}"
+        );
+        // testMountArg: a variable is interpreted once expanded.
+        let m = parse_mount("type=$MNT_TYPE,target=/mycache2").unwrap();
+        assert_eq!(m.spec, "type=$MNT_TYPE,target=/mycache2");
+        let mut vars = |v: &str| Ok(v.replace("$MNT_TYPE", "cache").replace("$M", "0700"));
+        let m = parse_mount_with(&m.spec, &mut vars).unwrap();
+        assert_eq!(
+            (m.kind, m.target.as_deref()),
+            (MountType::Cache, Some("/mycache2"))
+        );
+        let m = parse_mount_with("type=cache,target=/c,mode=$M", &mut vars).unwrap();
+        assert_eq!(m.mode, Some(0o700));
+        let mut bad = |v: &str| Ok(v.replace("$T", "tmp"));
+        assert!(parse_mount_with("type=$T,target=/x", &mut bad)
+            .unwrap_err()
+            .contains("unsupported mount type"));
         assert!(parse_mount("type=nfs,target=/x").is_err());
         assert!(parse_mount("target=/x,bogus=1").is_err());
         assert!(parse_mount("type=bind,target=/x,sharing=locked").is_err());

@@ -133,6 +133,10 @@ pub struct ExecPlan {
     pub secrets: Vec<Option<Vec<u8>>>,
     /// Per mount of `op.mounts`: the ssh-agent socket, for ssh mounts.
     pub ssh: Vec<Option<PathBuf>>,
+    /// Per mount of `op.mounts`: a cache mount that starts empty (its first
+    /// use under `--no-cache`/`--no-cache-filter`; what it holds afterwards
+    /// replaces the old contents, as in BuildKit).
+    pub fresh_caches: Vec<bool>,
 }
 
 impl Drop for ExecPlan {
@@ -340,10 +344,11 @@ pub fn run(
         }
         let source = plan.sources.get(i).cloned().unwrap_or(MountSource::None);
         let secret = plan.secrets.get(i).and_then(|s| s.as_deref());
+        let fresh = plan.fresh_caches.get(i).copied().unwrap_or(false);
         if let Some(ms) = mount_one(
             env,
             m,
-            source,
+            (source, fresh),
             secret,
             &mut setup,
             &mut spec,
@@ -419,7 +424,7 @@ fn ssh_mount(
 fn mount_one(
     env: &ExecEnv,
     m: &ExecMount,
-    source: MountSource,
+    (source, fresh): (MountSource, bool),
     secret: Option<&[u8]>,
     setup: &mut Setup,
     spec: &mut ProcessSpec,
@@ -520,6 +525,9 @@ fn mount_one(
                     }
                 }
             }
+            if fresh && use_dir == dir && dir.exists() {
+                fs::remove_dir_all(&dir).map_err(io_err("remove directory", &dir))?;
+            }
             match fs::create_dir(&use_dir) {
                 Ok(()) => {
                     let mode = m.mode.unwrap_or(0o755) & 0o7777;
@@ -614,6 +622,12 @@ pub(crate) fn overlay_view(
         let root = m.root().to_path_buf();
         setup.views.push(m);
         return Ok(root);
+    }
+    if layers.is_empty() && !writable {
+        // A stage with no layers (FROM scratch and metadata only): its
+        // files are the empty directory. overlayfs refuses a read-only
+        // mount of a single lower directory.
+        return Ok(env.empty.clone());
     }
     let mp = Scratch::new(&env.mounts_dir)?;
     let target = mp.subdir("m")?;

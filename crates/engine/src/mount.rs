@@ -118,8 +118,14 @@ pub fn overlay_options(
     upper: Option<(&Path, &Path)>,
 ) -> Result<String, MountError> {
     let mut s = String::from("lowerdir=");
-    for (i, l) in lowers.iter().enumerate() {
-        if i > 0 {
+    // The same snapshot twice (two empty layers share one diffID) makes
+    // overlayfs fail with ELOOP; the topmost copy alone gives the same tree.
+    let mut seen = std::collections::HashSet::new();
+    for l in lowers {
+        if !seen.insert(l) {
+            continue;
+        }
+        if seen.len() > 1 {
             s.push(':');
         }
         s.push_str(check_path(l)?);
@@ -265,5 +271,13 @@ mod tests {
             Err(MountError::BadPath(_))
         ));
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        // A snapshot listed twice (two empty layers) is kept once, topmost.
+        let dup = vec![
+            PathBuf::from("/s/e"),
+            PathBuf::from("/s/e"),
+            PathBuf::from("/s/x"),
+            PathBuf::from("/s/e"),
+        ];
+        assert_eq!(overlay_options(&dup, None).unwrap(), "lowerdir=/s/e:/s/x");
     }
 }

@@ -48,8 +48,8 @@ pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
                 text,
             });
         }
-        Some(f) => f.clone(),
-        None => context.join("Dockerfile"),
+        Some(f) => xbuild_engine::context::dockerfile_fallback(f),
+        None => xbuild_engine::context::dockerfile_fallback(&context.join("Dockerfile")),
     };
     let display = display_path(&path);
     let bytes =

@@ -12,11 +12,12 @@ use xbuild_oci::Platform;
 use xbuild_plan::PlanOptions;
 
 /// The Dockerfile's path relative to the context, when it lies inside it
-/// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
+/// (so `<Dockerfile>.dockerignore` is found; a missing `Dockerfile` falls
+/// back to a lowercase `dockerfile`, as BuildKit).
 pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
     let file = match &args.file {
-        Some(f) => f.clone(),
-        None => context_dir.join("Dockerfile"),
+        Some(f) => xbuild_engine::context::dockerfile_fallback(f),
+        None => xbuild_engine::context::dockerfile_fallback(&context_dir.join("Dockerfile")),
     };
     let ctx = std::fs::canonicalize(context_dir).ok()?;
     let f = std::fs::canonicalize(&file).ok()?;

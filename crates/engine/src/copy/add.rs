@@ -221,6 +221,7 @@ impl Copier<'_> {
         url: &str,
         opts: &super::AddOptions,
         target: Target,
+        dest_comps: &[String],
     ) -> Result<(), CopyError> {
         let expected = opts
             .checksum
@@ -296,6 +297,13 @@ impl Copier<'_> {
         });
         dest::set_times_fd(&out, &tmp, (when, 0))?;
         drop(out);
+        // `ADD --unpack=true URL DEST`: an archive is extracted into DEST
+        // (BuildKit's AttemptUnpack); without the flag a URL never is.
+        if opts.unpack == Some(true) && is_tar_archive(&tmp)? {
+            self.extract_archive(&tmp, url, dest_comps)?;
+            self.stats.downloads += 1;
+            return Ok(());
+        }
         let Target::File(parent, name) = target else {
             unreachable!("downloads are files")
         };
