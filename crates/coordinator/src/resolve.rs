@@ -336,6 +336,9 @@ mod tests {
             build_platform: amd64.clone(),
             network: Default::default(),
             allow: Default::default(),
+            image_aliases: Default::default(),
+            extra_hosts: Vec::new(),
+            shm_size: None,
         };
         let mut rec = Recorder::default();
         xbuild_plan::plan_source(src, &amd64, &opts, &mut rec).unwrap();

@@ -59,6 +59,12 @@ pub enum ExecError {
         /// The secret id.
         id: String,
     },
+    /// A required ssh agent was not given.
+    #[error("ssh agent {id:?} not found (pass it with --ssh {id}[=SOCKET]; `--ssh default` uses $SSH_AUTH_SOCK)")]
+    SshMissing {
+        /// The ssh id.
+        id: String,
+    },
     /// A mount kind this engine does not provide.
     #[error("{0} is not supported")]
     Unsupported(String),
@@ -135,6 +141,8 @@ pub struct ExecPlan {
     pub secrets: Vec<Option<Vec<u8>>>,
     /// What the build allows (`--allow`), checked before the step runs.
     pub allow: Entitlements,
+    /// Per mount of `op.mounts`: the ssh-agent socket, for ssh mounts.
+    pub ssh: Vec<Option<PathBuf>>,
     /// Per mount of `op.mounts`: a cache mount that starts empty (its first
     /// use under `--no-cache`/`--no-cache-filter`; what it holds afterwards
     /// replaces the old contents, as in BuildKit).
@@ -157,6 +165,7 @@ pub(crate) struct Setup {
     pub(crate) locks: Vec<File>,
     pub(crate) scratches: Vec<Scratch>,
     pub(crate) views: Vec<copyfs::Materialized>,
+    pub(crate) ssh: Vec<crate::sshproxy::SshProxy>,
 }
 
 impl Drop for Setup {
@@ -165,6 +174,7 @@ impl Drop for Setup {
             drop(m);
         }
         self.locks.clear();
+        self.ssh.clear();
         self.scratches.clear();
         self.views.clear();
     }
@@ -299,12 +309,12 @@ pub fn run(
     let files = Scratch::new(&env.tmp_dir)?;
     let hostname = op.hostname.as_deref().unwrap_or(HOSTNAME);
     let hosts = files.path().join("hosts");
-    write_file(
-        &hosts,
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-            .as_bytes(),
-        0o644,
-    )?;
+    let mut hosts_text =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (host, ip) in &op.extra_hosts {
+        hosts_text.push_str(&format!("{ip}\t{host}\n"));
+    }
+    write_file(&hosts, hosts_text.as_bytes(), 0o644)?;
     let resolv = files.path().join("resolv.conf");
     write_file(&resolv, host_resolv_conf().as_bytes(), 0o644)?;
     let files_dir = files.path().to_path_buf();
@@ -339,8 +349,24 @@ pub fn run(
         });
     }
 
+    if let Some(size) = op.shm_size {
+        // Over the sandbox's own /dev/shm.
+        spec.mounts.push(MountSpec {
+            kind: MountKind::Tmpfs { size: Some(size) },
+            target: "/dev/shm".into(),
+        });
+    }
     let mut secret_dir: Option<PathBuf> = None;
+    let mut ssh_n = 0;
     for (i, m) in op.mounts.iter().enumerate() {
+        if m.kind == MountType::Ssh {
+            let agent = plan.ssh.get(i).and_then(|a| a.as_deref());
+            if let Some(ms) = ssh_mount(m, agent, &mut setup, &mut spec, &files_dir, ssh_n)? {
+                spec.mounts.push(ms);
+                ssh_n += 1;
+            }
+            continue;
+        }
         let source = plan.sources.get(i).cloned().unwrap_or(MountSource::None);
         let secret = plan.secrets.get(i).and_then(|s| s.as_deref());
         let fresh = plan.fresh_caches.get(i).copied().unwrap_or(false);
@@ -368,6 +394,55 @@ pub fn run(
     }
     drop(setup);
     Ok(result?)
+}
+
+/// `RUN --mount=type=ssh`: a proxy socket to the agent of the mount's id
+/// (`default` when unset), bound at the target; `SSH_AUTH_SOCK` points at the
+/// first one unless the step sets it. A missing agent skips the mount, or
+/// fails the step with `required=true`.
+fn ssh_mount(
+    m: &ExecMount,
+    agent: Option<&Path>,
+    setup: &mut Setup,
+    spec: &mut ProcessSpec,
+    files_dir: &Path,
+    n: usize,
+) -> Result<Option<MountSpec>, ExecError> {
+    let id = m.id.clone().unwrap_or_else(|| "default".into());
+    let Some(agent) = agent else {
+        if m.required {
+            return Err(ExecError::SshMissing { id });
+        }
+        return Ok(None);
+    };
+    let target = m
+        .target
+        .clone()
+        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
+    let at = files_dir.join(format!("ssh-{n}.sock"));
+    let proxy = crate::sshproxy::SshProxy::start(
+        agent,
+        &at,
+        m.uid.unwrap_or(0),
+        m.gid.unwrap_or(0),
+        m.mode.unwrap_or(0o600),
+    )
+    .map_err(|source| ExecError::Io {
+        op: "forward the ssh agent for",
+        path: PathBuf::from(format!("--mount=type=ssh,id={id}")),
+        source,
+    })?;
+    setup.ssh.push(proxy);
+    if n == 0 && !spec.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+        spec.env.push(format!("SSH_AUTH_SOCK={target}"));
+    }
+    Ok(Some(MountSpec {
+        kind: MountKind::Bind {
+            source: at,
+            readonly: true,
+        },
+        target,
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -573,7 +648,8 @@ fn mount_one(
                 target,
             }))
         }
-        MountType::Ssh => Err(ExecError::Unsupported("RUN --mount=type=ssh".into())),
+        // Set up by `ssh_mount` before `mount_one` is asked.
+        MountType::Ssh => Ok(None),
     }
 }
 

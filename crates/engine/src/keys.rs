@@ -226,15 +226,34 @@ impl Engine {
                 json!({ "exec": e, "binds": binds })
             }
             Op::Copy(c) => {
-                let local: Vec<String> = c
-                    .sources
-                    .iter()
-                    .filter(|s| {
-                        let l = s.to_ascii_lowercase();
-                        !(c.add && (l.starts_with("http://") || l.starts_with("https://")))
-                    })
-                    .cloned()
-                    .collect();
+                let remote = |s: &str| {
+                    let l = s.to_ascii_lowercase();
+                    c.add
+                        && (l.starts_with("http://")
+                            || l.starts_with("https://")
+                            || crate::copy::is_git(s))
+                };
+                let local: Vec<String> = c.sources.iter().filter(|s| !remote(s)).cloned().collect();
+                // A git source is keyed by the commit its ref names now, so a
+                // moved branch misses and an unchanged one hits.
+                let mut commits = serde_json::Map::new();
+                if c.add {
+                    for s in c.sources.iter().filter(|s| crate::copy::is_git(s)) {
+                        if let Ok(Some(r)) = crate::remote::GitRef::parse(s) {
+                            let o = crate::remote::FetchOptions {
+                                keep_git_dir: false,
+                                ssh_auth_sock: shared
+                                    .req
+                                    .secrets
+                                    .ssh_socket("default")
+                                    .map(std::path::Path::to_path_buf),
+                            };
+                            // One short `git ls-remote`; run inline.
+                            let commit = crate::remote::git::resolve_commit(&r, &o).ok().flatten();
+                            commits.insert(s.clone(), json!(commit));
+                        }
+                    }
+                }
                 let content = match &c.from {
                     FileSource::Stage(i) => bind_sums.get(&(*i, copy_sum_key(c))),
                     _ => None,
@@ -264,7 +283,11 @@ impl Engine {
                     sources.push(t);
                     j
                 };
-                json!({ "copy": c, "src": src })
+                if commits.is_empty() {
+                    json!({ "copy": c, "src": src })
+                } else {
+                    json!({ "copy": c, "src": src, "git": commits })
+                }
             }
         };
         let key = KeyInput::new(

@@ -1112,11 +1112,23 @@ impl Engine {
                 _ => None,
             });
         }
+        let ssh = op
+            .mounts
+            .iter()
+            .map(|m| match m.kind {
+                MountType::Ssh => req
+                    .secrets
+                    .ssh_socket(m.id.as_deref().unwrap_or("default"))
+                    .map(Path::to_path_buf),
+                _ => None,
+            })
+            .collect();
         let plan = ExecPlan {
             op: op.clone(),
             sources,
             secrets,
             allow: req.graph.entitlements,
+            ssh,
             fresh_caches,
         };
         let env = self.exec_env(platform);
@@ -1174,6 +1186,8 @@ impl Engine {
         chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
+        // `ADD git@host:…` uses the build's `--ssh default` agent.
+        let ssh_sock = req.secrets.ssh_socket("default").map(Path::to_path_buf);
         let needs_source = !op.sources.is_empty();
         let source = if needs_source {
             self.layers_of(shared, &op.from, deps, step).await?
@@ -1222,6 +1236,7 @@ impl Engine {
                         checksum: op.checksum.clone(),
                         keep_git_dir: op.keep_git_dir,
                         timeout: None,
+                        ssh_auth_sock: ssh_sock.clone(),
                     }),
                 };
                 let r = copy::copy_into(&creq);

@@ -481,6 +481,18 @@ impl<'a> Planner<'a> {
         reference: &str,
         platform: &Platform,
     ) -> Result<(ImageRef, BaseConfig), PlanError> {
+        // `--build-context NAME=docker-image://REF` replaces the image NAME
+        // (also when written with the implied `:latest`).
+        let aliases = &self.opts.image_aliases;
+        let reference = aliases
+            .get(reference)
+            .or_else(|| {
+                reference
+                    .strip_suffix(":latest")
+                    .and_then(|r| aliases.get(r))
+            })
+            .map(String::as_str)
+            .unwrap_or(reference);
         let r = self
             .resolver
             .resolve(reference, platform)
@@ -1040,6 +1052,8 @@ impl<'a> Planner<'a> {
                         mounts,
                         inline_files,
                         hostname: self.sandbox_hostname(),
+                        extra_hosts: self.opts.extra_hosts.clone(),
+                        shm_size: self.opts.shm_size,
                     }),
                 )
             }

@@ -201,6 +201,15 @@ pub struct ExecOp {
     /// of cache keys) when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `--add-host`: `(host, ip)` lines added to the step's `/etc/hosts`
+    /// (part of the cache key, as in BuildKit; absent when empty, so the
+    /// keys of builds without it do not change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size`: the size of the step's `/dev/shm`, in bytes (absent:
+    /// the sandbox's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
 }
 
 /// Copy files into the stage's filesystem (COPY and ADD).

@@ -55,6 +55,13 @@ pub struct PlanOptions {
     pub network: Network,
     /// `--allow`: entitlements granted to the build.
     pub allow: Entitlements,
+    /// `--build-context NAME=docker-image://REF`: image names (as written in
+    /// `FROM`, `COPY --from`, `RUN --mount=from`) replaced by another image.
+    pub image_aliases: BTreeMap<String, String>,
+    /// `--add-host HOST:IP`: extra `/etc/hosts` lines of every RUN step.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size`: `/dev/shm` of every RUN step, in bytes.
+    pub shm_size: Option<u64>,
 }
 
 impl PlanOptions {
@@ -67,6 +74,9 @@ impl PlanOptions {
             build_platform: Platform::host_linux(),
             network: Network::Default,
             allow: Entitlements::default(),
+            image_aliases: BTreeMap::new(),
+            extra_hosts: Vec::new(),
+            shm_size: None,
         }
     }
 }

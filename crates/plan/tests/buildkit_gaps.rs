@@ -19,6 +19,9 @@ fn opts() -> PlanOptions {
         build_platform: amd64(),
         network: Default::default(),
         allow: Default::default(),
+        image_aliases: BTreeMap::new(),
+        extra_hosts: Vec::new(),
+        shm_size: None,
     }
 }
 

@@ -21,7 +21,32 @@ fn opts() -> PlanOptions {
         build_platform: amd64(),
         network: Default::default(),
         allow: Default::default(),
+        image_aliases: BTreeMap::new(),
+        extra_hosts: Vec::new(),
+        shm_size: None,
     }
+}
+
+#[test]
+fn build_context_image_aliases_replace_from_and_copy_from() {
+    let mut o = opts();
+    o.image_aliases
+        .insert("base".into(), "registry.example/base@sha256:1234".into());
+    o.image_aliases
+        .insert("tools".into(), "busybox:1.36".into());
+    let g = plan_for(
+        "FROM base\nCOPY --from=tools:latest /bin/sh /sh\nCOPY --from=other /x /x\n",
+        &amd64(),
+        &o,
+    );
+    let refs: Vec<&str> = g.images().iter().map(|r| r.reference.as_str()).collect();
+    assert!(
+        refs.contains(&"registry.example/base@sha256:1234"),
+        "{refs:?}"
+    );
+    assert!(refs.contains(&"busybox:1.36"), "{refs:?}");
+    assert!(refs.contains(&"other"), "{refs:?}");
+    assert!(!refs.contains(&"base"), "{refs:?}");
 }
 
 fn plan_for(src: &str, p: &Platform, o: &PlanOptions) -> BuildGraph {

@@ -68,7 +68,7 @@ pub fn base(
         no_cache_filter: args.no_cache_filter.clone(),
         pull: args.pull,
         source_date_epoch: None,
-        labels: parse_labels(&args.labels),
+        labels: parse_labels(&args.labels).unwrap_or_default(),
         attest: Default::default(),
     }
 }
@@ -102,10 +102,12 @@ pub fn from_args(
     opts: &PlanOptions,
     platforms: &[Platform],
 ) -> Result<BuildRequest> {
-    let outputs = export::outputs_from_args(&args.outputs, args.push)?;
+    let outputs = export::outputs_from_args(&args.outputs, args.push, args.load)?;
     let push = outputs
         .iter()
         .any(|o| matches!(o, OutputSpec::Image { push: true, .. }));
+    parse_labels(&args.labels)?;
+    annotations(args, &outputs)?;
     if push
         && args.tags.is_empty()
         && !outputs
@@ -135,15 +137,43 @@ pub fn from_args(
     })
 }
 
-/// `--label KEY=VALUE` (a bare `KEY` is an empty label, as in buildx).
-pub fn parse_labels(specs: &[String]) -> BTreeMap<String, String> {
-    specs
-        .iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (s.clone(), String::new()),
-        })
-        .collect()
+/// Parse `--label K=V` (an empty value is allowed, as metadata-action
+/// writes for a repository without a description).
+pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in raw {
+        // A bare `KEY` is an empty label, as in buildx.
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.trim().is_empty() {
+            bail!("invalid --label {l:?}: the key is empty");
+        }
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `--annotation` values, then the image output's `annotation.*` ones.
+pub fn annotations(
+    args: &BuildArgs,
+    outputs: &[OutputSpec],
+) -> Result<xbuild_oci::annotation::Annotations> {
+    let mut a = xbuild_oci::annotation::Annotations::new();
+    for v in &args.annotations {
+        a.add_flag(v)
+            .map_err(|e| anyhow!("invalid --annotation {v:?}: {e}"))?;
+    }
+    a.extend(&export::image_opts(outputs).annotations);
+    Ok(a)
+}
+
+/// What the assemble phase changes in each platform manifest.
+pub fn rewrite(args: &BuildArgs, req: &BuildRequest) -> Result<xbuild_coordinator::Rewrite> {
+    Ok(xbuild_coordinator::Rewrite {
+        labels: parse_labels(&args.labels)?,
+        layers: export::image_opts(&req.outputs).layers,
+        annotations: annotations(args, &req.outputs)?,
+        base_layers: Default::default(),
+    })
 }
 
 /// Parse `--secret` specs: `id=ID[,src=FILE|,source=FILE|,env=VAR][,type=file|env]`.
@@ -202,7 +232,7 @@ mod tests {
     #[test]
     fn labels_parse_like_buildx() {
         // testLabels: --label bar=baz next to the Dockerfile's LABEL.
-        let l = super::parse_labels(&["bar=baz".into(), "a=b=c".into(), "empty".into()]);
+        let l = super::parse_labels(&["bar=baz".into(), "a=b=c".into(), "empty".into()]).unwrap();
         assert_eq!(l["bar"], "baz");
         assert_eq!(l["a"], "b=c");
         assert_eq!(l["empty"], "");

@@ -15,8 +15,8 @@
 //! - ADD unpacks local tar archives (plain or gzip, detected by content) and
 //!   downloads `http(s)://` URLs (never unpacked), verifying `--checksum`.
 
-mod add;
-mod decompress;
+pub(crate) mod add;
+pub(crate) mod decompress;
 mod dest;
 mod mode;
 
@@ -104,7 +104,7 @@ pub enum CopyError {
         /// The URL.
         url: String,
     },
-    /// Something ADD does not support (git sources).
+    /// Something ADD does not support.
     #[error("unsupported ADD source {source_ref:?}: {reason}")]
     Unsupported {
         /// The source.
@@ -138,6 +138,14 @@ pub enum CopyError {
         /// What was downloaded.
         actual: String,
     },
+    /// A git source could not be parsed or fetched.
+    #[error("ADD {url}: {message}")]
+    Git {
+        /// The source (credentials removed).
+        url: String,
+        /// What happened.
+        message: String,
+    },
     /// A local archive could not be extracted.
     #[error("extracting archive {source_path:?}: {source}")]
     Archive {
@@ -156,10 +164,12 @@ pub struct AddOptions {
     pub unpack: Option<bool>,
     /// `--checksum=sha256:...` for URL sources.
     pub checksum: Option<String>,
-    /// `--keep-git-dir` (git sources are not supported yet).
+    /// `--keep-git-dir`: keep the `.git` directory of a git source.
     pub keep_git_dir: bool,
     /// Download timeout (default 10 minutes overall, 30 s to connect).
     pub timeout: Option<Duration>,
+    /// The ssh-agent for `git@…` / `ssh://` git sources (`--ssh default`).
+    pub ssh_auth_sock: Option<PathBuf>,
 }
 
 /// One COPY or ADD.
@@ -240,9 +250,9 @@ fn is_url(s: &str) -> bool {
     l.starts_with("http://") || l.starts_with("https://")
 }
 
-fn is_git(s: &str) -> bool {
-    let l = s.to_ascii_lowercase();
-    l.starts_with("git@") || l.starts_with("git://") || l.ends_with(".git") && is_url(&l)
+/// True when ADD treats `s` as a git repository (BuildKit's URL rules).
+pub(crate) fn is_git(s: &str) -> bool {
+    matches!(crate::remote::GitRef::parse(s), Ok(Some(_)) | Err(_))
 }
 
 /// Where one source lands.
@@ -290,12 +300,6 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
     if let Some(u) = urls.first() {
         if req.add.is_none() {
             return Err(CopyError::UrlInCopy { url: u.to_string() });
-        }
-        if is_git(u) {
-            return Err(CopyError::Unsupported {
-                source_ref: u.to_string(),
-                reason: "git sources are not supported",
-            });
         }
     }
     let add = req.add.clone();
@@ -386,6 +390,10 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
     }
     for u in &urls {
         let opts = add.clone().unwrap_or_default();
+        if is_git(u) {
+            c.fetch_git(u, &opts, &dest_comps)?;
+            continue;
+        }
         let name_hint = add::url_file_name(u);
         let target = if into_dir {
             // BuildKit names a download by its URL path's last element,
