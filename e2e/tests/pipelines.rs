@@ -71,7 +71,7 @@ struct Inputs {
 }
 
 /// build-push-action's argument vector (`docker buildx` dropped).
-fn bpa_args(i: &Inputs, xb: &Xbuild) -> Vec<String> {
+fn bpa_args(i: &Inputs) -> Vec<String> {
     let mut a: Vec<String> = vec!["build".into()];
     for x in &i.annotations {
         a.extend(["--annotation".into(), x.clone()]);
@@ -97,9 +97,8 @@ fn bpa_args(i: &Inputs, xb: &Xbuild) -> Vec<String> {
     if !i.platforms.is_empty() {
         a.extend(["--platform".into(), i.platforms.join(",")]);
     }
-    // The default provenance attestation of a public repository. Attestations
-    // are issue 19's; the flag is passed when this xbuild knows it.
-    if i.provenance && !i.load && knows_flag(xb, "--attest") {
+    // The default provenance attestation of a public repository.
+    if i.provenance && !i.load {
         a.extend([
             "--attest".into(),
             format!("type=provenance,mode=max,builder-id={RUN_URL}"),
@@ -119,11 +118,6 @@ fn bpa_args(i: &Inputs, xb: &Xbuild) -> Vec<String> {
     }
     a.push(i.context.clone());
     a
-}
-
-fn knows_flag(xb: &Xbuild, flag: &str) -> bool {
-    let help = xb.run(&["build", "--help"]);
-    help.stdout.contains(&format!("{flag} "))
 }
 
 /// The platforms of an index's image manifests (attestations left out).
@@ -189,20 +183,17 @@ fn tag_push_with_metadata_action_labels_and_annotations() {
         .iter()
         .map(|t| reg.reference(&format!("{REPO}:{t}")))
         .collect();
-    let args = bpa_args(
-        &Inputs {
-            annotations: annotations(&["manifest"]),
-            iidfile: Some(iid.clone()),
-            labels: labels(),
-            provenance: true,
-            tags: tags.clone(),
-            metadata_file: Some(meta.clone()),
-            push: true,
-            context: s(ctx.path()).to_string(),
-            ..Default::default()
-        },
-        &xb,
-    );
+    let args = bpa_args(&Inputs {
+        annotations: annotations(&["manifest"]),
+        iidfile: Some(iid.clone()),
+        labels: labels(),
+        provenance: true,
+        tags: tags.clone(),
+        metadata_file: Some(meta.clone()),
+        push: true,
+        context: s(ctx.path()).to_string(),
+        ..Default::default()
+    });
     xb.run(&args).ok();
 
     // The iidfile and the metadata file name the digest the registry serves.
@@ -243,19 +234,16 @@ fn multi_platform_push_with_manifest_and_index_annotations() {
     let mut ann = annotations(&["manifest", "index"]);
     ann.push("manifest[linux/arm64]:com.example.arch=arm".into());
     ann.push("manifest-descriptor:com.example.desc=yes".into());
-    let args = bpa_args(
-        &Inputs {
-            annotations: ann,
-            iidfile: Some(iid.clone()),
-            labels: labels(),
-            platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
-            tags: vec![tag.clone()],
-            push: true,
-            context: s(ctx.path()).to_string(),
-            ..Default::default()
-        },
-        &xb,
-    );
+    let args = bpa_args(&Inputs {
+        annotations: ann,
+        iidfile: Some(iid.clone()),
+        labels: labels(),
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        tags: vec![tag.clone()],
+        push: true,
+        context: s(ctx.path()).to_string(),
+        ..Default::default()
+    });
     xb.run(&args).ok();
     let raw = testbed::skopeo_inspect_raw(&tag).unwrap();
     assert_eq!(std::fs::read_to_string(&iid).unwrap(), pushed_digest(&tag));
@@ -322,17 +310,14 @@ fn git_context_build_like_the_default_build_push_action_context() {
     let iid = tmp.path().join("iidfile");
     // The action's default context: the repository pinned to the commit.
     let tag = reg.reference(&format!("{REPO}:git"));
-    let args = bpa_args(
-        &Inputs {
-            iidfile: Some(iid.clone()),
-            labels: labels(),
-            tags: vec![tag.clone()],
-            push: true,
-            context: format!("{url}#{sha}"),
-            ..Default::default()
-        },
-        &xb,
-    );
+    let args = bpa_args(&Inputs {
+        iidfile: Some(iid.clone()),
+        labels: labels(),
+        tags: vec![tag.clone()],
+        push: true,
+        context: format!("{url}#{sha}"),
+        ..Default::default()
+    });
     xb.run(&args).ok();
     assert_eq!(std::fs::read_to_string(&iid).unwrap(), pushed_digest(&tag));
     let files = image_files(&tag);
@@ -346,16 +331,13 @@ fn git_context_build_like_the_default_build_push_action_context() {
     // (every mtime is the commit's).
     let again = reg.reference(&format!("{REPO}:git-again"));
     let fresh = Xbuild::new();
-    let args = bpa_args(
-        &Inputs {
-            labels: labels(),
-            tags: vec![again.clone()],
-            push: true,
-            context: format!("{url}#{sha}"),
-            ..Default::default()
-        },
-        &fresh,
-    );
+    let args = bpa_args(&Inputs {
+        labels: labels(),
+        tags: vec![again.clone()],
+        push: true,
+        context: format!("{url}#{sha}"),
+        ..Default::default()
+    });
     fresh.run(&args).ok();
     // Same layer bytes (the config's history times differ without
     // SOURCE_DATE_EPOCH, as for any build).
@@ -502,20 +484,17 @@ fn multi_runner_push_by_digest_then_imagetools_create() {
         let meta = tmp
             .path()
             .join(format!("meta-{}", platform.replace('/', "-")));
-        let args = bpa_args(
-            &Inputs {
-                labels: labels(),
-                outputs: vec![format!(
-                    "type=image,\"name={image}\",push-by-digest=true,name-canonical=true,push=true"
-                )],
-                platforms: vec![platform.into()],
-                provenance: true,
-                metadata_file: Some(meta.clone()),
-                context: s(ctx.path()).to_string(),
-                ..Default::default()
-            },
-            &xb,
-        );
+        let args = bpa_args(&Inputs {
+            labels: labels(),
+            outputs: vec![format!(
+                "type=image,\"name={image}\",push-by-digest=true,name-canonical=true,push=true"
+            )],
+            platforms: vec![platform.into()],
+            provenance: true,
+            metadata_file: Some(meta.clone()),
+            context: s(ctx.path()).to_string(),
+            ..Default::default()
+        });
         xb.run(&args).ok();
         let m: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
         let d = m["containerimage.digest"].as_str().unwrap().to_string();
@@ -556,15 +535,13 @@ fn multi_runner_push_by_digest_then_imagetools_create() {
     assert_eq!(pushed_digest(&latest), digest);
     let raw = testbed::skopeo_inspect_raw(&tag).unwrap();
     assert_eq!(image_platforms(&raw), ["linux/amd64", "linux/arm64"]);
-    // With the action's default provenance (when this xbuild attests), each
-    // runner's attestation manifest is carried into the merged index.
-    if knows_flag(&xb, "--attest") {
-        let att = index_platforms(&raw)
-            .iter()
-            .filter(|p| *p == "unknown/unknown")
-            .count();
-        assert_eq!(att, 2, "{raw}");
-    }
+    // With the action's default provenance, each runner's attestation
+    // manifest is carried into the merged index.
+    let att = index_platforms(&raw)
+        .iter()
+        .filter(|p| *p == "unknown/unknown")
+        .count();
+    assert_eq!(att, 2, "{raw}");
     assert_eq!(
         raw["annotations"]["org.opencontainers.image.version"],
         "1.2.3"
@@ -668,7 +645,7 @@ fn cache_to_and_from_registry_between_runners() {
     )]);
     let cache = reg.reference(&format!("{REPO}:buildcache"));
     let tag = reg.reference(&format!("{REPO}:cached"));
-    let args = |xb: &Xbuild| {
+    let args = || {
         bpa_args(
             &Inputs {
                 cache_from: vec![format!("type=registry,ref={cache}")],
@@ -680,11 +657,9 @@ fn cache_to_and_from_registry_between_runners() {
                 push: true,
                 context: s(ctx.path()).to_string(),
                 ..Default::default()
-            },
-            xb,
-        )
+            })
     };
-    let mut first_args = args(&xb);
+    let mut first_args = args();
     first_args.insert(1, "--progress=plain".into());
     let first = xb.run(&first_args).ok();
     assert_eq!(first.cached_steps(), 0, "{}", first.stderr);
@@ -702,7 +677,7 @@ fn cache_to_and_from_registry_between_runners() {
 
     // Another runner (empty state) gets every step from the registry cache.
     let other = Xbuild::new();
-    let mut second_args = args(&other);
+    let mut second_args = args();
     second_args.insert(1, "--progress=plain".into());
     let second = other.run(&second_args).ok();
     assert_eq!(second.cached_steps(), 2, "{}", second.stderr);
@@ -741,17 +716,14 @@ fn load_keeps_the_image_locally_and_says_where() {
     let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY Dockerfile /\n")]);
     let tmp = tempfile::tempdir().unwrap();
     let iid = tmp.path().join("iidfile");
-    let args = bpa_args(
-        &Inputs {
-            iidfile: Some(iid.clone()),
-            labels: labels(),
-            tags: vec!["acme/widget:local".into()],
-            load: true,
-            context: s(ctx.path()).to_string(),
-            ..Default::default()
-        },
-        &xb,
-    );
+    let args = bpa_args(&Inputs {
+        iidfile: Some(iid.clone()),
+        labels: labels(),
+        tags: vec!["acme/widget:local".into()],
+        load: true,
+        context: s(ctx.path()).to_string(),
+        ..Default::default()
+    });
     let run = xb.run_with(&args, &[("XBUILD_LOAD", "none")], None).ok();
     assert!(
         run.stderr.contains("xbuild's image store"),

@@ -298,14 +298,14 @@ fn copy_from_future_index_and_cycles_are_errors() {
     let src = "FROM scratch AS a\nCOPY --from=1 /a /a\nFROM a\n";
     let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
     assert!(e.to_string().contains("Dockerfile:2"), "{e}");
-    // COPY --from a later stage is refused outright (as BuildKit does); a
-    // RUN mount of a later stage is allowed, so a loop is still possible.
+    // A stage is read only after it is defined, as BuildKit dispatches
+    // stages in order: COPY --from and RUN --mount=from of a later stage are
+    // refused before any cycle could form (convert.go, convert_runmount.go).
     let src = "FROM scratch AS a\nRUN --mount=from=b,target=/x true\nFROM scratch AS b\nCOPY --from=a /y /y\n";
     let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
-    // BuildKit dispatches stages in order: the copy from a later stage is
-    // the error, before any cycle.
     assert!(
-        e.to_string().contains("cannot copy from stage \"b\""),
+        e.to_string()
+            .contains("cannot mount from stage \"b\" to \"/x\", stage needs to be defined before current command"),
         "{e}"
     );
 }
