@@ -15,6 +15,9 @@ PACKAGES=(
   skopeo buildah          # third-party clients that check what xbuild produces
   openssh-server openssh-client   # remote build nodes on loopback
   hyperfine               # benchmarks
+  passt                   # pasta: the network namespace of RUN steps (outbound only)
+  libseccomp-dev          # links the seccomp filter of RUN steps (libseccomp crate)
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross   # static arm64 helper of the isolation e2e test
   python3-pip             # installs spdx-tools and jsonschema (attestation validators)
   golang-go binutils      # a real Go binary and objcopy for the SBOM scanner tests
 )

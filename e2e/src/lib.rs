@@ -303,3 +303,133 @@ pub fn index_platforms(index: &serde_json::Value) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Build and push a busybox base for the host platform only.
+pub fn publish_host_base(xb: &Xbuild, reg: &Registry) -> String {
+    let ctx = tempfile::tempdir().unwrap();
+    xbuild_testbed::write_base_context(ctx.path(), &[xbuild_testbed::host_arch()]).unwrap();
+    let r = reg.reference("xbuild/busybox:host");
+    xb.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        &r,
+        "--push",
+        s(ctx.path()),
+    ])
+    .ok();
+    r
+}
+
+/// The digest of what `reference` names in the registry (sha256 of the
+/// exact manifest bytes skopeo fetches).
+pub fn pushed_digest(reference: &str) -> String {
+    let raw = xbuild_testbed::skopeo_inspect_raw_bytes(reference, None).unwrap();
+    xbuild_testbed::sha256_digest(&raw).unwrap()
+}
+
+/// Files of every layer of a single-platform image, later layers winning.
+pub fn image_files(reference: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let d = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", d.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("manifest.json")).unwrap()).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for l in m["layers"].as_array().unwrap() {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let blob = std::fs::read(d.path().join(hex)).unwrap();
+        let raw: Box<dyn std::io::Read> = if blob.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::GzDecoder::new(&blob[..]))
+        } else {
+            Box::new(&blob[..])
+        };
+        let mut ar = tar::Archive::new(raw);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            files.insert(path, data);
+        }
+    }
+    files
+}
+
+/// A `git daemon` serving `base` on 127.0.0.1, stopped on drop.
+pub struct GitDaemon {
+    child: Option<std::process::Child>,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl GitDaemon {
+    /// Start serving every repository under `base` (`--export-all`).
+    pub fn start(base: &Path) -> GitDaemon {
+        let port = xbuild_testbed::free_port();
+        let child = std::process::Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        // Wait (generously) until it accepts connections.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitDaemon {
+            child: Some(child),
+            port,
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run `git -C dir ARGS` (with a committer identity) and return its stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=ci", "-c", "user.email=ci@example.invalid"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -234,9 +234,12 @@ fn wrong_or_encrypted_keys_are_clear_errors_naming_the_host() {
     let who = format!("authentication failed for root@127.0.0.2:{}", sshd.port());
     assert!(r.stderr.contains(&who), "{}", r.stderr);
     assert!(r.stderr.contains(s(&wrong)), "{}", r.stderr);
-    assert!(sshd
-        .log()
-        .contains("Connection closed by authenticating user root"));
+    // sshd writes its log line after the client has gone: wait for it.
+    assert!(
+        wait_for_log(&sshd, "Connection closed by authenticating user root"),
+        "{}",
+        sshd.log()
+    );
 
     // A key with a passphrase: refused before connecting, with the fix.
     let locked = keys.path().join("locked");
@@ -737,5 +740,20 @@ fn a_build_sends_amd64_to_an_ssh_node_and_arm64_to_qemu_and_pushes_one_index() {
             String::from_utf8_lossy(&out.stdout)
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether `sshd`'s log shows `needle` within a few seconds (the server
+/// logs a closed connection asynchronously, after the client exited).
+fn wait_for_log(sshd: &testbed::Sshd, needle: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if sshd.log().contains(needle) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

@@ -52,17 +52,21 @@ fn contains_any(hay: &[u8], needles: &[&[u8]]) -> bool {
         .any(|n| hay.windows(n.len()).any(|w| w == *n))
 }
 
-/// The bytes of every `log` event of a rawjson stream, concatenated.
+/// The bytes of every log of a rawjson stream (BuildKit's SolveStatus
+/// lines, log data in standard base64), decoded and concatenated.
 fn rawjson_log_bytes(stream: &str) -> Vec<u8> {
+    use base64::Engine as _;
     let mut out = Vec::new();
     for line in stream.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if v["type"] == "log" {
-            for b in v["data"].as_array().into_iter().flatten() {
-                out.push(b.as_u64().unwrap_or(0) as u8);
-            }
+        for log in v["logs"].as_array().into_iter().flatten() {
+            let data = log["data"].as_str().unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap_or_else(|e| panic!("log data {data:?} is not base64: {e}"));
+            out.extend_from_slice(&bytes);
         }
     }
     out

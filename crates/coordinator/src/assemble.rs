@@ -27,6 +27,9 @@ pub struct AssembleOptions<'a> {
     pub docker_media_types: bool,
     /// Hooks over the OCI manifests.
     pub hooks: Vec<&'a dyn AssembleHook>,
+    /// Labels, layer compression and manifest annotations, applied to each
+    /// platform manifest before the hooks.
+    pub rewrite: crate::rewrite::Rewrite,
     /// Attestations to attach, if any.
     pub attestations: Option<Attach<'a>>,
 }
@@ -92,7 +95,10 @@ pub fn assemble(
     done: &[PlatformResult],
     opts: &AssembleOptions<'_>,
 ) -> Result<Assembled> {
-    let mut manifests: Vec<Descriptor> = done.iter().map(|d| d.manifest.clone()).collect();
+    let mut manifests: Vec<Descriptor> = done
+        .iter()
+        .map(|d| opts.rewrite.apply(store, &d.manifest))
+        .collect::<Result<_>>()?;
     for h in &opts.hooks {
         h.manifests(store, &mut manifests)?;
     }
@@ -127,10 +133,21 @@ pub fn assemble(
     let single = manifests.len() == 1 && opts.single_platform && entries.is_empty();
     let platforms = manifests.clone();
     manifests.extend(entries);
+    let applied = opts.rewrite.annotations.for_platform(None);
     let oci = if single {
+        // BuildKit refuses index annotations when it writes no index.
+        opts.rewrite.annotations.check_single_platform()?;
         manifests[0].clone()
-    } else {
+    } else if applied.index.is_empty() {
         xbuild_engine::image::write_index(store, &manifests)?
+    } else {
+        let mut index = xbuild_oci::ImageIndex::new_oci(manifests.clone());
+        index.annotations = applied.index.clone();
+        let enc = index
+            .encode()
+            .map_err(|e| anyhow::anyhow!("encoding the index: {e}"))?;
+        store.put_bytes(&enc.bytes)?;
+        enc.descriptor
     };
     let mut docker_referrers = Vec::new();
     let docker = if opts.docker_media_types {
@@ -141,6 +158,7 @@ pub fn assemble(
         let top = if single {
             docker[0].clone()
         } else {
+            // A Docker manifest list has no annotations.
             xbuild_engine::image::write_docker_index(store, &docker)?
         };
         Some((top, docker))

@@ -47,6 +47,11 @@ pub enum CacheSpec {
         reference: Reference,
         /// `mode=max`.
         max: bool,
+        /// `image-manifest=true`: a single-platform cache is tagged as an
+        /// image manifest rather than as an index over one manifest.
+        image_manifest: bool,
+        /// `ignore-error=true`: a failed export is a warning.
+        ignore_error: bool,
     },
     /// `type=local,dest=DIR` / `type=local,src=DIR`.
     Local {
@@ -54,6 +59,8 @@ pub enum CacheSpec {
         dir: PathBuf,
         /// `mode=max`.
         max: bool,
+        /// `ignore-error=true`: a failed export is a warning.
+        ignore_error: bool,
     },
 }
 
@@ -91,12 +98,48 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
     for k in fields.keys() {
         if !matches!(
             k.as_str(),
-            "type" | "ref" | "mode" | "dest" | "src" | "oci-mediatypes" | "ignore-error"
+            "type"
+                | "ref"
+                | "mode"
+                | "dest"
+                | "src"
+                | "oci-mediatypes"
+                | "ignore-error"
+                | "image-manifest"
+                | "compression"
+                | "compression-level"
+                | "force-compression"
         ) {
             bail!("invalid {flag} {raw:?}: unknown field {k:?}");
         }
     }
+    let flag_bool = |k: &str| -> Result<bool> {
+        match fields.get(k).map(String::as_str) {
+            None => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(v) => bail!("invalid {flag} {raw:?}: {k} must be true or false, not {v:?}"),
+        }
+    };
+    let ignore_error = flag_bool("ignore-error")?;
+    let image_manifest = flag_bool("image-manifest")?;
+    // The cache is always written with OCI media types, and its layers are
+    // the step layers as stored; the values are checked, as buildx does.
+    if fields.get("oci-mediatypes").map(String::as_str) == Some("false") && image_manifest {
+        bail!("invalid {flag} {raw:?}: image-manifest=true needs oci-mediatypes=true");
+    }
+    flag_bool("oci-mediatypes")?;
+    flag_bool("force-compression")?;
+    if let Some(c) = fields.get("compression") {
+        xbuild_oci::media_types::Compression::parse(c)
+            .map_err(|e| anyhow!("invalid {flag} {raw:?}: {e}"))?;
+    }
     match fields.get("type").map(String::as_str) {
+        Some("gha") => bail!(
+            "{flag} type=gha is not supported: xbuild has no GitHub Actions cache client; \
+             use type=registry,ref=REGISTRY/REPO:buildcache (for example on ghcr.io), \
+             or type=local with actions/cache"
+        ),
         Some("registry") => {
             let r = fields
                 .get("ref")
@@ -104,7 +147,12 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
             let reference: Reference = r
                 .parse()
                 .map_err(|e| anyhow!("invalid {flag} {raw:?}: ref {r:?}: {e}"))?;
-            Ok(CacheSpec::Registry { reference, max })
+            Ok(CacheSpec::Registry {
+                reference,
+                max,
+                image_manifest,
+                ignore_error,
+            })
         }
         Some("local") => {
             let key = if to { "dest" } else { "src" };
@@ -114,6 +162,7 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
             Ok(CacheSpec::Local {
                 dir: PathBuf::from(dir),
                 max,
+                ignore_error,
             })
         }
         Some(t) => bail!("invalid {flag} {raw:?}: unsupported type {t:?} (registry or local)"),
@@ -270,14 +319,34 @@ pub async fn export_cache(
             let target = g.stages[g.target].display_name();
             manifests.push(platform_manifest(engine, &g.platform, steps, &target, max)?);
         }
-        match spec {
-            CacheSpec::Registry { reference, .. } => {
-                export_registry(engine.store(), registry, reference, &manifests, events)
-                    .await
-                    .with_context(|| format!("exporting the build cache to {spec}"))?
-            }
-            CacheSpec::Local { dir, .. } => export_local(engine.store(), dir, &manifests)
-                .with_context(|| format!("exporting the build cache to {spec}"))?,
+        let (r, ignore_error) = match spec {
+            CacheSpec::Registry {
+                reference,
+                image_manifest,
+                ignore_error,
+                ..
+            } => (
+                export_registry(
+                    engine.store(),
+                    registry,
+                    reference,
+                    &manifests,
+                    *image_manifest,
+                    events,
+                )
+                .await,
+                *ignore_error,
+            ),
+            CacheSpec::Local {
+                dir, ignore_error, ..
+            } => (export_local(engine.store(), dir, &manifests), *ignore_error),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if ignore_error => events.emit(Event::Warning {
+                message: format!("exporting the build cache to {spec} failed (ignored): {e:#}"),
+            }),
+            Err(e) => return Err(e.context(format!("exporting the build cache to {spec}"))),
         }
     }
     Ok(())
@@ -308,9 +377,17 @@ async fn export_registry(
     registry: &Registry,
     r: &Reference,
     manifests: &[(Descriptor, Vec<Descriptor>)],
+    image_manifest: bool,
     events: &dyn EventSink,
 ) -> Result<()> {
     let progress = transfer(events, Transfer::Push, format!("cache {}", r.familiar()));
+    if image_manifest && manifests.len() == 1 {
+        // One platform: the tag names the cache manifest itself.
+        registry
+            .push_image(r, store, &manifests[0].0, &progress)
+            .await?;
+        return Ok(());
+    }
     for (m, _) in manifests {
         registry.push_image_untagged(r, store, m, &progress).await?;
     }
@@ -392,11 +469,22 @@ async fn read_manifest_of(
 ) -> Result<Option<(RecordsBlob, Origin)>> {
     let (index, origin) = match spec {
         CacheSpec::Registry { reference, .. } => {
-            let (bytes, _, _) = registry.fetch_manifest(reference).await?;
-            (
-                ImageIndex::from_slice(&bytes)?,
-                Origin::Registry(reference.clone()),
-            )
+            let (bytes, media_type, digest) = registry.fetch_manifest(reference).await?;
+            let index = if xbuild_oci::media_types::is_manifest(&media_type) {
+                // image-manifest=true: the tag is one platform's manifest,
+                // whose records blob says which platform.
+                let m = ImageManifest::from_slice(&bytes)?;
+                let c = registry.fetch_blob(reference, &m.config).await?;
+                let blob: RecordsBlob = serde_json::from_slice(&c)
+                    .with_context(|| format!("reading the records blob {}", m.config.digest))?;
+                let p = Platform::parse(&blob.platform)
+                    .map_err(|e| anyhow!("records blob platform {:?}: {e}", blob.platform))?;
+                let d = Descriptor::new(media_type, digest, bytes.len() as u64).with_platform(&p);
+                ImageIndex::new_oci(vec![d])
+            } else {
+                ImageIndex::from_slice(&bytes)?
+            };
+            (index, Origin::Registry(reference.clone()))
         }
         CacheSpec::Local { dir, .. } => {
             let p = dir.join("index.json");
@@ -578,9 +666,34 @@ mod tests {
             s,
             CacheSpec::Local {
                 dir: "/tmp/c".into(),
-                max: false
+                max: false,
+                ignore_error: false,
             }
         );
+        let s = parse_spec(
+            "type=registry,ref=r/a:c,mode=max,image-manifest=true,oci-mediatypes=true,\
+             compression=zstd,ignore-error=true",
+            true,
+        )
+        .unwrap();
+        assert!(matches!(
+            s,
+            CacheSpec::Registry {
+                image_manifest: true,
+                ignore_error: true,
+                max: true,
+                ..
+            }
+        ));
+        let e = parse_spec("type=gha,mode=max", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not supported") && e.contains("type=registry"),
+            "{e}"
+        );
+        assert!(parse_spec("type=registry,ref=r/a:c,ignore-error=maybe", true).is_err());
+        assert!(parse_spec("type=registry,ref=r/a:c,compression=lz4", true).is_err());
         let s = parse_spec("type=local,src=/tmp/c", false).unwrap();
         assert!(matches!(s, CacheSpec::Local { .. }));
         for bad in [

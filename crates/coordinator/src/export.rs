@@ -2,8 +2,15 @@
 //! them, and exporting a build result to them.
 //!
 //! ```text
-//! type=image[,name=REF[,REF...]][,push=true][,oci-mediatypes=false][,attest-layout=referrers]
+//! type=image[,name=REF[,REF...]][,push=true][,oci-mediatypes=false]
+//!           [,push-by-digest=true][,name-canonical=true][,store=false]
+//!           [,compression=gzip|zstd|uncompressed][,compression-level=N]
+//!           [,force-compression=true][,unpack=BOOL][,annotation[-TYPE].K=V]
+//!           [,attest-layout=buildx|referrers][,oci-artifact=true]
 //! type=registry[,name=...]          same as type=image,push=true
+//! type=docker (no dest)             load: into the local image store (and a
+//!                                   local docker or podman, by the caller)
+//! type=cacheonly                    nothing (only the cache export runs)
 //! type=oci,dest=FILE|-[,name=...]   OCI image layout tar
 //! type=docker,dest=FILE|-[,name=...] docker load archive (one platform)
 //! type=local,dest=DIR               the root filesystem (DIR/linux_amd64/... for several platforms)
@@ -36,11 +43,17 @@ pub enum OutputSpec {
         names: Vec<String>,
         /// Use OCI media types (default) or Docker's.
         oci_mediatypes: bool,
-        /// Push attestations as OCI 1.1 referrers of the platform manifests
-        /// (`attest-layout=referrers`, or BuildKit's `oci-artifact=true`)
-        /// instead of attestation manifests in the index.
-        attest_referrers: bool,
+        /// The rest of buildx's image exporter options.
+        opts: ImageOpts,
     },
+    /// `--load` / `type=docker` without `dest`: tag in the local store and
+    /// hand to a local container engine (the caller's business).
+    Load {
+        /// Names given with `name=`.
+        names: Vec<String>,
+    },
+    /// `type=cacheonly`: export nothing.
+    CacheOnly,
     /// An OCI image-layout tar.
     Oci {
         /// File, or `-` for standard output.
@@ -67,6 +80,38 @@ pub enum OutputSpec {
     },
 }
 
+/// Options of `type=image` beyond push, names and media types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageOpts {
+    /// `push-by-digest=true`: push without any tag.
+    pub push_by_digest: bool,
+    /// `name-canonical=true`: report names as `name@digest`.
+    pub name_canonical: bool,
+    /// `store=false`: do not tag the image in the local store.
+    pub store: bool,
+    /// `compression=`, `compression-level=`, `force-compression=`.
+    pub layers: Option<xbuild_oci::compress::LayerPolicy>,
+    /// `annotation[-TYPE][[PLATFORM]].K=V`.
+    pub annotations: xbuild_oci::annotation::Annotations,
+    /// Push attestations as OCI 1.1 referrers of the platform manifests
+    /// (`attest-layout=referrers`, or BuildKit's `oci-artifact=true`)
+    /// instead of attestation manifests in the index.
+    pub attest_referrers: bool,
+}
+
+impl Default for ImageOpts {
+    fn default() -> Self {
+        ImageOpts {
+            push_by_digest: false,
+            name_canonical: false,
+            store: true,
+            layers: None,
+            annotations: Default::default(),
+            attest_referrers: false,
+        }
+    }
+}
+
 impl std::fmt::Display for OutputSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -84,7 +129,19 @@ impl std::fmt::Display for OutputSpec {
             OutputSpec::Docker { dest, .. } => write!(f, "type=docker,dest={}", dest.display()),
             OutputSpec::Local { dest } => write!(f, "type=local,dest={}", dest.display()),
             OutputSpec::Tar { dest } => write!(f, "type=tar,dest={}", dest.display()),
+            OutputSpec::Load { .. } => write!(f, "type=docker"),
+            OutputSpec::CacheOnly => write!(f, "type=cacheonly"),
         }
+    }
+}
+
+/// A plain `type=image` output.
+pub fn image_output(push: bool) -> OutputSpec {
+    OutputSpec::Image {
+        push,
+        names: Vec::new(),
+        oci_mediatypes: true,
+        opts: ImageOpts::default(),
     }
 }
 
@@ -132,7 +189,9 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
     let mut names = Vec::new();
     let mut push = None;
     let mut oci_mediatypes = None;
-    let mut attest_referrers = None;
+    let mut opts = ImageOpts::default();
+    let mut image_only: Vec<String> = Vec::new();
+    let (mut compression, mut level, mut force) = (None, None, false);
     for field in split_csv(s)? {
         let field = field.trim();
         if field.is_empty() {
@@ -141,7 +200,16 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
         let (k, v) = field
             .split_once('=')
             .ok_or_else(|| anyhow!("invalid output {s:?}: {field:?} is not KEY=VALUE"))?;
-        match k.trim() {
+        let k = k.trim();
+        if opts
+            .annotations
+            .add_attr(k, v)
+            .map_err(|e| anyhow!("invalid output {s:?}: {e}"))?
+        {
+            image_only.push(k.to_string());
+            continue;
+        }
+        match k {
             "type" => kind = Some(v.to_string()),
             "dest" => dest = Some(PathBuf::from(v)),
             "name" | "names" => names.extend(
@@ -152,29 +220,71 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
             ),
             "push" => push = Some(parse_bool(s, k, v)?),
             "oci-mediatypes" => oci_mediatypes = Some(parse_bool(s, k, v)?),
-            "oci-artifact" => attest_referrers = Some(parse_bool(s, k, v)?),
+            "push-by-digest" => opts.push_by_digest = parse_bool(s, k, v)?,
+            "name-canonical" => opts.name_canonical = parse_bool(s, k, v)?,
+            "store" => opts.store = parse_bool(s, k, v)?,
+            // Unpacking into a snapshotter has no meaning without a daemon;
+            // the value is checked and the image is stored either way.
+            "unpack" => {
+                parse_bool(s, k, v)?;
+            }
+            "compression" => {
+                compression = Some(
+                    xbuild_oci::media_types::Compression::parse(v)
+                        .map_err(|e| anyhow!("invalid output {s:?}: {e}"))?,
+                )
+            }
+            "compression-level" => {
+                level = Some(v.parse::<u32>().map_err(|_| {
+                    anyhow!("invalid output {s:?}: compression-level must be a number, not {v:?}")
+                })?)
+            }
+            "force-compression" => force = parse_bool(s, k, v)?,
+            "oci-artifact" => opts.attest_referrers = parse_bool(s, k, v)?,
             "attest-layout" => {
-                attest_referrers = Some(match v {
+                opts.attest_referrers = match v {
                     "referrers" => true,
                     "buildx" | "index" => false,
                     _ => bail!(
                         "invalid output {s:?}: attest-layout must be buildx or referrers, not {v:?}"
                     ),
-                })
+                }
             }
             other => bail!(
-                "invalid output {s:?}: unknown key {other:?} (xbuild knows type, dest, name, push, oci-mediatypes, attest-layout)"
+                "invalid output {s:?}: unknown key {other:?} (xbuild knows type, dest, name, push, \
+                 oci-mediatypes, push-by-digest, name-canonical, store, unpack, compression, \
+                 compression-level, force-compression, annotation.*, attest-layout, oci-artifact)"
             ),
+        }
+        if !matches!(k, "type" | "dest" | "name" | "names") {
+            image_only.push(k.to_string());
+        }
+    }
+    if compression.is_some() || level.is_some() || force {
+        let c = compression.unwrap_or(xbuild_oci::media_types::Compression::Gzip);
+        let level = match level {
+            Some(l) => c
+                .check_level(l)
+                .map_err(|e| anyhow!("invalid output {s:?}: {e}"))?,
+            None => c.default_level(),
+        };
+        opts.layers = Some(xbuild_oci::compress::LayerPolicy {
+            compression: c,
+            level,
+            force,
+        });
+        if c == xbuild_oci::media_types::Compression::Zstd && oci_mediatypes == Some(false) {
+            bail!("invalid output {s:?}: zstd layers need oci-mediatypes=true");
         }
     }
     let kind = kind.ok_or_else(|| {
         anyhow!("invalid output {s:?}: missing type= (image, registry, oci, docker, local, tar)")
     })?;
-    let only_image = |what: &str, set: bool| -> Result<()> {
-        if set {
-            bail!("invalid output {s:?}: {what} applies to type=image only");
+    let only_image = |allowed: &[&str]| -> Result<()> {
+        match image_only.iter().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => bail!("invalid output {s:?}: {k} applies to type=image only"),
+            None => Ok(()),
         }
-        Ok(())
     };
     let need_dest = |dest: Option<PathBuf>, what: &str| -> Result<PathBuf> {
         match dest {
@@ -191,24 +301,28 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
                 push: push.unwrap_or(false) || kind == "registry",
                 names,
                 oci_mediatypes: oci_mediatypes.unwrap_or(true),
-                attest_referrers: attest_referrers.unwrap_or(false),
+                opts,
             })
         }
+        "docker" if dest.is_none() => {
+            only_image(&[])?;
+            Ok(OutputSpec::Load { names })
+        }
         "oci" | "docker" => {
-            only_image("push", push.is_some())?;
-            only_image("oci-mediatypes", oci_mediatypes.is_some())?;
-            only_image("attest-layout", attest_referrers.is_some())?;
-            let dest = need_dest(dest, "FILE (xbuild has no daemon to load into; use type=image to keep the image in the local store)")?;
+            only_image(&[])?;
+            let dest = need_dest(dest, "FILE")?;
             Ok(if kind == "oci" {
                 OutputSpec::Oci { dest, names }
             } else {
                 OutputSpec::Docker { dest, names }
             })
         }
+        "cacheonly" => {
+            only_image(&[])?;
+            Ok(OutputSpec::CacheOnly)
+        }
         "local" | "tar" => {
-            only_image("push", push.is_some())?;
-            only_image("oci-mediatypes", oci_mediatypes.is_some())?;
-            only_image("attest-layout", attest_referrers.is_some())?;
+            only_image(&[])?;
             if !names.is_empty() {
                 bail!("invalid output {s:?}: type={kind} takes no name");
             }
@@ -224,16 +338,18 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
                 })
             }
         }
+        "gha" => bail!("invalid output {s:?}: type=gha is a cache backend, not an output"),
         other => bail!(
-            "invalid output {s:?}: unknown type {other:?} (image, registry, oci, docker, local, tar)"
+            "invalid output {s:?}: unknown type {other:?} (image, registry, oci, docker, local, tar, cacheonly)"
         ),
     }
 }
 
 /// All outputs of a build: each `--output`, with `--push` meaning
-/// `type=image,push=true` (merged into an image output if there is one).
-/// Without any, the image is kept in the local store (`type=image`).
-pub fn outputs_from_args(outputs: &[String], push: bool) -> Result<Vec<OutputSpec>> {
+/// `type=image,push=true` (merged into an image output if there is one) and
+/// `--load` meaning `type=docker` (unless one is given). Without any, the
+/// image is kept in the local store (`type=image`).
+pub fn outputs_from_args(outputs: &[String], push: bool, load: bool) -> Result<Vec<OutputSpec>> {
     let mut specs = outputs
         .iter()
         .map(|o| parse_output(o))
@@ -244,21 +360,18 @@ pub fn outputs_from_args(outputs: &[String], push: bool) -> Result<Vec<OutputSpe
             .find(|s| matches!(s, OutputSpec::Image { .. }))
         {
             Some(OutputSpec::Image { push, .. }) => *push = true,
-            _ => specs.push(OutputSpec::Image {
-                push: true,
-                names: Vec::new(),
-                oci_mediatypes: true,
-                attest_referrers: false,
-            }),
+            _ => specs.push(image_output(true)),
         }
     }
+    if load
+        && !specs
+            .iter()
+            .any(|s| matches!(s, OutputSpec::Load { .. } | OutputSpec::Docker { .. }))
+    {
+        specs.push(OutputSpec::Load { names: Vec::new() });
+    }
     if specs.is_empty() {
-        specs.push(OutputSpec::Image {
-            push: false,
-            names: Vec::new(),
-            oci_mediatypes: true,
-            attest_referrers: false,
-        });
+        specs.push(image_output(false));
     }
     Ok(specs)
 }
@@ -268,6 +381,24 @@ pub fn outputs_from_args(outputs: &[String], push: bool) -> Result<Vec<OutputSpe
 pub struct Exported {
     /// Pushed images, `name@digest`.
     pub pushed: Vec<String>,
+    /// The names the image was exported under (`name@digest` with
+    /// `name-canonical=true`), for the metadata file's `image.name`.
+    pub names: Vec<String>,
+    /// `--load`: the image and its names, for the caller to hand to a
+    /// local container engine.
+    pub load: Option<(Descriptor, Vec<String>)>,
+}
+
+/// The image options of the first `type=image` output (compression and
+/// annotations are applied once, when the image is assembled).
+pub fn image_opts(outputs: &[OutputSpec]) -> ImageOpts {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            OutputSpec::Image { opts, .. } => Some(opts.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// Phase 5: write every output of `outputs` (tags in the store, archives,
@@ -281,7 +412,12 @@ pub async fn export(
     tags: &[String],
     events: &dyn EventSink,
 ) -> Result<Exported> {
-    let mut pushed = Vec::new();
+    let mut out = Exported::default();
+    let add_name = |out: &mut Exported, n: String| {
+        if !out.names.contains(&n) {
+            out.names.push(n);
+        }
+    };
     for spec in outputs {
         let oci = !matches!(
             spec,
@@ -291,20 +427,59 @@ pub async fn export(
             }
         );
         let (top, manifests) = assembled.for_output(oci);
-        if let OutputSpec::Image {
-            push: true, names, ..
-        } = spec
-        {
-            let mut all = tags.to_vec();
-            all.extend(names.iter().cloned());
-            for name in all {
-                let r: Reference = name
-                    .parse()
-                    .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
-                push(registry, &r, store, top, manifests, events).await?;
-                push_referrers(registry, &r, store, assembled.referrers_for_output(oci)).await?;
-                pushed.push(format!("{}@{}", r.familiar(), top.digest));
+        match spec {
+            OutputSpec::Image {
+                push: do_push,
+                names,
+                opts,
+                ..
+            } => {
+                let mut all = tags.to_vec();
+                all.extend(names.iter().cloned());
+                for name in all {
+                    let r: Reference = name
+                        .parse()
+                        .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
+                    // Without a tag (push-by-digest) the name is the repository.
+                    let plain = if opts.push_by_digest {
+                        r.name()
+                    } else {
+                        r.to_string()
+                    };
+                    let shown = if opts.name_canonical {
+                        format!("{}@{}", r.name(), top.digest)
+                    } else {
+                        plain
+                    };
+                    add_name(&mut out, shown);
+                    if *do_push {
+                        if opts.push_by_digest {
+                            push_by_digest(registry, &r, store, top, manifests, events).await?;
+                            out.pushed.push(format!("{}@{}", r.name(), top.digest));
+                        } else {
+                            push(registry, &r, store, top, manifests, events).await?;
+                            out.pushed.push(format!("{}@{}", r.familiar(), top.digest));
+                        }
+                        push_referrers(registry, &r, store, assembled.referrers_for_output(oci))
+                            .await?;
+                    }
+                }
             }
+            OutputSpec::Load { names } => {
+                let mut all = tags.to_vec();
+                for n in names {
+                    if !all.contains(n) {
+                        all.push(n.clone());
+                    }
+                }
+                for n in &all {
+                    if let Ok(r) = n.parse::<Reference>() {
+                        add_name(&mut out, r.to_string());
+                    }
+                }
+                out.load = Some((top.clone(), all));
+            }
+            _ => {}
         }
         // Tags go into the local store only once every push of this output
         // succeeded: a failed push leaves `xbuild images` as it was.
@@ -318,7 +493,45 @@ pub async fn export(
                 .with_context(|| format!("writing attestations to {}", dest.display()))?;
         }
     }
-    Ok(Exported { pushed })
+    Ok(out)
+}
+
+/// Push `top` to `r`'s repository by digest only: every blob and manifest,
+/// and no tag (`push-by-digest=true`).
+pub async fn push_by_digest(
+    registry: &Registry,
+    r: &Reference,
+    store: &BlobStore,
+    top: &Descriptor,
+    manifests: &[Descriptor],
+    events: &dyn EventSink,
+) -> Result<()> {
+    let label = r.name();
+    let progress = |p: Progress| {
+        events.emit(Event::Bytes {
+            id: None,
+            kind: Transfer::Push,
+            label: format!("{label} {}", p.digest.short()),
+            current: p.current,
+            total: Some(p.total),
+        });
+    };
+    let is_index = manifests.len() > 1 || top.digest != manifests[0].digest;
+    let by_digest = r.with_digest(top.digest.clone());
+    for d in manifests {
+        registry
+            .push_image_untagged(&by_digest, store, d, &progress)
+            .await
+            .with_context(|| format!("pushing {} to {}", d.digest, r.name()))?;
+    }
+    if is_index {
+        let bytes = store.read_to_vec(&top.digest)?;
+        registry
+            .push_manifest_bytes(&by_digest, &bytes, &top.media_type)
+            .await
+            .with_context(|| format!("pushing the index to {}", r.name()))?;
+    }
+    Ok(())
 }
 
 /// Push each referrer artifact (attestations in the referrers layout) to
@@ -508,9 +721,18 @@ pub fn export_output(
     // No GC may delete the result while it is being exported.
     let _lock = store.shared_lock()?;
     match spec {
-        OutputSpec::Image { names: extra, .. } => {
+        OutputSpec::Image {
+            names: extra, opts, ..
+        } => {
+            // Names without a tag (push-by-digest) are not store tags.
+            if opts.store && !opts.push_by_digest {
+                tag(store, result, &all(extra))?;
+            }
+        }
+        OutputSpec::Load { names: extra } => {
             tag(store, result, &all(extra))?;
         }
+        OutputSpec::CacheOnly => {}
         OutputSpec::Oci { dest, names: extra } => {
             let names = all(extra);
             write_dest(dest, |w| {
@@ -653,7 +875,7 @@ mod tests {
                 push: true,
                 names: vec!["a:1".into(), "b:2".into()],
                 oci_mediatypes: true,
-                attest_referrers: false
+                opts: ImageOpts::default(),
             }
         );
         assert_eq!(
@@ -662,7 +884,7 @@ mod tests {
                 push: true,
                 names: vec![],
                 oci_mediatypes: false,
-                attest_referrers: false
+                opts: ImageOpts::default(),
             }
         );
         for spec in [
@@ -671,10 +893,7 @@ mod tests {
         ] {
             assert!(matches!(
                 parse_output(spec).unwrap(),
-                OutputSpec::Image {
-                    attest_referrers: true,
-                    ..
-                }
+                OutputSpec::Image { opts, .. } if opts.attest_referrers
             ));
         }
         assert_eq!(
@@ -685,8 +904,45 @@ mod tests {
             parse_output("-").unwrap(),
             OutputSpec::Tar { dest: "-".into() }
         );
+        assert_eq!(
+            parse_output("type=docker").unwrap(),
+            OutputSpec::Load { names: vec![] }
+        );
+        assert_eq!(
+            parse_output("type=cacheonly").unwrap(),
+            OutputSpec::CacheOnly
+        );
+        let OutputSpec::Image {
+            push, names, opts, ..
+        } = parse_output(
+            "type=image,\"name=r/app\",push-by-digest=true,name-canonical=true,push=true,\
+             compression=zstd,compression-level=9,force-compression=true,unpack=false,\
+             store=false,annotation-index.k=v,annotation.m=1",
+        )
+        .unwrap()
+        else {
+            panic!("image output expected")
+        };
+        assert!(push && opts.push_by_digest && opts.name_canonical && !opts.store);
+        assert_eq!(names, ["r/app"]);
+        let l = opts.layers.unwrap();
+        assert_eq!(l.compression, xbuild_oci::media_types::Compression::Zstd);
+        assert_eq!((l.level, l.force), (9, true));
+        let a = opts.annotations.for_platform(None);
+        assert_eq!(a.index["k"], "v");
+        assert_eq!(a.manifest["m"], "1");
         for (bad, needle) in [
-            ("type=docker", "needs dest"),
+            ("type=image,compression=lz4", "unknown compression"),
+            (
+                "type=image,compression=gzip,compression-level=12",
+                "out of range",
+            ),
+            (
+                "type=image,compression=zstd,oci-mediatypes=false",
+                "need oci-mediatypes",
+            ),
+            ("type=oci,dest=x,compression=zstd", "type=image only"),
+            ("type=local,dest=x,annotation.k=v", "type=image only"),
             ("type=local", "needs dest=DIR"),
             ("type=oci,dest=x,push=true", "type=image only"),
             ("type=zip,dest=x", "unknown type"),
@@ -819,14 +1075,18 @@ mod tests {
 
     #[test]
     fn push_flag() {
-        let v = outputs_from_args(&[], true).unwrap();
+        let v = outputs_from_args(&[], true, false).unwrap();
         assert!(matches!(v[..], [OutputSpec::Image { push: true, .. }]));
-        let v = outputs_from_args(&["type=image,name=x".into()], true).unwrap();
+        let v = outputs_from_args(&["type=image,name=x".into()], true, false).unwrap();
         assert_eq!(v.len(), 1);
         assert!(matches!(&v[0], OutputSpec::Image { push: true, names, .. } if names == &["x"]));
-        let v = outputs_from_args(&["type=oci,dest=f".into()], true).unwrap();
+        let v = outputs_from_args(&["type=oci,dest=f".into()], true, false).unwrap();
         assert_eq!(v.len(), 2);
-        let v = outputs_from_args(&[], false).unwrap();
+        let v = outputs_from_args(&[], false, false).unwrap();
         assert!(matches!(v[..], [OutputSpec::Image { push: false, .. }]));
+        let v = outputs_from_args(&[], false, true).unwrap();
+        assert!(matches!(v[..], [OutputSpec::Load { .. }]));
+        let v = outputs_from_args(&["type=docker,dest=f".into()], false, true).unwrap();
+        assert_eq!(v.len(), 1);
     }
 }

@@ -198,6 +198,8 @@ impl Merged {
         let platform = count.iter().max_by_key(|(_, n)| *n)?.0.clone();
         Some(SharedGraph {
             graph: BuildGraph {
+                // Every target graph of one build carries the same `--allow`.
+                entitlements: graphs[units[0].1].entitlements,
                 platform,
                 build_platform: graphs[units[0].1].build_platform.clone(),
                 target: stages.len() - 1,
@@ -205,6 +207,7 @@ impl Merged {
                 unused_build_args: Vec::new(),
                 warnings: Vec::new(),
                 project: graphs[units[0].1].project.clone(),
+                labels: graphs[units[0].1].labels.clone(),
             },
             stages: served,
         })

@@ -18,7 +18,7 @@ pub struct Planned {
 /// the session's registry, or the local store unless `req.pull`).
 pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
     let engine = session.open_engine("local")?;
-    let graphs = crate::resolve::plan_resolved(
+    let mut graphs = crate::resolve::plan_resolved(
         &req.dockerfile,
         &req.plan,
         &req.platforms,
@@ -27,7 +27,9 @@ pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
         req.pull,
     )
     .await?;
-    let mut graphs = graphs;
+    for g in &mut graphs {
+        g.labels = req.labels.clone();
+    }
     let project = project_id(req);
     graphs.iter_mut().for_each(|g| g.project = project.clone());
     let warnings = graphs

@@ -2,6 +2,7 @@
 
 use crate::cache_io::CacheSpec;
 use crate::export::OutputSpec;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xbuild_engine::Secrets;
 use xbuild_oci::Platform;
@@ -50,6 +51,8 @@ pub struct BuildRequest {
     pub pull: bool,
     /// `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: Option<i64>,
+    /// `--label KEY=VALUE`: labels of the final image.
+    pub labels: BTreeMap<String, String>,
     /// Attestations to attach (`--attest`, `--provenance`, `--sbom`, after
     /// buildx's defaults).
     pub attest: xbuild_attest::options::Resolved,

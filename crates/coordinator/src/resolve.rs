@@ -144,6 +144,21 @@ impl ImageResolver for Recorder {
     }
 }
 
+/// Answers from images resolved so far and records the others.
+struct KnownOrRecord<'a> {
+    known: &'a HashMap<(String, Platform), Result<ResolvedImage, String>>,
+    missing: &'a mut Recorder,
+}
+
+impl ImageResolver for KnownOrRecord<'_> {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        match self.known.get(&(reference.to_string(), platform.clone())) {
+            Some(r) => r.clone(),
+            None => self.missing.resolve(reference, platform),
+        }
+    }
+}
+
 /// Answers from images resolved up front.
 struct Resolved(HashMap<(String, Platform), Result<ResolvedImage, String>>);
 
@@ -249,7 +264,26 @@ pub async fn plan_resolved(
     for p in platforms {
         xbuild_plan::plan_source(&df.text, p, opts, &mut rec)?;
     }
-    let mut resolved = Resolved(resolve_images(registry, store, &rec.0, pull).await);
+    let mut known = resolve_images(registry, store, &rec.0, pull).await;
+    // ONBUILD triggers of a base image can name images the Dockerfile never
+    // does (`ONBUILD COPY --from=other-image`); they only show once that
+    // base is resolved, so plan again until no new image turns up.
+    for _ in 0..8 {
+        let mut more = Recorder::default();
+        for p in platforms {
+            let mut r = KnownOrRecord {
+                known: &known,
+                missing: &mut more,
+            };
+            // Errors show in the final planning below.
+            let _ = xbuild_plan::plan_source(&df.text, p, opts, &mut r);
+        }
+        if more.0.is_empty() {
+            break;
+        }
+        known.extend(resolve_images(registry, store, &more.0, pull).await);
+    }
+    let mut resolved = Resolved(known);
     let mut graphs = Vec::new();
     for p in platforms {
         graphs.push(xbuild_plan::plan_source(&df.text, p, opts, &mut resolved)?);
@@ -284,4 +318,48 @@ pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine> {
     };
     Engine::open(cfg)
         .with_context(|| format!("opening the xbuild state directory {}", root.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onbuild_images_of_a_resolved_base_are_found_in_a_second_round() {
+        // testOnBuildNewDeps: the base's ONBUILD names another image.
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let src = "FROM base.example/onbuild:1 AS b\nRUN true\n";
+        let opts = PlanOptions {
+            file: "Dockerfile".into(),
+            target: None,
+            build_args: Default::default(),
+            build_platform: amd64.clone(),
+            network: Default::default(),
+            allow: Default::default(),
+            image_aliases: Default::default(),
+            extra_hosts: Vec::new(),
+            shm_size: None,
+        };
+        let mut rec = Recorder::default();
+        xbuild_plan::plan_source(src, &amd64, &opts, &mut rec).unwrap();
+        assert_eq!(rec.0.len(), 1);
+        let mut known = HashMap::new();
+        known.insert(
+            rec.0[0].clone(),
+            Ok(ResolvedImage {
+                digest: None,
+                config: BaseConfig {
+                    onbuild: vec!["COPY --from=other.example/tool:2 /t /t".into()],
+                    ..BaseConfig::default()
+                },
+            }),
+        );
+        let mut more = Recorder::default();
+        let mut r = KnownOrRecord {
+            known: &known,
+            missing: &mut more,
+        };
+        let _ = xbuild_plan::plan_source(src, &amd64, &opts, &mut r);
+        assert_eq!(more.0, vec![("other.example/tool:2".to_string(), amd64)]);
+    }
 }

@@ -188,6 +188,7 @@ fn request(platforms: &[&str]) -> BuildRequest {
         node_pins: Vec::new(),
         no_cache: false,
         no_cache_filter: Vec::new(),
+        labels: Default::default(),
         pull: false,
         source_date_epoch: None,
         attest: Default::default(),

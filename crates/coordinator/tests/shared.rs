@@ -131,6 +131,7 @@ fn request(text: &str, platforms: &[&str]) -> BuildRequest {
         no_cache_filter: Vec::new(),
         pull: false,
         source_date_epoch: None,
+        labels: Default::default(),
         attest: Default::default(),
     }
 }

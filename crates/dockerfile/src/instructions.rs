@@ -153,6 +153,11 @@ pub struct Mount {
     pub env: Option<String>,
     /// `size=` for tmpfs mounts, in bytes.
     pub size: Option<u64>,
+    /// The spec as written. Values that hold a variable (`type=$T`,
+    /// `mode=$M`) are only interpreted once expanded: planning parses the
+    /// spec again with [`parse_mount_with`].
+    #[serde(default)]
+    pub spec: String,
 }
 
 /// `RUN` with its flags.
@@ -308,6 +313,13 @@ impl<'a> Flags<'a> {
                 None => (body.to_string(), None),
             };
             if !allowed.contains(&name.as_str()) {
+                if let Some(m) = crate::suggest::suggest(&name, allowed, true) {
+                    return Err(err(
+                        node,
+                        file,
+                        format!("unknown flag: --{name} (did you mean {m}?)"),
+                    ));
+                }
                 let hint = if allowed.is_empty() {
                     format!("{} takes no flags", node.keyword.to_uppercase())
                 } else {
@@ -473,8 +485,63 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Parse one `RUN --mount=` value.
+/// Parse one `RUN --mount=` value as written. A value holding a variable
+/// is left for [`parse_mount_with`] at planning time, except `from=`, which
+/// BuildKit refuses to expand (testMountFromError).
 pub fn parse_mount(spec: &str) -> Result<Mount, String> {
+    for f in split_csv(spec)? {
+        if let Some((k, v)) = f.trim().split_once('=') {
+            if k.trim().eq_ignore_ascii_case("from") {
+                if let Some(i) = v.find('$') {
+                    if i + 1 != v.len() {
+                        return Err(
+                            "'from' doesn't support variable expansion, define alias stage instead"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    parse_mount_inner(spec, &mut |v: &str| Ok(v.to_string()), true)
+}
+
+/// Parse one `RUN --mount=` value, each value passed through `expand`
+/// first (BuildKit expands every mount option: `type=$MNT_TYPE`,
+/// testMountArg).
+pub fn parse_mount_with(
+    spec: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Mount, String> {
+    parse_mount_inner(spec, expand, false)
+}
+
+fn parse_mount_inner(
+    spec: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, String>,
+    defer_vars: bool,
+) -> Result<Mount, String> {
+    let mut deferred = false;
+    let mut fields = Vec::new();
+    for f in split_csv(spec)? {
+        let f = f.trim().to_string();
+        match f.split_once('=') {
+            Some((_, v)) if defer_vars && v.contains('$') => {
+                // Interpreted once expanded; `type` keeps its default.
+                deferred = true;
+            }
+            Some((k, v)) => fields.push(format!("{k}={}", expand(v)?)),
+            None => fields.push(f),
+        }
+    }
+    let mut m = parse_mount_fields(&fields, deferred)?;
+    m.spec = spec.to_string();
+    Ok(m)
+}
+
+/// Interprets already expanded `key=value` fields; `partial`: some fields
+/// are still to come (skip the checks of the whole spec).
+fn parse_mount_fields(fields: &[String], partial: bool) -> Result<Mount, String> {
     let mut m = Mount {
         kind: MountType::Bind,
         target: None,
@@ -489,10 +556,10 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
         required: None,
         env: None,
         size: None,
+        spec: String::new(),
     };
-    let fields = split_csv(spec)?;
     // `type` may appear anywhere; find it first so later keys can be checked against it.
-    for f in &fields {
+    for f in fields {
         if let Some(v) = f.trim().strip_prefix("type=") {
             m.kind = match v.to_ascii_lowercase().as_str() {
                 "bind" => MountType::Bind,
@@ -500,7 +567,12 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
                 "tmpfs" => MountType::Tmpfs,
                 "secret" => MountType::Secret,
                 "ssh" => MountType::Ssh,
-                other => return Err(format!("unsupported mount type {other:?}")),
+                other => {
+                    return Err(format!(
+                        "unsupported mount type {other:?}{}",
+                        crate::suggest::hint(other, MOUNT_TYPES, true)
+                    ))
+                }
             };
         }
     }
@@ -581,8 +653,16 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
                 let v = need(value)?;
                 m.size = Some(parse_size(&v).ok_or_else(|| format!("invalid size {v:?}"))?);
             }
-            other => return Err(format!("unexpected key {other:?} in mount spec")),
+            other => {
+                return Err(format!(
+                    "unexpected key '{other}' in '{f}'{}",
+                    crate::suggest::hint(other, MOUNT_KEYS, true)
+                ))
+            }
         }
+    }
+    if partial {
+        return Ok(m);
     }
     if m.kind != MountType::Secret && m.kind != MountType::Ssh && m.target.is_none() {
         return Err("mount target is required (target=PATH)".into());
@@ -635,6 +715,54 @@ fn valid_stage_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
+
+/// Every Dockerfile instruction (for "did you mean" hints).
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// `RUN --mount` types.
+const MOUNT_TYPES: &[&str] = &["bind", "cache", "tmpfs", "secret", "ssh"];
+
+/// `RUN --mount` keys.
+const MOUNT_KEYS: &[&str] = &[
+    "type",
+    "from",
+    "source",
+    "src",
+    "target",
+    "dst",
+    "destination",
+    "readonly",
+    "ro",
+    "readwrite",
+    "rw",
+    "id",
+    "sharing",
+    "mode",
+    "uid",
+    "gid",
+    "required",
+    "env",
+    "size",
+];
 
 /// Convert one raw node into a typed instruction.
 pub fn from_node(node: &Node, file: &str) -> Result<Instruction, InstructionError> {
@@ -918,12 +1046,24 @@ pub fn from_node(node: &Node, file: &str) -> Result<Instruction, InstructionErro
                 _ => {}
             }
             let trigger = from_node(inner, file)?;
-            let text = node
+            let mut text = node
                 .original
                 .trim_start()
                 .get("onbuild".len()..)
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|| inner.original.clone());
+            // Heredoc bodies belong to the trigger: stored after its line,
+            // each followed by its delimiter (BuildKit, testOnBuildHeredoc).
+            let docs = if inner.heredocs.is_empty() {
+                &node.heredocs
+            } else {
+                &inner.heredocs
+            };
+            for h in docs {
+                text.push('\n');
+                text.push_str(&h.content);
+                text.push_str(&h.name);
+            }
             Kind::Onbuild {
                 trigger: Box::new(trigger),
                 text,
@@ -934,7 +1074,11 @@ pub fn from_node(node: &Node, file: &str) -> Result<Instruction, InstructionErro
                 file: file.to_string(),
                 line: node.span.start_line,
                 instruction: other.to_uppercase(),
-                message: format!("unknown instruction: {}", other.to_uppercase()),
+                message: format!(
+                    "unknown instruction: {}{}",
+                    other.to_uppercase(),
+                    crate::suggest::hint(&other.to_uppercase(), INSTRUCTIONS, false)
+                ),
             })
         }
     };
@@ -992,6 +1136,48 @@ mod tests {
     }
 
     #[test]
+    fn onbuild_heredoc_keeps_its_body() {
+        // dockerfile_heredoc_test.go testOnBuildHeredoc
+        let src = "FROM busybox\nONBUILD RUN <<EOF\necho \"hello world\" >> /dest\nEOF\n";
+        let doc = crate::parse(src, "Dockerfile").unwrap();
+        let df = from_document(&doc, "Dockerfile").unwrap();
+        let Kind::Onbuild { text, .. } = &df.instructions[1].kind else {
+            panic!("not ONBUILD: {:?}", df.instructions[1].kind);
+        };
+        assert_eq!(text, "RUN <<EOF\necho \"hello world\" >> /dest\nEOF");
+    }
+
+    #[test]
+    fn misspellings_get_buildkit_hints() {
+        // testMountInvalid, testDockerfileInvalidInstruction.
+        assert_eq!(
+            parse_mount("typ=tmpfs").unwrap_err(),
+            "unexpected key 'typ' in 'typ=tmpfs' (did you mean type?)"
+        );
+        assert_eq!(
+            parse_mount("type=tmp,target=/t").unwrap_err(),
+            "unsupported mount type \"tmp\" (did you mean tmpfs?)"
+        );
+        let doc = crate::parse(
+            "FROM scratch\nRUN --mont=target=/x true\nFNTRYPOINT x\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let e = from_node(&doc.nodes[1], "Dockerfile").unwrap_err();
+        assert!(
+            e.message
+                .contains("unknown flag: --mont (did you mean mount?)"),
+            "{}",
+            e.message
+        );
+        let e = from_node(&doc.nodes[2], "Dockerfile").unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"
+        );
+    }
+
+    #[test]
     fn mounts() {
         let m = parse_mount("type=cache,target=/root/.cache,sharing=locked,id=go").unwrap();
         assert_eq!(m.kind, MountType::Cache);
@@ -1013,6 +1199,27 @@ mod tests {
             (Some(0o700), Some(1000), Some(1000))
         );
         assert!(parse_mount("type=bind").is_err());
+        // dockerfile_mount_test.go testMountFromError
+        let e = parse_mount("from=$ttt,type=cache,target=/tmp").unwrap_err();
+        assert!(
+            e.contains("'from' doesn't support variable expansion"),
+            "{e}"
+        );
+        // testMountArg: a variable is interpreted once expanded.
+        let m = parse_mount("type=$MNT_TYPE,target=/mycache2").unwrap();
+        assert_eq!(m.spec, "type=$MNT_TYPE,target=/mycache2");
+        let mut vars = |v: &str| Ok(v.replace("$MNT_TYPE", "cache").replace("$M", "0700"));
+        let m = parse_mount_with(&m.spec, &mut vars).unwrap();
+        assert_eq!(
+            (m.kind, m.target.as_deref()),
+            (MountType::Cache, Some("/mycache2"))
+        );
+        let m = parse_mount_with("type=cache,target=/c,mode=$M", &mut vars).unwrap();
+        assert_eq!(m.mode, Some(0o700));
+        let mut bad = |v: &str| Ok(v.replace("$T", "tmp"));
+        assert!(parse_mount_with("type=$T,target=/x", &mut bad)
+            .unwrap_err()
+            .contains("unsupported mount type"));
         assert!(parse_mount("type=nfs,target=/x").is_err());
         assert!(parse_mount("target=/x,bogus=1").is_err());
         assert!(parse_mount("type=bind,target=/x,sharing=locked").is_err());

@@ -12,6 +12,7 @@ pub mod ignore;
 pub mod instructions;
 pub mod parser;
 pub mod shell;
+pub mod suggest;
 
 pub use ast::{Directives, Document, Heredoc, Node, Position, Span};
 pub use parser::{parse, ParseError};

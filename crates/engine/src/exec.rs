@@ -14,9 +14,9 @@ use std::path::{Component, Path, PathBuf};
 
 use fs2::FileExt;
 use xbuild_dockerfile::instructions::{MountType, Sharing};
-use xbuild_plan::{ExecMount, ExecOp, Network};
+use xbuild_plan::{Entitlements, ExecMount, ExecOp, Network};
 use xbuild_sandbox::{
-    Executor, LinuxExecutor, MountKind, MountSpec, NetworkMode, OutputStream, ProcessSpec,
+    Confine, Executor, LinuxExecutor, MountKind, MountSpec, NetworkMode, OutputStream, ProcessSpec,
     RunResult, SandboxError,
 };
 
@@ -54,9 +54,15 @@ pub enum ExecError {
         source: io::Error,
     },
     /// A required secret was not given.
-    #[error("secret {id} not found (pass it with --secret id={id},src=FILE)")]
+    #[error("secret {id}: not found (pass it with --secret id={id},src=FILE)")]
     SecretMissing {
         /// The secret id.
+        id: String,
+    },
+    /// A required ssh agent was not given.
+    #[error("ssh agent {id:?} not found (pass it with --ssh {id}[=SOCKET]; `--ssh default` uses $SSH_AUTH_SOCK)")]
+    SshMissing {
+        /// The ssh id.
         id: String,
     },
     /// A mount kind this engine does not provide.
@@ -65,6 +71,14 @@ pub enum ExecError {
     /// A bind mount from the context was asked for, with no local context.
     #[error("RUN --mount=type=bind from the build context needs a local context directory")]
     NoContext,
+    /// The step asks for more than the build allows.
+    #[error("{what} needs the {entitlement} entitlement: pass --allow {entitlement}")]
+    NotAllowed {
+        /// `RUN --network=host`, ...
+        what: &'static str,
+        /// buildx's name of the entitlement.
+        entitlement: &'static str,
+    },
     /// A mount source does not exist.
     #[error("mount source {source_path:?} does not exist in {from}")]
     SourceMissing {
@@ -125,6 +139,14 @@ pub struct ExecPlan {
     pub sources: Vec<MountSource>,
     /// Per mount of `op.mounts`: the secret value, for secret mounts.
     pub secrets: Vec<Option<Vec<u8>>>,
+    /// What the build allows (`--allow`), checked before the step runs.
+    pub allow: Entitlements,
+    /// Per mount of `op.mounts`: the ssh-agent socket, for ssh mounts.
+    pub ssh: Vec<Option<PathBuf>>,
+    /// Per mount of `op.mounts`: a cache mount that starts empty (its first
+    /// use under `--no-cache`/`--no-cache-filter`; what it holds afterwards
+    /// replaces the old contents, as in BuildKit).
+    pub fresh_caches: Vec<bool>,
 }
 
 impl Drop for ExecPlan {
@@ -143,6 +165,7 @@ pub(crate) struct Setup {
     pub(crate) locks: Vec<File>,
     pub(crate) scratches: Vec<Scratch>,
     pub(crate) views: Vec<copyfs::Materialized>,
+    pub(crate) ssh: Vec<crate::sshproxy::SshProxy>,
 }
 
 impl Drop for Setup {
@@ -151,6 +174,7 @@ impl Drop for Setup {
             drop(m);
         }
         self.locks.clear();
+        self.ssh.clear();
         self.scratches.clear();
         self.views.clear();
     }
@@ -269,15 +293,28 @@ pub fn run(
     log: &mut dyn FnMut(OutputStream, &[u8]),
 ) -> Result<RunResult, ExecError> {
     let op = &plan.op;
+    if op.network == Network::Host && !plan.allow.network_host {
+        return Err(ExecError::NotAllowed {
+            what: "RUN --network=host",
+            entitlement: "network.host",
+        });
+    }
+    if op.insecure && !plan.allow.security_insecure {
+        return Err(ExecError::NotAllowed {
+            what: "RUN --security=insecure",
+            entitlement: "security.insecure",
+        });
+    }
     let mut setup = Setup::default();
     let files = Scratch::new(&env.tmp_dir)?;
+    let hostname = op.hostname.as_deref().unwrap_or(HOSTNAME);
     let hosts = files.path().join("hosts");
-    write_file(
-        &hosts,
-        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-            .as_bytes(),
-        0o644,
-    )?;
+    let mut hosts_text =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (host, ip) in &op.extra_hosts {
+        hosts_text.push_str(&format!("{ip}\t{host}\n"));
+    }
+    write_file(&hosts, hosts_text.as_bytes(), 0o644)?;
     let resolv = files.path().join("resolv.conf");
     write_file(&resolv, host_resolv_conf().as_bytes(), 0o644)?;
     let files_dir = files.path().to_path_buf();
@@ -288,11 +325,13 @@ pub fn run(
         env: op.env.clone(),
         cwd: op.cwd.clone(),
         user: op.user.clone(),
-        hostname: HOSTNAME.to_string(),
+        hostname: hostname.to_string(),
         network: match op.network {
+            Network::Default => NetworkMode::Isolated,
             Network::None => NetworkMode::None,
-            Network::Default | Network::Host => NetworkMode::Host,
+            Network::Host => NetworkMode::Host,
         },
+        insecure: op.insecure,
         mounts: Vec::new(),
         etc_hosts: Some(hosts),
         resolv_conf: Some(resolv),
@@ -310,14 +349,31 @@ pub fn run(
         });
     }
 
+    if let Some(size) = op.shm_size {
+        // Over the sandbox's own /dev/shm.
+        spec.mounts.push(MountSpec {
+            kind: MountKind::Tmpfs { size: Some(size) },
+            target: "/dev/shm".into(),
+        });
+    }
     let mut secret_dir: Option<PathBuf> = None;
+    let mut ssh_n = 0;
     for (i, m) in op.mounts.iter().enumerate() {
+        if m.kind == MountType::Ssh {
+            let agent = plan.ssh.get(i).and_then(|a| a.as_deref());
+            if let Some(ms) = ssh_mount(m, agent, &mut setup, &mut spec, &files_dir, ssh_n)? {
+                spec.mounts.push(ms);
+                ssh_n += 1;
+            }
+            continue;
+        }
         let source = plan.sources.get(i).cloned().unwrap_or(MountSource::None);
         let secret = plan.secrets.get(i).and_then(|s| s.as_deref());
+        let fresh = plan.fresh_caches.get(i).copied().unwrap_or(false);
         if let Some(ms) = mount_one(
             env,
             m,
-            source,
+            (source, fresh),
             secret,
             &mut setup,
             &mut spec,
@@ -340,11 +396,60 @@ pub fn run(
     Ok(result?)
 }
 
+/// `RUN --mount=type=ssh`: a proxy socket to the agent of the mount's id
+/// (`default` when unset), bound at the target; `SSH_AUTH_SOCK` points at the
+/// first one unless the step sets it. A missing agent skips the mount, or
+/// fails the step with `required=true`.
+fn ssh_mount(
+    m: &ExecMount,
+    agent: Option<&Path>,
+    setup: &mut Setup,
+    spec: &mut ProcessSpec,
+    files_dir: &Path,
+    n: usize,
+) -> Result<Option<MountSpec>, ExecError> {
+    let id = m.id.clone().unwrap_or_else(|| "default".into());
+    let Some(agent) = agent else {
+        if m.required {
+            return Err(ExecError::SshMissing { id });
+        }
+        return Ok(None);
+    };
+    let target = m
+        .target
+        .clone()
+        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
+    let at = files_dir.join(format!("ssh-{n}.sock"));
+    let proxy = crate::sshproxy::SshProxy::start(
+        agent,
+        &at,
+        m.uid.unwrap_or(0),
+        m.gid.unwrap_or(0),
+        m.mode.unwrap_or(0o600),
+    )
+    .map_err(|source| ExecError::Io {
+        op: "forward the ssh agent for",
+        path: PathBuf::from(format!("--mount=type=ssh,id={id}")),
+        source,
+    })?;
+    setup.ssh.push(proxy);
+    if n == 0 && !spec.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+        spec.env.push(format!("SSH_AUTH_SOCK={target}"));
+    }
+    Ok(Some(MountSpec {
+        kind: MountKind::Bind {
+            source: at,
+            readonly: true,
+        },
+        target,
+    }))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn mount_one(
     env: &ExecEnv,
     m: &ExecMount,
-    source: MountSource,
+    (source, fresh): (MountSource, bool),
     secret: Option<&[u8]>,
     setup: &mut Setup,
     spec: &mut ProcessSpec,
@@ -366,7 +471,15 @@ fn mount_one(
                     }
                     // Writes to a rw bind are thrown away, never reach the context.
                     if m.readonly {
-                        p
+                        return Ok(Some(MountSpec {
+                            kind: MountKind::BindIn {
+                                root: dir,
+                                path: src_rel,
+                                confine: Confine::InRoot,
+                                readonly: true,
+                            },
+                            target,
+                        }));
                     } else if p.is_dir() {
                         overlay_view(env, &[p], true, setup)?
                     } else {
@@ -401,7 +514,16 @@ fn mount_one(
                             from: "the stage",
                         });
                     }
-                    p
+                    // The sandbox resolves it again, atomically, inside the view.
+                    return Ok(Some(MountSpec {
+                        kind: MountKind::BindIn {
+                            root: view,
+                            path: src_rel,
+                            confine: Confine::InRoot,
+                            readonly: m.readonly,
+                        },
+                        target,
+                    }));
                 }
                 MountSource::None => return Err(ExecError::NoContext),
             };
@@ -445,6 +567,9 @@ fn mount_one(
                     }
                 }
             }
+            if fresh && use_dir == dir && dir.exists() {
+                fs::remove_dir_all(&dir).map_err(io_err("remove directory", &dir))?;
+            }
             match fs::create_dir(&use_dir) {
                 Ok(()) => {
                     let mode = m.mode.unwrap_or(0o755) & 0o7777;
@@ -460,14 +585,17 @@ fn mount_one(
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create directory", &use_dir)(e)),
             }
-            let mut host = use_dir;
-            for c in clean_rel(&src_rel) {
-                host.push(c);
-            }
-            fs::create_dir_all(&host).map_err(io_err("create directory", &host))?;
+            // Earlier builds wrote this directory: `source=` must stay in it
+            // (BuildKit testCacheMountSourceEscape). Missing directories are
+            // made without following any symlink; the sandbox then opens
+            // the source beneath the cache root and refuses an escape.
+            let rel: PathBuf = clean_rel(&src_rel).into_iter().collect();
+            create_beneath(&use_dir, &rel)?;
             Ok(Some(MountSpec {
-                kind: MountKind::Bind {
-                    source: host,
+                kind: MountKind::BindIn {
+                    root: use_dir,
+                    path: rel.to_string_lossy().into_owned(),
+                    confine: Confine::Beneath,
                     readonly: m.readonly,
                 },
                 target,
@@ -520,8 +648,61 @@ fn mount_one(
                 target,
             }))
         }
-        MountType::Ssh => Err(ExecError::Unsupported("RUN --mount=type=ssh".into())),
+        // Set up by `ssh_mount` before `mount_one` is asked.
+        MountType::Ssh => Ok(None),
     }
+}
+
+/// Creates the missing directories of `rel` below `root` (mode 0755),
+/// never following a symlink: the walk stops at the first component that is
+/// not a plain directory (the sandbox resolves, or refuses, the rest).
+fn create_beneath(root: &Path, rel: &Path) -> Result<(), ExecError> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let open = |dir: i32, name: &CString| {
+        // SAFETY: a valid dirfd and NUL-terminated name; the fd is owned.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        match fd {
+            // SAFETY: a new fd we own.
+            fd if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            _ => Err(io::Error::last_os_error()),
+        }
+    };
+    let mut dir: OwnedFd = File::open(root).map_err(io_err("open", root))?.into();
+    for part in rel.components() {
+        let Component::Normal(name) = part else {
+            continue;
+        };
+        let Ok(name) = CString::new(name.as_bytes()) else {
+            return Ok(());
+        };
+        dir = match open(dir.as_raw_fd(), &name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // SAFETY: valid dirfd and NUL-terminated name.
+                let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+                let made = io::Error::last_os_error();
+                if rc < 0 && made.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(io_err("create directory", &root.join(rel))(made));
+                }
+                match open(dir.as_raw_fd(), &name) {
+                    Ok(fd) => fd,
+                    Err(_) => return Ok(()),
+                }
+            }
+            // A symlink (ELOOP) or a file (ENOTDIR): left to the sandbox.
+            Err(_) => return Ok(()),
+        };
+    }
+    Ok(())
 }
 
 /// Mounts a view of `layers` (bottom first): read-only, or writable into a
@@ -538,6 +719,12 @@ pub(crate) fn overlay_view(
         let root = m.root().to_path_buf();
         setup.views.push(m);
         return Ok(root);
+    }
+    if layers.is_empty() && !writable {
+        // A stage with no layers (FROM scratch and metadata only): its
+        // files are the empty directory. overlayfs refuses a read-only
+        // mount of a single lower directory.
+        return Ok(env.empty.clone());
     }
     let mp = Scratch::new(&env.mounts_dir)?;
     let target = mp.subdir("m")?;

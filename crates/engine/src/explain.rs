@@ -90,6 +90,7 @@ impl Engine {
                         base.as_ref(),
                         &keys,
                         &names,
+                        &HashMap::new(),
                     )
                     .await
                     .map_err(|e| EngineError::Step {

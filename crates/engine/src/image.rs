@@ -113,6 +113,8 @@ impl ImageBuilder {
         let mut config = ImageConfig::for_platform(platform);
         config.rootfs.kind = "layers".into();
         config.config.env = vec![format!("PATH={DEFAULT_PATH}")];
+        // BuildKit's empty image has WorkingDir "/" (testDockerfileScratchConfig).
+        config.config.working_dir = "/".into();
         ImageBuilder {
             config,
             layers: Vec::new(),
@@ -148,6 +150,17 @@ impl ImageBuilder {
             platform: platform.clone(),
             cmd_set_in_stage: false,
         }
+    }
+
+    /// The start of a stage built `FROM` this one: same layers and config,
+    /// but no ONBUILD triggers (the plan ran them) and no CMD set in the
+    /// new stage yet, so its ENTRYPOINT resets the inherited CMD as it
+    /// would over an image.
+    pub fn for_child_stage(&self) -> Self {
+        let mut b = self.clone();
+        b.config.config.on_build.clear();
+        b.cmd_set_in_stage = false;
+        b
     }
 
     /// Apply one metadata instruction to the config.
@@ -476,6 +489,25 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn scratch_has_workdir_root() {
+        let p = Platform::parse("linux/amd64").unwrap();
+        assert_eq!(ImageBuilder::scratch(&p).config().config.working_dir, "/");
+    }
+
+    #[test]
+    fn a_child_stage_resets_the_cmd_of_its_parent_stage_on_entrypoint() {
+        let p = Platform::parse("linux/amd64").unwrap();
+        let mut parent = ImageBuilder::scratch(&p);
+        parent.apply_config(&ConfigOp::Cmd(vec!["serve".into()]));
+        parent.apply_config(&ConfigOp::Onbuild("RUN x".into()));
+        let mut child = parent.for_child_stage();
+        assert!(child.config().config.on_build.is_empty());
+        assert_eq!(child.config().config.cmd, Some(vec!["serve".to_string()]));
+        child.apply_config(&ConfigOp::Entrypoint(vec!["/app".into()]));
+        assert_eq!(child.config().config.cmd, None);
     }
 
     #[test]

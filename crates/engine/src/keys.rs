@@ -48,6 +48,17 @@ pub(crate) fn step_label(stage: &Stage, index: usize) -> String {
     stage.step_label(index.saturating_sub(1))
 }
 
+/// The key under which the content checksum of a `COPY --from=STAGE`'s
+/// sources is passed to [`Engine::step_key`].
+pub(crate) fn copy_sum_key(c: &xbuild_plan::CopyOp) -> String {
+    format!(
+        "copy\0{}\0{}\0{}",
+        c.sources.join("\0"),
+        c.exclude.join("\0"),
+        c.parents
+    )
+}
+
 impl Engine {
     /// The manifest digest of `r`: the one planning pinned, else pulled.
     pub(crate) async fn image_digest(
@@ -137,6 +148,7 @@ impl Engine {
         base: Option<&InputTrace>,
         dep_keys: &HashMap<usize, Digest>,
         dep_names: &HashMap<usize, String>,
+        bind_sums: &HashMap<(usize, String), Digest>,
     ) -> Result<StepKey, EngineError> {
         let mut sources = Vec::new();
         let mut key_text = step.text.as_str();
@@ -181,6 +193,22 @@ impl Engine {
                     }
                     let src = m.source.clone().unwrap_or_else(|| ".".into());
                     let from = m.from.clone().unwrap_or(FileSource::Context);
+                    // A stage's files are keyed by what is mounted, not by
+                    // how the stage was built (testMountRWCache).
+                    if let FileSource::Stage(i) = &from {
+                        if let Some(sum) = bind_sums.get(&(*i, src.clone())) {
+                            binds.push(json!({ "stage_content": sum.as_str(), "source": src }));
+                            sources.push(InputTrace {
+                                label: format!(
+                                    "stage {}",
+                                    dep_names.get(i).cloned().unwrap_or_default()
+                                ),
+                                id: sum.to_string(),
+                                listing: None,
+                            });
+                            continue;
+                        }
+                    }
                     let (j, t) = self
                         .source_key(
                             shared,
@@ -198,17 +226,48 @@ impl Engine {
                 json!({ "exec": e, "binds": binds })
             }
             Op::Copy(c) => {
-                let local: Vec<String> = c
-                    .sources
-                    .iter()
-                    .filter(|s| {
-                        let l = s.to_ascii_lowercase();
-                        !(c.add && (l.starts_with("http://") || l.starts_with("https://")))
-                    })
-                    .cloned()
-                    .collect();
+                let remote = |s: &str| {
+                    let l = s.to_ascii_lowercase();
+                    c.add
+                        && (l.starts_with("http://")
+                            || l.starts_with("https://")
+                            || crate::copy::is_git(s))
+                };
+                let local: Vec<String> = c.sources.iter().filter(|s| !remote(s)).cloned().collect();
+                // A git source is keyed by the commit its ref names now, so a
+                // moved branch misses and an unchanged one hits.
+                let mut commits = serde_json::Map::new();
+                if c.add {
+                    for s in c.sources.iter().filter(|s| crate::copy::is_git(s)) {
+                        if let Ok(Some(r)) = crate::remote::GitRef::parse(s) {
+                            let o = crate::remote::FetchOptions {
+                                keep_git_dir: false,
+                                ssh_auth_sock: shared
+                                    .req
+                                    .secrets
+                                    .ssh_socket("default")
+                                    .map(std::path::Path::to_path_buf),
+                            };
+                            // One short `git ls-remote`; run inline.
+                            let commit = crate::remote::git::resolve_commit(&r, &o).ok().flatten();
+                            commits.insert(s.clone(), json!(commit));
+                        }
+                    }
+                }
+                let content = match &c.from {
+                    FileSource::Stage(i) => bind_sums.get(&(*i, copy_sum_key(c))),
+                    _ => None,
+                };
                 let src = if local.is_empty() {
                     serde_json::Value::Null
+                } else if let (Some(sum), FileSource::Stage(i)) = (content, &c.from) {
+                    // Keyed by the files read, as BuildKit.
+                    sources.push(InputTrace {
+                        label: format!("stage {}", dep_names.get(i).cloned().unwrap_or_default()),
+                        id: sum.to_string(),
+                        listing: None,
+                    });
+                    json!({ "stage_content": sum.as_str() })
                 } else {
                     let (j, t) = self
                         .source_key(
@@ -224,7 +283,11 @@ impl Engine {
                     sources.push(t);
                     j
                 };
-                json!({ "copy": c, "src": src })
+                if commits.is_empty() {
+                    json!({ "copy": c, "src": src })
+                } else {
+                    json!({ "copy": c, "src": src, "git": commits })
+                }
             }
         };
         let key = KeyInput::new(

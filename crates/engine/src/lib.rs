@@ -19,9 +19,11 @@ pub mod image;
 mod keys;
 pub mod mount;
 pub mod redact;
+pub mod remote;
 pub mod secrets;
 pub mod snapshot;
 mod solve;
+pub mod sshproxy;
 pub use solve::{check_platforms, check_platforms_except};
 pub mod source;
 

@@ -118,8 +118,13 @@ pub fn overlay_options(
     upper: Option<(&Path, &Path)>,
 ) -> Result<String, MountError> {
     let mut s = String::from("lowerdir=");
-    for (i, l) in lowers.iter().enumerate() {
-        if i > 0 {
+    // Two steps with identical results share one snapshot, so a layer can
+    // appear twice in a chain; overlayfs refuses a repeated lowerdir
+    // (ELOOP). Only the topmost copy matters: everything the lower copy
+    // holds or hides, the upper copy holds or hides the same way.
+    let mut seen = std::collections::HashSet::new();
+    for l in lowers.iter().filter(|l| seen.insert(l.as_path())) {
+        if s.len() > "lowerdir=".len() {
             s.push(':');
         }
         s.push_str(check_path(l)?);
@@ -265,5 +270,23 @@ mod tests {
             Err(MountError::BadPath(_))
         ));
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        // A snapshot listed twice (two empty layers) is kept once, topmost.
+        let dup = vec![
+            PathBuf::from("/s/e"),
+            PathBuf::from("/s/e"),
+            PathBuf::from("/s/x"),
+            PathBuf::from("/s/e"),
+        ];
+        assert_eq!(overlay_options(&dup, None).unwrap(), "lowerdir=/s/e:/s/x");
+    }
+
+    #[test]
+    fn repeated_layers_are_listed_once() {
+        // COPY twice of the same files gives the same snapshot twice.
+        let l = ["/s/a/fs", "/s/a/fs", "/s/b/fs", "/s/a/fs", "/s/empty"].map(PathBuf::from);
+        assert_eq!(
+            overlay_options(&l, None).unwrap(),
+            "lowerdir=/s/a/fs:/s/b/fs:/s/empty"
+        );
     }
 }

@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Secret values by id.
+/// Secret values by id, and the ssh-agent sockets of `--ssh` by id.
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: BTreeMap<String, Vec<u8>>,
+    ssh: BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Secrets {
@@ -27,6 +28,21 @@ impl Secrets {
     /// The value of `id`.
     pub fn get(&self, id: &str) -> Option<&[u8]> {
         self.values.get(id).map(Vec::as_slice)
+    }
+
+    /// Expose the ssh-agent listening at `socket` as `--ssh` id `id`.
+    pub fn insert_ssh(&mut self, id: impl Into<String>, socket: impl Into<std::path::PathBuf>) {
+        self.ssh.insert(id.into(), socket.into());
+    }
+
+    /// The agent socket of ssh id `id`.
+    pub fn ssh_socket(&self, id: &str) -> Option<&std::path::Path> {
+        self.ssh.get(id).map(|p| p.as_path())
+    }
+
+    /// The ssh ids, sorted.
+    pub fn ssh_ids(&self) -> impl Iterator<Item = &str> {
+        self.ssh.keys().map(String::as_str)
     }
 
     /// The ids, sorted.
@@ -47,7 +63,10 @@ impl Secrets {
 
 impl From<BTreeMap<String, Vec<u8>>> for Secrets {
     fn from(values: BTreeMap<String, Vec<u8>>) -> Self {
-        Secrets { values }
+        Secrets {
+            values,
+            ssh: BTreeMap::new(),
+        }
     }
 }
 
@@ -55,6 +74,7 @@ impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secrets")
             .field("ids", &self.values.keys().collect::<Vec<_>>())
+            .field("ssh", &self.ssh.keys().collect::<Vec<_>>())
             .finish()
     }
 }

@@ -56,6 +56,10 @@ pub(crate) struct StageOut {
     chain: Vec<ChainLayer>,
     builder: ImageBuilder,
     key: Digest,
+    /// A step ran although its key had a record (`--no-cache`,
+    /// `--no-cache-filter`, or a forced base stage): a stage built FROM this
+    /// one runs again too (its keys follow this stage's keys, not its files).
+    forced: bool,
     steps: usize,
     cached: usize,
 }
@@ -70,6 +74,8 @@ pub(crate) struct Shared<'r, 'a> {
     pub(crate) index: Option<Arc<ContextIndex>>,
     pub(crate) context_dir: Option<PathBuf>,
     pub(crate) pulled: tokio::sync::Mutex<HashMap<String, ImageLayers>>,
+    /// Cache-mount ids already emptied by this solve (`--no-cache`).
+    pub(crate) fresh_caches: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl<'r, 'a> Shared<'r, 'a> {
@@ -80,6 +86,7 @@ impl<'r, 'a> Shared<'r, 'a> {
             index: req.context.map(|c| Arc::new(c.clone())),
             context_dir: req.context_dir.map(Path::to_path_buf),
             pulled: tokio::sync::Mutex::new(HashMap::new()),
+            fresh_caches: Default::default(),
         }
     }
 }
@@ -124,16 +131,23 @@ where
     }
 }
 
+/// What a step reads from a stage: (stage, map key, sources, exclude,
+/// parents).
+type StageRead = (usize, String, Vec<String>, Vec<String>, bool);
+
 /// A layer made by a step.
 type NewLayer = (Descriptor, Digest, PathBuf);
 
 /// Mounts a writable overlay over `chain`, lets `work` change the merged
 /// tree, then turns the upper directory into a layer and a snapshot.
 /// `work` returns mount points to drop from the diff. `None`: nothing changed.
+/// `keep_empty`: a step that changed nothing still gets a layer (an empty
+/// tar), as BuildKit gives RUN, COPY and ADD (testExportedHistory: `RUN ls`
+/// has a layer and `empty_layer` false).
 fn fs_step(
     inner: &Inner,
     chain: &[PathBuf],
-    sde: Option<i64>,
+    (sde, keep_empty): (Option<i64>, bool),
     work: impl FnOnce(&Path) -> Result<Vec<PathBuf>, EngineError>,
 ) -> Result<Option<NewLayer>, EngineError> {
     let scratch = inner.snapshots.scratch()?;
@@ -161,7 +175,7 @@ fn fs_step(
         })?
         .next()
         .is_none();
-    if empty {
+    if empty && !keep_empty {
         return Ok(None);
     }
     let opts = WriteOptions {
@@ -252,6 +266,12 @@ fn lower_has_same_dir(up: &Path, chain: &[PathBuf], rel: &Path) -> bool {
         }
     }
     false
+}
+
+/// ONBUILD leaves no history entry (BuildKit's dispatchOnbuild commits
+/// none).
+fn no_history(step: &Step) -> bool {
+    matches!(step.op, Op::Config(ConfigOp::Onbuild(_)))
 }
 
 fn map_exec_err(e: ExecError, platform: &Platform) -> EngineError {
@@ -346,7 +366,15 @@ impl Engine {
             .flatten()
             .fold((0, 0), |(s, c), o| (s + o.steps, c + o.cached));
         let store = self.inner.store.clone();
-        let builder = out.builder.clone();
+        let mut builder = out.builder.clone();
+        if !g.labels.is_empty() {
+            builder.apply_config(&xbuild_plan::ConfigOp::Label(
+                g.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ));
+        }
         let sde = req.source_date_epoch;
         // Layers the store lacks are fine when the source holds them (a
         // remote agent's cache hits, never fetched because nothing read them).
@@ -504,7 +532,7 @@ impl Engine {
                 }
                 Base::Stage(i) => {
                     let d = &deps[i];
-                    (d.chain.clone(), d.builder.clone())
+                    (d.chain.clone(), d.builder.for_child_stage())
                 }
             };
             Ok::<_, EngineError>((chain, builder, key, base))
@@ -524,12 +552,23 @@ impl Engine {
             duration: t0.elapsed(),
         });
 
-        let skip_lookup = req.no_cache
+        let filtered = req.no_cache
             || stage.name.as_deref().is_some_and(|n| {
                 req.no_cache_filter
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(n))
             });
+        // A base stage that was forced: every step here reads its files.
+        let forced_base = match &stage.base {
+            Base::Stage(i) => deps.get(i).filter(|d| d.forced).map(|_| *i),
+            _ => None,
+        };
+        let forced_dep = |i: usize| -> MissReason {
+            MissReason::SourceChanged {
+                from: format!("stage {}", req.graph.stages[i].display_name()),
+            }
+        };
+        let mut forced = false;
         let mut missed: Option<String> = None;
         let mut cached = 0;
         for (si, step) in stage.steps.iter().enumerate() {
@@ -538,6 +577,7 @@ impl Engine {
             let events = sink(si + 2);
             let t0 = Instant::now();
             let r = async {
+                let sums = self.bind_sums(shared, step, &deps).await?;
                 let sk = self
                     .step_key(
                         shared,
@@ -548,16 +588,59 @@ impl Engine {
                         base.as_ref(),
                         &dep_keys,
                         &dep_names,
+                        &sums,
                     )
                     .await?;
+                // A step keyed by the files it reads from a stage is also
+                // found under the key of the stage's instructions (records
+                // imported from a cache, made before the stage was rebuilt
+                // here), unless that stage was forced to re-run: then only
+                // its files decide. As BuildKit's two keys per step.
+                let alt = if sums.is_empty() {
+                    None
+                } else {
+                    let reads_forced = sums
+                        .keys()
+                        .any(|(i, _)| deps.get(i).is_some_and(|d| d.forced));
+                    let ak = self
+                        .step_key(
+                            shared,
+                            stage,
+                            si + 2,
+                            step,
+                            &key,
+                            base.as_ref(),
+                            &dep_keys,
+                            &dep_names,
+                            &HashMap::new(),
+                        )
+                        .await?
+                        .key;
+                    Some((ak, !reads_forced))
+                };
+                let force = if shared_step {
+                    // Solved once for several platforms, never forced here.
+                    None
+                } else if req.no_cache {
+                    Some(MissReason::NoCache)
+                } else if filtered {
+                    Some(MissReason::NoCacheFilter {
+                        stage: stage.display_name(),
+                    })
+                } else {
+                    forced_base.map(forced_dep)
+                };
+                if force.is_some() {
+                    forced = true;
+                }
                 self.solve_step(
                     shared,
                     step,
                     &deps,
                     (vid, t0, events),
                     (&mut chain, &mut builder, &mut key),
-                    sk,
-                    (skip_lookup && !shared_step).then(|| stage.display_name()),
+                    (sk, alt),
+                    force,
                     &mut missed,
                 )
                 .await
@@ -597,10 +680,69 @@ impl Engine {
             chain,
             builder,
             key,
+            forced,
             // Counted once, by the shared solve.
             steps: stage.steps.len() - presolved.unwrap_or(0).min(stage.steps.len()),
             cached,
         })
+    }
+
+    /// Content checksums of what `step` reads from stages (`COPY --from`,
+    /// `RUN --mount=from=`), keyed by (stage, [`crate::keys::copy_sum_key`]
+    /// or the mount's source path). BuildKit keys these reads by content:
+    /// a stage re-run with the same files keeps them cached, with other
+    /// files (a `--no-cache-filter` re-run) never reuses a stale result.
+    async fn bind_sums(
+        &self,
+        shared: &Shared<'_, '_>,
+        step: &Step,
+        deps: &HashMap<usize, Arc<StageOut>>,
+    ) -> Result<HashMap<(usize, String), Digest>, EngineError> {
+        let mut out = HashMap::new();
+        let mut wanted: Vec<StageRead> = Vec::new();
+        match &step.op {
+            Op::Exec(e) => {
+                for m in &e.mounts {
+                    if let (MountType::Bind, Some(FileSource::Stage(i))) = (&m.kind, &m.from) {
+                        let src = m.source.clone().unwrap_or_else(|| ".".into());
+                        wanted.push((*i, src.clone(), vec![src], Vec::new(), false));
+                    }
+                }
+            }
+            Op::Copy(c) => {
+                if let FileSource::Stage(i) = c.from {
+                    if !c.sources.is_empty() {
+                        let k = crate::keys::copy_sum_key(c);
+                        wanted.push((i, k, c.sources.clone(), c.exclude.clone(), c.parents));
+                    }
+                }
+            }
+            Op::Config(_) => {}
+        }
+        for (i, key, sources, exclude, parents) in wanted {
+            let Some(dep) = deps.get(&i) else { continue };
+            let layers = self.materialize(shared.req, &dep.chain).await?;
+            let env = self.exec_env(&shared.platform);
+            let sum =
+                tokio::task::spawn_blocking(move || -> Result<Option<Digest>, EngineError> {
+                    let mut setup = Setup::default();
+                    let root = exec::overlay_view(&env, &layers, false, &mut setup)?;
+                    let r = crate::context::checksum_dir(&root, &sources, &exclude, parents);
+                    drop(setup);
+                    match r {
+                        Ok(sum) => Ok(Some(sum)),
+                        // Missing: the step fails later with BuildKit's words.
+                        Err(crate::context::ContextError::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))??;
+            if let Some(sum) = sum {
+                out.insert((i, key), sum);
+            }
+        }
+        Ok(out)
     }
 
     async fn layers_of(
@@ -662,8 +804,8 @@ impl Engine {
         deps: &HashMap<usize, Arc<StageOut>>,
         (vid, t0, events): (VertexId, Instant, &dyn EventSink),
         (chain, builder, key): (&mut Vec<ChainLayer>, &mut ImageBuilder, &mut Digest),
-        sk: StepKey,
-        skip_lookup: Option<String>,
+        (sk, alt): (StepKey, Option<(Digest, bool)>),
+        force: Option<MissReason>,
         missed: &mut Option<String>,
     ) -> Result<bool, EngineError> {
         let req = shared.req;
@@ -673,12 +815,25 @@ impl Engine {
         let parent = key.clone();
         let new_key = sk.key.clone();
 
-        let record = if skip_lookup.is_some() || missed.is_some() {
+        let no_cache_step = matches!(
+            force,
+            Some(MissReason::NoCache | MissReason::NoCacheFilter { .. })
+        );
+        let record = if force.is_some() || missed.is_some() {
             None
         } else {
-            self.lookup(req, platform, &new_key).await
+            match self.lookup(req, platform, &new_key).await {
+                Some(rec) => Some((rec, new_key.clone())),
+                None => match &alt {
+                    Some((ak, true)) => self
+                        .lookup(req, platform, ak)
+                        .await
+                        .map(|rec| (rec, ak.clone())),
+                    _ => None,
+                },
+            }
         };
-        if let Some(rec) = record {
+        if let Some((rec, hit_key)) = record {
             if let Op::Config(c) = &step.op {
                 builder.apply_config(c);
             }
@@ -690,17 +845,18 @@ impl Engine {
                     });
                     builder.add_layer(layer, diff_id, &step.created_by, Some(rec.created));
                 }
+                _ if no_history(step) => {}
                 _ => builder.add_empty_history(&step.created_by, Some(rec.created)),
             }
             events.emit(Event::Cached { id: vid });
-            *key = new_key;
+            // The chain goes on from the instructions' key, so later steps
+            // (and `--call explain`, cache export) find their records.
+            *key = alt.map_or(hit_key, |(ak, _)| ak);
             return Ok(true);
         }
 
-        let causes = if req.no_cache {
-            vec![MissReason::NoCache]
-        } else if let Some(stage) = skip_lookup {
-            vec![MissReason::NoCacheFilter { stage }]
+        let causes = if let Some(reason) = force {
+            vec![reason]
         } else if let Some(step) = missed.clone() {
             vec![MissReason::ParentMissed { step }]
         } else {
@@ -722,7 +878,9 @@ impl Engine {
                         let chain2 = self.materialize(req, chain).await?;
                         let (inner2, dir) = (inner.clone(), dir.clone());
                         blocking(req.events, vid, t0, move |_tx| {
-                            fs_step(&inner2, &chain2, sde, |root| {
+                            // BuildKit: WORKDIR other than "/" is a layer.
+                            let keep = dir != "/";
+                            fs_step(&inner2, &chain2, (sde, keep), |root| {
                                 let (uid, gid) = if user.is_empty() {
                                     (0, 0)
                                 } else {
@@ -738,7 +896,8 @@ impl Engine {
                 }
             }
             Op::Exec(e) => {
-                self.run_exec(shared, e, deps, (step, platform), vid, t0, chain)
+                let fresh = req.no_cache || no_cache_step;
+                self.run_exec(shared, e, deps, (step, platform), (vid, t0, fresh), chain)
                     .await?
             }
             Op::Copy(c) => {
@@ -758,6 +917,7 @@ impl Engine {
                 );
                 (Some(desc), Some(diff_id))
             }
+            None if no_history(step) => (None, None),
             None => {
                 builder.add_empty_history(&step.created_by, Some(now.clone()));
                 (None, None)
@@ -776,6 +936,16 @@ impl Engine {
         inner.cache.put(platform, &rec)?;
         inner.cache.index(platform, &rec)?;
         *key = new_key;
+        if let Some((ak, _)) = alt {
+            // The instructions' key now holds this result too, so a later
+            // build that finds it there gets these files, not older ones;
+            // the chain goes on from it.
+            let mut by_def = rec.clone();
+            by_def.key = ak.clone();
+            by_def.trace = None;
+            inner.cache.put(platform, &by_def)?;
+            *key = ak;
+        }
         Ok(false)
     }
 
@@ -886,12 +1056,31 @@ impl Engine {
         op: &ExecOp,
         deps: &HashMap<usize, Arc<StageOut>>,
         (step, platform): (&Step, &Platform),
-        vid: VertexId,
-        t0: Instant,
+        (vid, t0, no_cache): (VertexId, Instant, bool),
         chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
         let mut sources = Vec::with_capacity(op.mounts.len());
+        // Under --no-cache a cache mount's old contents are not reused: the
+        // first RUN of this build that mounts an id starts it empty.
+        let fresh_caches: Vec<bool> = op
+            .mounts
+            .iter()
+            .map(|m| {
+                if !no_cache || m.kind != MountType::Cache {
+                    return false;
+                }
+                let id =
+                    m.id.clone()
+                        .or_else(|| m.target.clone())
+                        .unwrap_or_default();
+                shared
+                    .fresh_caches
+                    .lock()
+                    .map(|mut set| set.insert(id))
+                    .unwrap_or(false)
+            })
+            .collect();
         let mut secrets = Vec::with_capacity(op.mounts.len());
         for m in &op.mounts {
             sources.push(match (&m.kind, &m.from) {
@@ -923,10 +1112,24 @@ impl Engine {
                 _ => None,
             });
         }
+        let ssh = op
+            .mounts
+            .iter()
+            .map(|m| match m.kind {
+                MountType::Ssh => req
+                    .secrets
+                    .ssh_socket(m.id.as_deref().unwrap_or("default"))
+                    .map(Path::to_path_buf),
+                _ => None,
+            })
+            .collect();
         let plan = ExecPlan {
             op: op.clone(),
             sources,
             secrets,
+            allow: req.graph.entitlements,
+            ssh,
+            fresh_caches,
         };
         let env = self.exec_env(platform);
         let platform = platform.clone();
@@ -934,7 +1137,7 @@ impl Engine {
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
         blocking(req.events, vid, t0, move |tx| {
-            fs_step(&inner, &chain, sde, |root| {
+            fs_step(&inner, &chain, (sde, true), |root| {
                 // Secret values never reach the log: masked per stream.
                 let values = || plan.secrets.iter().flatten().map(Vec::as_slice);
                 let mut out_mask = Redactor::new(values());
@@ -983,6 +1186,8 @@ impl Engine {
         chain: &[ChainLayer],
     ) -> Result<Option<NewLayer>, EngineError> {
         let req = shared.req;
+        // `ADD git@host:…` uses the build's `--ssh default` agent.
+        let ssh_sock = req.secrets.ssh_socket("default").map(Path::to_path_buf);
         let needs_source = !op.sources.is_empty();
         let source = if needs_source {
             self.layers_of(shared, &op.from, deps, step).await?
@@ -997,9 +1202,14 @@ impl Engine {
         let inner = self.inner.clone();
         let chain = self.materialize(req, chain).await?;
         let sde = req.source_date_epoch;
+        let from_label = match &op.from {
+            FileSource::Context => String::new(),
+            FileSource::Stage(i) => format!("stage {}", req.graph.stages[*i].display_name()),
+            FileSource::Image(r) => format!("image {}", r.reference),
+        };
         let op = op.clone();
         blocking(req.events, vid, t0, move |_tx| {
-            fs_step(&inner, &chain, sde, |root| {
+            fs_step(&inner, &chain, (sde, true), |root| {
                 let mut setup = Setup::default();
                 let empty;
                 let src_root: &Path = match &source {
@@ -1026,11 +1236,22 @@ impl Engine {
                         checksum: op.checksum.clone(),
                         keep_git_dir: op.keep_git_dir,
                         timeout: None,
+                        ssh_auth_sock: ssh_sock.clone(),
                     }),
                 };
                 let r = copy::copy_into(&creq);
                 drop(setup);
-                r?;
+                r.map_err(|e| match e {
+                    copy::CopyError::Source(crate::context::ContextError::NotFound { path })
+                        if !from_label.is_empty() =>
+                    {
+                        copy::CopyError::NotFoundIn {
+                            path,
+                            from: from_label,
+                        }
+                    }
+                    e => e,
+                })?;
                 Ok(Vec::new())
             })
         })

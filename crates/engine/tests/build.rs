@@ -248,12 +248,15 @@ async fn full_build_cache_and_invalidation() {
     .await;
     let r5 = r.unwrap();
     let (_, _, reasons) = cache_stats(&ev);
+    // The builder re-runs; a step reading it runs again only if the files
+    // it reads changed (keyed by content, as BuildKit).
     assert!(
-        reasons
-            .iter()
-            .all(|(_, r)| r == "--no-cache-filter builder"),
+        reasons.iter().all(|(_, r)| r == "--no-cache-filter builder"
+            || r == "files from stage builder changed"
+            || r.starts_with("parent missed: ")),
         "{reasons:#?}"
     );
+
     assert!(r5.cached >= 6, "the target stage's earlier steps still hit");
 
     assert!(!eng.cache_roots().unwrap().is_empty());
@@ -282,9 +285,15 @@ async fn whiteouts_and_empty_diffs() {
     assert!(!out.path().join("d/sub/f").exists());
     let m = read_manifest(eng.store(), &r.manifest.digest).unwrap();
     let cfg = read_config(eng.store(), &m.config.digest).unwrap();
-    // `RUN true` changes nothing: no layer, an empty_layer history entry.
-    assert_eq!(m.layers.len(), 3);
-    assert!(cfg.history.last().unwrap().empty_layer);
+    // `RUN true` changes nothing, yet has a layer (an empty one), as in
+    // BuildKit (dockerfile_history_test.go testExportedHistory: `RUN ls`).
+    assert_eq!(m.layers.len(), 4);
+    assert!(!cfg.history.last().unwrap().empty_layer);
+    assert_eq!(
+        cfg.rootfs.diff_ids.last().unwrap().as_str(),
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef",
+        "the empty tar's diffID"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +356,7 @@ async fn missing_secret_and_binfmt_errors() {
     let graph = plan(eng.store(), src, &p);
     let (r, _) = solve(&eng, &graph, None, Opts::default()).await;
     let e = r.unwrap_err().to_string();
-    assert!(e.contains("secret needed not found"), "{e}");
+    assert!(e.contains("secret needed: not found"), "{e}");
 
     let s390x = xbuild_oci::Platform::parse("linux/s390x").unwrap();
     if xbuild_sandbox::binfmt::can_run("s390x") != xbuild_sandbox::binfmt::Support::Missing {

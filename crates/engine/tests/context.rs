@@ -42,11 +42,11 @@ fn dockerignore_exceptions_doublestar_and_symlinks() {
     symlink("/etc/passwd", r.join("outside")).unwrap();
     symlink("../../..", r.join("src/up")).unwrap();
     let idx = scan(r, None, &ScanOptions::default(), None).unwrap();
+    // The ignore file excludes the Dockerfile and itself, as in BuildKit
+    // (dockerfile_dockerignore_test.go testDockerignore).
     assert_eq!(
         paths(&idx),
         vec![
-            ".dockerignore",
-            "Dockerfile",
             "build",
             "build/keep.txt",
             "outside",
@@ -76,6 +76,32 @@ fn dockerignore_exceptions_doublestar_and_symlinks() {
     assert!(!json.contains("mtime"));
     let back: xbuild_engine::context::ContextIndex = serde_json::from_str(&json).unwrap();
     assert_eq!(back.entries, idx.entries);
+}
+
+#[test]
+fn lowercase_dockerfile_is_the_fallback_of_a_missing_dockerfile() {
+    use xbuild_engine::context::dockerfile_fallback;
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    write(r, "dockerfile", "FROM scratch\n");
+    // dockerfile_core_test.go testDockerfileLowercase
+    assert_eq!(
+        dockerfile_fallback(&r.join("Dockerfile")),
+        r.join("dockerfile")
+    );
+    // Only the default name falls back; an existing Dockerfile wins.
+    assert_eq!(
+        dockerfile_fallback(&r.join("app.Dockerfile")),
+        r.join("app.Dockerfile")
+    );
+    write(r, "Dockerfile", "FROM scratch\n");
+    assert_eq!(
+        dockerfile_fallback(&r.join("Dockerfile")),
+        r.join("Dockerfile")
+    );
+    let none = tempfile::tempdir().unwrap();
+    let p = none.path().join("Dockerfile");
+    assert_eq!(dockerfile_fallback(&p), p);
 }
 
 #[test]
@@ -200,12 +226,10 @@ fn missing_sources_are_errors_naming_the_pattern() {
     assert!(e.to_string().contains("\"nope.txt\""), "{e}");
     let e = checksum(&idx, &s(&["ignored.txt"]), &[], false).unwrap_err();
     assert!(matches!(e, ContextError::NotFound { .. }));
-    let e = checksum(&idx, &s(&["*.md"]), &[], false).unwrap_err();
-    assert!(
-        e.to_string().contains("no source files were specified"),
-        "{e}"
-    );
-    assert!(e.to_string().contains("*.md"));
+    // A wildcard matching nothing selects nothing (BuildKit's
+    // AllowEmptyWildcard, testEmptyWildcard): not an error.
+    let none = checksum(&idx, &s(&["*.md"]), &[], false).unwrap();
+    assert_eq!(none, checksum(&idx, &s(&["*.rst"]), &[], false).unwrap());
     let e = checksum_dir(t.path(), &s(&["/x/y"]), &[], false).unwrap_err();
     assert!(e.to_string().contains("/x/y"));
 }

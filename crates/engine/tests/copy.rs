@@ -181,11 +181,13 @@ fn dir_contents_globs_links_and_modes() {
     // Missing sources.
     let e = fx.copy(&["nope"], "/n/").unwrap_err();
     assert!(e.to_string().contains("\"nope\""), "{e}");
-    let e = fx.copy(&["*.nope"], "/n/").unwrap_err();
-    assert!(
-        e.to_string().contains("no source files were specified"),
-        "{e}"
-    );
+    // A wildcard matching nothing copies nothing and creates no
+    // destination (BuildKit's AllowEmptyWildcard, testEmptyWildcard).
+    let st = fx.copy(&["*.nope"], "/n/").unwrap();
+    assert_eq!((st.files, st.dirs), (0, 0));
+    assert!(!fx.exists("n"));
+    fx.copy(&["file.txt", "*.nope"], "/n2/").unwrap();
+    assert_eq!(fx.read("n2/file.txt"), "file");
 }
 
 #[test]
@@ -228,6 +230,72 @@ fn chown_chmod_exclude_parents() {
     fx.copy_with(&["dir/./sub/b.txt"], "/q/", |r| r.parents = true)
         .unwrap();
     assert_eq!(fx.read("q/sub/b.txt"), "b");
+    // A wildcard matching nothing still makes the destination
+    // (dockerfile_parents_test.go testCopyParentsMissingDirectory).
+    fx.copy_with(&["dir/./nope*"], "/w/", |r| r.parents = true)
+        .unwrap();
+    assert!(fx.meta("w").is_dir());
+    assert!(!fx.exists("w/nope"));
+}
+
+#[test]
+fn created_parents_take_an_octal_chmod() {
+    // dockerfile_copy_test.go testCopyChmod
+    let mut fx = Fx::new();
+    fx.copy_with(&["file.txt"], "/parent/foo", |r| r.chmod = Some("777"))
+        .unwrap();
+    fx.copy_with(&["file.txt"], "/parent/sub/foo", |r| r.chmod = Some("770"))
+        .unwrap();
+    assert_eq!(fx.meta("parent").mode() & 0o7777, 0o777);
+    assert_eq!(fx.meta("parent/sub").mode() & 0o7777, 0o770);
+    assert_eq!(fx.meta("parent/sub/foo").mode() & 0o7777, 0o770);
+    // A symbolic mode leaves created parents at 0755.
+    fx.copy_with(&["file.txt"], "/sym/dir/foo", |r| r.chmod = Some("u+x"))
+        .unwrap();
+    assert_eq!(fx.meta("sym/dir").mode() & 0o7777, 0o755);
+}
+
+#[test]
+fn a_created_directory_destination_is_owned_like_a_parent() {
+    // dockerfile_copy_test.go testCopyChownExistingDir: copying a stage's
+    // directory to a new path makes that path root's (or --chown's); the
+    // entries below keep their owners; an existing directory keeps its own.
+    let fx = Fx::new();
+    let src = fx.ctx.path();
+    std::os::unix::fs::lchown(src.join("dir"), Some(100), Some(200)).unwrap();
+    std::os::unix::fs::lchown(src.join("dir/sub"), Some(101), Some(201)).unwrap();
+    fs::create_dir(fx.dst.path().join("existing")).unwrap();
+    std::os::unix::fs::lchown(fx.dst.path().join("existing"), Some(500), Some(600)).unwrap();
+    let copy = |dest: &str, chown: Option<&str>| {
+        let sources = s(&["/dir"]);
+        let req = CopyRequest {
+            src_root: src,
+            src_filter: None,
+            sources: &sources,
+            inline: &[],
+            dest_root: fx.dst.path(),
+            dest,
+            chown,
+            chmod: None,
+            exclude: &[],
+            parents: false,
+            add: None,
+        };
+        copy_into(&req).unwrap();
+    };
+    copy("/new", None);
+    let owner = |p: &str| {
+        let m = fx.meta(p);
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("new"), (0, 0));
+    assert_eq!(owner("new/sub"), (101, 201));
+    copy("/existing", None);
+    assert_eq!(owner("existing"), (500, 600));
+    assert_eq!(owner("existing/sub"), (101, 201));
+    copy("/chowned", Some("300:400"));
+    assert_eq!(owner("chowned"), (300, 400));
+    assert_eq!(owner("chowned/sub"), (300, 400));
 }
 
 #[test]
@@ -388,6 +456,53 @@ fn serve(body: &'static [u8], requests: usize) -> String {
 }
 
 #[test]
+fn context_socket_is_copied_as_an_empty_file() {
+    // testCopySocket: BuildKit's context transfer turns a socket into a
+    // regular file.
+    let mut fx = Fx::new();
+    let sock = fx.ctx.path().join("socket.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fx.index = None;
+    let idx = fx.index();
+    let e = idx
+        .entries
+        .iter()
+        .find(|e| e.path == "socket.sock")
+        .unwrap();
+    assert_eq!(e.size, 0);
+    fx.copy(&["."], "/all/").unwrap();
+    let m = fx.meta("all/socket.sock");
+    assert!(m.is_file());
+    assert_eq!(m.len(), 0);
+    assert_eq!(fx.read("all/file.txt"), "file");
+}
+
+#[test]
+fn add_url_unpack_true_extracts() {
+    // testDockerfileAddArchive: a downloaded archive is a file, unless
+    // --unpack=true, which extracts it into the destination directory.
+    let mut fx = Fx::new();
+    let body: &'static [u8] = Box::leak(tar_gz(&[("foo", b"content0")], true).into_boxed_slice());
+    let base = serve(body, 2);
+    let url = format!("{base}/t.tar.gz");
+    fx.copy_with(&[url.as_str()], "/dest/", |r| {
+        r.add = Some(AddOptions {
+            unpack: Some(true),
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    assert_eq!(fx.read("dest/foo"), "content0");
+    assert!(!fx.exists("dest/t.tar.gz"));
+    fx.copy_with(&[url.as_str()], "/plain/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert!(fx.meta("plain/t.tar.gz").is_file());
+    assert!(!fx.exists("plain/foo"));
+}
+
+#[test]
 fn add_urls_with_checksums() {
     let mut fx = Fx::new();
     let body: &'static [u8] = b"downloaded content\n";
@@ -429,6 +544,50 @@ fn add_urls_with_checksums() {
     // COPY refuses URLs.
     let e = fx.copy(&[url.as_str()], "/x/").unwrap_err();
     assert!(matches!(e, CopyError::UrlInCopy { .. }));
+}
+
+#[test]
+fn add_url_without_a_name_and_unpack() {
+    // dockerfile_add_test.go testDockerfileADDFromURL: no file name in the
+    // URL path gives `__unnamed__`.
+    let mut fx = Fx::new();
+    let base = serve(b"content2", 1);
+    fx.copy_with(&[format!("{base}/").as_str()], "/dest/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert_eq!(fx.read("dest/__unnamed__"), "content2");
+    // testDockerfileAddArchive: a URL archive is unpacked only with
+    // --unpack=true.
+    let tgz: &'static [u8] = Box::leak(tar_gz(&[("foo", b"content0")], true).into_boxed_slice());
+    let base = serve(tgz, 2);
+    let url = format!("{base}/t.tar.gz");
+    fx.copy_with(&[url.as_str()], "/unpacked/", |r| {
+        r.add = Some(AddOptions {
+            unpack: Some(true),
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    assert_eq!(fx.read("unpacked/foo"), "content0");
+    assert!(!fx.exists("unpacked/t.tar.gz"));
+    fx.copy_with(&[url.as_str()], "/kept/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert!(fx.exists("kept/t.tar.gz") && !fx.exists("kept/foo"));
+}
+
+#[test]
+fn a_socket_in_the_context_is_copied_as_an_empty_file() {
+    // dockerfile_copy_test.go testCopySocket
+    let mut fx = Fx::new();
+    let _l = std::os::unix::net::UnixListener::bind(fx.ctx.path().join("socket.sock")).unwrap();
+    fx.copy(&["."], "/all/").unwrap();
+    let m = fx.meta("all/socket.sock");
+    assert!(m.is_file(), "{m:?}");
+    assert_eq!(m.len(), 0);
+    assert_eq!(fx.read("all/file.txt"), "file");
 }
 
 #[test]

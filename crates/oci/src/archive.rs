@@ -840,8 +840,13 @@ fn docker_image(
         let (media_type, actual) = match comp {
             mt::Compression::None => (mt::OCI_LAYER_TAR, Some(d.clone())),
             mt::Compression::Gzip => (mt::OCI_LAYER_TAR_GZIP, Some(gzip_diff_id(store, d)?)),
-            // No zstd decoder here: the diffID cannot be checked.
-            mt::Compression::Zstd => (mt::OCI_LAYER_TAR_ZSTD, None),
+            mt::Compression::Zstd => (
+                mt::OCI_LAYER_TAR_ZSTD,
+                Some(
+                    crate::compress::diff_id(store, d, mt::Compression::Zstd)
+                        .map_err(|e| ArchiveError::Invalid(e.to_string()))?,
+                ),
+            ),
         };
         if let Some(a) = actual {
             if &a != diff_id {

@@ -3,7 +3,9 @@
 //! layer tarballs.
 #![warn(missing_docs)]
 
+pub mod annotation;
 pub mod archive;
+pub mod compress;
 pub mod config;
 pub mod descriptor;
 pub mod digest;

@@ -53,6 +53,82 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// Parse a buildx `compression=` value: `gzip`, `zstd` or `uncompressed`
+    /// (`none` is accepted too). `estargz` and unknown names are refused.
+    pub fn parse(s: &str) -> Result<Compression, String> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "uncompressed" | "none" => Ok(Compression::None),
+            "estargz" => Err(
+                "compression \"estargz\" is not supported (use gzip, zstd or uncompressed)".into(),
+            ),
+            other => Err(format!(
+                "unknown compression {other:?} (expected gzip, zstd or uncompressed)"
+            )),
+        }
+    }
+
+    /// The buildx spelling of the compression.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The level used when none is given: gzip 1 (fast, xbuild's default
+    /// for its own layers), zstd 3 (zstd's and BuildKit's default).
+    pub fn default_level(self) -> u32 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Zstd => 3,
+        }
+    }
+
+    /// Check a user-given `compression-level=` against the algorithm's range
+    /// (gzip 0–9, zstd 0–22 where 0 means the default), as BuildKit does.
+    pub fn check_level(self, level: u32) -> Result<u32, String> {
+        match self {
+            Compression::Gzip if level <= 9 => Ok(level),
+            Compression::Zstd if level == 0 => Ok(self.default_level()),
+            Compression::Zstd if level <= 22 => Ok(level),
+            Compression::None => Ok(0),
+            _ => Err(format!(
+                "compression-level {level} is out of range for {} ({})",
+                self.as_str(),
+                if self == Compression::Gzip {
+                    "0-9"
+                } else {
+                    "0-22"
+                }
+            )),
+        }
+    }
+
+    /// The layer media type for this compression: OCI, or Docker's schema 2
+    /// (which has no zstd type; `None` then).
+    pub fn layer_media_type(self, oci: bool) -> Option<&'static str> {
+        match (self, oci) {
+            (Compression::None, true) => Some(OCI_LAYER_TAR),
+            (Compression::Gzip, true) => Some(OCI_LAYER_TAR_GZIP),
+            (Compression::Zstd, true) => Some(OCI_LAYER_TAR_ZSTD),
+            (Compression::None, false) => Some(DOCKER_LAYER_TAR),
+            (Compression::Gzip, false) => Some(DOCKER_LAYER_TAR_GZIP),
+            (Compression::Zstd, false) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// True for an image manifest media type (OCI or Docker).
 pub fn is_manifest(media_type: &str) -> bool {
     media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
@@ -118,6 +194,18 @@ mod tests {
         );
         assert_eq!(layer_compression(OCI_CONFIG), None);
         assert!(is_nondistributable(DOCKER_LAYER_FOREIGN_TAR_GZIP));
+        assert_eq!(Compression::parse("zstd"), Ok(Compression::Zstd));
+        assert_eq!(Compression::parse("uncompressed"), Ok(Compression::None));
+        assert!(Compression::parse("estargz").is_err());
+        assert!(Compression::parse("lz4").is_err());
+        assert_eq!(Compression::Zstd.check_level(0), Ok(3));
+        assert!(Compression::Gzip.check_level(10).is_err());
+        assert!(Compression::Zstd.check_level(23).is_err());
+        assert_eq!(Compression::Zstd.layer_media_type(false), None);
+        assert_eq!(
+            Compression::Zstd.layer_media_type(true),
+            Some(OCI_LAYER_TAR_ZSTD)
+        );
         assert!(!is_nondistributable(OCI_LAYER_TAR_GZIP));
     }
 }

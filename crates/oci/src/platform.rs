@@ -26,6 +26,18 @@ pub enum PlatformError {
         /// The whole input.
         input: String,
     },
+    /// The variant does not exist for the architecture (`linux/amd64/v9`).
+    #[error("invalid platform {input:?}: {arch} has no variant {variant:?} (known: {known})")]
+    ImpossibleVariant {
+        /// The whole platform, normalized.
+        input: String,
+        /// The architecture.
+        arch: String,
+        /// The variant given.
+        variant: String,
+        /// The variants that exist, for the message.
+        known: &'static str,
+    },
 }
 
 /// A target platform: operating system, CPU architecture and optional variant.
@@ -202,6 +214,54 @@ impl Platform {
         Platform::new("linux", &h.architecture, h.variant())
     }
 
+    /// Parse a platform the user asks to build: [`Platform::parse`], then
+    /// refuse variants the architecture does not have (`linux/amd64/v9`,
+    /// `linux/arm/v9`), so that a typo fails before any work starts.
+    pub fn parse_target(s: &str) -> Result<Self, PlatformError> {
+        let p = Platform::parse(s)?;
+        p.check_variant()?;
+        Ok(p)
+    }
+
+    /// Check the variant against the ones the architecture defines:
+    /// amd64 v1–v4 (microarchitecture levels), arm v5–v8, arm64 v8/v8.x/v9/v9.x,
+    /// none for 386, ppc64le, s390x and riscv64 (where `rva20u64`/`rva22u64`/
+    /// `rva23u64` profiles are accepted). Unknown architectures pass.
+    pub fn check_variant(&self) -> Result<(), PlatformError> {
+        let Some(v) = self.variant() else {
+            return Ok(());
+        };
+        let minor = |v: &str, major: &str| {
+            v == major
+                || v.strip_prefix(major)
+                    .and_then(|r| r.strip_prefix('.'))
+                    .is_some_and(|m| {
+                        !m.is_empty() && m.len() <= 2 && m.bytes().all(|b| b.is_ascii_digit())
+                    })
+        };
+        let (ok, known) = match self.architecture.as_str() {
+            "amd64" => (matches!(v, "v2" | "v3" | "v4"), "v1, v2, v3, v4"),
+            "arm" => (matches!(v, "v5" | "v6" | "v7" | "v8"), "v5, v6, v7, v8"),
+            "arm64" => (minor(v, "v8") || minor(v, "v9"), "v8, v8.N, v9, v9.N"),
+            "riscv64" => (
+                matches!(v, "rva20u64" | "rva22u64" | "rva23u64"),
+                "rva20u64, rva22u64, rva23u64",
+            ),
+            "386" | "ppc64le" | "s390x" | "ppc64" | "mips64le" | "loong64" => (false, "none"),
+            _ => (true, ""),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(PlatformError::ImpossibleVariant {
+                input: self.to_string(),
+                arch: self.architecture.clone(),
+                variant: v.to_string(),
+                known,
+            })
+        }
+    }
+
     /// Operating system (`linux`).
     pub fn os(&self) -> &str {
         &self.os
@@ -316,6 +376,38 @@ mod tests {
             Platform::parse("plan10/amd64"),
             Err(PlatformError::UnknownOs { .. })
         ));
+    }
+
+    #[test]
+    fn impossible_variants_are_refused_for_targets() {
+        for bad in [
+            "linux/amd64/v9",
+            "linux/arm/v9",
+            "linux/arm64/v7",
+            "linux/386/v2",
+            "linux/arm64/v8.x",
+        ] {
+            assert!(
+                matches!(
+                    Platform::parse_target(bad),
+                    Err(PlatformError::ImpossibleVariant { .. })
+                ),
+                "{bad}"
+            );
+            // Plain parsing (of what registries hold) still accepts them.
+            assert!(Platform::parse(bad).is_ok(), "{bad}");
+        }
+        for good in [
+            "linux/amd64/v3",
+            "linux/amd64/v1",
+            "linux/arm/v6",
+            "linux/arm64/v8.2",
+            "linux/arm64/v9",
+            "linux/riscv64",
+            "linux/ppc64le",
+        ] {
+            assert!(Platform::parse_target(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

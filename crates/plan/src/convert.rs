@@ -81,6 +81,9 @@ pub fn plan_source(
     Ok(g)
 }
 
+/// BuildKit's refusal of a variable in `COPY --from`.
+const COPY_FROM_VARIABLE: &str = "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround";
+
 /// The Dockerfile split into its global ARGs and stages.
 struct RawStage<'a> {
     from: &'a Instruction,
@@ -98,6 +101,10 @@ enum Conv {
 /// The state a finished stage hands to stages built on it.
 #[derive(Clone, Default)]
 struct StageState {
+    /// ARGs declared in the stage with their values: a stage built `FROM`
+    /// it sees them (BuildKit copies the base stage's build args).
+    args: BTreeMap<String, String>,
+    arg_order: Vec<String>,
     env: Vec<(String, String)>,
     workdir: String,
     user: String,
@@ -129,7 +136,20 @@ pub fn plan(
     opts: &PlanOptions,
     resolver: &mut dyn ImageResolver,
 ) -> Result<BuildGraph, PlanError> {
-    let auto_args = platform_args(&opts.build_platform, platform);
+    let mut auto_args = platform_args(&opts.build_platform, platform);
+    // The stage being built: --target, else the last stage's name, else
+    // "default" (testTargetStageNameArg).
+    let last_name = df.instructions.iter().rev().find_map(|i| match &i.kind {
+        Kind::From(f) => Some(f.name.clone()),
+        _ => None,
+    });
+    let target_stage = opts
+        .target
+        .clone()
+        .or(last_name.flatten())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "default".into());
+    auto_args.insert("TARGETSTAGE".into(), target_stage);
     let mut p = Planner {
         df,
         opts,
@@ -168,6 +188,8 @@ pub fn plan(
         });
     }
     Ok(BuildGraph {
+        labels: BTreeMap::new(),
+        entitlements: opts.allow,
         platform: platform.clone(),
         build_platform: opts.build_platform.clone(),
         target: p.out.len() - 1,
@@ -402,12 +424,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Find a stage referenced by `--from` (name or index). `None` means "an image".
-    fn stage_ref(
-        &self,
-        current: usize,
-        word: &str,
-        ins: &Instruction,
-    ) -> Result<Option<usize>, PlanError> {
+    fn stage_ref(&self, word: &str, ins: &Instruction) -> Result<Option<usize>, PlanError> {
         let lower = word.to_ascii_lowercase();
         if let Some(n) = self
             .stages
@@ -419,14 +436,9 @@ impl<'a> Planner<'a> {
         if !word.is_empty() && word.chars().all(|c| c.is_ascii_digit()) {
             let n: usize = word
                 .parse()
-                .map_err(|_| self.at(ins, format!("invalid stage index {word:?}")))?;
-            if n >= current {
-                return Err(self.at(
-                    ins,
-                    format!(
-                        "invalid from flag value {word}: refers to current or future build stage"
-                    ),
-                ));
+                .map_err(|_| self.at(ins, format!("invalid stage index {word}")))?;
+            if n >= self.stages.len() {
+                return Err(self.at(ins, format!("invalid stage index {n}")));
             }
             return Ok(Some(n));
         }
@@ -469,6 +481,18 @@ impl<'a> Planner<'a> {
         reference: &str,
         platform: &Platform,
     ) -> Result<(ImageRef, BaseConfig), PlanError> {
+        // `--build-context NAME=docker-image://REF` replaces the image NAME
+        // (also when written with the implied `:latest`).
+        let aliases = &self.opts.image_aliases;
+        let reference = aliases
+            .get(reference)
+            .or_else(|| {
+                reference
+                    .strip_suffix(":latest")
+                    .and_then(|r| aliases.get(r))
+            })
+            .map(String::as_str)
+            .unwrap_or(reference);
         let r = self
             .resolver
             .resolve(reference, platform)
@@ -530,6 +554,8 @@ impl<'a> Planner<'a> {
                         user: cfg.user,
                         shell: cfg.shell,
                         onbuild: cfg.onbuild,
+                        args: BTreeMap::new(),
+                        arg_order: Vec::new(),
                     },
                 )
             }
@@ -545,8 +571,9 @@ impl<'a> Planner<'a> {
             n,
             platform: platform.clone(),
             scope: Scope {
-                args: BTreeMap::new(),
+                args: state.args.clone(),
                 env: state.env.clone(),
+                arg_order: state.arg_order.clone(),
             },
             state,
             steps: Vec::new(),
@@ -554,7 +581,10 @@ impl<'a> Planner<'a> {
         // ONBUILD triggers of the base run first; they are not inherited further.
         let triggers = std::mem::take(&mut sc.state.onbuild);
         for t in &triggers {
-            let trig_file = format!("{} (ONBUILD trigger of {image})", self.file());
+            let trig_file = match base {
+                Base::Stage(_) => self.file().to_string(),
+                _ => format!("{} (ONBUILD trigger of {image})", self.file()),
+            };
             let doc = xbuild_dockerfile::parse(t, &trig_file)?;
             for node in &doc.nodes {
                 let mut ins = instructions::from_node(node, &trig_file)?;
@@ -572,6 +602,8 @@ impl<'a> Planner<'a> {
             self.convert_instruction(&mut sc, ins, chain, false)?;
         }
         sc.state.env = sc.scope.env.clone();
+        sc.state.args = sc.scope.args.clone();
+        sc.state.arg_order = sc.scope.arg_order.clone();
         self.finals[n] = sc.state.clone();
         Ok(Stage {
             name: from_info.name.clone(),
@@ -608,20 +640,58 @@ impl<'a> Planner<'a> {
         Ok(None)
     }
 
+    /// `--build-arg BUILDKIT_SANDBOX_HOSTNAME=NAME`: the hostname of RUN
+    /// steps (a frontend option: no ARG needed).
+    fn sandbox_hostname(&mut self) -> Option<String> {
+        let v = self
+            .opts
+            .build_args
+            .get("BUILDKIT_SANDBOX_HOSTNAME")
+            .filter(|v| !v.is_empty())?
+            .clone();
+        self.consumed
+            .insert("BUILDKIT_SANDBOX_HOSTNAME".to_string());
+        Some(v)
+    }
+
     fn file_source(
         &mut self,
         sc: &StageConv,
         from: Option<&str>,
         ins: &Instruction,
         chain: &mut Vec<usize>,
+        mount_target: Option<&str>,
     ) -> Result<FileSource, PlanError> {
         let Some(word) = from else {
             return Ok(FileSource::Context);
         };
-        match self.stage_ref(sc.n, word, ins)? {
+        match self.stage_ref(word, ins)? {
             Some(dep) => {
-                if dep == sc.n {
-                    return Err(self.at(ins, format!("stage {word:?} cannot copy from itself")));
+                if dep >= sc.n {
+                    // BuildKit dispatches stages in order: a stage can only
+                    // read one defined before it.
+                    let current = self.stages[sc.n].from_info.name.clone().unwrap_or_default();
+                    let msg = match mount_target {
+                        Some(t) => format!(
+                            "cannot mount from stage {word:?} to {t:?}, stage needs to be defined before current command"
+                        ),
+                        None => format!(
+                            "cannot copy from stage {word:?}, it needs to be defined before current stage {current:?}"
+                        ),
+                    };
+                    return Err(self.at(ins, msg));
+                }
+                // BuildKit lets RUN mount a later stage, but COPY only
+                // from a stage defined before the current one.
+                if dep > sc.n && matches!(ins.kind, Kind::Copy(_)) {
+                    return Err(self.at(
+                        ins,
+                        format!(
+                            "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
+                            self.stage_label(dep),
+                            self.stage_label(sc.n)
+                        ),
+                    ));
                 }
                 Ok(FileSource::Stage(self.convert_stage(dep, chain)?))
             }
@@ -655,7 +725,7 @@ impl<'a> Planner<'a> {
                     let v = self.arg_value(&d.name, d.default.as_deref(), &snapshot, ins)?;
                     match &v {
                         Some(v) => {
-                            sc.scope.args.insert(d.name.clone(), v.clone());
+                            sc.scope.set_arg(&d.name, v);
                         }
                         None => {
                             sc.scope.args.remove(&d.name);
@@ -684,16 +754,9 @@ impl<'a> Planner<'a> {
                     }
                     pairs.push((k, v));
                 }
-                let shown: Vec<String> = pairs
-                    .iter()
-                    .map(|(k, v)| {
-                        if is_env {
-                            format!("{k}={v}")
-                        } else {
-                            format!("{k}={}", serde_json::to_string(v).unwrap_or_default())
-                        }
-                    })
-                    .collect();
+                // BuildKit's history text: `KEY=value`, unquoted, for ENV
+                // and LABEL alike (testExportedHistory).
+                let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let t = format!("{} {}", ins.keyword, shown.join(" "));
                 if is_env {
                     for (k, v) in &pairs {
@@ -730,17 +793,42 @@ impl<'a> Planner<'a> {
                 (t.clone(), t, Op::Config(ConfigOp::Maintainer(m.clone())))
             }
             Kind::Expose(ports) => {
-                let mut out = Vec::new();
+                // As BuildKit: the words are sorted as written, expanded,
+                // and each `[ip:][host:]port[-end][/proto]` gives its
+                // container ports; an IP or host port is accepted with a
+                // warning (ExposeInvalidFormat).
+                let mut sorted = ports.clone();
+                sorted.sort();
+                let mut words = Vec::new();
                 let mut each = Vec::new();
-                for p in ports {
+                for p in &sorted {
                     for w in ex.words(p).map_err(|x| self.at(ins, e(x)))? {
-                        let spec = normalize_port(&w).map_err(|m| self.at(ins, m))?;
-                        each.extend(expand_port_range(&spec));
-                        out.push(spec);
+                        let spec = parse_port_spec(&w).map_err(|m| self.at(ins, m))?;
+                        if spec.host_mapping {
+                            self.warnings.push(PlanWarning {
+                                rule: "ExposeInvalidFormat".into(),
+                                message: format!(
+                                    "EXPOSE instruction should not define an IP address or host-port mapping, found '{w}'"
+                                ),
+                                location: Some(loc(self.file(), ins)),
+                            });
+                        }
+                        if spec.proto_casing {
+                            self.warnings.push(PlanWarning {
+                                rule: "ExposeProtoCasing".into(),
+                                message: format!(
+                                    "Defined protocol '{w}' in EXPOSE instruction should be lowercase"
+                                ),
+                                location: Some(loc(self.file(), ins)),
+                            });
+                        }
+                        each.extend(spec.ports);
+                        words.push(w);
                     }
                 }
-                let t = format!("EXPOSE {}", out.join(" "));
-                (t.clone(), t, Op::Config(ConfigOp::Expose(each)))
+                let t = format!("EXPOSE {}", words.join(" "));
+                let created_by = format!("EXPOSE [{}]", each.join(" "));
+                (t, created_by, Op::Config(ConfigOp::Expose(each)))
             }
             Kind::Volume(vols) => {
                 let mut out = Vec::new();
@@ -813,6 +901,8 @@ impl<'a> Planner<'a> {
                 (t.clone(), t, Op::Config(ConfigOp::Healthcheck(spec)))
             }
             Kind::Onbuild { text, .. } => {
+                // A stage built FROM this one runs it (testOnBuildInheritedStageRun).
+                sc.state.onbuild.push(text.clone());
                 let t = format!("ONBUILD {text}");
                 (t.clone(), t, Op::Config(ConfigOp::Onbuild(text.clone())))
             }
@@ -821,11 +911,43 @@ impl<'a> Planner<'a> {
                 for m in &run.mounts {
                     mounts.push(self.exec_mount(sc, &mut ex, m, ins, chain)?);
                 }
+                // `default` is the build's `--network`; host networking and
+                // the insecure mode need the build's `--allow`, as in buildx.
                 let network = match run.network.as_deref() {
-                    None | Some("default") => Network::Default,
+                    None | Some("default") => self.opts.network,
                     Some("none") => Network::None,
-                    Some(_) => Network::Host,
+                    Some("host") => Network::Host,
+                    Some(other) => {
+                        return Err(self.at(
+                            ins,
+                            format!("unsupported network mode {other:?} (default, none or host)"),
+                        ))
+                    }
                 };
+                if network == Network::Host && !self.opts.allow.network_host {
+                    return Err(self.at(
+                        ins,
+                        "network mode \"host\" needs the network.host entitlement: \
+                         pass --allow network.host",
+                    ));
+                }
+                let insecure = match run.security.as_deref() {
+                    None | Some("sandbox") => false,
+                    Some("insecure") => true,
+                    Some(other) => {
+                        return Err(self.at(
+                            ins,
+                            format!("unsupported security mode {other:?} (sandbox or insecure)"),
+                        ))
+                    }
+                };
+                if insecure && !self.opts.allow.security_insecure {
+                    return Err(self.at(
+                        ins,
+                        "security mode \"insecure\" needs the security.insecure entitlement: \
+                         pass --allow security.insecure",
+                    ));
+                }
                 let mut inline_files = Vec::new();
                 let args = match (&run.command, run.heredocs.as_slice()) {
                     (Command::Exec(v), _) => v.clone(),
@@ -874,10 +996,25 @@ impl<'a> Planner<'a> {
                 for (k, v) in &args_in_scope {
                     env.push(format!("{k}={v}"));
                 }
-                for p in PROXY_ARGS {
-                    if let Some(v) = self.opts.build_args.get(*p) {
-                        if !args_in_scope.contains_key(*p) {
-                            env.push(format!("{p}={v}"));
+                // BuildKit's proxy env: a proxy build arg, in either case,
+                // reaches RUN in both spellings without an ARG.
+                for (upper, lower) in PROXY_ARGS.chunks(2).map(|c| (c[0], c[1])) {
+                    let v = self
+                        .opts
+                        .build_args
+                        .get(upper)
+                        .or_else(|| self.opts.build_args.get(lower))
+                        .or_else(|| {
+                            self.opts
+                                .build_args
+                                .iter()
+                                .find(|(k, _)| k.eq_ignore_ascii_case(upper))
+                                .map(|(_, v)| v)
+                        });
+                    let Some(v) = v else { continue };
+                    for name in [upper, lower] {
+                        if !args_in_scope.contains_key(name) {
+                            env.push(format!("{name}={v}"));
                         }
                     }
                 }
@@ -887,7 +1024,9 @@ impl<'a> Planner<'a> {
                 let prefix = if args_in_scope.is_empty() {
                     String::new()
                 } else {
-                    let kv: Vec<String> = args_in_scope
+                    let kv: Vec<String> = sc
+                        .scope
+                        .ordered_args()
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
@@ -909,18 +1048,31 @@ impl<'a> Planner<'a> {
                         },
                         user: sc.state.user.clone(),
                         network,
-                        insecure: run.security.as_deref() == Some("insecure"),
+                        insecure,
                         mounts,
                         inline_files,
+                        hostname: self.sandbox_hostname(),
+                        extra_hosts: self.opts.extra_hosts.clone(),
+                        shm_size: self.opts.shm_size,
                     }),
                 )
             }
             Kind::Copy(c) => {
                 let from_word = match &c.from {
-                    Some(f) => Some(ex.word(f).map_err(|x| self.at(ins, e(x)))?),
+                    Some(f) => {
+                        // BuildKit refuses any expansion in COPY --from
+                        // (the word must be the same with no variables).
+                        let plain = Expander::new(esc, &Scope::default())
+                            .word(f)
+                            .map_err(|x| self.at(ins, e(x)))?;
+                        if plain != *f {
+                            return Err(self.at(ins, COPY_FROM_VARIABLE));
+                        }
+                        Some(f.clone())
+                    }
                     None => None,
                 };
-                let from = self.file_source(sc, from_word.as_deref(), ins, chain)?;
+                let from = self.file_source(sc, from_word.as_deref(), ins, chain, None)?;
                 let mut sources = Vec::new();
                 let mut inline = Vec::new();
                 let mut docs = c.heredocs.iter();
@@ -1006,7 +1158,11 @@ impl<'a> Planner<'a> {
                 for x in &exclude {
                     flags.push(format!("--exclude={x}"));
                 }
-                if let Some(v) = &c.checksum {
+                let checksum = match &c.checksum {
+                    Some(v) => Some(ex.word(v).map_err(|x| self.at(ins, e(x)))?),
+                    None => None,
+                };
+                if let Some(v) = &checksum {
                     flags.push(format!("--checksum={v}"));
                 }
                 let mut words = flags;
@@ -1014,7 +1170,22 @@ impl<'a> Planner<'a> {
                 words.extend(inline.iter().map(|h| format!("<<{}", h.name)));
                 words.push(dest_word.clone());
                 let text = format!("{} {}", ins.keyword, words.join(" "));
-                let created_by = format!("{text} # buildkit");
+                // BuildKit's history text names only --parents, --chown
+                // and --chmod, then the sources and the destination.
+                let mut hist = vec![ins.keyword.clone()];
+                if c.parents {
+                    hist.push("--parents".into());
+                }
+                if let Some(v) = chown.as_ref().filter(|v| !v.is_empty()) {
+                    hist.push(format!("--chown={v}"));
+                }
+                if let Some(v) = chmod.as_ref().filter(|v| !v.is_empty()) {
+                    hist.push(format!("--chmod={v}"));
+                }
+                hist.extend(sources.iter().cloned());
+                hist.extend(inline.iter().map(|h| format!("<<{}", h.name)));
+                hist.push(dest_word.clone());
+                let created_by = format!("{} # buildkit", hist.join(" "));
                 (
                     text,
                     created_by,
@@ -1029,7 +1200,7 @@ impl<'a> Planner<'a> {
                         exclude,
                         parents: c.parents,
                         add: c.is_add,
-                        checksum: c.checksum.clone(),
+                        checksum,
                         unpack: c.unpack,
                         keep_git_dir: c.keep_git_dir,
                     }),
@@ -1057,8 +1228,20 @@ impl<'a> Planner<'a> {
         ins: &Instruction,
         chain: &mut Vec<usize>,
     ) -> Result<ExecMount, PlanError> {
+        // Every value is expanded (BuildKit, testMountArg: `type=$T`); a
+        // spec as written is parsed again with its values expanded.
+        let reparsed;
+        let (m, expanded) = if m.spec.is_empty() {
+            (m, false)
+        } else {
+            let mut expand = |v: &str| ex.word(v).map_err(|x| x.to_string());
+            reparsed = instructions::parse_mount_with(&m.spec, &mut expand)
+                .map_err(|msg| self.at(ins, format!("--mount={}: {msg}", m.spec)))?;
+            (&reparsed, true)
+        };
         let exp = |ex: &mut Expander, v: &Option<String>| -> Result<Option<String>, String> {
             match v {
+                Some(s) if expanded => Ok(Some(s.clone())),
                 Some(s) => ex.word(s).map(Some).map_err(|x| x.to_string()),
                 None => Ok(None),
             }
@@ -1067,10 +1250,13 @@ impl<'a> Planner<'a> {
         let source = exp(ex, &m.source).map_err(|x| self.at(ins, x))?;
         let from_w = exp(ex, &m.from).map_err(|x| self.at(ins, x))?;
         let mut id = exp(ex, &m.id).map_err(|x| self.at(ins, x))?;
+        let target_word = target.clone().unwrap_or_default();
         let target = target.map(|t| join_clean(&sc.state.workdir, &t));
         let from = match m.kind {
             MountType::Bind | MountType::Cache => match &from_w {
-                Some(_) => Some(self.file_source(sc, from_w.as_deref(), ins, chain)?),
+                Some(_) => {
+                    Some(self.file_source(sc, from_w.as_deref(), ins, chain, Some(&target_word))?)
+                }
                 None if m.kind == MountType::Bind => Some(FileSource::Context),
                 None => None,
             },
@@ -1161,43 +1347,78 @@ fn is_bare_heredoc(cmd: &str, h: &Heredoc) -> bool {
     unquoted == h.name
 }
 
-fn normalize_port(p: &str) -> Result<String, String> {
-    let (port, proto) = match p.split_once('/') {
-        Some((a, b)) => (a, b.to_ascii_lowercase()),
-        None => (p, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!(
-            "invalid proto {proto:?} in port {p:?} (tcp, udp or sctp)"
-        ));
-    }
-    let valid = |s: &str| s.parse::<u16>().is_ok();
-    let ok = match port.split_once('-') {
-        Some((a, b)) => valid(a) && valid(b) && a.parse::<u16>().ok() <= b.parse::<u16>().ok(),
-        None => valid(port),
-    };
-    if !ok {
-        return Err(format!(
-            "invalid port {p:?}: expected PORT[/PROTO] or START-END[/PROTO]"
-        ));
-    }
-    Ok(format!("{port}/{proto}"))
+/// One EXPOSE word, parsed as BuildKit does.
+struct PortSpec {
+    /// `N/proto` for each container port.
+    ports: Vec<String>,
+    /// An IP address or a host port was given.
+    host_mapping: bool,
+    /// The protocol was not lowercase.
+    proto_casing: bool,
 }
 
-/// One `PORT/PROTO` per port of a normalized `START-END/PROTO` (Docker's
-/// port-spec parser does the same, so `EXPOSE 80-82` exposes 80, 81, 82).
-fn expand_port_range(spec: &str) -> Vec<String> {
-    let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-    let (a, b) = port.split_once('-').unwrap_or((port, port));
-    match (a.parse::<u16>(), b.parse::<u16>()) {
-        (Ok(a), Ok(b)) => (a..=b).map(|p| format!("{p}/{proto}")).collect(),
-        _ => vec![spec.to_string()],
+/// `[ip:][hostPort:]port[-end][/proto]` (BuildKit's EXPOSE port specs).
+fn parse_port_spec(raw: &str) -> Result<PortSpec, String> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let n = parts.len();
+    let (ip, host_port, container) = match n {
+        1 => (String::new(), "", parts[0]),
+        2 => (String::new(), parts[0], parts[1]),
+        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
+    };
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    if port.is_empty() {
+        return Err(format!("invalid port: {raw:?}: no port specified"));
     }
+    let proto_l = proto.to_ascii_lowercase();
+    let proto_l = match proto_l.as_str() {
+        "" => "tcp".to_string(),
+        "tcp" | "udp" | "sctp" => proto_l,
+        _ => return Err(format!("invalid port: {raw:?}: invalid proto: {proto}")),
+    };
+    if !ip.is_empty() {
+        let bare = ip.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid IP address: {ip}"));
+        }
+    }
+    let range = |s: &str| -> Option<(u32, u32)> {
+        let num = |x: &str| x.parse::<u32>().ok().filter(|v| *v <= 65535);
+        match s.split_once('-') {
+            None => num(s).map(|a| (a, a)),
+            Some((a, b)) if a == b => num(a).map(|a| (a, a)),
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                (b >= a).then_some((a, b))
+            }
+        }
+    };
+    let (start, end) = range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
+    if !host_port.is_empty() {
+        let (hs, he) = range(host_port).ok_or_else(|| format!("invalid hostPort: {host_port}"))?;
+        if end - start != he - hs && end != start {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {port} and {host_port}"
+            ));
+        }
+    }
+    Ok(PortSpec {
+        ports: (start..=end).map(|p| format!("{p}/{proto_l}")).collect(),
+        host_mapping: !ip.is_empty() || !host_port.is_empty(),
+        proto_casing: proto != proto.to_ascii_lowercase(),
+    })
 }
 
 fn validate_chmod(m: &str) -> Result<(), String> {
-    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) && m.len() <= 4 {
-        return Ok(());
+    // BuildKit's wording for both a bad octal value and an unparsable mode.
+    let invalid = || {
+        format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777")
+    };
+    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) {
+        return match u32::from_str_radix(m, 8) {
+            Ok(v) if v <= 0o7777 => Ok(()),
+            _ => Err(invalid()),
+        };
     }
     // Symbolic modes (u+x,go-w) are accepted by BuildKit with --link; check the shape.
     let symbolic = m.split(',').all(|clause| {
@@ -1212,9 +1433,7 @@ fn validate_chmod(m: &str) -> Result<(), String> {
     if symbolic {
         Ok(())
     } else {
-        Err(format!(
-            "invalid --chmod value {m:?}: expected octal (0755) or symbolic (u+x)"
-        ))
+        Err(invalid())
     }
 }
 
@@ -1232,18 +1451,33 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!(normalize_port("80").unwrap(), "80/tcp");
-        assert_eq!(normalize_port("53/UDP").unwrap(), "53/udp");
-        assert_eq!(normalize_port("8000-8010").unwrap(), "8000-8010/tcp");
-        assert!(normalize_port("http").is_err());
-        assert!(normalize_port("80/xyz").is_err());
-        assert!(normalize_port("99999").is_err());
+        let ports = |p: &str| parse_port_spec(p).map(|s| s.ports);
+        assert_eq!(ports("80").unwrap(), ["80/tcp"]);
+        assert_eq!(ports("53/UDP").unwrap(), ["53/udp"]);
+        assert!(parse_port_spec("53/UDP").unwrap().proto_casing);
         assert_eq!(
-            expand_port_range("8000-8002/tcp"),
+            ports("8000-8002").unwrap(),
             ["8000/tcp", "8001/tcp", "8002/tcp"]
         );
-        assert_eq!(expand_port_range("53/udp"), ["53/udp"]);
-        assert_eq!(expand_port_range("080/tcp"), ["80/tcp"]);
+        assert_eq!(ports("080/tcp").unwrap(), ["80/tcp"]);
+        assert!(ports("http").is_err());
+        assert!(ports("80/xyz").is_err());
+        assert!(ports("99999").is_err());
+        // Host IP and host port forms: the container port, with a warning
+        // (convert_expose.go, ExposeInvalidFormat).
+        let s = parse_port_spec("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(
+            (s.ports, s.host_mapping),
+            (vec!["80/udp".to_string()], true)
+        );
+        let s = parse_port_spec("8080:80").unwrap();
+        assert_eq!(
+            (s.ports, s.host_mapping),
+            (vec!["80/tcp".to_string()], true)
+        );
+        assert_eq!(ports("[::1]:8080:80").unwrap(), ["80/tcp"]);
+        assert!(ports("300.0.0.1:8080:80").is_err());
+        assert!(ports("8000-8001:80-82").is_err());
     }
 
     #[test]
@@ -1253,5 +1487,15 @@ mod tests {
         assert!(validate_chmod("u+x,go-w").is_ok());
         assert!(validate_chmod("888").is_err());
         assert!(validate_chmod("rwx").is_err());
+        // BuildKit's bounds and wording (testCopyInvalidChmod).
+        assert!(validate_chmod("07777").is_ok());
+        assert_eq!(
+            validate_chmod("10000").unwrap_err(),
+            "invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777"
+        );
+        assert_eq!(
+            validate_chmod("64a").unwrap_err(),
+            "invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777"
+        );
     }
 }

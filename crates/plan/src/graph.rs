@@ -72,17 +72,78 @@ pub struct InlineFile {
     pub mode: u32,
 }
 
-/// `RUN --network`.
+/// `RUN --network` (and the build's `--network`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The worker's default (host networking).
+    /// The sandbox's default: the step's own network namespace with
+    /// outbound access (through `pasta`), without the host's loopback.
     #[default]
     Default,
     /// Only a loopback interface.
     None,
     /// The host's network namespace.
     Host,
+}
+
+/// What a build allows beyond the default sandbox: buildx's `--allow`
+/// entitlements. Carried in the graph so that the worker (local or a node)
+/// checks every step against what the user granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Entitlements {
+    /// `network.host`: `RUN --network=host` and `--network host`.
+    #[serde(default)]
+    pub network_host: bool,
+    /// `security.insecure`: `RUN --security=insecure`.
+    #[serde(default)]
+    pub security_insecure: bool,
+}
+
+impl Entitlements {
+    /// Parses `--allow` values (repeatable, comma-separated), as buildx
+    /// names them: `network.host`, `security.insecure`.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Entitlements, String> {
+        let mut out = Entitlements::default();
+        for item in values.iter().flat_map(|v| v.as_ref().split(',')) {
+            match item.trim() {
+                "" => {}
+                "network.host" => out.network_host = true,
+                "security.insecure" => out.security_insecure = true,
+                other => {
+                    return Err(format!(
+                        "invalid entitlement {other:?} (network.host or security.insecure)"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The granted entitlements, in buildx's names.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.network_host {
+            v.push("network.host");
+        }
+        if self.security_insecure {
+            v.push("security.insecure");
+        }
+        v
+    }
+}
+
+impl Network {
+    /// Parses a build's `--network` value (`default`, `none`, `host`).
+    pub fn parse(value: &str) -> Result<Network, String> {
+        match value {
+            "" | "default" => Ok(Network::Default),
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            other => Err(format!(
+                "invalid network mode {other:?} (default, none or host)"
+            )),
+        }
+    }
 }
 
 /// One mount of a RUN step, values expanded.
@@ -135,6 +196,20 @@ pub struct ExecOp {
     pub mounts: Vec<ExecMount>,
     /// Heredoc scripts written into the container before the run.
     pub inline_files: Vec<InlineFile>,
+    /// The hostname RUN sees, from the `BUILDKIT_SANDBOX_HOSTNAME` build
+    /// arg; `None` for the default. Left out of the serialized form (and so
+    /// of cache keys) when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `--add-host`: `(host, ip)` lines added to the step's `/etc/hosts`
+    /// (part of the cache key, as in BuildKit; absent when empty, so the
+    /// keys of builds without it do not change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size`: the size of the step's `/dev/shm`, in bytes (absent:
+    /// the sandbox's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
 }
 
 /// Copy files into the stage's filesystem (COPY and ADD).
@@ -409,6 +484,9 @@ pub struct PlanWarning {
 /// Everything needed to build one platform's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildGraph {
+    /// What the build allows beyond the default sandbox (`--allow`).
+    #[serde(default)]
+    pub entitlements: Entitlements,
     /// The platform of the result (`TARGETPLATFORM`).
     pub platform: Platform,
     /// The platform of the machine that plans (`BUILDPLATFORM`).
@@ -421,6 +499,11 @@ pub struct BuildGraph {
     pub unused_build_args: Vec<String>,
     /// Non-fatal findings.
     pub warnings: Vec<PlanWarning>,
+    /// `--label KEY=VALUE` of the command line: set on the final image's
+    /// config (after the Dockerfile's LABELs, no history entry), as
+    /// BuildKit's frontend does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Which project this is (a hash of the context and Dockerfile
     /// identity, set by the coordinator): cache explanations compare a step
     /// only with records of the same project. Not part of any cache key.

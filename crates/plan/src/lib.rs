@@ -51,6 +51,17 @@ pub struct PlanOptions {
     pub build_args: BTreeMap<String, String>,
     /// The platform of the planning machine (`BUILDPLATFORM`).
     pub build_platform: Platform,
+    /// `--network`: the network of `RUN` steps that do not choose one.
+    pub network: Network,
+    /// `--allow`: entitlements granted to the build.
+    pub allow: Entitlements,
+    /// `--build-context NAME=docker-image://REF`: image names (as written in
+    /// `FROM`, `COPY --from`, `RUN --mount=from`) replaced by another image.
+    pub image_aliases: BTreeMap<String, String>,
+    /// `--add-host HOST:IP`: extra `/etc/hosts` lines of every RUN step.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size`: `/dev/shm` of every RUN step, in bytes.
+    pub shm_size: Option<u64>,
 }
 
 impl PlanOptions {
@@ -61,6 +72,11 @@ impl PlanOptions {
             target: None,
             build_args: BTreeMap::new(),
             build_platform: Platform::host_linux(),
+            network: Network::Default,
+            allow: Entitlements::default(),
+            image_aliases: BTreeMap::new(),
+            extra_hosts: Vec::new(),
+            shm_size: None,
         }
     }
 }
@@ -126,7 +142,7 @@ pub enum PlanError {
         message: String,
     },
     /// No FROM at all.
-    #[error("{file}:{line}: no build stage: the Dockerfile has no FROM instruction")]
+    #[error("{file}:{line}: dockerfile contains no stages to build (no FROM instruction)")]
     NoStage {
         /// Dockerfile name.
         file: String,
@@ -134,7 +150,10 @@ pub enum PlanError {
         line: usize,
     },
     /// `--target` names no stage.
-    #[error("target stage {target:?} could not be found (stages: {})", available.join(", "))]
+    #[error(
+        "target stage {target:?} could not be found{}",
+        target_hint(target, available)
+    )]
     TargetNotFound {
         /// The requested target.
         target: String,
@@ -173,4 +192,37 @@ pub fn platform_args(build: &Platform, target: &Platform) -> BTreeMap<String, St
         m.insert(format!("{prefix}VARIANT"), p.variant_or_empty().to_string());
     }
     m
+}
+
+/// BuildKit's "(did you mean X?)" for a misspelt `--target`, else the
+/// list of stage names.
+fn target_hint(target: &str, available: &[String]) -> String {
+    match xbuild_dockerfile::suggest::suggest(target, available, false) {
+        Some(m) => format!(" (did you mean {m}?)"),
+        None if available.is_empty() => " (no stage has a name)".to_string(),
+        None => format!(" (stages: {})", available.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod target_hint_tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_target_gets_buildkit_hint() {
+        // testTargetMistype.
+        let e = PlanError::TargetNotFound {
+            target: "bulid".into(),
+            available: vec!["build".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "target stage \"bulid\" could not be found (did you mean build?)"
+        );
+        let e = PlanError::TargetNotFound {
+            target: "zzz".into(),
+            available: vec!["build".into(), "test".into()],
+        };
+        assert!(e.to_string().ends_with("(stages: build, test)"));
+    }
 }

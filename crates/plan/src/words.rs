@@ -11,6 +11,9 @@ pub(crate) struct Scope {
     pub args: BTreeMap<String, String>,
     /// Image ENV, in order.
     pub env: Vec<(String, String)>,
+    /// ARG names in the order first declared (BuildKit lists a RUN's args
+    /// in this order in its history).
+    pub arg_order: Vec<String>,
 }
 
 impl Scope {
@@ -29,6 +32,23 @@ impl Scope {
             .iter()
             .filter(|(k, _)| !self.env.iter().any(|(e, _)| e == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Declare ARG `name` with `value`.
+    pub fn set_arg(&mut self, name: &str, value: &str) {
+        self.args.insert(name.to_string(), value.to_string());
+        if !self.arg_order.iter().any(|n| n == name) {
+            self.arg_order.push(name.to_string());
+        }
+    }
+
+    /// The args of [`Scope::effective_args`] in declaration order.
+    pub fn ordered_args(&self) -> Vec<(String, String)> {
+        let eff = self.effective_args();
+        self.arg_order
+            .iter()
+            .filter_map(|n| eff.get(n).map(|v| (n.clone(), v.clone())))
             .collect()
     }
 

@@ -19,7 +19,34 @@ fn opts() -> PlanOptions {
         target: None,
         build_args: BTreeMap::new(),
         build_platform: amd64(),
+        network: Default::default(),
+        allow: Default::default(),
+        image_aliases: BTreeMap::new(),
+        extra_hosts: Vec::new(),
+        shm_size: None,
     }
+}
+
+#[test]
+fn build_context_image_aliases_replace_from_and_copy_from() {
+    let mut o = opts();
+    o.image_aliases
+        .insert("base".into(), "registry.example/base@sha256:1234".into());
+    o.image_aliases
+        .insert("tools".into(), "busybox:1.36".into());
+    let g = plan_for(
+        "FROM base\nCOPY --from=tools:latest /bin/sh /sh\nCOPY --from=other /x /x\n",
+        &amd64(),
+        &o,
+    );
+    let refs: Vec<&str> = g.images().iter().map(|r| r.reference.as_str()).collect();
+    assert!(
+        refs.contains(&"registry.example/base@sha256:1234"),
+        "{refs:?}"
+    );
+    assert!(refs.contains(&"busybox:1.36"), "{refs:?}");
+    assert!(refs.contains(&"other"), "{refs:?}");
+    assert!(!refs.contains(&"base"), "{refs:?}");
 }
 
 fn plan_for(src: &str, p: &Platform, o: &PlanOptions) -> BuildGraph {
@@ -271,9 +298,16 @@ fn copy_from_future_index_and_cycles_are_errors() {
     let src = "FROM scratch AS a\nCOPY --from=1 /a /a\nFROM a\n";
     let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
     assert!(e.to_string().contains("Dockerfile:2"), "{e}");
-    let src = "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nCOPY --from=a /y /y\n";
+    // COPY --from a later stage is refused outright (as BuildKit does); a
+    // RUN mount of a later stage is allowed, so a loop is still possible.
+    let src = "FROM scratch AS a\nRUN --mount=from=b,target=/x true\nFROM scratch AS b\nCOPY --from=a /y /y\n";
     let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
-    assert!(e.to_string().contains("circular"), "{e}");
+    // BuildKit dispatches stages in order: the copy from a later stage is
+    // the error, before any cycle.
+    assert!(
+        e.to_string().contains("cannot copy from stage \"b\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -368,7 +402,7 @@ ONBUILD RUN echo child
     let s = &g.stages[0].steps;
     assert_eq!(
         s[0].op,
-        Op::Config(ConfigOp::Expose(vec!["80/tcp".into(), "53/udp".into()]))
+        Op::Config(ConfigOp::Expose(vec!["53/udp".into(), "80/tcp".into()]))
     );
     assert_eq!(s[1].op, Op::Config(ConfigOp::Volume(vec!["/data".into()])));
     match &s[3].op {
@@ -463,6 +497,107 @@ fn check_finds_the_usual_problems() {
     assert!(check::check_source(clean, &opts(), &[amd64()]).is_empty());
     let skipped = "# check=skip=JSONArgsRecommended\nFROM alpine\nCMD ls\n";
     assert!(check::check_source(skipped, &opts(), &[amd64()]).is_empty());
+}
+
+#[test]
+fn copy_from_a_later_stage_is_refused_but_mounting_it_is_not() {
+    // testOutOfOrderStage: COPY --from a stage defined further down fails.
+    let src = "FROM scratch AS target\nCOPY --from=build /d2 /out\nFROM scratch AS build\nCOPY Dockerfile /d2\nFROM target\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot copy from stage \"build\", it needs to be defined before current stage \"target\""),
+        "{e}"
+    );
+    // An empty Dockerfile has no stage (testEmptyStages).
+    let e = plan_source("ARG foo=bar\n", &amd64(), &opts(), &mut OfflineResolver)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dockerfile contains no stages to build"), "{e}");
+}
+
+#[test]
+fn sandbox_hostname_build_arg_sets_run_hostname() {
+    // testDockerfileCheckHostname (arg): no ARG needed, not an unused arg.
+    let mut o = opts();
+    o.build_args
+        .insert("BUILDKIT_SANDBOX_HOSTNAME".into(), "foo".into());
+    let g = plan_for("FROM busybox\nRUN hostname\n", &amd64(), &o);
+    let e = exec(&g.stages[0].steps[0]);
+    assert_eq!(e.hostname.as_deref(), Some("foo"));
+    // Unset: not in the serialized op, so cache keys do not change.
+    let g = plan_for("FROM busybox\nRUN hostname\n", &amd64(), &opts());
+    let e = exec(&g.stages[0].steps[0]);
+    assert_eq!(e.hostname, None);
+    assert!(!serde_json::to_string(e).unwrap().contains("\"hostname\":"));
+}
+
+// RUN --network / --security need buildx's entitlements (`--allow`), and
+// the build's `--network` is the default of steps that name none.
+#[test]
+fn network_and_security_modes_need_entitlements() {
+    let src = "FROM scratch\nRUN --network=host true\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("Dockerfile:2") && text.contains("--allow network.host"),
+        "{text}"
+    );
+
+    let mut allowed = opts();
+    allowed.allow = Entitlements::parse(&["network.host,security.insecure"]).unwrap();
+    let g = plan_for(
+        "FROM scratch\nRUN --network=host --security=insecure true\nRUN true\n",
+        &amd64(),
+        &allowed,
+    );
+    let steps = &g.stages[0].steps;
+    let run = exec(&steps[steps.len() - 2]);
+    assert_eq!((run.network, run.insecure), (Network::Host, true));
+    assert_eq!(exec(&steps[steps.len() - 1]).network, Network::Default);
+    assert_eq!(g.entitlements, allowed.allow);
+
+    let src = "FROM scratch\nRUN --security=insecure true\n";
+    let e = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap_err();
+    assert!(e.to_string().contains("--allow security.insecure"), "{e}");
+
+    let e = plan_source(
+        "FROM scratch\nRUN --network=bridge true\n",
+        &amd64(),
+        &opts(),
+        &mut OfflineResolver,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unsupported network mode"), "{e}");
+
+    // The build's --network: none applies to every step that names none;
+    // host needs the entitlement there too.
+    let mut none = opts();
+    none.network = Network::parse("none").unwrap();
+    let g = plan_for(
+        "FROM scratch\nRUN true\nRUN --network=default true\n",
+        &amd64(),
+        &none,
+    );
+    for step in g.stages[0]
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, Op::Exec(_)))
+    {
+        assert_eq!(exec(step).network, Network::None);
+    }
+    let mut host = opts();
+    host.network = Network::Host;
+    assert!(plan_source(
+        "FROM scratch\nRUN true\n",
+        &amd64(),
+        &host,
+        &mut OfflineResolver
+    )
+    .is_err());
+    assert!(Entitlements::parse(&["device"]).is_err());
+    assert!(Network::parse("bridge").is_err());
 }
 
 /// BuildKit's Dockerfile frontend (`dockerfile2llb`, the `[stage i/n]`

@@ -75,6 +75,31 @@ pub enum InitError {
         /// The program, inside the root filesystem.
         path: String,
     },
+    /// The seccomp filter could not be built or installed.
+    #[error("seccomp: {message}")]
+    Seccomp {
+        /// What failed.
+        message: String,
+    },
+    /// The step's network namespace could not be set up (pasta).
+    #[error("RUN network: {message}")]
+    Network {
+        /// What failed, with pasta's own message when there is one.
+        message: String,
+    },
+    /// A mount source resolves outside the directory it must stay in (a
+    /// symlink pointing out), or does not exist there.
+    #[error("mount {target}: source {source_path:?} in {root}: {message}")]
+    MountSource {
+        /// The mount target inside the step.
+        target: String,
+        /// The `source=` path, relative to `root`.
+        source_path: String,
+        /// The directory the source must stay in.
+        root: PathBuf,
+        /// Why it was refused.
+        message: String,
+    },
     /// `execve` failed for another reason (`ENOENT` for a file that exists
     /// usually means its ELF interpreter, e.g. the dynamic loader, is missing).
     #[error("exec {path}: {message}")]
@@ -165,6 +190,13 @@ pub enum SandboxError {
         /// Its wait status.
         status: String,
     },
+    /// The default network needs pasta, which is not installed.
+    #[error(
+        "RUN steps get their own network namespace through `pasta`, which is not installed \
+         (Debian/Ubuntu package `passt`; or set XBUILD_PASTA to its path); without it, use \
+         `RUN --network=none`, or `--network=host` with `--allow network.host`"
+    )]
+    PastaMissing,
     /// The init sent something that is not a report.
     #[error("malformed report from the sandbox init: {detail}")]
     Protocol {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use nix::fcntl::OFlag;
 
 use crate::protocol::{decode, InitRequest, FDS_ENV};
-use crate::{Executor, MountKind, OutputStream, ProcessSpec, RunResult, SandboxError};
+use crate::{Executor, MountKind, NetworkMode, OutputStream, ProcessSpec, RunResult, SandboxError};
 
 /// Runs processes in Linux namespaces through a re-executed init helper (see
 /// the [crate documentation](crate)). Needs root (`CAP_SYS_ADMIN`), no
@@ -78,11 +78,18 @@ impl Executor for LinuxExecutor {
             true => None,
             false => Some(TempFile::create(format!("{}\n", spec.hostname).as_bytes())?),
         };
+        let pasta = match spec.network {
+            NetworkMode::Isolated => {
+                Some(crate::netns::find_pasta().ok_or(SandboxError::PastaMissing)?)
+            }
+            _ => None,
+        };
         let request = InitRequest {
             rootfs,
             spec: spec.clone(),
             hostname_file: hostname_file.as_ref().map(|f| f.0.clone()),
             no_pivot: self.no_pivot,
+            pasta,
         };
         let request = serde_json::to_vec(&request).map_err(|e| SandboxError::Io {
             op: "encode sandbox request".to_string(),
@@ -200,7 +207,17 @@ fn validate(spec: &ProcessSpec) -> Result<(), SandboxError> {
                 m.target
             ));
         }
-        if let MountKind::Bind { source, .. } = &m.kind {
+        let source = match &m.kind {
+            MountKind::Bind { source, .. } => Some(source),
+            MountKind::BindIn { root, path, .. } => {
+                if path.contains('\0') {
+                    return bad(format!("bind mount source {path:?} contains a NUL byte"));
+                }
+                Some(root)
+            }
+            MountKind::Tmpfs { .. } => None,
+        };
+        if let Some(source) = source {
             if !source.is_absolute() {
                 return bad(format!(
                     "bind mount source {} is not absolute",

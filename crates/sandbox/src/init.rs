@@ -27,7 +27,7 @@ use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 
 use crate::protocol::{send, InitRequest, Report, FDS_ENV};
 use crate::user::{self, ResolvedUser};
-use crate::{mounts, InitError, NetworkMode};
+use crate::{caps, mounts, netns, seccomp, InitError, NetworkMode};
 
 /// Docker's default `PATH` for Linux containers.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -132,9 +132,36 @@ fn start(req: &InitRequest, report: BorrowedFd<'_>) -> Result<i32, InitError> {
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    if req.spec.network == NetworkMode::None {
-        flags |= CloneFlags::CLONE_NEWNET;
+    let mut network = None;
+    match req.spec.network {
+        NetworkMode::Host => {}
+        NetworkMode::None => flags |= CloneFlags::CLONE_NEWNET,
+        NetworkMode::Isolated => {
+            let pasta = req.pasta.as_deref().ok_or_else(|| InitError::Network {
+                message: "no pasta program was given".to_string(),
+            })?;
+            // The launcher must be forked while this process is still in the
+            // host's network namespace; pasta joins the new one from there.
+            let launcher = netns::spawn_launcher(pasta)?;
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| InitError::syscall("unshare(CLONE_NEWNET)", &e.into()))?;
+            if let Some(launcher) = launcher {
+                network = Some(launcher.start()?);
+            }
+        }
     }
+    let result = unshare_and_fork(req, flags, report);
+    if let Some(running) = network {
+        running.stop();
+    }
+    result
+}
+
+fn unshare_and_fork(
+    req: &InitRequest,
+    flags: CloneFlags,
+    report: BorrowedFd<'_>,
+) -> Result<i32, InitError> {
     unshare(flags).map_err(|e| InitError::syscall(format!("unshare({flags:?})"), &e.into()))?;
 
     // SAFETY: this process is single-threaded (nothing above spawns threads),
@@ -193,6 +220,20 @@ fn wait_for(child: Pid, report: BorrowedFd<'_>) -> Result<i32, InitError> {
 /// Everything the child does; returns only on failure.
 fn child(req: &InitRequest, report: BorrowedFd<'_>) -> Result<Infallible, InitError> {
     umask(Mode::empty());
+    let last_cap = caps::last_cap();
+    // Built before anything else so that a bad profile fails early; loaded
+    // last, right before execve.
+    let filter = match req.spec.insecure {
+        true => None,
+        false => Some(seccomp::compile(
+            &seccomp::Profile::docker_default(),
+            &seccomp::Target {
+                arch: seccomp::native_arch(),
+                caps: caps::DOCKER_DEFAULT_NAMES,
+                kernel: seccomp::running_kernel(),
+            },
+        )?),
+    };
     let user = user::resolve(&req.rootfs, &req.spec.user)?;
     mounts::prepare(req, &mut |path| {
         let _ = send(
@@ -206,7 +247,7 @@ fn child(req: &InitRequest, report: BorrowedFd<'_>) -> Result<Infallible, InitEr
         nix::unistd::sethostname(&req.spec.hostname)
             .map_err(|e| InitError::syscall("sethostname", &e.into()))?;
     }
-    if req.spec.network == NetworkMode::None {
+    if req.spec.network != NetworkMode::Host {
         loopback_up()?;
     }
     mounts::enter_root(&req.rootfs, req.no_pivot)?;
@@ -214,7 +255,29 @@ fn child(req: &InitRequest, report: BorrowedFd<'_>) -> Result<Infallible, InitEr
     let env = build_env(&req.spec.env, &user);
     let cwd = Path::new("/").join(&req.spec.cwd);
     enter_cwd(&cwd, &user)?;
-    switch_user(&user)?;
+    let all = caps::all_mask(last_cap);
+    if req.spec.insecure {
+        // Every capability, for root and (through the ambient set) for any
+        // other user too, as BuildKit's insecure mode.
+        caps::keep_caps(true)?;
+        switch_user(&user)?;
+        caps::keep_caps(false)?;
+        caps::set(all, all, all)?;
+        caps::raise_ambient(all, last_cap)?;
+    } else {
+        caps::limit_bounding(caps::docker_default_mask(), last_cap)?;
+        switch_user(&user)?;
+        // Root keeps Docker's set; another user has none (the kernel
+        // cleared them at setuid, and execve would anyway).
+        let set = if user.uid == 0 {
+            caps::docker_default_mask()
+        } else {
+            0
+        };
+        caps::set(set, set, set)?;
+        caps::clear_ambient()?;
+        caps::no_new_privs()?;
+    }
     umask(Mode::from_bits_truncate(0o022));
     reset_signals();
 
@@ -227,6 +290,9 @@ fn child(req: &InitRequest, report: BorrowedFd<'_>) -> Result<Infallible, InitEr
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
     let program = look_path(name, path_var)?;
+    if let Some(filter) = &filter {
+        filter.load()?;
+    }
     exec(&program, &req.spec.args, &env)
 }
 

@@ -5,10 +5,15 @@
 //! [`LinuxExecutor`] spawns a small single-threaded helper (the *init*, whose
 //! entry point is [`init_main`]) and hands it the [`ProcessSpec`] as JSON over
 //! a pipe. The init unshares the mount, PID, IPC and UTS namespaces (and the
-//! network namespace for [`NetworkMode::None`]), forks so that the command
-//! becomes PID 1 of the new PID namespace, builds the mounts (`/proc`, a
-//! minimal `/dev`, `/etc/hosts`, extra mounts), pivots into the root
-//! filesystem, switches user and executes the command. No cgroups are used.
+//! network namespace unless [`NetworkMode::Host`]; [`NetworkMode::Isolated`]
+//! connects it to the outside through `pasta`, see [`netns`]), forks so that
+//! the command becomes PID 1 of the new PID namespace, builds the mounts
+//! (`/proc` with Docker's masked and read-only paths, a read-only `/sys`, a
+//! minimal `nodev` `/dev`, `/etc/hosts`, extra mounts), pivots into the root
+//! filesystem, switches user, and — unless [`ProcessSpec::insecure`] — limits
+//! the capabilities to Docker's default set ([`caps`]), sets `no_new_privs`
+//! and installs Docker's default seccomp profile ([`seccomp`]) right before
+//! executing the command. No cgroups are used (so no resource limits).
 //!
 //! Setup failures come back as structured [`InitError`]s (wrapped in
 //! [`SandboxError::Setup`]) so that the caller can tell a missing executable
@@ -25,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub mod binfmt;
 #[cfg(target_os = "linux")]
 mod cancel;
+pub mod caps;
 mod error;
 #[cfg(target_os = "linux")]
 mod executor;
@@ -32,9 +38,13 @@ mod executor;
 mod init;
 #[cfg(target_os = "linux")]
 mod mounts;
+#[cfg(target_os = "linux")]
+pub mod netns;
 mod paths;
 #[cfg(target_os = "linux")]
 mod protocol;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
 pub mod user;
 
 #[cfg(target_os = "linux")]
@@ -50,12 +60,28 @@ pub use user::{ResolvedUser, UserError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// Share the network namespace of the caller (Docker's `--network=host`,
-    /// the default of `RUN`).
+    /// Share the network namespace of the caller (Docker's `--network=host`).
+    /// The engine uses it only when the build allows `network.host`.
     #[default]
     Host,
     /// A new network namespace with only the loopback interface (brought up).
     None,
+    /// A new network namespace with outbound access through `pasta` (the
+    /// default of a `RUN` step, like `docker build`'s): the host's loopback
+    /// services and ports stay out of reach. Needs `pasta` ([`netns`]).
+    Isolated,
+}
+
+/// How a [`MountKind::BindIn`] source may use symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confine {
+    /// Resolve as if the root were `/`: absolute symlinks and `..` stay
+    /// inside it (a stage's or the context's files).
+    InRoot,
+    /// Refuse any path that leaves the root through a symlink or `..`
+    /// (cache mounts, whose content earlier builds wrote).
+    Beneath,
 }
 
 /// What to mount at a [`MountSpec::target`].
@@ -66,6 +92,19 @@ pub enum MountKind {
     Bind {
         /// Host path of the file or directory.
         source: PathBuf,
+        /// Mount it read-only.
+        readonly: bool,
+    },
+    /// Bind-mount `path`, resolved inside the host directory `root` (with
+    /// `openat2`, so nothing can swap a symlink in between): a source that
+    /// would leave `root` is refused with [`InitError::MountSource`].
+    BindIn {
+        /// The directory the source must stay in.
+        root: PathBuf,
+        /// The source, relative to `root`.
+        path: String,
+        /// How symlinks are treated.
+        confine: Confine,
         /// Mount it read-only.
         readonly: bool,
     },
@@ -106,6 +145,12 @@ pub struct ProcessSpec {
     pub hostname: String,
     /// Network isolation.
     pub network: NetworkMode,
+    /// `RUN --security=insecure`: every capability the host has (ambient
+    /// too), no seccomp filter, no `no_new_privs`, no masked or read-only
+    /// `/proc` paths, device access on the root, `/dev` and bind mounts
+    /// (plus BuildKit's extra devices). Off: Docker's default confinement.
+    #[serde(default)]
+    pub insecure: bool,
     /// Extra mounts, mounted parents first.
     pub mounts: Vec<MountSpec>,
     /// Host file bind-mounted read-only at `/etc/hosts`.

@@ -16,7 +16,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
-use crate::paths::resolve_relative;
+use std::os::fd::AsRawFd;
+
+use crate::paths::{open_in_root, resolve_relative};
 use crate::protocol::InitRequest;
 use crate::{InitError, MountKind};
 
@@ -28,6 +30,43 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("random", 1, 8),
     ("urandom", 1, 9),
     ("tty", 5, 0),
+];
+
+/// Devices `--security=insecure` adds, as BuildKit does: name, block?,
+/// major, minor (plus `loop0`..`loop7`).
+const INSECURE_DEVICES: &[(&str, bool, u64, u64)] = &[
+    ("kmsg", false, 1, 11),
+    ("cuse", false, 10, 203),
+    ("fuse", false, 10, 229),
+    ("kvm", false, 10, 232),
+    ("net/tun", false, 10, 200),
+    ("loop-control", false, 10, 237),
+];
+
+/// Docker's masked paths: a file gets `/dev/null` bound over it, a
+/// directory an empty read-only tmpfs.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's read-only paths (bound onto themselves, read-only).
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
 ];
 
 /// Symlinks of `/dev`: name, target.
@@ -58,14 +97,10 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    // pivot_root needs the new root to be a mount point.
-    do_mount(
-        Some(root),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    // pivot_root needs the new root to be a mount point; `nodev`: a device
+    // node the step makes (it has CAP_MKNOD, as in Docker) cannot be opened.
+    let nodev = !req.spec.insecure;
+    bind(root, root, false, nodev)?;
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = mountpoint(root, "/proc", Kind::Dir, created)?;
@@ -84,8 +119,11 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
         nosuid_nodev_noexec | MsFlags::MS_RDONLY,
         None,
     )?;
+    if !req.spec.insecure {
+        mask_paths(root)?;
+    }
     let dev_dir = mountpoint(root, "/dev", Kind::Dir, created)?;
-    prepare_dev(&dev_dir)?;
+    prepare_dev(&dev_dir, req.spec.insecure)?;
 
     let etc_files = [
         ("/etc/hosts", req.spec.etc_hosts.as_deref()),
@@ -95,7 +133,7 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
     for (target, source) in etc_files {
         if let Some(source) = source {
             let target = mountpoint(root, target, Kind::File, created)?;
-            bind(source, &target, true)?;
+            bind(source, &target, true, nodev)?;
         }
     }
 
@@ -107,7 +145,39 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
                 let meta = fs::metadata(source).map_err(|e| InitError::path("stat", source, &e))?;
                 let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
                 let target = mountpoint(root, &m.target, kind, created)?;
-                bind(source, &target, *readonly)?;
+                bind(source, &target, *readonly, nodev)?;
+            }
+            MountKind::BindIn {
+                root: source_root,
+                path,
+                confine,
+                readonly,
+            } => {
+                let refused = |e: io::Error| {
+                    let message = match e.raw_os_error() {
+                        Some(libc::EXDEV) => "refused: it leaves the directory through a symlink \
+                                              or `..` (a symlink pointing out?)"
+                            .to_string(),
+                        Some(libc::ELOOP) => {
+                            "refused: too many symlinks, or a /proc magic link".to_string()
+                        }
+                        _ => e.to_string(),
+                    };
+                    InitError::MountSource {
+                        target: m.target.clone(),
+                        source_path: path.clone(),
+                        root: source_root.clone(),
+                        message,
+                    }
+                };
+                let fd = open_in_root(source_root, path, *confine).map_err(refused)?;
+                let meta = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| refused(e.into()))?;
+                let is_dir =
+                    SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+                let kind = if is_dir { Kind::Dir } else { Kind::File };
+                let target = mountpoint(root, &m.target, kind, created)?;
+                let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                bind(&via, &target, *readonly, nodev)?;
             }
             MountKind::Tmpfs { size } => {
                 let target = mountpoint(root, &m.target, Kind::Dir, created)?;
@@ -128,30 +198,96 @@ pub(crate) fn prepare(req: &InitRequest, created: &mut dyn FnMut(&Path)) -> Resu
     Ok(())
 }
 
-/// A tmpfs on `dev` with the usual devices, `pts`, `shm`, `mqueue` and links.
-fn prepare_dev(dev: &Path) -> Result<(), InitError> {
+/// Masks Docker's masked paths and makes its read-only paths read-only,
+/// under the freshly mounted `/proc` and `/sys` of `root` (kernel
+/// filesystems: no symlink of the image is involved).
+fn mask_paths(root: &Path) -> Result<(), InitError> {
+    for path in MASKED_PATHS {
+        let host = root.join(path.trim_start_matches('/'));
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if meta.is_dir() {
+            do_mount(
+                Some(Path::new("tmpfs")),
+                &host,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=555"),
+            )?;
+        } else {
+            do_mount(
+                Some(Path::new("/dev/null")),
+                &host,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+    }
+    for path in READONLY_PATHS {
+        let host = root.join(path.trim_start_matches('/'));
+        if fs::symlink_metadata(&host).is_err() {
+            continue;
+        }
+        bind(&host, &host, true, true)?;
+    }
+    Ok(())
+}
+
+/// A tmpfs on `dev` with the usual devices, `pts`, `shm`, `mqueue` and
+/// links; `nodev` unless `insecure` (which adds BuildKit's extra devices).
+fn prepare_dev(dev: &Path, insecure: bool) -> Result<(), InitError> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    if !insecure {
+        flags |= MsFlags::MS_NODEV;
+    }
     do_mount(
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        flags,
         Some("mode=755,size=65536k"),
     )?;
-    for (name, major, minor) in DEVICES {
+    let mut nodes: Vec<(String, SFlag, u64, u64)> = DEVICES
+        .iter()
+        .map(|(n, ma, mi)| (n.to_string(), SFlag::S_IFCHR, *ma, *mi))
+        .collect();
+    if insecure {
+        mkdir(&dev.join("net"), 0o755)?;
+        for (n, block, ma, mi) in INSECURE_DEVICES {
+            let kind = if *block {
+                SFlag::S_IFBLK
+            } else {
+                SFlag::S_IFCHR
+            };
+            nodes.push((n.to_string(), kind, *ma, *mi));
+        }
+        for i in 0..8 {
+            nodes.push((format!("loop{i}"), SFlag::S_IFBLK, 7, i));
+        }
+    }
+    for (name, kind, major, minor) in &nodes {
         let path = dev.join(name);
-        let made = mknod(
-            &path,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(*major, *minor),
-        );
+        // On the `nodev` tmpfs a node would not open: bind the host's node
+        // instead (a bind mount keeps the host /dev's flags).
+        let made = match insecure {
+            true => mknod(
+                &path,
+                *kind,
+                Mode::from_bits_truncate(0o666),
+                makedev(*major, *minor),
+            ),
+            false => Err(nix::errno::Errno::EPERM),
+        };
         match made {
             Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
                 .map_err(|e| InitError::path("chmod", &path, &e))?,
-            // No CAP_MKNOD (e.g. in a user namespace): bind the host's node.
+            // No CAP_MKNOD (e.g. in a user namespace) or `nodev`.
             Err(nix::errno::Errno::EPERM) => {
                 create_file(&path)?;
-                bind(&Path::new("/dev").join(name), &path, false)?;
+                let host = Path::new("/dev").join(name);
+                do_mount(Some(&host), &path, None, MsFlags::MS_BIND, None)?;
             }
             Err(e) => return Err(InitError::path("mknod", &path, &e.into())),
         }
@@ -259,10 +395,12 @@ fn create_file(path: &Path) -> Result<(), InitError> {
 
 use std::os::unix::fs::DirBuilderExt;
 
-/// Recursive bind mount, then a read-only remount when asked. The remount
-/// keeps the flags the source mount already has (nosuid, nodev, ...), which
-/// the kernel otherwise refuses to drop.
-fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), InitError> {
+/// Recursive bind mount, then a remount `nodev` (unless `--security=insecure`
+/// asked for device access) and read-only when asked: no device node reaches
+/// a confined step through a mount. The remount keeps the flags the source
+/// mount already has (nosuid, noexec, ...), which the kernel otherwise
+/// refuses to drop.
+fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<(), InitError> {
     do_mount(
         Some(source),
         target,
@@ -270,14 +408,18 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), InitError> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    if !readonly {
-        return Ok(());
-    }
     let st = statvfs(target).map_err(|e| InitError::path("statvfs", target, &e.into()))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    if nodev {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
     let keep = [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),

@@ -27,6 +27,9 @@ pub(crate) struct InitRequest {
     pub hostname_file: Option<PathBuf>,
     /// Skip `pivot_root` and use `chroot`.
     pub no_pivot: bool,
+    /// The pasta program, for [`NetworkMode::Isolated`](crate::NetworkMode).
+    #[serde(default)]
+    pub pasta: Option<PathBuf>,
 }
 
 /// One message from the init.

@@ -29,8 +29,9 @@ pub struct ResolvedUser {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary group ids: the groups of `/etc/group` that list the user
-    /// by name (none when the group was given explicitly, as in Docker).
+    /// Supplementary group ids: the primary group, then the groups of
+    /// `/etc/group` that list the user by name (only the primary group
+    /// when the group was given explicitly, as in Docker).
     pub additional_gids: Vec<u32>,
     /// Home directory from `/etc/passwd`, or `/`.
     pub home: String,
@@ -164,6 +165,10 @@ pub fn resolve(rootfs: &Path, user: &str) -> Result<ResolvedUser, UserError> {
             }
         }
     }
+    // The primary group is a supplementary group too, first
+    // (CVE-2023-25173; BuildKit's testUserAdditionalGids).
+    additional_gids.retain(|g| *g != gid);
+    additional_gids.insert(0, gid);
     let home = if home.is_empty() {
         "/".to_string()
     } else {
@@ -297,14 +302,16 @@ mod tests {
 
         let app = resolve(&root, "app").unwrap();
         assert_eq!((app.uid, app.gid), (1000, 1000));
-        assert_eq!(app.additional_gids, vec![10, 50]);
+        assert_eq!(app.additional_gids, vec![1000, 10, 50]);
         assert_eq!(app.home, "/home/app");
         assert_eq!(app.name.as_deref(), Some("app"));
         assert_eq!(resolve(&root, "1000").unwrap(), app);
 
         let g = resolve(&root, "app:staff").unwrap();
         assert_eq!((g.uid, g.gid), (1000, 50));
-        assert!(g.additional_gids.is_empty());
+        assert_eq!(g.additional_gids, vec![50]);
+        // No passwd entry: gid 0, which is also the one group.
+        assert_eq!(resolve(&root, "1234").unwrap().additional_gids, vec![0]);
         assert_eq!(resolve(&root, "1000:7").unwrap().gid, 7);
         assert_eq!(resolve(&root, "1000:wheel").unwrap().gid, 10);
 

@@ -431,6 +431,25 @@ pub fn skopeo_inspect_config(reference: &str) -> Result<serde_json::Value> {
     parse_json(&b, reference)
 }
 
+/// The tags of repository `image` (`skopeo list-tags`); empty when the
+/// repository has none or is unknown to the registry.
+pub fn skopeo_list_tags_or_empty(image: &str) -> Vec<String> {
+    let r = docker_ref(image);
+    match skopeo(&["list-tags", "--tls-verify=false", &r]) {
+        Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|v| {
+                v["Tags"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `skopeo inspect --tls-verify=false docker://REF` as JSON (has `Digest`).
 pub fn skopeo_inspect(reference: &str) -> Result<serde_json::Value> {
     let r = docker_ref(reference);

@@ -48,8 +48,8 @@ pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
                 text,
             });
         }
-        Some(f) => f.clone(),
-        None => context.join("Dockerfile"),
+        Some(f) => xbuild_engine::context::dockerfile_fallback(f),
+        None => xbuild_engine::context::dockerfile_fallback(&context.join("Dockerfile")),
     };
     let display = display_path(&path);
     let bytes =
@@ -93,7 +93,78 @@ pub fn parse_platforms(raw: &[String]) -> Result<Vec<Platform>> {
     if raw.is_empty() {
         return Ok(vec![Platform::host_linux()]);
     }
-    Platform::parse_list(&raw.join(",")).context("invalid --platform")
+    // `local` is this machine's platform; impossible variants
+    // (`linux/amd64/v9`) are refused before any work.
+    let mut out: Vec<Platform> = Vec::new();
+    for item in raw.iter().flat_map(|r| r.split(',')).map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let p = if item.eq_ignore_ascii_case("local") {
+            Platform::host_linux()
+        } else {
+            Platform::parse_target(item).with_context(|| format!("invalid --platform {item:?}"))?
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        bail!("invalid --platform: empty list");
+    }
+    Ok(out)
+}
+
+/// A size as Docker writes it (`--shm-size`): a number of bytes with an
+/// optional unit `b`, `k`, `m`, `g` (powers of 1024, any case, `kb`/`mib`
+/// spellings accepted).
+pub fn parse_size(raw: &str) -> Result<u64> {
+    let t = raw.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size {raw:?}: expected e.g. 64m"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => bail!("invalid size {raw:?}: unknown unit {unit:?} (b, k, m, g)"),
+    };
+    let bytes = (n * mult as f64) as u64;
+    if bytes == 0 {
+        bail!("invalid size {raw:?}: must be more than 0");
+    }
+    Ok(bytes)
+}
+
+/// `--add-host HOST:IP` (or `HOST=IP`, the form IPv6 addresses need).
+pub fn parse_add_hosts(raw: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for h in raw {
+        let (host, ip) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .ok_or_else(|| anyhow::anyhow!("invalid --add-host {h:?}: expected HOST:IP"))?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            bail!("invalid --add-host {h:?}: bad host name");
+        }
+        if ip == "host-gateway" {
+            bail!("--add-host {h}: host-gateway needs a daemon's gateway address; give an IP");
+        }
+        let ip: std::net::IpAddr = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                anyhow::anyhow!("invalid --add-host {h:?}: {ip:?} is not an IP address")
+            })?;
+        out.push((host.to_string(), ip.to_string()));
+    }
+    Ok(out)
 }
 
 struct Call {
@@ -122,18 +193,40 @@ fn parse_call(s: &str) -> Result<Call> {
 }
 
 /// Run `xbuild build`.
-pub fn run(args: BuildArgs) -> Result<()> {
-    let call = parse_call(&args.call)?;
-    let df = load_dockerfile(&args)?;
+pub fn run(mut args: BuildArgs) -> Result<()> {
+    let call = if args.check {
+        parse_call("check")?
+    } else {
+        parse_call(&args.call)?
+    };
+    if let Some(b) = &args.builder {
+        eprintln!("note: --builder {b} ignored: xbuild has no builder instances (nodes are chosen per platform; see xbuild node ls)");
+    }
+    // Everything that can be refused is refused before a context is fetched.
+    if !args.ulimits.is_empty() {
+        bail!("--ulimit is not supported by this xbuild yet: RUN steps get the worker's resource limits");
+    }
+    let shm_size = args.shm_size.as_deref().map(parse_size).transpose()?;
     let platforms = parse_platforms(&args.platform)?;
+    let quiet = args.quiet || args.progress == crate::cli::ProgressMode::Quiet;
+    let named = crate::named_ctx::materialize(&args.build_contexts, &platforms, quiet)?;
+    let image_aliases = named.aliases.clone();
+    let _remote = crate::remote_ctx::materialize(&mut args, quiet)?;
+    let df = load_dockerfile(&args)?;
     let opts = PlanOptions {
         file: df.display.clone(),
         target: args.target.clone(),
         build_args: parse_build_args(&args.build_args)?,
         build_platform: Platform::host_linux(),
+        network: xbuild_plan::Network::parse(&args.network).map_err(anyhow::Error::msg)?,
+        allow: xbuild_plan::Entitlements::parse(&args.allow).map_err(anyhow::Error::msg)?,
+        image_aliases,
+        extra_hosts: parse_add_hosts(&args.add_hosts)?,
+        shm_size,
     };
+    let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {
-        "check" => run_check(&df, &opts, &platforms, call.json),
+        "check" => run_check(&df, &opts, &platforms, &ssh_ids, call.json),
         "targets" => run_targets(&df, call.json),
         "explain" => crate::explain_cmd::run(&args, &df, &opts, &platforms, call.json),
         "outline" => {
@@ -171,13 +264,72 @@ fn plan_all(
     Ok(out)
 }
 
+/// The ids `--ssh` names (`default` for a bare `default`), without opening
+/// anything.
+pub fn ssh_ids(raw: &[String]) -> Vec<String> {
+    raw.iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(|p| p.split('=').next().unwrap_or("").to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
+/// The `--call check` rules plus xbuild's own: an ssh mount whose id no
+/// `--ssh` provides (the step would run without an agent, or fail with
+/// `required=true`).
+pub fn findings(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    ssh: &[String],
+) -> Vec<check::Finding> {
+    let mut out = check::check_source(&df.text, opts, platforms);
+    let Some(p) = platforms.first() else {
+        return out;
+    };
+    let Ok(g) = xbuild_plan::plan_source(&df.text, p, opts, &mut OfflineResolver) else {
+        return out;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for st in &g.stages {
+        for step in &st.steps {
+            let Op::Exec(e) = &step.op else { continue };
+            for m in &e.mounts {
+                if m.kind != instructions::MountType::Ssh {
+                    continue;
+                }
+                let id = m.id.clone().unwrap_or_else(|| "default".into());
+                if ssh.contains(&id) || !seen.insert((id.clone(), step.location.to_string())) {
+                    continue;
+                }
+                out.push(check::Finding {
+                    rule: "SSHMountWithoutSSHFlag".into(),
+                    severity: check::Severity::Warning,
+                    message: format!(
+                        "RUN --mount=type=ssh uses ssh id {id:?}, but no --ssh {id} is given; \
+                         the step runs without an agent{}",
+                        if m.required {
+                            " and fails (required=true)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    location: Some(step.location.clone()),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn run_check(
     df: &LoadedDockerfile,
     opts: &PlanOptions,
     platforms: &[Platform],
+    ssh: &[String],
     json: bool,
 ) -> Result<()> {
-    let findings = check::check_source(&df.text, opts, platforms);
+    let findings = findings(df, opts, platforms, ssh);
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
@@ -365,4 +517,39 @@ pub fn outline_text(graphs: &[BuildGraph]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_hosts_and_platforms() {
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512kb").unwrap(), 512 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5t").is_err());
+        let h = parse_add_hosts(&["a.internal:10.0.0.1".into(), "v6=fd00::1".into()]).unwrap();
+        assert_eq!(h[0], ("a.internal".into(), "10.0.0.1".into()));
+        assert_eq!(h[1], ("v6".into(), "fd00::1".into()));
+        assert!(parse_add_hosts(&["nohost".into()]).is_err());
+        assert!(parse_add_hosts(&["x:host-gateway".into()]).is_err());
+        assert!(parse_add_hosts(&["x:999.1.1.1".into()]).is_err());
+        let p = parse_platforms(&["local,linux/arm64".into(), "linux/arm64".into()]).unwrap();
+        assert_eq!(
+            p,
+            [
+                Platform::host_linux(),
+                Platform::parse("linux/arm64").unwrap()
+            ]
+        );
+        assert!(parse_platforms(&["linux/amd64/v9".into()]).is_err());
+        assert_eq!(
+            ssh_ids(&["default".into(), "deploy=/k1,/k2 other".into()]),
+            ["default", "deploy", "other"]
+        );
+    }
 }

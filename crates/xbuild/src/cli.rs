@@ -122,6 +122,23 @@ pub enum Commands {
     },
     /// Show the version, git commit, compiler and platform of this binary.
     Version,
+    /// Print a shell completion script (`source <(xbuild completion bash)`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `xbuild completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `--progress` modes.
@@ -140,7 +157,8 @@ pub enum ProgressMode {
     /// xbuild's own events, one JSON object per line (with cache-miss
     /// reasons and transfer kinds).
     Json,
-    /// Only the final digest.
+    /// Only the final digest (`none` is accepted as an alias).
+    #[value(alias = "none")]
     Quiet,
 }
 
@@ -177,6 +195,19 @@ pub struct BuildArgs {
     /// Secret to expose to the build (`id=ID[,src=FILE|,env=VAR]`).
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// Allow extra privileges for RUN steps (repeatable, comma-separated):
+    /// `network.host` (`RUN --network=host`, `--network host`) and
+    /// `security.insecure` (`RUN --security=insecure`: every capability, no
+    /// seccomp). Without them a step gets Docker's default confinement:
+    /// 14 capabilities, the default seccomp profile, masked /proc, and its
+    /// own network namespace with outbound access through `pasta`.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// Network of RUN steps that do not set `--network`: `default` (own
+    /// namespace, outbound only, no access to the host's loopback), `none`
+    /// (loopback only) or `host` (needs `--allow network.host`).
+    #[arg(long = "network", value_name = "MODE", default_value = "default")]
+    pub network: String,
     /// Shorthand for `--output type=image,push=true`.
     #[arg(long)]
     pub push: bool,
@@ -206,8 +237,8 @@ pub struct BuildArgs {
     /// `min` exports the target stage's steps, `max` every stage's.
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Progress output.
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    /// Progress output (default from `BUILDKIT_PROGRESS`, else `auto`).
+    #[arg(long, value_enum, env = "BUILDKIT_PROGRESS", default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
     /// Print only the image digest on stdout (same as `--progress quiet`).
     #[arg(short, long)]
@@ -216,7 +247,9 @@ pub struct BuildArgs {
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
     /// Write the image digest to FILE (the manifest digest for one
-    /// platform, the index digest for several; see docs/guide/identifiers.md).
+    /// platform, the index digest for several; the config digest when the
+    /// image only goes to a local store with `--load`, as buildx writes it;
+    /// see docs/guide/identifiers.md).
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// Pin a platform to a node (`PLATFORM=NODE`; repeatable).
@@ -227,6 +260,47 @@ pub struct BuildArgs {
     /// run) (append `,format=json` for JSON).
     #[arg(long = "call", value_name = "METHOD", default_value = "build")]
     pub call: String,
+    /// Shorthand for `--call=check`.
+    #[arg(long)]
+    pub check: bool,
+    /// Set a label in the image config (`KEY=VALUE`; repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Add an annotation (`[TYPE[,TYPE]:]KEY=VALUE`; TYPE is `manifest`
+    /// (default), `index`, `manifest-descriptor` or `index-descriptor`,
+    /// optionally with a platform: `manifest[linux/amd64]`; repeatable).
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Additional build context (`NAME=DIR`, `NAME=docker-image://REF`,
+    /// `NAME=oci-layout://PATH[@DIGEST]`, `NAME=https://…`, `NAME=GIT-URL`),
+    /// usable as `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// SSH agent socket or keys to expose to `RUN --mount=type=ssh`
+    /// (`default` = `$SSH_AUTH_SOCK`, or `ID[=SOCKET|KEY[,KEY…]]`; repeatable).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY,…]")]
+    pub ssh: Vec<String>,
+    /// Shorthand for `--output type=docker`: into xbuild's image store, and
+    /// into a local `docker` or `podman` when one is found.
+    #[arg(long)]
+    pub load: bool,
+    /// Add a custom host-to-IP mapping to /etc/hosts of RUN steps
+    /// (`HOST:IP`; repeatable).
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps (e.g. `128m`).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Resource limits of RUN steps (`nofile=1024:2048`; repeatable).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// Accepted for compatibility with `docker buildx build`; xbuild has no
+    /// builder instances, so the value is ignored (a note says so).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// Print debug information about the build (errors with their causes).
+    #[arg(short = 'D', long)]
+    pub debug: bool,
 }
 
 /// `xbuild save --format`.
@@ -346,23 +420,42 @@ pub enum ImagetoolsCommand {
         /// Print the raw manifest.
         #[arg(long)]
         raw: bool,
-        /// Print a template instead: `{{json .Provenance}}`, `{{json .SBOM}}`
-        /// (buildx's shape: by platform when there are several),
-        /// `{{json .Manifest}}`, `{{.Name}}`.
+        /// Format the output with a Go-template subset: `{{.Name}}`,
+        /// `{{.Manifest.Digest}}`, `{{json .Manifest}}`, `{{json .Image}}`,
+        /// `{{json .Provenance}}`, `{{json .SBOM}}` (by platform when there
+        /// are several), `{{json .}}` — the fields buildx shows.
         #[arg(long, value_name = "TEMPLATE")]
         format: Option<String>,
     },
     /// Create an index from images already in a registry.
+    ///
+    /// Sources are references, digests (in the repository of the tags) or
+    /// OCI descriptors as JSON. Entries with the same digest are merged;
+    /// different manifests of the same platform are all kept, as buildx does.
     Create {
         /// Reference to push the index to (repeatable).
-        #[arg(short = 't', long = "tag", required = true)]
+        #[arg(short = 't', long = "tag", value_name = "REF")]
         tags: Vec<String>,
-        /// Source images or indexes.
-        #[arg(required = true)]
+        /// Read a source (a descriptor as JSON) from a file (repeatable).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Source images or indexes (references, digests or descriptors).
         sources: Vec<String>,
+        /// Keep what the first tag already lists and add the sources to it.
+        #[arg(long)]
+        append: bool,
+        /// Add an annotation (`index:K=V`, `manifest-descriptor[PLATFORM]:K=V`).
+        #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+        annotations: Vec<String>,
+        /// Keep only these platforms of the sources (repeatable, comma-separated).
+        #[arg(short = 'p', long = "platform", value_name = "PLATFORM")]
+        platforms: Vec<String>,
         /// Print the index instead of pushing it.
         #[arg(long)]
         dry_run: bool,
+        /// Write the result's descriptor and names to FILE as JSON.
+        #[arg(long = "metadata-file", value_name = "FILE")]
+        metadata_file: Option<PathBuf>,
     },
 }
 
@@ -433,6 +526,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "login",
     "logout",
     "version",
+    "completion",
     "help",
 ];
 

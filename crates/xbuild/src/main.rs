@@ -12,13 +12,17 @@ mod exit;
 mod explain_cmd;
 mod images;
 mod imagetools;
+mod load;
 mod login;
+mod named_ctx;
 mod nodes;
 mod paths;
 mod progress;
+mod remote_ctx;
 mod request;
 mod run_build;
 mod solve_status;
+mod sshagent;
 mod usage;
 mod version_cmd;
 
@@ -78,9 +82,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => attestations_cmd::cmd_get(&reference, platform.as_deref(), r#type.as_deref()),
         Commands::Imagetools(cli::ImagetoolsCommand::Create {
             tags,
+            files,
             sources,
+            append,
+            annotations,
+            platforms,
             dry_run,
-        }) => imagetools::cmd_create(&tags, &sources, dry_run),
+            metadata_file,
+        }) => imagetools::cmd_create(&imagetools::CreateOptions {
+            tags,
+            sources,
+            files,
+            append,
+            annotations,
+            platforms,
+            dry_run,
+            metadata_file,
+        }),
         Commands::Cache(cli::CacheCommand::Du) => cache_cmd::cmd_du(),
         Commands::Cache(cli::CacheCommand::Check { repair }) => cache_cmd::cmd_check(repair),
         Commands::Cache(cli::CacheCommand::Prune {
@@ -95,6 +113,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => login::cmd_login(&registry, username.as_deref(), password_stdin),
         Commands::Logout { registry } => login::cmd_logout(&registry),
         Commands::Version => version_cmd::run(),
+        Commands::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let sh = match shell {
+                cli::CompletionShell::Bash => clap_complete::Shell::Bash,
+                cli::CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                cli::CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(sh, &mut cmd, "xbuild", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -12,11 +12,12 @@ use xbuild_oci::Platform;
 use xbuild_plan::PlanOptions;
 
 /// The Dockerfile's path relative to the context, when it lies inside it
-/// (so `<Dockerfile>.dockerignore` is found and the file is always sent).
+/// (so `<Dockerfile>.dockerignore` is found; a missing `Dockerfile` falls
+/// back to a lowercase `dockerfile`, as BuildKit).
 pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
     let file = match &args.file {
-        Some(f) => f.clone(),
-        None => context_dir.join("Dockerfile"),
+        Some(f) => xbuild_engine::context::dockerfile_fallback(f),
+        None => xbuild_engine::context::dockerfile_fallback(&context_dir.join("Dockerfile")),
     };
     let ctx = std::fs::canonicalize(context_dir).ok()?;
     let f = std::fs::canonicalize(&file).ok()?;
@@ -25,8 +26,14 @@ pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
         .map(|p| p.to_string_lossy().replace('\\', "/"))
 }
 
-fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
+/// `--build-arg SOURCE_DATE_EPOCH=N` (as BuildKit reads it), else the
+/// `SOURCE_DATE_EPOCH` environment variable (as buildx passes it on).
+fn source_date_epoch(build_arg: Option<&str>) -> Result<Option<i64>> {
+    let value = match build_arg {
+        Some(v) => Ok(v.to_string()),
+        None => std::env::var("SOURCE_DATE_EPOCH"),
+    };
+    match value {
         Ok(v) if !v.trim().is_empty() => {
             Ok(Some(v.trim().parse().map_err(|_| {
                 anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
@@ -61,6 +68,7 @@ pub fn base(
         no_cache_filter: args.no_cache_filter.clone(),
         pull: args.pull,
         source_date_epoch: None,
+        labels: parse_labels(&args.labels).unwrap_or_default(),
         attest: Default::default(),
     }
 }
@@ -94,10 +102,12 @@ pub fn from_args(
     opts: &PlanOptions,
     platforms: &[Platform],
 ) -> Result<BuildRequest> {
-    let outputs = export::outputs_from_args(&args.outputs, args.push)?;
+    let outputs = export::outputs_from_args(&args.outputs, args.push, args.load)?;
     let push = outputs
         .iter()
         .any(|o| matches!(o, OutputSpec::Image { push: true, .. }));
+    parse_labels(&args.labels)?;
+    annotations(args, &outputs)?;
     if push
         && args.tags.is_empty()
         && !outputs
@@ -113,7 +123,8 @@ pub fn from_args(
     }
     let secrets = Secrets::from(parse_secrets(&args.secrets)?);
     let (cache_to, cache_from) = cache_io::parse_args(&args.cache_to, &args.cache_from)?;
-    let source_date_epoch = source_date_epoch()?;
+    let source_date_epoch =
+        source_date_epoch(opts.build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))?;
     let attest = attestations(args, push)?;
     Ok(BuildRequest {
         secrets,
@@ -123,6 +134,45 @@ pub fn from_args(
         source_date_epoch,
         attest,
         ..base(args, df, opts, platforms)
+    })
+}
+
+/// Parse `--label K=V` (an empty value is allowed, as metadata-action
+/// writes for a repository without a description).
+pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in raw {
+        // A bare `KEY` is an empty label, as in buildx.
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.trim().is_empty() {
+            bail!("invalid --label {l:?}: the key is empty");
+        }
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `--annotation` values, then the image output's `annotation.*` ones.
+pub fn annotations(
+    args: &BuildArgs,
+    outputs: &[OutputSpec],
+) -> Result<xbuild_oci::annotation::Annotations> {
+    let mut a = xbuild_oci::annotation::Annotations::new();
+    for v in &args.annotations {
+        a.add_flag(v)
+            .map_err(|e| anyhow!("invalid --annotation {v:?}: {e}"))?;
+    }
+    a.extend(&export::image_opts(outputs).annotations);
+    Ok(a)
+}
+
+/// What the assemble phase changes in each platform manifest.
+pub fn rewrite(args: &BuildArgs, req: &BuildRequest) -> Result<xbuild_coordinator::Rewrite> {
+    Ok(xbuild_coordinator::Rewrite {
+        labels: parse_labels(&args.labels)?,
+        layers: export::image_opts(&req.outputs).layers,
+        annotations: annotations(args, &req.outputs)?,
+        base_layers: Default::default(),
     })
 }
 
@@ -165,4 +215,26 @@ pub fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
         out.insert(id, value);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn source_date_epoch_build_arg_wins() {
+        // testWorkdirSourceDateEpochReproducible passes it as a build arg.
+        assert_eq!(
+            super::source_date_epoch(Some("1673364896")).unwrap(),
+            Some(1673364896)
+        );
+        assert!(super::source_date_epoch(Some("soon")).is_err());
+    }
+
+    #[test]
+    fn labels_parse_like_buildx() {
+        // testLabels: --label bar=baz next to the Dockerfile's LABEL.
+        let l = super::parse_labels(&["bar=baz".into(), "a=b=c".into(), "empty".into()]).unwrap();
+        assert_eq!(l["bar"], "baz");
+        assert_eq!(l["a"], "b=c");
+        assert_eq!(l["empty"], "");
+    }
 }

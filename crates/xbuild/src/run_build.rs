@@ -145,7 +145,23 @@ async fn build(
 ) -> Result<()> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
-    let req = crate::request::from_args(args, df, opts, platforms)?;
+    let mut req = crate::request::from_args(args, df, opts, platforms)?;
+    let rewrite = crate::request::rewrite(args, &req)?;
+    let load_want = if req
+        .outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::Load { .. }))
+    {
+        Some(crate::load::want_from_env()?)
+    } else {
+        None
+    };
+    // `--ssh`: agent sockets for RUN --mount=type=ssh (private agents for
+    // key files live as long as this value).
+    let agents = crate::sshagent::parse(&args.ssh)?;
+    for (id, sock) in &agents.sockets {
+        req.secrets.insert_ssh(id.clone(), sock.clone());
+    }
     let root = crate::paths::xbuild_root()?;
     let session = Session {
         registry: crate::config::registry(Some(&root))?,
@@ -237,6 +253,11 @@ async fn build(
     }
 
     let done: Vec<PlatformResult> = solved.done().into_iter().cloned().collect();
+    let mut rewrite = rewrite;
+    if rewrite.layers.is_some() {
+        rewrite.base_layers =
+            xbuild_coordinator::Rewrite::base_layers_of(engine.store(), &planned.graphs);
+    }
     let timing = xbuild_coordinator::attest::Timing {
         started: started_at,
         finished: std::time::SystemTime::now(),
@@ -246,11 +267,15 @@ async fn build(
         &session,
         &engine,
         &done,
-        &planned.graphs,
-        &timing,
+        Finish {
+            graphs: &planned.graphs,
+            timing: &timing,
+            rewrite,
+        },
         renderer,
     )
     .await?;
+    drop(agents);
     xbuild_coordinator::export_cache(
         &engine,
         &session.registry,
@@ -261,19 +286,33 @@ async fn build(
     )
     .await?;
 
-    let report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed)
+    let mut report = xbuild_coordinator::report(&assembled, done, &req.tags, exported.pushed)
         .with_shared(solved.shared.clone());
+    if !exported.names.is_empty() {
+        report.names = exported.names.clone();
+    }
     renderer.finish();
+    let loaded = match (&exported.load, load_want) {
+        (Some((image, names)), Some(want)) => {
+            Some(crate::load::load(want, engine.store(), image, names)?)
+        }
+        _ => None,
+    };
     let s = style(mode(args));
-    if s == Style::Quiet {
+    let quiet = s == Style::Quiet;
+    if quiet {
         println!("{}", report.result.digest);
     } else if human(s) {
         let width = crate::progress::stderr_width();
         eprint!("{}", summary(&report, width));
         eprintln!("total time: {:.1}s", started.elapsed().as_secs_f64());
     }
+    if let Some(l) = &loaded {
+        eprintln!("{l}");
+    }
     if let Some(path) = &args.iidfile {
-        write_file(path, report.result.digest.to_string().as_bytes())?;
+        let id = image_id(engine.store(), &report, &req.outputs)?;
+        write_file(path, id.as_bytes())?;
     }
     if let Some(path) = &args.metadata_file {
         let mut meta = report.metadata();
@@ -291,7 +330,64 @@ async fn build(
         }
         write_file(path, &serde_json::to_vec_pretty(&meta)?)?;
     }
+    if !quiet {
+        let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
+        print_warnings(
+            &crate::build::findings(df, opts, platforms, &ssh),
+            args.debug,
+        );
+    }
     Ok(())
+}
+
+/// The image ID buildx writes to `--iidfile`: the config digest when the
+/// image only went to a local store (`--load`, as `docker images` shows
+/// it), else the digest of the result (the manifest, or the index).
+fn image_id(
+    store: &xbuild_oci::BlobStore,
+    report: &Report,
+    outputs: &[OutputSpec],
+) -> Result<String> {
+    let only_load = outputs.iter().all(|o| matches!(o, OutputSpec::Load { .. }));
+    if only_load {
+        if let Ok(xbuild_oci::manifest::Manifest::Image(m)) =
+            xbuild_oci::archive::read_manifest(store, &report.result)
+        {
+            return Ok(m.config.digest.to_string());
+        }
+    }
+    Ok(report.result.digest.to_string())
+}
+
+/// The `--call check` findings after a normal build, as buildx prints them.
+fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool) {
+    if findings.is_empty() {
+        return;
+    }
+    let n = findings.len();
+    eprintln!();
+    eprintln!(
+        " {n} warning{} found{}:",
+        if n == 1 { "" } else { "s" },
+        if debug {
+            ""
+        } else {
+            " (use --debug to expand)"
+        }
+    );
+    for f in findings {
+        let line = f
+            .location
+            .as_ref()
+            .map(|l| format!(" (line {})", l.start_line))
+            .unwrap_or_default();
+        eprintln!(" - {}: {}{line}", f.rule, f.message);
+        if debug {
+            if let Some(l) = &f.location {
+                eprintln!("   at {l}");
+            }
+        }
+    }
 }
 
 /// Whether the progress style is for people (the summary goes to stderr);
@@ -302,15 +398,26 @@ fn human(s: Style) -> bool {
 
 /// Assemble the built platforms into one image, with the attestations
 /// asked for, and write every output.
+/// What assembling needs besides the built platforms.
+struct Finish<'a> {
+    graphs: &'a [xbuild_plan::graph::BuildGraph],
+    timing: &'a xbuild_coordinator::attest::Timing,
+    rewrite: xbuild_coordinator::Rewrite,
+}
+
 async fn assemble_and_export(
     req: &BuildRequest,
     session: &Session,
     engine: &Engine,
     done: &[PlatformResult],
-    graphs: &[xbuild_plan::graph::BuildGraph],
-    timing: &xbuild_coordinator::attest::Timing,
+    finish: Finish<'_>,
     renderer: &Renderer,
 ) -> Result<(Assembled, Exported)> {
+    let Finish {
+        graphs,
+        timing,
+        rewrite,
+    } = finish;
     let store = engine.store();
     if req.attest.sbom.is_some() && req.plan.build_args.contains_key("BUILDKIT_SBOM_SCAN_STAGE") {
         renderer.emit(Event::Warning {
@@ -326,15 +433,10 @@ async fn assemble_and_export(
         Some(p) => p.statements(m),
         None => Ok(Vec::new()),
     };
-    let referrers = req.outputs.iter().any(|o| {
-        matches!(
-            o,
-            OutputSpec::Image {
-                attest_referrers: true,
-                ..
-            }
-        )
-    });
+    let referrers = req
+        .outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::Image { opts, .. } if opts.attest_referrers));
     let assembled = xbuild_coordinator::assemble(
         store,
         done,
@@ -350,6 +452,7 @@ async fn assemble_and_export(
                 )
             }),
             hooks: Vec::new(),
+            rewrite,
             attestations: prepared.as_ref().map(|_| Attach {
                 referrers,
                 statements: &statements,

@@ -9,11 +9,12 @@ use clap::Command;
 /// Exit code for usage errors (clap's and Docker's).
 pub const USAGE_EXIT: u8 = 2;
 
-/// Flags of other tools that xbuild deliberately lacks, with what to use.
+/// Flags of other tools that xbuild deliberately lacks, with what to use
+/// (`--load` used to be one; it now loads into xbuild's store and a local
+/// docker or podman).
 const FOREIGN_FLAGS: &[(&str, &str)] = &[(
-    "--load",
-    "xbuild has no daemon to load into: built images stay in xbuild's own store \
-     (see `xbuild images`); `--output type=docker,dest=FILE.tar` writes a file `docker load` reads",
+    "--cgroup-parent",
+    "xbuild uses no cgroups: RUN steps run in the worker's own cgroup",
 )];
 
 /// The message for a usage error when it is an unknown flag; `None` for
@@ -154,10 +155,12 @@ mod tests {
     }
 
     #[test]
-    fn load_explains_itself_and_nonsense_gets_no_guess() {
-        let m = message(&["xbuild", "--load", "."]).unwrap();
-        assert!(m.starts_with("unknown flag --load\n"), "{m}");
-        assert!(m.contains("--output type=docker"), "{m}");
+    fn foreign_flags_explain_themselves_and_nonsense_gets_no_guess() {
+        let m = message(&["xbuild", "--cgroup-parent", "x", "."]).unwrap();
+        assert!(m.starts_with("unknown flag --cgroup-parent\n"), "{m}");
+        assert!(m.contains("no cgroups"), "{m}");
+        // --load is a flag now.
+        assert!(Cli::try_parse_from(["xbuild", "build", "--load", "."]).is_ok());
         let m = message(&["xbuild", "images", "--zzzzzzzz"]).unwrap();
         assert!(!m.contains("did you mean"), "{m}");
         // Not an unknown flag: clap's own message.

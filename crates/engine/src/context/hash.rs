@@ -31,6 +31,17 @@ pub(crate) struct Hashed {
 
 /// Hashes one file, streaming, refusing to follow a symlink at the end.
 pub(crate) fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Hashed, ContextError> {
+    // Sockets are copied as empty files: hash them as such (they cannot be
+    // opened for reading).
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) {
+            return Ok(Hashed {
+                digest: Hasher::new(Algorithm::Sha256).finish(),
+                bytes: 0,
+                stamp: HostStamp::of(&md),
+            });
+        }
+    }
     let mut f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
@@ -113,6 +124,12 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// Whether `p` is a Unix socket (not followed).
+pub(crate) fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
 /// Fills the digests of the file entries of a scan, using and updating `cache`.
 pub(crate) fn fill_digests(
     root: &Path,
@@ -126,6 +143,11 @@ pub(crate) fn fill_digests(
     let mut todo = Vec::new();
     for (i, e) in entries.iter_mut().enumerate() {
         if e.kind != EntryKind::File {
+            continue;
+        }
+        if e.size == 0 && is_socket(&host_path(root, &e.path)) {
+            // Indexed as an empty file, never opened.
+            e.digest = Some(Digest::sha256_of(b""));
             continue;
         }
         if let Some(d) = cache.as_deref().and_then(|c| c.lookup(&e.path, &stamps[i])) {
@@ -181,8 +203,22 @@ pub(crate) fn fill_selected(
     for (ri, r) in roots.iter().enumerate() {
         for (ei, e) in r.entries.iter().enumerate() {
             if e.entry.kind == EntryKind::File && e.entry.digest.is_none() {
-                paths.push(host_path(root, &e.entry.path));
+                let p = host_path(root, &e.entry.path);
+                if e.entry.size == 0 && is_socket(&p) {
+                    continue;
+                }
+                paths.push(p);
                 slots.push((ri, ei));
+            }
+        }
+    }
+    for r in roots.iter_mut() {
+        for e in r.entries.iter_mut() {
+            if e.entry.kind == EntryKind::File && e.entry.digest.is_none() && e.entry.size == 0 {
+                let p = host_path(root, &e.entry.path);
+                if is_socket(&p) {
+                    e.entry.digest = Some(Digest::sha256_of(b""));
+                }
             }
         }
     }

@@ -16,10 +16,10 @@ mod hash;
 mod select;
 
 pub use cache::HashCache;
+pub(crate) use hash::is_socket as hash_is_socket;
 pub(crate) use select::{clean_components, select, FsTree, IndexTree, SelectedRoot};
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -66,7 +66,7 @@ pub enum ContextError {
     #[error("file name is not valid UTF-8: {0} (exclude it in .dockerignore)")]
     NonUtf8(PathBuf),
     /// A literal source does not exist (or is ignored).
-    #[error("COPY failed: {path:?} not found in build context (or excluded by .dockerignore)")]
+    #[error("COPY failed: {path:?}: not found (not in the source, or excluded by .dockerignore)")]
     NotFound {
         /// The source as given.
         path: String,
@@ -158,7 +158,7 @@ pub struct ScanStats {
     pub bytes_hashed: u64,
     /// Files whose digest came from the [`HashCache`].
     pub cache_hits: u64,
-    /// Sockets, fifos and devices left out of the index.
+    /// Fifos and devices left out of the index.
     pub skipped_special: u64,
 }
 
@@ -246,16 +246,20 @@ impl HostStamp {
     }
 }
 
-/// Builds an index entry (without digest) from `lstat` metadata; `None` for
-/// sockets, fifos and devices.
+/// Builds an index entry (without digest) from `lstat` metadata: a socket
+/// is an empty file; `None` for fifos and devices.
 pub(crate) fn entry_from_meta(
     path: String,
     md: &fs::Metadata,
     host: &Path,
 ) -> Result<Option<IndexEntry>, ContextError> {
     let ft = md.file_type();
+    use std::os::unix::fs::FileTypeExt;
     let (kind, size, link_target) = if ft.is_file() {
         (EntryKind::File, md.size(), None)
+    } else if ft.is_socket() {
+        // BuildKit sends a socket as an empty regular file (testCopySocket).
+        (EntryKind::File, 0, None)
     } else if ft.is_dir() {
         (EntryKind::Dir, 0, None)
     } else if ft.is_symlink() {
@@ -297,12 +301,26 @@ fn join_rel(dir: &str, name: &str) -> String {
     }
 }
 
+/// The Dockerfile to read: `path`, or, when `path` is named `Dockerfile`
+/// and does not exist, a lowercase `dockerfile` beside it (BuildKit's
+/// fallback, moby/moby#10858).
+pub fn dockerfile_fallback(path: &Path) -> PathBuf {
+    if path.file_name().is_some_and(|n| n == "Dockerfile") && fs::symlink_metadata(path).is_err() {
+        let lower = path.with_file_name("dockerfile");
+        if lower.is_file() {
+            return lower;
+        }
+    }
+    path.to_path_buf()
+}
+
 /// Walks `root` and indexes what `.dockerignore` lets through.
 ///
 /// `dockerfile_rel` is the Dockerfile's path relative to `root` (default
 /// `Dockerfile`); `<dockerfile_rel>.dockerignore` is preferred over
-/// `.dockerignore`. The Dockerfile and the ignore file used are always
-/// indexed. Symlinks are recorded, never followed. File contents are hashed
+/// `.dockerignore`. As in BuildKit, the ignore file applies to the
+/// Dockerfile and to itself too: a context that excludes them has no such
+/// files (the Dockerfile is read on its own, never from the index). Symlinks are recorded, never followed. File contents are hashed
 /// in parallel; with a `cache`, unchanged files (same size, mtime, ctime,
 /// inode and mode) are not read again.
 pub fn scan(
@@ -357,34 +375,6 @@ pub fn scan(
         skipped: 0,
     };
     w.walk_dir("", &MatchInfo::default())?;
-
-    // The Dockerfile and the ignore file are always sent.
-    let mut forced: Vec<String> = vec![dockerfile.to_string()];
-    forced.extend(ignore_file);
-    let present: BTreeSet<String> = w.entries.iter().map(|e| e.path.clone()).collect();
-    for f in forced {
-        if f.split('/').any(|c| c == ".." || c.is_empty() || c == ".") {
-            continue;
-        }
-        let mut prefix = String::new();
-        for comp in f.split('/') {
-            prefix = join_rel(&prefix, comp);
-            if present.contains(&prefix) {
-                continue;
-            }
-            let hp = root.join(&prefix);
-            let Ok(md) = fs::symlink_metadata(&hp) else {
-                break;
-            };
-            if let Some(e) = entry_from_meta(prefix.clone(), &md, &hp)? {
-                w.stamps.push(HostStamp::of(&md));
-                w.entries.push(e);
-            }
-            if !md.is_dir() {
-                break;
-            }
-        }
-    }
 
     let Walker {
         mut entries,
@@ -513,7 +503,8 @@ impl Walker<'_> {
 /// same sources give the same checksum wherever the context lives.
 ///
 /// A literal source that does not exist is [`ContextError::NotFound`]; a
-/// wildcard that matches nothing is [`ContextError::NoSourceFiles`].
+/// wildcard that matches nothing selects nothing (BuildKit's
+/// `AllowEmptyWildcard`).
 pub fn checksum(
     index: &ContextIndex,
     sources: &[String],

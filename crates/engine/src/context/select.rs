@@ -404,8 +404,17 @@ pub(crate) fn select<T: Tree + ?Sized>(
         let wildcard = comps.iter().any(|c| has_meta(c));
         // States: (logical components, real path).
         let mut states: Vec<(Vec<String>, String)> = vec![(Vec::new(), String::new())];
-        for comp in &comps {
+        for (ci, comp) in comps.iter().enumerate() {
             let mut next = Vec::new();
+            if parents && comp == "**" {
+                // `--parents` patterns: `**` is any number of components,
+                // none included (reference.md "COPY --parents"). Last, it
+                // adds nothing: a selected directory brings its contents.
+                if ci + 1 < comps.len() {
+                    states = expand_doublestar(tree, states)?;
+                }
+                continue;
+            }
             for (logical, real) in &states {
                 let names: Vec<String> = if has_meta(comp) {
                     match tree.lstat(real)? {
@@ -441,13 +450,12 @@ pub(crate) fn select<T: Tree + ?Sized>(
             states = next;
         }
         if states.is_empty() {
-            return Err(if wildcard {
-                ContextError::NoSourceFiles {
-                    pattern: src.clone(),
-                }
-            } else {
-                ContextError::NotFound { path: src.clone() }
-            });
+            // BuildKit copies with AllowEmptyWildcard: a wildcard that
+            // matches nothing copies nothing (testEmptyWildcard).
+            if wildcard {
+                continue;
+            }
+            return Err(ContextError::NotFound { path: src.clone() });
         }
         for (logical, real) in states {
             let logical_path = logical.join("/");
@@ -475,6 +483,35 @@ pub(crate) fn select<T: Tree + ?Sized>(
                 logical: logical[strip.min(logical.len())..].join("/"),
                 entries,
             });
+        }
+    }
+    Ok(out)
+}
+
+/// Every state followed by each directory below it (the `**` of a
+/// `--parents` pattern: zero or more components), without duplicates.
+fn expand_doublestar<T: Tree + ?Sized>(
+    tree: &T,
+    states: Vec<(Vec<String>, String)>,
+) -> Result<Vec<(Vec<String>, String)>, ContextError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (logical, real) in states {
+        let below = match tree.lstat(&real)? {
+            Some(e) if e.kind == EntryKind::Dir => tree.walk(&real)?,
+            _ => Vec::new(),
+        };
+        if seen.insert(real.clone()) {
+            out.push((logical.clone(), real.clone()));
+        }
+        let skip = if real.is_empty() { 0 } else { real.len() + 1 };
+        for e in below {
+            if e.kind != EntryKind::Dir || !seen.insert(e.path.clone()) {
+                continue;
+            }
+            let mut l = logical.clone();
+            l.extend(e.path[skip..].split('/').map(str::to_string));
+            out.push((l, e.path));
         }
     }
     Ok(out)
@@ -537,6 +574,63 @@ mod tests {
         assert_eq!(t("*.txt", "a.txt"), Some(true));
         assert_eq!(t("*.txt", "a.txt.bak"), Some(false));
         assert_eq!(t("*a*a*a*a*a*a*b", &"a".repeat(200)), Some(false));
+    }
+
+    fn tree_with(files: &[&str]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = t.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, f.as_bytes()).unwrap();
+        }
+        t
+    }
+
+    fn selected(t: &tempfile::TempDir, src: &str, parents: bool) -> Vec<String> {
+        let tree = FsTree::new(t.path());
+        let mut v: Vec<String> = select(&tree, &[src.to_string()], &[], parents)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.logical)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn doublestar_under_parents_is_zero_or_more_components() {
+        // reference.md "COPY --parents": ./src/**/*.txt
+        let t = tree_with(&["src/a.txt", "src/x/b.txt", "src/x/y/c.txt", "src/x/y/d.md"]);
+        assert_eq!(
+            selected(&t, "./src/**/*.txt", true),
+            vec!["src/a.txt", "src/x/b.txt", "src/x/y/c.txt"]
+        );
+        assert_eq!(selected(&t, "src/**/y/c.txt", true), vec!["src/x/y/c.txt"]);
+        // After the pivot, only the part below it is kept.
+        assert_eq!(selected(&t, "src/./**/b.txt", true), vec!["x/b.txt"]);
+        // Last, `**` selects the directory (and so everything below it).
+        assert_eq!(selected(&t, "src/**", true), vec!["src"]);
+        // Without --parents `**` is a plain `*` of one component.
+        assert_eq!(selected(&t, "src/**/b.txt", false), vec!["src/x/b.txt"]);
+        assert!(selected(&t, "src/**/c.txt", false).is_empty());
+    }
+
+    #[test]
+    fn an_empty_wildcard_selects_nothing() {
+        // dockerfile_copy_test.go testEmptyWildcard: AllowEmptyWildcard.
+        let t = tree_with(&["foo"]);
+        let tree = FsTree::new(t.path());
+        let srcs = vec!["foo".to_string(), "nomatch*".to_string()];
+        let roots = select(&tree, &srcs, &[], false).unwrap();
+        assert_eq!(roots.len(), 1);
+        assert!(select(&tree, &["nomatch*".to_string()], &[], false)
+            .unwrap()
+            .is_empty());
+        // A literal path that is missing is still an error.
+        assert!(matches!(
+            select(&tree, &["nomatch".to_string()], &[], false),
+            Err(ContextError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub(crate) fn is_tar_archive(host: &Path) -> Result<bool, CopyError> {
 
 /// A scratch directory next to the destination root when possible (same
 /// filesystem, not RAM), else in the system temporary directory.
-fn staging_dir(dest_root: &Path) -> Result<tempfile::TempDir, CopyError> {
+pub(crate) fn staging_dir(dest_root: &Path) -> Result<tempfile::TempDir, CopyError> {
     if let Some(parent) = dest_root.parent() {
         if let Ok(d) = tempfile::Builder::new()
             .prefix(".xbuild-add-")
@@ -165,13 +165,65 @@ impl Copier<'_> {
         Ok(())
     }
 
+    /// Clones the git repository `url` (shallow) and merges its tree (or the
+    /// URL's sub-directory) into `dest_comps`. `--checksum` must be the
+    /// commit (or a prefix of it); `--keep-git-dir` keeps `.git`. Files are
+    /// owned by root unless `--chown`, with the commit's time as mtime.
+    pub(crate) fn fetch_git(
+        &mut self,
+        url: &str,
+        opts: &super::AddOptions,
+        dest_comps: &[String],
+    ) -> Result<(), CopyError> {
+        use crate::remote::{git, GitRef};
+        let shown = crate::remote::gitref::redact_url(url);
+        let git_err = |message: String| CopyError::Git {
+            url: shown.clone(),
+            message,
+        };
+        let mut r = GitRef::parse(url)
+            .map_err(|e| git_err(e.to_string()))?
+            .ok_or_else(|| git_err("not a git URL".into()))?;
+        if let Some(sum) = opts.checksum.as_deref().map(str::trim) {
+            let hex = sum.strip_prefix("sha1:").unwrap_or(sum);
+            if hex.len() < 7 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(CopyError::BadChecksum {
+                    value: sum.to_string(),
+                    reason: "for a git source the checksum is a commit id (hex, 7 or more digits)"
+                        .into(),
+                });
+            }
+            r.checksum = Some(hex.to_ascii_lowercase());
+        }
+        let staging = staging_dir(self.dest_root)?;
+        let fetched = git::fetch(
+            &r,
+            staging.path(),
+            &git::FetchOptions {
+                keep_git_dir: opts.keep_git_dir,
+                ssh_auth_sock: opts.ssh_auth_sock.clone(),
+            },
+        )
+        .map_err(|e| git_err(e.to_string()))?;
+        let roots = select(&FsTree::new(&fetched.root), &[".".to_string()], &[], false)?;
+        let keep = std::mem::replace(&mut self.preserve_owner, false);
+        let res = self.place(&fetched.root, &roots[0], Target::Dir(dest_comps.to_vec()));
+        self.preserve_owner = keep;
+        res?;
+        self.stats.downloads += 1;
+        Ok(())
+    }
+
     /// Downloads `url` and writes it at `target` (mode 0600 unless
     /// `--chmod`, mtime from `Last-Modified`), verifying the checksum.
+    /// With `--unpack=true` a tar archive (plain or compressed) is
+    /// extracted into the directory `dest_comps` instead, as BuildKit does.
     pub(crate) fn fetch_url(
         &mut self,
         url: &str,
         opts: &super::AddOptions,
         target: Target,
+        dest_comps: &[String],
     ) -> Result<(), CopyError> {
         let expected = opts
             .checksum
@@ -247,6 +299,13 @@ impl Copier<'_> {
         });
         dest::set_times_fd(&out, &tmp, (when, 0))?;
         drop(out);
+        // `ADD --unpack=true URL DEST`: an archive is extracted into DEST
+        // (BuildKit's AttemptUnpack); without the flag a URL never is.
+        if opts.unpack == Some(true) && is_tar_archive(&tmp)? {
+            self.extract_archive(&tmp, url, dest_comps)?;
+            self.stats.downloads += 1;
+            return Ok(());
+        }
         let Target::File(parent, name) = target else {
             unreachable!("downloads are files")
         };

@@ -15,8 +15,8 @@
 //! - ADD unpacks local tar archives (plain or gzip, detected by content) and
 //!   downloads `http(s)://` URLs (never unpacked), verifying `--checksum`.
 
-mod add;
-mod decompress;
+pub(crate) mod add;
+pub(crate) mod decompress;
 mod dest;
 mod mode;
 
@@ -40,6 +40,14 @@ pub enum CopyError {
     /// Selecting the sources failed (names the pattern).
     #[error(transparent)]
     Source(#[from] ContextError),
+    /// A literal source is missing from a stage or image (BuildKit's words).
+    #[error("failed to calculate checksum of {from}: {path:?}: not found")]
+    NotFoundIn {
+        /// The source as given.
+        path: String,
+        /// `stage NAME` or `image REF`.
+        from: String,
+    },
     /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -96,7 +104,7 @@ pub enum CopyError {
         /// The URL.
         url: String,
     },
-    /// Something ADD does not support (git sources).
+    /// Something ADD does not support.
     #[error("unsupported ADD source {source_ref:?}: {reason}")]
     Unsupported {
         /// The source.
@@ -111,12 +119,6 @@ pub enum CopyError {
         url: String,
         /// What happened.
         message: String,
-    },
-    /// The URL path has no file name to use under a directory destination.
-    #[error("cannot determine a file name from URL {url}")]
-    NoFileName {
-        /// The URL.
-        url: String,
     },
     /// `--checksum` is malformed or used with a non-HTTP source.
     #[error("invalid checksum {value:?}: {reason}")]
@@ -136,6 +138,14 @@ pub enum CopyError {
         /// What was downloaded.
         actual: String,
     },
+    /// A git source could not be parsed or fetched.
+    #[error("ADD {url}: {message}")]
+    Git {
+        /// The source (credentials removed).
+        url: String,
+        /// What happened.
+        message: String,
+    },
     /// A local archive could not be extracted.
     #[error("extracting archive {source_path:?}: {source}")]
     Archive {
@@ -154,10 +164,12 @@ pub struct AddOptions {
     pub unpack: Option<bool>,
     /// `--checksum=sha256:...` for URL sources.
     pub checksum: Option<String>,
-    /// `--keep-git-dir` (git sources are not supported yet).
+    /// `--keep-git-dir`: keep the `.git` directory of a git source.
     pub keep_git_dir: bool,
     /// Download timeout (default 10 minutes overall, 30 s to connect).
     pub timeout: Option<Duration>,
+    /// The ssh-agent for `git@…` / `ssh://` git sources (`--ssh default`).
+    pub ssh_auth_sock: Option<PathBuf>,
 }
 
 /// One COPY or ADD.
@@ -238,9 +250,9 @@ fn is_url(s: &str) -> bool {
     l.starts_with("http://") || l.starts_with("https://")
 }
 
-fn is_git(s: &str) -> bool {
-    let l = s.to_ascii_lowercase();
-    l.starts_with("git@") || l.starts_with("git://") || l.ends_with(".git") && is_url(&l)
+/// True when ADD treats `s` as a git repository (BuildKit's URL rules).
+pub(crate) fn is_git(s: &str) -> bool {
+    matches!(crate::remote::GitRef::parse(s), Ok(Some(_)) | Err(_))
 }
 
 /// Where one source lands.
@@ -261,6 +273,8 @@ pub(crate) struct Copier<'a> {
     chmod: Option<Chmod>,
     /// Keep source owners (stage and image sources).
     preserve_owner: bool,
+    /// `--parents`: directories are copied with their own metadata.
+    parents: bool,
     stats: CopyStats,
     /// (dev, ino) of copied sources with several links -> where they went.
     links: HashMap<(u64, u64), PathBuf>,
@@ -286,12 +300,6 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
     if let Some(u) = urls.first() {
         if req.add.is_none() {
             return Err(CopyError::UrlInCopy { url: u.to_string() });
-        }
-        if is_git(u) {
-            return Err(CopyError::Unsupported {
-                source_ref: u.to_string(),
-                reason: "git sources are not supported",
-            });
         }
     }
     let add = req.add.clone();
@@ -339,11 +347,18 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         chown,
         chmod,
         preserve_owner: req.src_filter.is_none(),
+        parents: req.parents,
         stats: CopyStats::default(),
         links: HashMap::new(),
         dir_meta: Vec::new(),
     };
     let unpack = add.as_ref().is_some_and(|a| a.unpack != Some(false));
+    if req.parents && !paths.is_empty() && roots.is_empty() {
+        // `--parents` copies a directory's matching contents: the
+        // destination exists even when a wildcard matched nothing
+        // (testCopyParentsMissingDirectory wildcard cases).
+        c.ensure(&dest_comps)?;
+    }
     for root in &roots {
         if unpack && root.kind() == EntryKind::File {
             let host = crate::context::host_path(req.src_root, &root.entries[0].entry.path);
@@ -375,14 +390,20 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
     }
     for u in &urls {
         let opts = add.clone().unwrap_or_default();
+        if is_git(u) {
+            c.fetch_git(u, &opts, &dest_comps)?;
+            continue;
+        }
         let name_hint = add::url_file_name(u);
         let target = if into_dir {
-            let name = name_hint.ok_or_else(|| CopyError::NoFileName { url: u.to_string() })?;
+            // BuildKit names a download by its URL path's last element,
+            // `__unnamed__` when there is none (testDockerfileADDFromURL).
+            let name = name_hint.unwrap_or_else(|| "__unnamed__".to_string());
             file_target(&name)
         } else {
             file_target("")
         };
-        c.fetch_url(u, &opts, target)?;
+        c.fetch_url(u, &opts, target, &dest_comps)?;
     }
     for f in req.inline {
         let target = file_target(&f.name);
@@ -411,13 +432,25 @@ impl Copier<'_> {
         }
     }
 
+    /// The mode of a directory the copy creates on the way to its
+    /// destination (and of the destination of a directory's contents):
+    /// an octal `--chmod`'s permission bits, else 0755, as BuildKit's
+    /// `MkdirAll` (testCopyChmod: `COPY --chmod=777 foo /parent/foo`
+    /// makes `/parent` 0777; a symbolic mode leaves 0755).
+    fn created_dir_mode(&self) -> u32 {
+        match &self.chmod {
+            Some(Chmod::Octal(m)) => m & 0o777,
+            _ => 0o755,
+        }
+    }
+
     fn ensure(&mut self, comps: &[String]) -> Result<PathBuf, CopyError> {
         let mut created = Vec::new();
         let h = dest::ensure_dir(
             self.dest_root,
             comps,
             self.parent_owner(),
-            0o755,
+            self.created_dir_mode(),
             &mut created,
         )?;
         self.stats.dirs += created.len() as u64;
@@ -439,7 +472,9 @@ impl Copier<'_> {
                     Some(md) if md.is_dir()
                 );
                 let dir = self.ensure(&comps)?;
-                if !existed && !comps.is_empty() {
+                if !existed && !comps.is_empty() && self.parents {
+                    // `--parents` copies a source tree: its directories
+                    // keep their own owner and mode.
                     let owner = self.owner_for(top.uid, top.gid);
                     dest::lchown(&dir, owner)?;
                     let mt = fs::symlink_metadata(src_host(&top.path))
@@ -447,6 +482,15 @@ impl Copier<'_> {
                         .map(|m| dest::mtime_of(&m));
                     self.dir_meta
                         .push((dir.clone(), self.mode_for(top.mode, true), mt));
+                } else if !existed && !comps.is_empty() {
+                    // The destination of a directory's contents is made
+                    // like a parent: owned by root or --chown, never by
+                    // the source directory's owner (testCopyChownExistingDir).
+                    let mt = fs::symlink_metadata(src_host(&top.path))
+                        .ok()
+                        .map(|m| dest::mtime_of(&m));
+                    self.dir_meta
+                        .push((dir.clone(), self.created_dir_mode(), mt));
                 }
                 let mut dirs: HashMap<String, PathBuf> = HashMap::new();
                 dirs.insert(String::new(), dir);
@@ -532,6 +576,21 @@ impl Copier<'_> {
         owner: (u32, u32),
         mode: u32,
     ) -> Result<(), CopyError> {
+        if crate::context::hash_is_socket(src) {
+            // A socket of the context is copied as an empty file (BuildKit).
+            dest::clear_for_write(self.dest_root, dst)?;
+            let df = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dst)
+                .map_err(dest::io_at("create", dst))?;
+            let smd = fs::symlink_metadata(src).map_err(dest::io_at("stat", src))?;
+            self.finish_file(&df, dst, owner, mode, Some(dest::mtime_of(&smd)))?;
+            self.stats.files += 1;
+            return Ok(());
+        }
         let mut sf = fs::File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)

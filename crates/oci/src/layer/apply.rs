@@ -1,4 +1,4 @@
-//! Applying a layer (gzip or plain tar) onto a root directory, with OCI
+//! Applying a layer (gzip, zstd or plain tar) onto a root directory, with OCI
 //! whiteout semantics and strict path safety.
 //!
 //! Path safety, the rules every entry goes through:
@@ -198,7 +198,7 @@ struct Applier<'o> {
     warned_xattrs: HashSet<(Vec<u8>, i32)>,
 }
 
-/// Apply the layer read from `reader` (gzip or plain tar, detected by magic)
+/// Apply the layer read from `reader` (gzip, zstd or plain tar, detected by magic)
 /// onto `root`, which must exist.
 pub fn apply_layer<R: Read>(reader: R, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
     let meta = fs::metadata(root).map_err(io_err("stat", root))?;
@@ -214,7 +214,7 @@ pub fn apply_layer<R: Read>(reader: R, root: &Path, opts: &ApplyOptions) -> Resu
     let decoded: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(MultiGzDecoder::new(br))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(ApplyError::UnsupportedCompression("zstd"));
+        Box::new(zstd::stream::read::Decoder::with_buffer(br).map_err(ApplyError::Read)?)
     } else if head.starts_with(b"BZh") {
         return Err(ApplyError::UnsupportedCompression("bzip2"));
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {

@@ -53,9 +53,6 @@ pub enum WriteError {
     /// An entry of [`WriteOptions::extra_whiteouts`] is not a usable path.
     #[error("invalid whiteout path {0:?}: must name something below the root without `..`")]
     InvalidWhiteout(PathBuf),
-    /// The requested compression is not implemented.
-    #[error("layer compression {0:?} is not supported")]
-    UnsupportedCompression(Compression),
 }
 
 type Result<T, E = WriteError> = std::result::Result<T, E>;
@@ -89,9 +86,11 @@ pub struct WriteOptions {
     /// Clamp every mtime to this many seconds since the epoch (reproducible
     /// builds); whiteouts get this mtime too (else 0).
     pub source_date_epoch: Option<u64>,
-    /// [`Compression::Gzip`] (default) or [`Compression::None`].
+    /// [`Compression::Gzip`] (default), [`Compression::Zstd`] or
+    /// [`Compression::None`].
     pub compression: Compression,
-    /// gzip level 0–9; default 1 (fast).
+    /// Compression level: gzip 0–9 (default 1, fast), zstd 1–22 (values
+    /// outside the range are clamped; see [`Compression::default_level`]).
     pub compression_level: u32,
     /// Paths (relative to the layer root) deleted relative to the lower
     /// layers, written as `.wh.<name>` entries, e.g. by a copy-based differ.
@@ -141,6 +140,7 @@ impl LayerOutput {
 /// The compressor stage between the tar stream and the caller's writer.
 enum Sink<W: Write> {
     Gzip(Box<GzEncoder<DigestWriter<W>>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, DigestWriter<W>>>),
     Plain(W),
 }
 
@@ -148,18 +148,21 @@ impl<W: Write> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sink::Gzip(g) => g.write(buf),
+            Sink::Zstd(z) => z.write(buf),
             Sink::Plain(w) => w.write(buf),
         }
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
             Sink::Gzip(g) => g.write_all(buf),
+            Sink::Zstd(z) => z.write_all(buf),
             Sink::Plain(w) => w.write_all(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Sink::Gzip(g) => g.flush(),
+            Sink::Zstd(z) => z.flush(),
             Sink::Plain(w) => w.flush(),
         }
     }
@@ -240,7 +243,10 @@ pub fn write_layer<W: Write>(src: &Path, out: W, opts: &WriteOptions) -> Result<
             flate2::Compression::new(opts.compression_level.min(9)),
         ))),
         Compression::None => Sink::Plain(out),
-        Compression::Zstd => return Err(WriteError::UnsupportedCompression(Compression::Zstd)),
+        Compression::Zstd => Sink::Zstd(Box::new(
+            zstd_encoder(DigestWriter::new(out), opts.compression_level)
+                .map_err(WriteError::Output)?,
+        )),
     };
     let mut w = Writer {
         out: DigestWriter::new(sink),
@@ -268,6 +274,11 @@ pub fn write_layer<W: Write>(src: &Path, out: W, opts: &WriteOptions) -> Result<
             let (d, n, out) = dw.finish();
             (d, n, out, mt::OCI_LAYER_TAR_GZIP)
         }
+        Sink::Zstd(z) => {
+            let dw = z.finish().map_err(WriteError::Output)?;
+            let (d, n, out) = dw.finish();
+            (d, n, out, mt::OCI_LAYER_TAR_ZSTD)
+        }
         Sink::Plain(out) => (diff_id.clone(), uncompressed_size, out, mt::OCI_LAYER_TAR),
     };
     Ok((
@@ -282,6 +293,18 @@ pub fn write_layer<W: Write>(src: &Path, out: W, opts: &WriteOptions) -> Result<
         },
         out,
     ))
+}
+
+/// A single-threaded zstd encoder (deterministic output for a given level)
+/// that writes the content size-less frame with a checksum, as BuildKit does.
+pub(crate) fn zstd_encoder<W: Write>(
+    out: W,
+    level: u32,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let level = level.clamp(1, 22) as i32;
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+    enc.include_checksum(true)?;
+    Ok(enc)
 }
 
 fn join_name(parent: &[u8], name: &[u8]) -> Vec<u8> {

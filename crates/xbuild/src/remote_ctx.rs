@@ -1,0 +1,89 @@
+//! PATH as a git URL or an HTTP(S) URL: fetched into a temporary directory
+//! that then is the build context, for as long as the build runs. A
+//! `--file` that names an existing local file is used as is; otherwise it
+//! is a path inside the fetched context, as with buildx.
+
+use crate::cli::BuildArgs;
+use anyhow::{Context, Result};
+use xbuild_engine::remote::{self, RemoteSpec};
+
+/// Keeps a fetched context alive (its directory goes when this drops).
+pub struct Fetched {
+    _git: Option<remote::Fetched>,
+    _http: Option<remote::HttpContext>,
+}
+
+/// Fetch `value` when it is a git or HTTP(S) URL: the directory to use and
+/// the guard that keeps it. `None` for a local path.
+pub fn fetch(
+    value: &str,
+    keep_git_dir: bool,
+    quiet: bool,
+) -> Result<Option<(std::path::PathBuf, Fetched)>> {
+    let Some(spec) = remote::classify(value)? else {
+        return Ok(None);
+    };
+    let tmp = crate::paths::xbuild_root()?.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    Ok(Some(match spec {
+        RemoteSpec::Git(r) => {
+            if !quiet {
+                eprintln!("fetching git context {}", r.display_remote());
+            }
+            let f = remote::git::fetch(
+                &r,
+                &tmp,
+                &remote::FetchOptions {
+                    keep_git_dir,
+                    ssh_auth_sock: None,
+                },
+            )
+            .with_context(|| format!("fetching the build context {}", r.display_remote()))?;
+            if !quiet {
+                eprintln!("git context at commit {}", f.commit);
+            }
+            (
+                f.root.clone(),
+                Fetched {
+                    _git: Some(f),
+                    _http: None,
+                },
+            )
+        }
+        RemoteSpec::Http(url) => {
+            if !quiet {
+                eprintln!("fetching build context {url}");
+            }
+            let c = remote::http::fetch(&url, &tmp)?;
+            (
+                c.root.clone(),
+                Fetched {
+                    _git: None,
+                    _http: Some(c),
+                },
+            )
+        }
+    }))
+}
+
+/// When `args.context` is remote, fetch it and point `args.context` (and a
+/// relative `--file`) into the fetched directory. Progress goes to stderr
+/// unless `quiet`.
+pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>> {
+    let build_args = crate::build::parse_build_args(&args.build_args)?;
+    let keep = remote::keep_git_dir_arg(
+        build_args
+            .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+            .map(String::as_str),
+    );
+    let Some((root, kept)) = fetch(&args.context, keep, quiet)? else {
+        return Ok(None);
+    };
+    if let Some(f) = &args.file {
+        if f.as_os_str() != "-" && !f.is_file() {
+            args.file = Some(root.join(f));
+        }
+    }
+    args.context = root.to_string_lossy().into_owned();
+    Ok(Some(kept))
+}
