@@ -443,7 +443,7 @@ fn bad_corpus() -> Vec<Bad> {
         bad(
             "stage index that is not defined yet",
             "FROM scratch AS a\nCOPY --from=3 /x /y\n",
-            &["Dockerfile:2", "from flag"],
+            &["Dockerfile:2", "invalid stage index 3"],
         ),
         bad("empty file", "", &["Dockerfile:1", "no instructions"]),
         bad(

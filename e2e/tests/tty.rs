@@ -287,6 +287,11 @@ fn pane_command(xb: &Xbuild, env: &str, builds: &[String]) -> String {
     let root = xb.root();
     let mut cmd = String::from("trap 'true' INT; ");
     for b in builds {
+        // `!COMMAND`: a shell command between builds, not an xbuild run.
+        if let Some(shell) = b.strip_prefix('!') {
+            cmd.push_str(&format!("{shell}; "));
+            continue;
+        }
         cmd.push_str(&format!(
             "env XBUILD_ROOT={root} XBUILD_CONFIG={config} DOCKER_CONFIG={docker} {env} {bin} {b}; ",
             root = quote(s(root)),
@@ -338,8 +343,16 @@ fn tty_fits_80_and_120_columns_with_colour_on_and_off() {
         // A fresh state directory: the base is pulled, and the second
         // build misses on the changed instruction.
         let xb = Xbuild::new();
+        // Both builds in one context (one project: explanations compare
+        // only with the same project's records); the second Dockerfile
+        // replaces the first between them.
         let ctx = context(&[("Dockerfile", &dockerfile("first"))]);
         let ctx2 = context(&[("Dockerfile", &dockerfile("second"))]);
+        let swap = format!(
+            "!cp {} {}",
+            quote(s(&ctx2.path().join("Dockerfile"))),
+            quote(s(&ctx.path().join("Dockerfile")))
+        );
         let build = |dir: &Path| {
             format!(
                 "build --progress tty --platform linux/amd64,linux/arm64 --build-arg BASE={} {}",
@@ -353,7 +366,7 @@ fn tty_fits_80_and_120_columns_with_colour_on_and_off() {
             "NO_COLOR=1 TERM=xterm-256color"
         };
         let tmux = Tmux::start_sized(
-            &pane_command(&xb, env, &[build(ctx.path()), build(ctx2.path())]),
+            &pane_command(&xb, env, &[build(ctx.path()), swap, build(ctx.path())]),
             width,
             30,
         );
