@@ -29,6 +29,9 @@ fn run(data: &[u8], format: ApplyFormat) {
         chown: false,
         xattrs: false,
         format,
+        // Device entries take the same path checks as files (as before
+        // this option existed).
+        devices: true,
     };
     let _ = apply_layer(data, &root, &opts);
     let mut names: Vec<_> = std::fs::read_dir(&base)
