@@ -35,6 +35,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use xbuild_engine::events::{Event, LogStream, Transfer, VertexId};
 use xbuild_oci::Digest;
 
+use crate::progress::one_line;
+
 /// BuildKit's `SolveStatus`: one update.
 #[derive(Debug, Default, Serialize)]
 pub struct SolveStatus {
@@ -414,13 +416,6 @@ impl Encoder {
         }
         (!out.is_empty()).then_some(out)
     }
-}
-
-/// Control characters (a heredoc's newlines) as spaces: a title is one line.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// One JSON line of an update (Go's encoder ends each with a newline; the

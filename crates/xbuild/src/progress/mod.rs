@@ -422,6 +422,7 @@ mod plain;
 mod quiet;
 mod rawjson;
 mod tty;
+pub(crate) use tty::one_line;
 use tty::*;
 
 #[cfg(test)]

@@ -913,7 +913,7 @@ pub(super) fn truncate(s: &str, width: usize) -> String {
 }
 
 /// Control characters (newlines of a heredoc, tabs) as spaces.
-pub(super) fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
