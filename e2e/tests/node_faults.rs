@@ -141,7 +141,9 @@ const SIGSTOP: i32 = 19;
 fn warning_line<'a>(output: &'a str, needle: &str) -> &'a str {
     let line = output
         .lines()
-        .find(|l| l.contains(needle))
+        // The coordinator's warning, not the agent's own stderr line with
+        // the same words (the two can arrive in either order).
+        .find(|l| l.contains(needle) && !l.trim_start().starts_with("xbuild agent:"))
         .unwrap_or_else(|| panic!("no line with {needle:?}:\n{output}"));
     eprintln!("{line}");
     line
