@@ -339,6 +339,7 @@ mod tests {
             image_aliases: Default::default(),
             extra_hosts: Vec::new(),
             shm_size: None,
+            ulimits: Vec::new(),
         };
         let mut rec = Recorder::default();
         xbuild_plan::plan_source(src, &amd64, &opts, &mut rec).unwrap();

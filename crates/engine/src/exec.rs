@@ -335,6 +335,16 @@ pub fn run(
         mounts: Vec::new(),
         etc_hosts: Some(hosts),
         resolv_conf: Some(resolv),
+        rlimits: op
+            .ulimits
+            .iter()
+            .map(|u| xbuild_sandbox::Rlimit {
+                name: u.name.clone(),
+                // -1 (unlimited) and only it is negative (checked at parse).
+                soft: u64::try_from(u.soft).ok(),
+                hard: u64::try_from(u.hard).ok(),
+            })
+            .collect(),
     };
 
     for (i, f) in op.inline_files.iter().enumerate() {

@@ -1054,6 +1054,7 @@ impl<'a> Planner<'a> {
                         hostname: self.sandbox_hostname(),
                         extra_hosts: self.opts.extra_hosts.clone(),
                         shm_size: self.opts.shm_size,
+                        ulimits: self.opts.ulimits.clone(),
                     }),
                 )
             }

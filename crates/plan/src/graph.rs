@@ -210,6 +210,107 @@ pub struct ExecOp {
     /// the sandbox's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// `--ulimit`: resource limits set on the step's process, sorted by
+    /// name, one per type. Part of the cache key, as in BuildKit (where they
+    /// are in the exec op's meta); absent when empty, so the keys of builds
+    /// without it do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// One `--ulimit TYPE=SOFT[:HARD]` value. `-1` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// The limit's name as Docker spells it (`nofile`, `nproc`, ...).
+    pub name: String,
+    /// The soft limit; `-1` is unlimited.
+    pub soft: i64,
+    /// The hard limit; `-1` is unlimited.
+    pub hard: i64,
+}
+
+/// The limit types `--ulimit` accepts: Docker's list (the `RLIMIT_*`
+/// resources of Linux, lower case, without the prefix).
+pub const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+impl Ulimit {
+    /// Parses one `TYPE=SOFT[:HARD]` value as `docker buildx build --ulimit`
+    /// does: a missing hard limit equals the soft one, `-1` is unlimited, and
+    /// the soft limit may not exceed the hard one. The error quotes the value.
+    pub fn parse(value: &str) -> Result<Ulimit, String> {
+        let bad = |why: String| format!("invalid --ulimit {value:?}: {why}");
+        let (name, limits) = value
+            .split_once('=')
+            .ok_or_else(|| bad("expected TYPE=SOFT[:HARD]".into()))?;
+        if !ULIMIT_NAMES.contains(&name) {
+            return Err(bad(format!(
+                "unknown limit type {name:?} (one of {})",
+                ULIMIT_NAMES.join(", ")
+            )));
+        }
+        let number = |s: &str, which: &str| -> Result<i64, String> {
+            match s.trim().parse::<i64>() {
+                Ok(n) if n >= -1 => Ok(n),
+                Ok(_) => Err(bad(format!(
+                    "the {which} limit must be -1 (unlimited) or a number >= 0"
+                ))),
+                Err(_) => Err(bad(format!("the {which} limit {s:?} is not a number"))),
+            }
+        };
+        let (soft, hard) = match limits.split(':').collect::<Vec<_>>()[..] {
+            [soft] => {
+                let soft = number(soft, "soft")?;
+                (soft, soft)
+            }
+            [soft, hard] => (number(soft, "soft")?, number(hard, "hard")?),
+            _ => return Err(bad("at most two limits, SOFT[:HARD]".into())),
+        };
+        // -1 is the largest value of all.
+        let as_u = |n: i64| if n == -1 { u64::MAX } else { n as u64 };
+        if as_u(soft) > as_u(hard) {
+            return Err(bad(format!(
+                "the soft limit ({soft}) is greater than the hard limit ({hard})"
+            )));
+        }
+        Ok(Ulimit {
+            name: name.to_string(),
+            soft,
+            hard,
+        })
+    }
+
+    /// Parses repeated `--ulimit` values: a type given twice keeps the last
+    /// value (as buildx, which keeps them in a map); sorted by name.
+    pub fn parse_all<S: AsRef<str>>(values: &[S]) -> Result<Vec<Ulimit>, String> {
+        let mut by_name = BTreeMap::new();
+        for v in values {
+            let u = Ulimit::parse(v.as_ref())?;
+            by_name.insert(u.name.clone(), u);
+        }
+        Ok(by_name.into_values().collect())
+    }
+}
+
+impl std::fmt::Display for Ulimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}:{}", self.name, self.soft, self.hard)
+    }
 }
 
 /// Copy files into the stage's filesystem (COPY and ADD).
@@ -563,5 +664,106 @@ impl BuildGraph {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod ulimit_tests {
+    use super::*;
+
+    fn u(name: &str, soft: i64, hard: i64) -> Ulimit {
+        Ulimit {
+            name: name.into(),
+            soft,
+            hard,
+        }
+    }
+
+    #[test]
+    fn soft_and_hard_are_read_and_a_lone_soft_is_both() {
+        // docker/go-units TestParseUlimitValid: "nofile=512:1024".
+        assert_eq!(
+            Ulimit::parse("nofile=512:1024").unwrap(),
+            u("nofile", 512, 1024)
+        );
+        assert_eq!(Ulimit::parse("nproc=512").unwrap(), u("nproc", 512, 512));
+        assert_eq!(Ulimit::parse("core=0:0").unwrap(), u("core", 0, 0));
+    }
+
+    #[test]
+    fn minus_one_is_unlimited_and_larger_than_any_number() {
+        assert_eq!(Ulimit::parse("core=-1").unwrap(), u("core", -1, -1));
+        assert_eq!(
+            Ulimit::parse("stack=8388608:-1").unwrap(),
+            u("stack", 8388608, -1)
+        );
+        let e = Ulimit::parse("memlock=-1:1024").unwrap_err();
+        assert!(e.contains("greater than the hard limit"), "{e}");
+        assert!(e.contains("\"memlock=-1:1024\""), "{e}");
+    }
+
+    #[test]
+    fn every_docker_type_is_accepted() {
+        for name in ULIMIT_NAMES {
+            let v = format!("{name}=1:2");
+            assert_eq!(Ulimit::parse(&v).unwrap(), u(name, 1, 2), "{v}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_value() {
+        // docker/go-units TestParseUlimitInvalidLimitType, ...BadFormat,
+        // ...HardLessThanSoft, ...InvalidValueType, ...TooManyValueArgs.
+        for (value, why) in [
+            ("nofile", "TYPE=SOFT[:HARD]"),
+            ("notreal=1024:1024", "unknown limit type \"notreal\""),
+            ("NOFILE=1", "unknown limit type"),
+            (
+                "nofile=1024:1",
+                "soft limit (1024) is greater than the hard limit (1)",
+            ),
+            ("nofile=asd", "is not a number"),
+            ("nofile=1024:asd", "hard limit \"asd\" is not a number"),
+            ("nofile=1:2:3", "at most two limits"),
+            ("nofile=-2", "-1 (unlimited) or a number"),
+            ("nofile=", "is not a number"),
+        ] {
+            let e = Ulimit::parse(value).unwrap_err();
+            assert!(e.contains(why), "{value}: {e}");
+            assert!(e.contains(&format!("{value:?}")), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_type_keeps_the_last_value_and_the_list_is_sorted() {
+        let all = Ulimit::parse_all(&["nproc=512", "nofile=1:2", "nofile=1024:2048"]).unwrap();
+        assert_eq!(all, vec![u("nofile", 1024, 2048), u("nproc", 512, 512)]);
+        assert!(Ulimit::parse_all(&["nofile=1:2", "bogus=1"]).is_err());
+    }
+
+    #[test]
+    fn an_exec_op_without_ulimits_serializes_as_before() {
+        let op = ExecOp {
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: Network::Default,
+            insecure: false,
+            mounts: vec![],
+            inline_files: vec![],
+            hostname: None,
+            extra_hosts: vec![],
+            shm_size: None,
+            ulimits: vec![],
+        };
+        let j = serde_json::to_value(&op).unwrap();
+        assert!(j.get("ulimits").is_none(), "{j}");
+        let with = ExecOp {
+            ulimits: vec![u("nofile", 1024, 2048)],
+            ..op
+        };
+        let j = serde_json::to_value(&with).unwrap();
+        assert_eq!(j["ulimits"][0]["soft"], 1024);
     }
 }

@@ -62,6 +62,8 @@ pub struct PlanOptions {
     pub extra_hosts: Vec<(String, String)>,
     /// `--shm-size`: `/dev/shm` of every RUN step, in bytes.
     pub shm_size: Option<u64>,
+    /// `--ulimit`: resource limits of every RUN step (see [`Ulimit::parse_all`]).
+    pub ulimits: Vec<Ulimit>,
 }
 
 impl PlanOptions {
@@ -77,6 +79,7 @@ impl PlanOptions {
             image_aliases: BTreeMap::new(),
             extra_hosts: Vec::new(),
             shm_size: None,
+            ulimits: Vec::new(),
         }
     }
 }

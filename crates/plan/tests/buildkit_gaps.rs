@@ -22,6 +22,7 @@ fn opts() -> PlanOptions {
         image_aliases: BTreeMap::new(),
         extra_hosts: Vec::new(),
         shm_size: None,
+        ulimits: Vec::new(),
     }
 }
 

@@ -100,6 +100,22 @@ pub enum InitError {
         /// Why it was refused.
         message: String,
     },
+    /// A resource limit (`--ulimit`) could not be set.
+    #[error("ulimit {name}={soft}:{hard}: setrlimit: {message}{hint}")]
+    Rlimit {
+        /// The resource (`nofile`, ...).
+        name: String,
+        /// The soft limit asked for (`-1`: unlimited).
+        soft: i64,
+        /// The hard limit asked for (`-1`: unlimited).
+        hard: i64,
+        /// `errno`.
+        errno: i32,
+        /// The text of `errno`.
+        message: String,
+        /// Why, when it can be told (the worker's own hard limit, ...).
+        hint: String,
+    },
     /// `execve` failed for another reason (`ENOENT` for a file that exists
     /// usually means its ELF interpreter, e.g. the dynamic loader, is missing).
     #[error("exec {path}: {message}")]
@@ -143,7 +159,8 @@ impl InitError {
             InitError::Syscall { errno, .. }
             | InitError::Path { errno, .. }
             | InitError::Mount { errno, .. }
-            | InitError::Exec { errno, .. } => Some(*errno),
+            | InitError::Exec { errno, .. }
+            | InitError::Rlimit { errno, .. } => Some(*errno),
             _ => None,
         }
     }

@@ -255,6 +255,9 @@ fn child(req: &InitRequest, report: BorrowedFd<'_>) -> Result<Infallible, InitEr
     let env = build_env(&req.spec.env, &user);
     let cwd = Path::new("/").join(&req.spec.cwd);
     enter_cwd(&cwd, &user)?;
+    // While still root with every capability: raising a hard limit needs
+    // CAP_SYS_RESOURCE (runc, too, sets them before the user switch).
+    set_rlimits(&req.spec.rlimits)?;
     let all = caps::all_mask(last_cap);
     if req.spec.insecure {
         // Every capability, for root and (through the ambient set) for any
@@ -294,6 +297,92 @@ fn child(req: &InitRequest, report: BorrowedFd<'_>) -> Result<Infallible, InitEr
         filter.load()?;
     }
     exec(&program, &req.spec.args, &env)
+}
+
+/// The type `setrlimit` takes its resource as (glibc has its own).
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// The `RLIMIT_*` resource of a Docker `--ulimit` name.
+fn rlimit_resource(name: &str) -> Option<Resource> {
+    Some(match name {
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Sets each limit with `setrlimit`; a failure names the limit and, when it
+/// can, why (the worker's own hard limit, `fs.nr_open`).
+fn set_rlimits(limits: &[crate::Rlimit]) -> Result<(), InitError> {
+    let raw = |v: Option<u64>| v.unwrap_or(libc::RLIM_INFINITY);
+    let shown = |v: Option<u64>| v.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    for l in limits {
+        let resource = rlimit_resource(&l.name).ok_or_else(|| InitError::Request {
+            message: format!("unknown resource limit {:?}", l.name),
+        })?;
+        let want = libc::rlimit {
+            rlim_cur: raw(l.soft),
+            rlim_max: raw(l.hard),
+        };
+        // SAFETY: `want` is a valid rlimit that outlives the call.
+        if unsafe { libc::setrlimit(resource, &want) } == 0 {
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `now` is a valid out-parameter.
+        let have = (unsafe { libc::getrlimit(resource, &mut now) } == 0).then_some(now.rlim_max);
+        let mut hint = String::new();
+        if let Some(have) = have.filter(|h| want.rlim_max > *h) {
+            let have = if have == libc::RLIM_INFINITY {
+                "unlimited".to_string()
+            } else {
+                have.to_string()
+            };
+            hint = format!(
+                " (the worker's hard limit is {have}; raising it needs CAP_SYS_RESOURCE, \
+                 i.e. xbuild running as root)"
+            );
+        }
+        if l.name == "nofile" && err.raw_os_error() == Some(libc::EPERM) {
+            if let Ok(max) = std::fs::read_to_string("/proc/sys/fs/nr_open") {
+                if want.rlim_max > max.trim().parse::<u64>().unwrap_or(u64::MAX) {
+                    hint = format!(
+                        " (nofile cannot exceed the kernel's fs.nr_open, {}, on this worker)",
+                        max.trim()
+                    );
+                }
+            }
+        }
+        return Err(InitError::Rlimit {
+            name: l.name.clone(),
+            soft: shown(l.soft),
+            hard: shown(l.hard),
+            errno: err.raw_os_error().unwrap_or(0),
+            message: err.to_string(),
+            hint,
+        });
+    }
+    Ok(())
 }
 
 /// The spec's environment, plus Docker's default `PATH` and the user's `HOME`

@@ -13,7 +13,8 @@
 //! filesystem, switches user, and — unless [`ProcessSpec::insecure`] — limits
 //! the capabilities to Docker's default set ([`caps`]), sets `no_new_privs`
 //! and installs Docker's default seccomp profile ([`seccomp`]) right before
-//! executing the command. No cgroups are used (so no resource limits).
+//! executing the command. No cgroups are used: the only resource limits are
+//! the `setrlimit` ones of [`ProcessSpec::rlimits`].
 //!
 //! Setup failures come back as structured [`InitError`]s (wrapped in
 //! [`SandboxError::Setup`]) so that the caller can tell a missing executable
@@ -157,7 +158,43 @@ pub struct ProcessSpec {
     pub etc_hosts: Option<PathBuf>,
     /// Host file bind-mounted read-only at `/etc/resolv.conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// Resource limits (`setrlimit`) set on the process right before it
+    /// switches user and executes (`--ulimit`); the others are inherited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
 }
+
+/// One resource limit of a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// The resource as Docker names it: `nofile`, `nproc`, ... (see
+    /// [`RLIMIT_NAMES`]).
+    pub name: String,
+    /// The soft limit; `None` is unlimited.
+    pub soft: Option<u64>,
+    /// The hard limit; `None` is unlimited.
+    pub hard: Option<u64>,
+}
+
+/// The resources an [`Rlimit`] may name: Linux's `RLIMIT_*`, lower case and
+/// without the prefix, as Docker's `--ulimit` spells them.
+pub const RLIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
 
 /// Which output stream a chunk of bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

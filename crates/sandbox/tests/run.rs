@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{run, run_with, sh, spec, RemoveOnDrop};
 use xbuild_sandbox::{
-    Executor, InitError, MountKind, MountSpec, NetworkMode, OutputStream, SandboxError, UserError,
+    Executor, InitError, MountKind, MountSpec, NetworkMode, OutputStream, Rlimit, SandboxError,
+    UserError,
 };
 
 /// The init's error of a run that must have failed in setup.
@@ -113,6 +114,68 @@ fn user_app_gets_its_ids_groups_and_home() {
     assert_eq!(run(&root, &s).stdout, "4242\n0\n0\n/\n");
     s.user = String::new();
     assert_eq!(run(&root, &s).stdout, "0\n0\n0\n/root\n");
+}
+
+#[test]
+fn rlimits_are_set_on_the_process_for_root_and_another_user() {
+    let root = rootfs_or_skip!("rlimits");
+    let mut s = sh("ulimit -n; ulimit -Hn; ulimit -u; ulimit -Hu; ulimit -c");
+    s.rlimits = vec![
+        Rlimit {
+            name: "nofile".into(),
+            soft: Some(1024),
+            hard: Some(2048),
+        },
+        Rlimit {
+            name: "nproc".into(),
+            soft: Some(512),
+            hard: Some(512),
+        },
+        Rlimit {
+            name: "core".into(),
+            soft: None,
+            hard: None,
+        },
+    ];
+    let out = run(&root, &s);
+    assert_eq!(
+        out.stdout, "1024\n2048\n512\n512\nunlimited\n",
+        "{}",
+        out.stderr
+    );
+    s.user = "app".to_string();
+    let out = run(&root, &s);
+    assert_eq!(
+        out.stdout, "1024\n2048\n512\n512\nunlimited\n",
+        "{}",
+        out.stderr
+    );
+    root.assert_no_mounts();
+}
+
+#[test]
+fn an_rlimit_the_kernel_refuses_is_a_setup_error_naming_it() {
+    let root = rootfs_or_skip!("rlimit-refused");
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut s = spec(&["true"]);
+    s.rlimits = vec![Rlimit {
+        name: "nofile".into(),
+        soft: Some(1024),
+        hard: Some(nr_open + 1),
+    }];
+    let err = setup_error(run(&root, &s));
+    let text = err.to_string();
+    assert!(matches!(err, InitError::Rlimit { .. }), "{err:?}");
+    assert!(
+        text.starts_with(&format!("ulimit nofile=1024:{}: setrlimit: ", nr_open + 1)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("fs.nr_open, {nr_open}")), "{text}");
+    root.assert_no_mounts();
 }
 
 #[test]

@@ -203,9 +203,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         eprintln!("note: --builder {b} ignored: xbuild has no builder instances (nodes are chosen per platform; see xbuild node ls)");
     }
     // Everything that can be refused is refused before a context is fetched.
-    if !args.ulimits.is_empty() {
-        bail!("--ulimit is not supported by this xbuild yet: RUN steps get the worker's resource limits");
-    }
+    let ulimits = xbuild_plan::Ulimit::parse_all(&args.ulimits).map_err(anyhow::Error::msg)?;
     let shm_size = args.shm_size.as_deref().map(parse_size).transpose()?;
     let platforms = parse_platforms(&args.platform)?;
     let quiet = args.quiet || args.progress == crate::cli::ProgressMode::Quiet;
@@ -223,6 +221,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
         image_aliases,
         extra_hosts: parse_add_hosts(&args.add_hosts)?,
         shm_size,
+        ulimits,
     };
     let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {

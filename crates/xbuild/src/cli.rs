@@ -291,7 +291,9 @@ pub struct BuildArgs {
     /// Size of /dev/shm in RUN steps (e.g. `128m`).
     #[arg(long = "shm-size", value_name = "SIZE")]
     pub shm_size: Option<String>,
-    /// Resource limits of RUN steps (`nofile=1024:2048`; repeatable).
+    /// Resource limits of RUN steps (`nofile=1024:2048`, `-1` for unlimited;
+    /// types: core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile,
+    /// nproc, rss, rtprio, rttime, sigpending, stack; repeatable).
     #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
     pub ulimits: Vec<String>,
     /// Accepted for compatibility with `docker buildx build`; xbuild has no
