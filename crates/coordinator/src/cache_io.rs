@@ -11,7 +11,13 @@
 //! platforms.
 //!
 //! `mode=min` (the default) exports the steps of the target stage;
-//! `mode=max` every stage's. Import writes the records, then fetches only
+//! `mode=max` every stage's. `compression=gzip|zstd|uncompressed` (with
+//! `compression-level=`) writes the exported layers in that compression;
+//! without it they go out as stored. A record names its layer by the
+//! exported blob, and keeps its diffID (the uncompressed tar), so it stays
+//! valid whatever the compression. Every exported layer was built by a
+//! step (base images are not in the cache), so `force-compression=true`
+//! changes nothing here; it is accepted as buildx accepts it. Import writes the records, then fetches only
 //! the layer blobs of the steps that will hit and are missing locally.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,7 +29,9 @@ use xbuild_engine::context::ContextIndex;
 use xbuild_engine::events::{Event, EventSink, NullSink, Transfer};
 use xbuild_engine::explain::ExplainStep;
 use xbuild_engine::{Engine, ImageSource, Secrets, SolveRequest, VertexIds};
+use xbuild_oci::compress::{recompress, LayerPolicy};
 use xbuild_oci::manifest::{ImageIndex, ImageManifest};
+use xbuild_oci::media_types::{layer_compression, Compression};
 use xbuild_oci::reference::Reference;
 use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
 use xbuild_plan::BuildGraph;
@@ -52,6 +60,9 @@ pub enum CacheSpec {
         image_manifest: bool,
         /// `ignore-error=true`: a failed export is a warning.
         ignore_error: bool,
+        /// `compression=`, `compression-level=`: the exported layers'
+        /// compression (`None`: as stored).
+        layers: Option<LayerPolicy>,
     },
     /// `type=local,dest=DIR` / `type=local,src=DIR`.
     Local {
@@ -61,6 +72,9 @@ pub enum CacheSpec {
         max: bool,
         /// `ignore-error=true`: a failed export is a warning.
         ignore_error: bool,
+        /// `compression=`, `compression-level=`: the exported layers'
+        /// compression (`None`: as stored).
+        layers: Option<LayerPolicy>,
     },
 }
 
@@ -129,11 +143,36 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
         bail!("invalid {flag} {raw:?}: image-manifest=true needs oci-mediatypes=true");
     }
     flag_bool("oci-mediatypes")?;
-    flag_bool("force-compression")?;
-    if let Some(c) = fields.get("compression") {
-        xbuild_oci::media_types::Compression::parse(c)
-            .map_err(|e| anyhow!("invalid {flag} {raw:?}: {e}"))?;
-    }
+    let force = flag_bool("force-compression")?;
+    let compression = fields
+        .get("compression")
+        .map(|c| Compression::parse(c).map_err(|e| anyhow!("invalid {flag} {raw:?}: {e}")))
+        .transpose()?;
+    let level = fields
+        .get("compression-level")
+        .map(|l| {
+            l.parse::<u32>().map_err(|_| {
+                anyhow!("invalid {flag} {raw:?}: compression-level must be a number, not {l:?}")
+            })
+        })
+        .transpose()?;
+    let layers = if compression.is_some() || level.is_some() || force {
+        // buildx's default cache compression is gzip.
+        let c = compression.unwrap_or(Compression::Gzip);
+        let level = match level {
+            Some(l) => c
+                .check_level(l)
+                .map_err(|e| anyhow!("invalid {flag} {raw:?}: {e}"))?,
+            None => c.default_level(),
+        };
+        Some(LayerPolicy {
+            compression: c,
+            level,
+            force,
+        })
+    } else {
+        None
+    };
     match fields.get("type").map(String::as_str) {
         Some("gha") => bail!(
             "{flag} type=gha is not supported: xbuild has no GitHub Actions cache client; \
@@ -152,6 +191,7 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
                 max,
                 image_manifest,
                 ignore_error,
+                layers,
             })
         }
         Some("local") => {
@@ -163,6 +203,7 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
                 dir: PathBuf::from(dir),
                 max,
                 ignore_error,
+                layers,
             })
         }
         Some(t) => bail!("invalid {flag} {raw:?}: unsupported type {t:?} (registry or local)"),
@@ -242,6 +283,7 @@ fn platform_manifest(
     steps: &[ExplainStep],
     target: &str,
     max: bool,
+    policy: Option<&LayerPolicy>,
 ) -> Result<(Descriptor, Vec<Descriptor>)> {
     let cache = engine.cache();
     let store = engine.store();
@@ -258,9 +300,12 @@ fn platform_manifest(
             continue;
         }
         // Filed under the platform that executed the step.
-        let Some(rec) = cache.get(&s.executes_on, &s.key, store) else {
+        let Some(mut rec) = cache.get(&s.executes_on, &s.key, store) else {
             continue;
         };
+        if let (Some(l), Some(p)) = (&rec.layer, policy) {
+            rec.layer = Some(compressed(store, l, rec.diff_id.as_ref(), p)?);
+        }
         if let Some(l) = &rec.layer {
             if !layers.iter().any(|x| x.digest == l.digest) {
                 layers.push(l.clone());
@@ -294,6 +339,32 @@ fn platform_manifest(
     Ok((enc.descriptor.with_platform(platform), layers))
 }
 
+/// The layer `l` (diffID `diff_id`) in the policy's compression: itself
+/// when it already is, else a recompressed blob (written to `store`) whose
+/// diffID is checked against the record's.
+fn compressed(
+    store: &BlobStore,
+    l: &Descriptor,
+    diff_id: Option<&Digest>,
+    policy: &LayerPolicy,
+) -> Result<Descriptor> {
+    if layer_compression(&l.media_type) == Some(policy.compression) {
+        return Ok(l.clone());
+    }
+    let r = recompress(store, l, policy.compression, policy.level, true)
+        .with_context(|| format!("compressing cache layer {}", l.digest))?;
+    if let Some(want) = diff_id {
+        if *want != r.diff_id {
+            bail!(
+                "cache layer {} does not match its record's diffID {want} (it holds {})",
+                l.digest,
+                r.diff_id
+            );
+        }
+    }
+    Ok(r.descriptor)
+}
+
 /// Export this build's cache to every `--cache-to` destination.
 pub async fn export_cache(
     engine: &Engine,
@@ -311,13 +382,32 @@ pub async fn export_cache(
         keyed.push((g, keys_of(engine, g, inp).await?));
     }
     for spec in specs {
-        let max = match spec {
-            CacheSpec::Registry { max, .. } | CacheSpec::Local { max, .. } => *max,
+        let (max, policy) = match spec {
+            CacheSpec::Registry { max, layers, .. } | CacheSpec::Local { max, layers, .. } => {
+                (*max, layers.as_ref())
+            }
         };
         let mut manifests = Vec::new();
+        let mut skipped = false;
         for (g, steps) in &keyed {
             let target = g.stages[g.target].display_name();
-            manifests.push(platform_manifest(engine, &g.platform, steps, &target, max)?);
+            let m = platform_manifest(engine, &g.platform, steps, &target, max, policy);
+            match m {
+                Ok(m) => manifests.push(m),
+                Err(e) if spec_ignores_errors(spec) => {
+                    events.emit(Event::Warning {
+                        message: format!(
+                            "exporting the build cache to {spec} failed (ignored): {e:#}"
+                        ),
+                    });
+                    skipped = true;
+                    break;
+                }
+                Err(e) => return Err(e.context(format!("exporting the build cache to {spec}"))),
+            }
+        }
+        if skipped {
+            continue;
         }
         let (r, ignore_error) = match spec {
             CacheSpec::Registry {
@@ -350,6 +440,14 @@ pub async fn export_cache(
         }
     }
     Ok(())
+}
+
+fn spec_ignores_errors(spec: &CacheSpec) -> bool {
+    match spec {
+        CacheSpec::Registry { ignore_error, .. } | CacheSpec::Local { ignore_error, .. } => {
+            *ignore_error
+        }
+    }
 }
 
 /// The new index: this build's platforms, plus the other platforms of `old`.
@@ -668,6 +766,7 @@ mod tests {
                 dir: "/tmp/c".into(),
                 max: false,
                 ignore_error: false,
+                layers: None,
             }
         );
         let s = parse_spec(
@@ -706,5 +805,105 @@ mod tests {
             assert!(parse_spec(bad, true).is_err(), "{bad}");
         }
         assert!(parse_spec("type=local,dest=/x", false).is_err());
+    }
+
+    fn policy_of(spec: &str) -> Option<LayerPolicy> {
+        match parse_spec(spec, true).unwrap() {
+            CacheSpec::Registry { layers, .. } | CacheSpec::Local { layers, .. } => layers,
+        }
+    }
+
+    #[test]
+    fn compression_options_become_the_layer_policy() {
+        assert_eq!(policy_of("type=registry,ref=r/a:c"), None);
+        assert_eq!(
+            policy_of("type=registry,ref=r/a:c,compression=zstd"),
+            Some(LayerPolicy {
+                compression: Compression::Zstd,
+                level: 3,
+                force: false,
+            })
+        );
+        assert_eq!(
+            policy_of(
+                "type=local,dest=/x,compression=gzip,compression-level=9,force-compression=true"
+            ),
+            Some(LayerPolicy {
+                compression: Compression::Gzip,
+                level: 9,
+                force: true,
+            })
+        );
+        assert_eq!(
+            policy_of("type=registry,ref=r/a:c,compression=uncompressed"),
+            Some(LayerPolicy {
+                compression: Compression::None,
+                level: 0,
+                force: false,
+            })
+        );
+        // A level alone is gzip's, as buildx's default compression.
+        assert_eq!(
+            policy_of("type=registry,ref=r/a:c,compression-level=5")
+                .unwrap()
+                .compression,
+            Compression::Gzip
+        );
+        for bad in [
+            "type=registry,ref=r/a:c,compression=zstd,compression-level=23",
+            "type=registry,ref=r/a:c,compression=gzip,compression-level=10",
+            "type=registry,ref=r/a:c,compression-level=fast",
+        ] {
+            let e = parse_spec(bad, true).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_recompressed_cache_layer_keeps_its_diff_id() {
+        use xbuild_oci::layer::{write_layer, WriteOptions};
+        let t = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(t.path()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), b"cached data").unwrap();
+        let w = store.writer(xbuild_oci::digest::Algorithm::Sha256).unwrap();
+        let (out, w) = write_layer(src.path(), w, &WriteOptions::default()).unwrap();
+        w.commit(Some(&out.digest)).unwrap();
+        let gz = out.descriptor();
+        let zstd = LayerPolicy {
+            compression: Compression::Zstd,
+            level: 3,
+            force: false,
+        };
+        let z = compressed(&store, &gz, Some(&out.diff_id), &zstd).unwrap();
+        assert_eq!(z.media_type, xbuild_oci::media_types::OCI_LAYER_TAR_ZSTD);
+        assert_ne!(z.digest, gz.digest);
+        assert!(store.verify(&z.digest).unwrap());
+        assert_eq!(
+            xbuild_oci::compress::diff_id(&store, &z.digest, Compression::Zstd).unwrap(),
+            out.diff_id
+        );
+        // Already in the asked compression: the same blob.
+        assert_eq!(
+            compressed(&store, &z, Some(&out.diff_id), &zstd).unwrap(),
+            z
+        );
+        // A record whose diffID the blob does not hold is an error.
+        let wrong = Digest::sha256_of(b"not the tar");
+        let e = compressed(
+            &store,
+            &gz,
+            Some(&wrong),
+            &LayerPolicy {
+                compression: Compression::None,
+                level: 0,
+                force: false,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not match its record's diffID"),
+            "{e:#}"
+        );
     }
 }
