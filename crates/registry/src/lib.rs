@@ -15,6 +15,7 @@ mod login;
 mod pull;
 mod push;
 pub mod referrers;
+pub mod token;
 
 pub use auth::{Credential, DockerConfig, Secret};
 pub use error::RegistryError;
@@ -163,6 +164,9 @@ pub struct Pulled {
 pub(crate) struct HostClient {
     pub client: oci_client::Client,
     pub auth: RegistryAuth,
+    /// Bearer tokens fetched with capped reads, per (repository, push), see
+    /// [`token`].
+    pub tokens: Arc<Mutex<HashMap<(String, bool), token::Cached>>>,
 }
 
 struct Inner {
@@ -255,7 +259,11 @@ impl Registry {
             .unwrap_or(RegistryAuth::Anonymous);
         let client = self.oci_client(&key);
         client.store_auth_if_needed(api_host(&key), &auth).await;
-        let hc = HostClient { client, auth };
+        let hc = HostClient {
+            client,
+            auth,
+            tokens: Arc::default(),
+        };
         let mut hosts = self.inner.hosts.lock().expect("hosts lock");
         Ok(hosts.entry(key).or_insert(hc).clone())
     }

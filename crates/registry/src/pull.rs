@@ -2,8 +2,8 @@
 //! [`Registry::resolve`] and [`Registry::pull`].
 
 use crate::{
-    ctx, manifest_what, oci_digest_ref, oci_ref, Direction, HostClient, Progress, ProgressFn,
-    Pulled, Registry, RegistryError, Resolved, MAX_MANIFEST_SIZE,
+    ctx, manifest_what, oci_digest_ref, Direction, HostClient, Progress, ProgressFn, Pulled,
+    Registry, RegistryError, Resolved, MAX_MANIFEST_SIZE,
 };
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -99,12 +99,9 @@ impl Registry {
         r: &Reference,
         c: &crate::error::Ctx<'_>,
     ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
-        let oref = oci_ref(r);
-        let token = hc
-            .client
-            .auth(&oref, &hc.auth, oci_client::RegistryOperation::Pull)
-            .await
-            .map_err(|e| c.oci(e))?;
+        let token = self
+            .prime_token(hc, r, oci_client::RegistryOperation::Pull, c)
+            .await?;
         let scheme = if self.is_plain_http(r.registry()) {
             "http"
         } else {
@@ -143,34 +140,22 @@ impl Registry {
         let cap = if status == 200 {
             MAX_MANIFEST_SIZE
         } else {
-            64 << 10
+            crate::token::MAX_ERROR_BODY
         };
-        if status == 200 {
-            if let Some(n) = res.content_length().filter(|n| *n > cap) {
-                return Err(too_large(n));
-            }
-        }
         let header = res
             .headers()
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut body = Vec::new();
-        loop {
-            match res.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() as u64 + chunk.len() as u64 > cap {
-                        if status == 200 {
-                            return Err(too_large(body.len() as u64 + chunk.len() as u64));
-                        }
-                        break;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(c.reqwest(&e)),
-            }
-        }
+        let body = match crate::token::read_capped(&mut res, cap)
+            .await
+            .map_err(|e| c.reqwest(&e))?
+        {
+            Ok(body) => body,
+            Err(n) if status == 200 => return Err(too_large(n)),
+            // An error body past the cap: the status says enough.
+            Err(_) => Vec::new(),
+        };
         if status != 200 {
             let text = String::from_utf8_lossy(&body);
             if status == 404 || text.contains("MANIFEST_UNKNOWN") || text.contains("NAME_UNKNOWN") {
@@ -345,6 +330,8 @@ impl Registry {
             digest: desc.digest.as_str(),
             urls: &urls,
         };
+        self.prime_token(hc, r, oci_client::RegistryOperation::Pull, &c)
+            .await?;
         hc.client
             .pull_blob_stream(&oref, &layer)
             .await

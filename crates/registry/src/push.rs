@@ -9,6 +9,8 @@ use crate::{
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use reqwest::header::HeaderValue;
 use tokio::io::AsyncReadExt;
 use xbuild_oci::manifest::Manifest;
@@ -217,6 +219,8 @@ impl Registry {
             .map_err(|e| c.protocol(None, format!("bad media type {media_type:?}: {e}")))?;
         let body = Bytes::copy_from_slice(bytes);
         self.retry(|| async {
+            self.prime_token(&hc, r, RegistryOperation::Push, &c)
+                .await?;
             hc.client
                 .push_manifest_raw(&oref, body.clone(), ct.clone())
                 .await
@@ -244,6 +248,8 @@ impl Registry {
             .map_err(|e| c.protocol(None, format!("bad media type {media_type:?}: {e}")))?;
         let oref = oci_digest_ref(r, digest);
         self.retry(|| async {
+            self.prime_token(&hc, r, RegistryOperation::Push, &c)
+                .await?;
             hc.client
                 .push_manifest_raw(&oref, bytes.clone(), ct.clone())
                 .await
@@ -254,7 +260,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Whether `r`'s repository has the manifest `digest` (HEAD).
+    /// Whether `r`'s repository has the manifest `digest`: one HEAD of
+    /// `manifests/<digest>`, whose status says it. (oci-client's
+    /// `fetch_manifest_digest` falls back to a GET whose body it reads
+    /// without a limit when the HEAD has no digest header; the digest is
+    /// known here, so no body is needed.)
     pub async fn manifest_exists(
         &self,
         r: &Reference,
@@ -262,20 +272,38 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let hc = self.host(r.registry()).await?;
         let c = ctx(r, format!("manifest {digest}"));
-        let oref = oci_digest_ref(r, digest);
-        match self
+        let scheme = if self.is_plain_http(r.registry()) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{}/v2/{}/manifests/{digest}",
+            r.api_registry(),
+            r.repository()
+        );
+        let http = self.http().map_err(|e| c.reqwest(&e))?;
+        let status = self
             .retry(|| async {
-                hc.client
-                    .fetch_manifest_digest(&oref, &hc.auth)
-                    .await
-                    .map_err(|e| c.oci(e))
+                let token = self
+                    .prime_token(&hc, r, RegistryOperation::Pull, &c)
+                    .await?;
+                let mut req = http
+                    .head(&url)
+                    .header(reqwest::header::ACCEPT, crate::pull::ACCEPT.join(", "));
+                req = match (&token, &hc.auth) {
+                    (Some(t), _) => req.bearer_auth(t),
+                    (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                    _ => req,
+                };
+                let res = req.send().await.map_err(|e| c.reqwest(&e))?;
+                match res.status().as_u16() {
+                    s @ (200 | 404) => Ok(s),
+                    s => Err(c.status(s, format!("HEAD {url}: HTTP {s}"))),
+                }
             })
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(status == 200)
     }
 
     /// Whether `r`'s repository has the blob `digest` (HEAD).
@@ -294,6 +322,7 @@ impl Registry {
         let oref = oci_digest_ref(r, digest);
         let found = self
             .retry(|| async {
+                self.prime_token(hc, r, RegistryOperation::Pull, &c).await?;
                 hc.client
                     .blob_exists(&oref, digest.as_str())
                     .await
@@ -318,6 +347,14 @@ impl Registry {
             from,
             "latest".to_string(),
         );
+        let c = ctx(r, format!("blob {digest}"));
+        if self
+            .prime_token(hc, r, RegistryOperation::Push, &c)
+            .await
+            .is_err()
+        {
+            return false;
+        }
         let ok = hc
             .client
             .mount_blob(&oci_digest_ref(r, digest), &src, digest.as_str())
@@ -373,6 +410,8 @@ impl Registry {
         let path = store.path_of(&desc.digest);
         self.retry(|| async {
             report(0);
+            self.prime_token(&hc, r, RegistryOperation::Push, &c)
+                .await?;
             let file = tokio::fs::File::open(&path).await.map_err(|source| {
                 RegistryError::Store(StoreError::Io {
                     op: "open blob",
