@@ -53,10 +53,32 @@ use xbuild_plan::{BuildGraph, ImageRef, Location};
 /// The protocol version; both ends must speak the same one.
 /// Version 2 added the agent's heartbeat.
 pub const PROTOCOL_VERSION: u32 = 2;
-/// The largest frame accepted (a JSON message: graph, context manifest).
+/// The largest JSON message frame accepted (the largest messages are a
+/// build graph, a context manifest with one entry per file, a platform's
+/// cache records): 64 MiB. A header announcing more fails the read before
+/// anything is allocated.
 pub const MAX_FRAME: usize = 64 << 20;
-/// Size of the data frames blob and file contents are sent in.
+/// Size of the data frames blob and file contents are sent in; also the
+/// largest data frame accepted.
 pub const CHUNK: usize = 256 << 10;
+
+/// The largest payload of a frame of `kind`: [`CHUNK`] for data,
+/// [`MAX_FRAME`] for a message.
+fn max_payload(kind: u8) -> usize {
+    if kind == KIND_DATA {
+        CHUNK
+    } else {
+        MAX_FRAME
+    }
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    if kind == KIND_DATA {
+        "data"
+    } else {
+        "message"
+    }
+}
 
 const KIND_JSON: u8 = 1;
 const KIND_DATA: u8 = 2;
@@ -95,11 +117,14 @@ pub enum RemoteError {
         /// Bytes received.
         got: usize,
     },
-    /// A frame is larger than [`MAX_FRAME`].
-    #[error("{peer}: frame of {len} bytes exceeds the limit of {max} bytes")]
+    /// A frame is larger than its kind allows ([`MAX_FRAME`] for a
+    /// message, [`CHUNK`] for data).
+    #[error("{peer}: {what} frame of {len} bytes exceeds the limit of {max} bytes")]
     Oversized {
         /// Who.
         peer: String,
+        /// `message` or `data`.
+        what: &'static str,
         /// Announced length.
         len: usize,
         /// The limit.
@@ -479,7 +504,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Lowers the frame size limit (tests).
+    /// Lowers the frame size limit of every kind (tests).
     pub fn with_limit(mut self, max: usize) -> Self {
         self.max = max;
         self
@@ -510,18 +535,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if len > self.max {
-            return Err(RemoteError::Oversized {
-                peer: self.peer.clone(),
-                len,
-                max: self.max,
-            });
-        }
         let kind = head[4];
         if kind != KIND_JSON && kind != KIND_DATA {
             return Err(RemoteError::Protocol {
                 peer: self.peer.clone(),
                 what: format!("unknown frame kind {kind}"),
+            });
+        }
+        // Checked before the buffer is allocated.
+        let max = self.max.min(max_payload(kind));
+        if len > max {
+            return Err(RemoteError::Oversized {
+                peer: self.peer.clone(),
+                what: kind_name(kind),
+                len,
+                max,
             });
         }
         let mut buf = vec![0u8; len];
@@ -686,11 +714,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn frame(&mut self, kind: u8, payload: &[u8]) -> Result<(), RemoteError> {
-        if payload.len() > MAX_FRAME {
+        if payload.len() > max_payload(kind) {
             return Err(RemoteError::Oversized {
                 peer: self.peer.clone(),
+                what: kind_name(kind),
                 len: payload.len(),
-                max: MAX_FRAME,
+                max: max_payload(kind),
             });
         }
         let mut head = [0u8; 5];
@@ -828,6 +857,65 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
+    }
+
+    /// A header alone, announcing `len` bytes of `kind`.
+    fn header(len: u32, kind: u8) -> Vec<u8> {
+        let mut b = len.to_be_bytes().to_vec();
+        b.push(kind);
+        b
+    }
+
+    #[test]
+    fn each_frame_kind_has_its_own_cap_checked_before_the_payload_is_read() {
+        rt().block_on(async {
+            // Only the header is there: a reader that allocated and read
+            // would report a truncated frame, not an oversized one.
+            let f = frames_of(header(CHUNK as u32 + 1, KIND_DATA), MAX_FRAME).await;
+            let e = f[0].as_ref().unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "test peer: data frame of {} bytes exceeds the limit of {CHUNK} bytes",
+                    CHUNK + 1
+                )),
+                "{e}"
+            );
+            let f = frames_of(header(MAX_FRAME as u32 + 1, KIND_JSON), MAX_FRAME).await;
+            let e = f[0].as_ref().unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "test peer: message frame of {} bytes exceeds the limit of {MAX_FRAME} bytes",
+                    MAX_FRAME + 1
+                )),
+                "{e}"
+            );
+            // The largest header is refused the same way.
+            let f = frames_of(header(u32::MAX, KIND_JSON), MAX_FRAME).await;
+            assert!(f[0].as_ref().unwrap_err().contains("exceeds the limit"));
+            // A full-size data frame and a message larger than a chunk pass.
+            let mut b = header(CHUNK as u32, KIND_DATA);
+            b.extend(vec![5u8; CHUNK]);
+            let json = serde_json::to_vec(&"x".repeat(CHUNK * 2)).unwrap();
+            b.extend(header(json.len() as u32, KIND_JSON));
+            b.extend(&json);
+            let f = frames_of(b, MAX_FRAME).await;
+            assert!(
+                matches!(&f[0], Ok(Some(Frame::Data(d))) if d.len() == CHUNK),
+                "{f:?}"
+            );
+            assert!(matches!(&f[1], Ok(Some(Frame::Json(j))) if *j == json));
+            assert!(matches!(&f[2], Ok(None)));
+            // The writer never sends what the reader would refuse.
+            let mut buf = Vec::new();
+            let mut w = FrameWriter::new(&mut buf, "peer");
+            let e = w
+                .frame(KIND_DATA, &vec![0u8; CHUNK + 1])
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("data frame of"), "{e}");
+            assert!(buf.is_empty());
+        });
     }
 
     #[test]
