@@ -10,13 +10,16 @@
 //! - [`Sshd`]: OpenSSH's sshd on 127.0.0.2, 127.0.0.3, … with its own host
 //!   key and an authorized client key, for remote-node tests;
 //! - [`BusyboxRootfs`]: a root filesystem from Debian's `busybox-static`
-//!   for amd64 or arm64.
+//!   for amd64 or arm64;
+//! - [`TokenRegistry`]: a fake bearer-token registry whose token service
+//!   can answer normally, endlessly or with a huge announced length.
 #![warn(missing_docs)]
 
 mod busybox;
 mod faultproxy;
 mod rawtar;
 mod sshd;
+mod tokenreg;
 
 pub use faultproxy::{Action, FaultProxy, Rule, Seen};
 
@@ -27,6 +30,7 @@ pub use busybox::{
     BASE_DOCKERFILE,
 };
 pub use sshd::{fingerprint, keygen, Sshd, SSHD_BIN};
+pub use tokenreg::{Content, TokenMode, TokenRegistry};
 
 use std::fmt;
 use std::io::{Read, Write};
