@@ -116,6 +116,10 @@ fn ulimits_reach_run_steps_natively_and_under_qemu_and_key_the_cache() {
     let changed = with(&["nofile=1024:4096", "nproc=512"]);
     assert_eq!(changed.missed_steps(), 2, "{}", changed.stderr);
     assert_eq!(changed.cached_steps(), 0, "{}", changed.stderr);
+    let why = "cache miss: RUN options changed: \"--ulimit nofile=1024:2048 --ulimit \
+               nproc=512:512\" -> \"--ulimit nofile=1024:4096 --ulimit nproc=512:512\"";
+    let explained = changed.stderr.lines().filter(|l| l.ends_with(why)).count();
+    assert_eq!(explained, 2, "{}", changed.stderr);
     for arch in ["amd64", "arm64"] {
         assert_eq!(out_of(&tag, arch), "1024\n4096\n512\n", "{arch}");
     }
@@ -124,6 +128,13 @@ fn ulimits_reach_run_steps_natively_and_under_qemu_and_key_the_cache() {
     // limits), a miss again, not the limited one.
     let none = with(&[]);
     assert_eq!(none.missed_steps(), 2, "{}", none.stderr);
+    assert!(
+        none.stderr.contains(
+            "RUN options changed: \"--ulimit nofile=1024:4096 --ulimit nproc=512:512\" -> none"
+        ),
+        "{}",
+        none.stderr
+    );
     assert_ne!(out_of(&tag, "amd64"), "1024\n4096\n512\n");
 }
 

@@ -172,6 +172,11 @@ pub struct StepTrace {
     /// What the step reads (COPY sources, RUN bind mounts), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<InputTrace>,
+    /// A RUN step's keyed options besides its text, as flags
+    /// (`--ulimit nofile=1024:2048 --add-host a=10.0.0.1 --shm-size 64m`);
+    /// `None` when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_options: Option<String>,
 }
 
 /// One input of a key: what it is and its identity.

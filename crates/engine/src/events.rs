@@ -61,6 +61,14 @@ pub enum MissReason {
         /// This build's text.
         new: String,
     },
+    /// A RUN step's options (`--ulimit`, `--add-host`, `--shm-size`)
+    /// differ from the last build's.
+    RunOptionsChanged {
+        /// The last build's, as flags (empty: none).
+        old: String,
+        /// This build's.
+        new: String,
+    },
     /// Build args the step uses have other values (names only, never values).
     BuildArgsChanged {
         /// The args, sorted.
@@ -108,6 +116,16 @@ impl std::fmt::Display for MissReason {
             MissReason::ParentMissed { step } => write!(f, "parent missed: {step}"),
             MissReason::InstructionChanged { old, new } => {
                 write!(f, "instruction changed: {old:?} -> {new:?}")
+            }
+            MissReason::RunOptionsChanged { old, new } => {
+                let none = |s: &str| {
+                    if s.is_empty() {
+                        "none".to_string()
+                    } else {
+                        format!("{s:?}")
+                    }
+                };
+                write!(f, "RUN options changed: {} -> {}", none(old), none(new))
             }
             MissReason::BuildArgsChanged { names } => {
                 let s = if names.len() == 1 { "" } else { "s" };

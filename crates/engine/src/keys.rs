@@ -307,6 +307,10 @@ impl Engine {
                 .collect(),
             base: base.cloned(),
             sources,
+            run_options: match &step.op {
+                Op::Exec(e) => run_options(e),
+                _ => None,
+            },
         };
         Ok(StepKey {
             key,
@@ -435,6 +439,12 @@ impl Engine {
                 new: text.to_string(),
             });
         }
+        if old.run_options != new.run_options {
+            out.push(MissReason::RunOptionsChanged {
+                old: old.run_options.clone().unwrap_or_default(),
+                new: new.run_options.clone().unwrap_or_default(),
+            });
+        }
         let names: BTreeSet<&String> = old.args.keys().chain(new.args.keys()).collect();
         let changed: Vec<String> = names
             .into_iter()
@@ -515,6 +525,22 @@ fn listing_diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<Strin
     out
 }
 
+/// The options of a RUN step that are in its key besides its text, written
+/// as the flags that set them; `None` when there are none.
+fn run_options(e: &xbuild_plan::ExecOp) -> Option<String> {
+    let mut parts = Vec::new();
+    for u in &e.ulimits {
+        parts.push(format!("--ulimit {u}"));
+    }
+    for (host, ip) in &e.extra_hosts {
+        parts.push(format!("--add-host {host}={ip}"));
+    }
+    if let Some(size) = e.shm_size {
+        parts.push(format!("--shm-size {size}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,5 +577,13 @@ mod tests {
             more: 2,
         };
         assert_eq!(r.to_string(), "context files changed: a.txt (+2 more)");
+        let r = MissReason::RunOptionsChanged {
+            old: String::new(),
+            new: "--ulimit nofile=1:2".into(),
+        };
+        assert_eq!(
+            r.to_string(),
+            "RUN options changed: none -> \"--ulimit nofile=1:2\""
+        );
     }
 }
