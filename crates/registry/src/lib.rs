@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod blob_get;
 pub mod error;
 pub mod http;
 mod login;

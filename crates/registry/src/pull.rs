@@ -2,8 +2,8 @@
 //! [`Registry::resolve`] and [`Registry::pull`].
 
 use crate::{
-    ctx, manifest_what, oci_digest_ref, Direction, HostClient, Progress, ProgressFn, Pulled,
-    Registry, RegistryError, Resolved, MAX_MANIFEST_SIZE,
+    ctx, manifest_what, Direction, HostClient, Progress, ProgressFn, Pulled, Registry,
+    RegistryError, Resolved, MAX_MANIFEST_SIZE,
 };
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -312,30 +312,6 @@ impl Registry {
             return Err(c.mismatch(&desc.digest, format!("content hashes to {actual}")));
         }
         Ok(bytes)
-    }
-
-    /// Open `desc` for streaming from the registry. oci-client's stream
-    /// verifies the digest at its end; [`BlobCheck`] checks the size as
-    /// bytes arrive.
-    pub(crate) async fn open_blob(
-        &self,
-        hc: &HostClient,
-        r: &Reference,
-        desc: &Descriptor,
-    ) -> Result<oci_client::client::SizedStream, RegistryError> {
-        let c = ctx(r, format!("blob {}", desc.digest));
-        let oref = oci_digest_ref(r, &desc.digest);
-        let urls = (!desc.urls.is_empty()).then(|| desc.urls.clone());
-        let layer = oci_client::client::LayerDescriptor {
-            digest: desc.digest.as_str(),
-            urls: &urls,
-        };
-        self.prime_token(hc, r, oci_client::RegistryOperation::Pull, &c)
-            .await?;
-        hc.client
-            .pull_blob_stream(&oref, &layer)
-            .await
-            .map_err(|e| c.oci(e))
     }
 
     /// Download one blob of `r`'s repository into `store` (streamed,

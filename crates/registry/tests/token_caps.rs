@@ -1,10 +1,13 @@
-//! Size caps on what a token service answers (#16: "size caps … on any JSON
-//! read from a network peer"). A fake bearer-token registry on 127.0.0.1:
-//! an endless token answer fails pulls and pushes at the cap (1 MiB) with
-//! the registry and the token service named, while the server could send
-//! only a bounded amount and the test process's memory stays small; a
-//! normal token is fetched once and is the one oci-client's own requests
-//! (the blob GETs) carry.
+//! Size caps on what a registry and its token service send (#16: "size
+//! caps … on any JSON read from a network peer"), against the fake
+//! bearer-token registry of xbuild-testbed on 127.0.0.1: an endless token
+//! answer fails pulls and pushes at the cap (1 MiB) with the registry and
+//! the token service named, a huge announced length is refused by its
+//! header, an endless error answer to a blob GET is read only up to 64,000
+//! bytes; the server could send only a bounded amount and the test
+//! process's memory stays small. A normal token is fetched once and is the
+//! one oci-client's own requests carry; a blob whose bytes do not hash to
+//! its digest is a mismatch.
 
 mod common;
 
@@ -81,22 +84,8 @@ async fn a_token_answer_announcing_a_huge_length_is_refused_by_its_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_token_is_fetched_once_and_carried_by_every_request() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = BlobStore::open(tmp.path().join("src")).unwrap();
     let amd64 = platform("linux/amd64");
-    let desc = build_image(&src, &amd64, "hello through a token\n");
-    let manifest = src.read_to_vec(&desc.digest).unwrap();
-    let m = xbuild_oci::ImageManifest::from_slice(&manifest).unwrap();
-    let mut content = Content::default();
-    content.tags.insert("1".into(), desc.digest.to_string());
-    content
-        .by_digest
-        .insert(desc.digest.to_string(), (desc.media_type.clone(), manifest));
-    for d in std::iter::once(&m.config).chain(&m.layers) {
-        content.by_digest.insert(
-            d.digest.to_string(),
-            (d.media_type.clone(), src.read_to_vec(&d.digest).unwrap()),
-        );
-    }
+    let (desc, m, content) = served_image(tmp.path());
     let fake = TokenRegistry::start(TokenMode::Good, content).unwrap();
     let client = client(tmp.path());
     let r = Reference::parse(&format!("{}/app/good:1", fake.host())).unwrap();
@@ -113,4 +102,70 @@ async fn a_normal_token_is_fetched_once_and_carried_by_every_request() {
     // the token service themselves, nor went out without it.
     assert_eq!(fake.token_requests(), 1);
     assert_eq!(fake.unauthorized(), 0);
+}
+
+/// A store with one image, and the fake registry content serving it.
+fn served_image(
+    tmp: &std::path::Path,
+) -> (xbuild_oci::Descriptor, xbuild_oci::ImageManifest, Content) {
+    let src = BlobStore::open(tmp.join("src")).unwrap();
+    let desc = build_image(&src, &platform("linux/amd64"), "blob bytes\n");
+    let manifest = src.read_to_vec(&desc.digest).unwrap();
+    let m = xbuild_oci::ImageManifest::from_slice(&manifest).unwrap();
+    let mut content = Content::default();
+    content.tags.insert("1".into(), desc.digest.to_string());
+    content
+        .by_digest
+        .insert(desc.digest.to_string(), (desc.media_type.clone(), manifest));
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        content.by_digest.insert(
+            d.digest.to_string(),
+            (d.media_type.clone(), src.read_to_vec(&d.digest).unwrap()),
+        );
+    }
+    (desc, m, content)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_error_answer_to_a_blob_get_is_read_only_up_to_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, m, mut content) = served_image(tmp.path());
+    let layer = m.layers[0].clone();
+    content.endless_errors.push(layer.digest.to_string());
+    let fake = TokenRegistry::start(TokenMode::Good, content).unwrap();
+    let r = Reference::parse(&format!("{}/app/errors:1", fake.host())).unwrap();
+    let client = client(tmp.path());
+    let store = BlobStore::open(tmp.path().join("dst")).unwrap();
+    let err = client
+        .pull_blob(&r, &layer, &store, &no_progress)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&fake.host()), "{msg}");
+    assert!(msg.contains("HTTP 500"), "{msg}");
+    // Retried (a 500 is transient), each attempt reading at most the cap.
+    let sent = fake.token_bytes_sent();
+    let rss = peak_rss_mib();
+    eprintln!("error bytes the server wrote: {sent}; peak RSS {rss} MiB");
+    assert!(rss < 100, "peak RSS {rss} MiB");
+    assert!(!store.exists(&layer.digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_whose_bytes_do_not_hash_to_its_digest_is_a_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, m, mut content) = served_image(tmp.path());
+    let config = m.config.clone();
+    // Same length, other bytes.
+    let entry = content.by_digest.get_mut(config.digest.as_str()).unwrap();
+    entry.1.iter_mut().for_each(|b| *b = b' ');
+    let fake = TokenRegistry::start(TokenMode::Good, content).unwrap();
+    let r = Reference::parse(&format!("{}/app/corrupt:1", fake.host())).unwrap();
+    let client = client(tmp.path());
+    let err = client.fetch_blob(&r, &config).await.unwrap_err();
+    assert!(
+        matches!(err, xbuild_registry::RegistryError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(config.digest.as_str()), "{err}");
 }

@@ -30,6 +30,8 @@ pub struct Content {
     pub by_digest: HashMap<String, (String, Vec<u8>)>,
     /// Tag -> digest.
     pub tags: HashMap<String, String>,
+    /// Digests whose GET answers HTTP 500 with an endless body.
+    pub endless_errors: Vec<String>,
 }
 
 #[derive(Default)]
@@ -80,8 +82,8 @@ impl TokenRegistry {
         self.counters.token_requests.load(Ordering::SeqCst)
     }
 
-    /// Bytes of an endless token answer written so far (what the client's
-    /// socket took).
+    /// Bytes of an endless answer (token or error) written so far (what
+    /// the client's socket took).
     pub fn token_bytes_sent(&self) -> u64 {
         self.counters.token_bytes.load(Ordering::SeqCst)
     }
@@ -159,19 +161,7 @@ fn serve(
                         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
                           Transfer-Encoding: chunked\r\n\r\n",
                     )?;
-                    let first = b"{\"token\":\"";
-                    write!(out, "{:x}\r\n", first.len())?;
-                    out.write_all(first)?;
-                    out.write_all(b"\r\n")?;
-                    let chunk = vec![b'A'; 64 << 10];
-                    for _ in 0..(1 << 16) {
-                        write!(out, "{:x}\r\n", chunk.len())?;
-                        out.write_all(&chunk)?;
-                        out.write_all(b"\r\n")?;
-                        counters
-                            .token_bytes
-                            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                    }
+                    endless_chunks(&mut out, b"{\"token\":\"", counters)?;
                     return Ok(());
                 }
             }
@@ -194,6 +184,18 @@ fn serve(
         }
         // /v2/<repo>/manifests/<ref> or /v2/<repo>/blobs/<digest>
         let last = path.rsplit_once('/').map(|(_, l)| l).unwrap_or("");
+        if content.endless_errors.iter().any(|d| d == last) {
+            out.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
+            )?;
+            endless_chunks(
+                &mut out,
+                b"{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"",
+                counters,
+            )?;
+            return Ok(());
+        }
         let digest = if path.contains("/manifests/") && !last.contains(':') {
             content.tags.get(last).cloned()
         } else {
@@ -218,4 +220,23 @@ fn serve(
             )?,
         }
     }
+}
+
+/// Writes `first` then 64 KiB chunks of `A` (chunked encoding) until the
+/// client hangs up or 4 GiB went out, counting the bytes in
+/// `counters.token_bytes`.
+fn endless_chunks(out: &mut TcpStream, first: &[u8], counters: &Counters) -> std::io::Result<()> {
+    write!(out, "{:x}\r\n", first.len())?;
+    out.write_all(first)?;
+    out.write_all(b"\r\n")?;
+    let chunk = vec![b'A'; 64 << 10];
+    for _ in 0..(1 << 16) {
+        write!(out, "{:x}\r\n", chunk.len())?;
+        out.write_all(&chunk)?;
+        out.write_all(b"\r\n")?;
+        counters
+            .token_bytes
+            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+    }
+    Ok(())
 }
