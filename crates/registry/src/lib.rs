@@ -6,6 +6,15 @@
 //!
 //! Everything is stored in and read from an [`xbuild_oci::BlobStore`];
 //! layers are streamed, never held in memory whole.
+//!
+//! Every body read from a registry or its token service has a cap:
+//! manifests [`MAX_MANIFEST_SIZE`], configs and small blobs 16 MiB, token
+//! answers [`token::MAX_TOKEN_RESPONSE`], error answers
+//! [`token::MAX_ERROR_BODY`]. Where oci-client would read a body without
+//! one (token fetches, error answers of blob GETs, uploads and manifest
+//! PUTs, its digest GET fallback) the request is made here with the same
+//! credentials and token ([`token`], `blob_get`, `upload`); oci-client
+//! keeps the credential store, the token cache and the blob HEADs.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -17,6 +26,7 @@ mod pull;
 mod push;
 pub mod referrers;
 pub mod token;
+mod upload;
 
 pub use auth::{Credential, DockerConfig, Secret};
 pub use error::RegistryError;

@@ -3,12 +3,11 @@
 
 use crate::pull::media_type_of;
 use crate::{
-    ctx, manifest_what, oci_digest_ref, oci_tag_ref, Direction, HostClient, Progress, ProgressFn,
-    Registry, RegistryError,
+    ctx, manifest_what, oci_digest_ref, Direction, HostClient, Progress, ProgressFn, Registry,
+    RegistryError,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
 use reqwest::header::HeaderValue;
@@ -26,7 +25,7 @@ const UPLOAD_CHUNK: usize = 4 << 20;
 fn file_stream(
     file: tokio::fs::File,
     sent: tokio::sync::mpsc::UnboundedSender<u64>,
-) -> impl Stream<Item = Result<Bytes, OciDistributionError>> + Send + 'static {
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     futures_util::stream::try_unfold((file, sent), |(mut f, sent)| async move {
         let mut buf = BytesMut::with_capacity(UPLOAD_CHUNK);
         while buf.len() < UPLOAD_CHUNK {
@@ -213,18 +212,13 @@ impl Registry {
             return Ok(());
         };
         let hc = self.host(r.registry()).await?;
-        let oref = oci_tag_ref(r, tag);
         let c = ctx(r, manifest_what(r));
-        let ct = HeaderValue::from_str(media_type)
+        HeaderValue::from_str(media_type)
             .map_err(|e| c.protocol(None, format!("bad media type {media_type:?}: {e}")))?;
         let body = Bytes::copy_from_slice(bytes);
         self.retry(|| async {
-            self.prime_token(&hc, r, RegistryOperation::Push, &c)
-                .await?;
-            hc.client
-                .push_manifest_raw(&oref, body.clone(), ct.clone())
+            self.put_manifest_at(&hc, r, tag, body.clone(), media_type, &c)
                 .await
-                .map_err(|e| c.oci(e))
         })
         .await?;
         Ok(())
@@ -244,16 +238,11 @@ impl Registry {
         if actual != *digest {
             return Err(c.mismatch(digest, format!("local bytes hash to {actual}")));
         }
-        let ct = HeaderValue::from_str(media_type)
+        HeaderValue::from_str(media_type)
             .map_err(|e| c.protocol(None, format!("bad media type {media_type:?}: {e}")))?;
-        let oref = oci_digest_ref(r, digest);
         self.retry(|| async {
-            self.prime_token(&hc, r, RegistryOperation::Push, &c)
-                .await?;
-            hc.client
-                .push_manifest_raw(&oref, bytes.clone(), ct.clone())
+            self.put_manifest_at(&hc, r, digest.as_str(), bytes.clone(), media_type, &c)
                 .await
-                .map_err(|e| c.oci(e))
         })
         .await?;
         self.remember(digest, r.registry(), r.repository());
@@ -342,24 +331,8 @@ impl Registry {
         let Some(from) = self.known_elsewhere(digest, r.registry(), r.repository()) else {
             return false;
         };
-        let src = oci_client::Reference::with_tag(
-            r.api_registry().to_string(),
-            from,
-            "latest".to_string(),
-        );
         let c = ctx(r, format!("blob {digest}"));
-        if self
-            .prime_token(hc, r, RegistryOperation::Push, &c)
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        let ok = hc
-            .client
-            .mount_blob(&oci_digest_ref(r, digest), &src, digest.as_str())
-            .await
-            .is_ok();
+        let ok = self.mount_from(hc, r, &from, digest, &c).await;
         if ok {
             self.remember(digest, r.registry(), r.repository());
         }
@@ -398,7 +371,6 @@ impl Registry {
             .map_err(|e| {
                 RegistryError::Store(StoreError::Read(std::io::Error::other(e.to_string())))
             })??;
-        let oref = oci_digest_ref(r, &desc.digest);
         let report = |current| {
             progress(Progress {
                 kind: Direction::Push,
@@ -420,12 +392,7 @@ impl Registry {
                 })
             })?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let push = hc.client.push_blob_stream(
-                &oref,
-                file_stream(file, tx),
-                desc.digest.as_str(),
-                Some(desc.size),
-            );
+            let push = self.upload_blob(&hc, r, &desc.digest, file_stream(file, tx), &c);
             let rep = async {
                 let mut cur = 0;
                 while let Some(n) = rx.recv().await {
@@ -436,7 +403,7 @@ impl Registry {
                 }
             };
             let (res, ()) = futures_util::future::join(push, rep).await;
-            res.map_err(|e| c.oci(e))?;
+            res?;
             report(desc.size);
             Ok(())
         })
@@ -499,19 +466,10 @@ impl Registry {
         let shc = self.host(src.registry()).await?;
         let c = ctx(dst, format!("blob {}", desc.digest));
         self.retry(|| async {
+            // The digest is checked at the end of the source stream, and by
+            // the receiving registry.
             let stream = self.open_blob(&shc, src, desc).await?;
-            // Size is checked by the receiving registry against the digest;
-            // errors keep their I/O form for oci-client.
-            let stream = stream.map_err(OciDistributionError::IoError);
-            dhc.client
-                .push_blob_stream(
-                    &oci_digest_ref(dst, &desc.digest),
-                    stream,
-                    desc.digest.as_str(),
-                    Some(desc.size),
-                )
-                .await
-                .map_err(|e| c.oci(e))
+            self.upload_blob(&dhc, dst, &desc.digest, stream, &c).await
         })
         .await?;
         self.remember(&desc.digest, dst.registry(), dst.repository());

@@ -4,7 +4,7 @@
 //! repository and operation (`Client::_auth`): it reads the token service's
 //! whole answer into memory with `Response::text()`, without a limit, and
 //! its requests cannot be given another HTTP client. So before every
-//! oci-client request that authenticates, [`Registry::prime_token`] makes
+//! request that authenticates (oci-client's, and the ones made here), `Registry::prime_token` makes
 //! sure oci-client's cache holds a fresh token for that repository and
 //! operation: it does the `/v2/` challenge and the token GET itself, reading
 //! at most [`MAX_TOKEN_RESPONSE`] bytes of a token and [`MAX_ERROR_BODY`]

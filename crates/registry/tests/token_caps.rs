@@ -169,3 +169,31 @@ async fn a_blob_whose_bytes_do_not_hash_to_its_digest_is_a_mismatch() {
     );
     assert!(err.to_string().contains(config.digest.as_str()), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_error_answer_to_an_upload_is_read_only_up_to_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let content = Content {
+        endless_upload_errors: true,
+        ..Content::default()
+    };
+    let fake = TokenRegistry::start(TokenMode::Good, content).unwrap();
+    let r = Reference::parse(&format!("{}/app/uploads:1", fake.host())).unwrap();
+    let client = client(tmp.path());
+    let store = BlobStore::open(tmp.path().join("store")).unwrap();
+    let desc = build_image(&store, &platform("linux/amd64"), "never stored\n");
+    let err = client
+        .push_image(&r, &store, &desc, &no_progress)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&fake.host()), "{msg}");
+    assert!(msg.contains("HTTP 500"), "{msg}");
+    let rss = peak_rss_mib();
+    eprintln!(
+        "error bytes the server wrote: {}; peak RSS {rss} MiB",
+        fake.token_bytes_sent()
+    );
+    assert!(rss < 100, "peak RSS {rss} MiB");
+    assert_eq!(fake.unauthorized(), 0);
+}

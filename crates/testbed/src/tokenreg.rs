@@ -32,6 +32,9 @@ pub struct Content {
     pub tags: HashMap<String, String>,
     /// Digests whose GET answers HTTP 500 with an endless body.
     pub endless_errors: Vec<String>,
+    /// Answer upload requests (`POST …/blobs/uploads/`) with HTTP 500 and
+    /// an endless body (else 404: the fake takes no uploads).
+    pub endless_upload_errors: bool,
 }
 
 #[derive(Default)]
@@ -184,7 +187,8 @@ fn serve(
         }
         // /v2/<repo>/manifests/<ref> or /v2/<repo>/blobs/<digest>
         let last = path.rsplit_once('/').map(|(_, l)| l).unwrap_or("");
-        if content.endless_errors.iter().any(|d| d == last) {
+        let upload = path.ends_with("/blobs/uploads/") && content.endless_upload_errors;
+        if upload || content.endless_errors.iter().any(|d| d == last) {
             out.write_all(
                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n\
                   Transfer-Encoding: chunked\r\n\r\n",
