@@ -18,7 +18,7 @@ use xbuild_oci::{Descriptor, Digest, Reference};
 /// The error of a non-success answer to `url`, from at most
 /// [`MAX_ERROR_BODY`] bytes of its body, mapped as oci-client maps it (an
 /// OCI error envelope for a 4xx, else the status).
-async fn error_of(res: reqwest::Response, url: &str, c: &Ctx<'_>) -> RegistryError {
+pub(crate) async fn error_of(res: reqwest::Response, url: &str, c: &Ctx<'_>) -> RegistryError {
     let status = res.status();
     let mut res = res;
     let body = match read_capped(&mut res, MAX_ERROR_BODY).await {

@@ -12,9 +12,11 @@
 //! answers [`token::MAX_TOKEN_RESPONSE`], error answers
 //! [`token::MAX_ERROR_BODY`]. Where oci-client would read a body without
 //! one (token fetches, error answers of blob GETs, uploads and manifest
-//! PUTs, its digest GET fallback) the request is made here with the same
-//! credentials and token ([`token`], `blob_get`, `upload`); oci-client
-//! keeps the credential store, the token cache and the blob HEADs.
+//! PUTs, the referrers API, its digest GET fallback) the request is made
+//! here with the same credentials and token ([`token`], `blob_get`,
+//! `upload`, [`referrers`]); oci-client keeps the credential store and the
+//! token cache (primed by [`token`], so that any request it makes carries
+//! a token fetched with a cap).
 #![warn(missing_docs)]
 
 pub mod auth;

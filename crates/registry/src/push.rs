@@ -3,12 +3,10 @@
 
 use crate::pull::media_type_of;
 use crate::{
-    ctx, manifest_what, oci_digest_ref, Direction, HostClient, Progress, ProgressFn, Registry,
-    RegistryError,
+    ctx, manifest_what, Direction, HostClient, Progress, ProgressFn, Registry, RegistryError,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
 use reqwest::header::HeaderValue;
 use tokio::io::AsyncReadExt;
@@ -261,38 +259,8 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let hc = self.host(r.registry()).await?;
         let c = ctx(r, format!("manifest {digest}"));
-        let scheme = if self.is_plain_http(r.registry()) {
-            "http"
-        } else {
-            "https"
-        };
-        let url = format!(
-            "{scheme}://{}/v2/{}/manifests/{digest}",
-            r.api_registry(),
-            r.repository()
-        );
-        let http = self.http().map_err(|e| c.reqwest(&e))?;
-        let status = self
-            .retry(|| async {
-                let token = self
-                    .prime_token(&hc, r, RegistryOperation::Pull, &c)
-                    .await?;
-                let mut req = http
-                    .head(&url)
-                    .header(reqwest::header::ACCEPT, crate::pull::ACCEPT.join(", "));
-                req = match (&token, &hc.auth) {
-                    (Some(t), _) => req.bearer_auth(t),
-                    (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-                    _ => req,
-                };
-                let res = req.send().await.map_err(|e| c.reqwest(&e))?;
-                match res.status().as_u16() {
-                    s @ (200 | 404) => Ok(s),
-                    s => Err(c.status(s, format!("HEAD {url}: HTTP {s}"))),
-                }
-            })
-            .await?;
-        Ok(status == 200)
+        self.retry(|| async { self.head_exists(&hc, r, "manifests", digest, &c).await })
+            .await
     }
 
     /// Whether `r`'s repository has the blob `digest` (HEAD).
@@ -308,15 +276,8 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         let c = ctx(r, format!("blob {digest}"));
-        let oref = oci_digest_ref(r, digest);
         let found = self
-            .retry(|| async {
-                self.prime_token(hc, r, RegistryOperation::Pull, &c).await?;
-                hc.client
-                    .blob_exists(&oref, digest.as_str())
-                    .await
-                    .map_err(|e| c.oci(e))
-            })
+            .retry(|| async { self.head_exists(hc, r, "blobs", digest, &c).await })
             .await?;
         if found {
             self.remember(digest, r.registry(), r.repository());

@@ -4,7 +4,7 @@
 //! — through the tag schema: an image index tagged `<alg>-<hex>` of the
 //! subject's digest that the pushing client keeps up to date.
 
-use crate::{ctx, oci_digest_ref, ProgressFn, Registry, RegistryError};
+use crate::{ctx, ProgressFn, Registry, RegistryError, MAX_MANIFEST_SIZE};
 use xbuild_oci::media_types as mt;
 use xbuild_oci::{BlobStore, Descriptor, Digest, ImageIndex, ImageManifest, Reference};
 
@@ -36,21 +36,82 @@ impl Registry {
         subject: &Digest,
     ) -> Result<ImageIndex, RegistryError> {
         let hc = self.host(r.registry()).await?;
-        let oref = oci_digest_ref(r, subject);
-        hc.client
-            .store_auth_if_needed(oref.resolve_registry(), &hc.auth)
-            .await;
         let c = ctx(r, format!("referrers of {subject}"));
-        let idx = self
+        let scheme = if self.is_plain_http(r.registry()) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{}/v2/{}/referrers/{subject}",
+            r.api_registry(),
+            r.repository()
+        );
+        let http = self.http().map_err(|e| c.reqwest(&e))?;
+        // The API's answer, read up to the manifest cap; None: no API (404).
+        let api = self
             .retry(|| async {
-                hc.client
-                    .pull_referrers(&oref, None)
-                    .await
-                    .map_err(|e| c.oci(e))
+                let token = self
+                    .prime_token(&hc, r, oci_client::RegistryOperation::Pull, &c)
+                    .await?;
+                let mut req = http
+                    .get(&url)
+                    .header(reqwest::header::ACCEPT, mt::OCI_INDEX);
+                req = match (&token, &hc.auth) {
+                    (Some(t), _) => req.bearer_auth(t),
+                    (None, oci_client::secrets::RegistryAuth::Basic(u, p)) => {
+                        req.basic_auth(u, Some(p))
+                    }
+                    _ => req,
+                };
+                let mut res = req.send().await.map_err(|e| c.reqwest(&e))?;
+                match res.status().as_u16() {
+                    404 => Ok(None),
+                    200 => match crate::token::read_capped(&mut res, MAX_MANIFEST_SIZE)
+                        .await
+                        .map_err(|e| c.reqwest(&e))?
+                    {
+                        Ok(body) => Ok(Some(body)),
+                        Err(n) => Err(c.protocol(
+                            None,
+                            format!(
+                                "the referrers index is larger than {MAX_MANIFEST_SIZE} bytes \
+                                 ({n} bytes seen); refusing it"
+                            ),
+                        )),
+                    },
+                    _ => Err(crate::blob_get::error_of(res, &url, &c).await),
+                }
             })
             .await?;
-        let bytes = serde_json::to_vec(&idx)
-            .map_err(|e| c.protocol(None, format!("cannot re-encode the referrers index: {e}")))?;
+        let bytes = match api {
+            Some(body) => body,
+            // No referrers API: the tag schema, or no referrers at all.
+            None => {
+                let tag_ref = r
+                    .without_digest()
+                    .with_tag(&referrers_tag(subject))
+                    .map_err(|e| RegistryError::Invalid {
+                        reference: r.to_string(),
+                        what: "referrers tag",
+                        detail: e.to_string(),
+                    })?;
+                match self.fetch_manifest(&tag_ref).await {
+                    Ok((_, media_type, _)) if mt::is_manifest(&media_type) => {
+                        return Err(c.protocol(
+                            None,
+                            format!(
+                                "referrers tag schema: tag {} holds an image manifest, not an index",
+                                referrers_tag(subject)
+                            ),
+                        ));
+                    }
+                    Ok((bytes, _, _)) => bytes,
+                    Err(e) if e.is_not_found() => return Ok(ImageIndex::new_oci(Vec::new())),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         ImageIndex::from_slice(&bytes)
             .map_err(|e| c.protocol(None, format!("invalid referrers index: {e}")))
     }

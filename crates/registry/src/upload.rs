@@ -171,6 +171,32 @@ impl Registry {
         matches!(req.send().await, Ok(res) if res.status() == StatusCode::CREATED)
     }
 
+    /// Whether `r`'s repository has `digest` under `kind` (`blobs` or
+    /// `manifests`): one HEAD, whose status says it (200 or 404; anything
+    /// else is an error). No body is read.
+    pub(crate) async fn head_exists(
+        &self,
+        hc: &HostClient,
+        r: &Reference,
+        kind: &str,
+        digest: &Digest,
+        c: &Ctx<'_>,
+    ) -> Result<bool, RegistryError> {
+        let token = self.prime_token(hc, r, RegistryOperation::Pull, c).await?;
+        let http = self.http().map_err(|e| c.reqwest(&e))?;
+        let url = format!("{}/v2/{}/{kind}/{digest}", base(self, r), r.repository());
+        let mut req = authorize(http.head(&url), &token, &hc.auth);
+        if kind == "manifests" {
+            req = req.header(reqwest::header::ACCEPT, crate::pull::ACCEPT.join(", "));
+        }
+        let res = req.send().await.map_err(|e| c.reqwest(&e))?;
+        match res.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            s => Err(c.status(s, format!("HEAD {url}: HTTP {s}"))),
+        }
+    }
+
     /// PUTs `body` (a manifest or index of `media_type`) under `at` (a tag
     /// or digest) in `r`'s repository.
     pub(crate) async fn put_manifest_at(

@@ -197,3 +197,42 @@ async fn an_endless_error_answer_to_an_upload_is_read_only_up_to_the_cap() {
     assert!(rss < 100, "peak RSS {rss} MiB");
     assert_eq!(fake.unauthorized(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_referrers_api_answer_is_read_and_an_endless_error_is_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let subject = Digest::sha256_of(b"subject manifest");
+    let referrer = xbuild_oci::Descriptor::of_bytes(
+        xbuild_oci::media_types::OCI_MANIFEST,
+        b"a signature manifest",
+    );
+    let index = xbuild_oci::ImageIndex::new_oci(vec![referrer.clone()])
+        .encode()
+        .unwrap();
+    let mut content = Content::default();
+    // The fake serves /v2/<repo>/referrers/<subject> like a blob.
+    content.by_digest.insert(
+        subject.to_string(),
+        (
+            xbuild_oci::media_types::OCI_INDEX.to_string(),
+            index.bytes.clone(),
+        ),
+    );
+    let fake = TokenRegistry::start(TokenMode::Good, content).unwrap();
+    let r = Reference::parse(&format!("{}/app/signed:1", fake.host())).unwrap();
+    let client = client(tmp.path());
+    let got = client.referrers(&r, &subject).await.unwrap();
+    assert_eq!(got.manifests.len(), 1);
+    assert_eq!(got.manifests[0].digest, referrer.digest);
+
+    let content = Content {
+        endless_errors: vec![subject.to_string()],
+        ..Content::default()
+    };
+    let fake = TokenRegistry::start(TokenMode::Good, content).unwrap();
+    let r = Reference::parse(&format!("{}/app/signed:1", fake.host())).unwrap();
+    let err = client.referrers(&r, &subject).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+    let rss = peak_rss_mib();
+    assert!(rss < 100, "peak RSS {rss} MiB");
+}
