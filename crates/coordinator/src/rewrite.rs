@@ -189,7 +189,11 @@ mod tests {
         assert!(store.verify(&m.layers[0].digest).unwrap());
         let c = ImageConfig::from_slice(&store.read_to_vec(&m.config.digest).unwrap()).unwrap();
         assert_eq!(c.config.labels["from.dockerfile"], "1");
-        assert_eq!(m.config, old_config(&store, &d), "the config is not rewritten");
+        assert_eq!(
+            m.config,
+            old_config(&store, &d),
+            "the config is not rewritten"
+        );
         let old = ImageManifest::from_slice(&store.read_to_vec(&d.digest).unwrap()).unwrap();
         let oldc =
             ImageConfig::from_slice(&store.read_to_vec(&old.config.digest).unwrap()).unwrap();
