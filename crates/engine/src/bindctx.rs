@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::context::{host_path, ContextIndex, EntryKind, IndexEntry};
+use crate::context::{host_path, names, ContextIndex, EntryKind, IndexEntry};
 use crate::copyfs;
 use crate::exec::{resolve_in_root, ExecError};
 
@@ -30,7 +30,7 @@ fn relative_source(dir: &Path, src_rel: &str) -> String {
     let p = resolve_in_root(dir, src_rel);
     let rel = p.strip_prefix(dir).unwrap_or(Path::new(""));
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .map(|c| names::encode_os(c.as_os_str()))
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -99,7 +99,7 @@ pub(crate) fn filtered_view(
     for entry in index.subtree(&rel) {
         let below = &entry.path[prefix_len..];
         let src = host_path(dir, &entry.path);
-        let dst = into.join(below);
+        let dst = names::join(into, below);
         match place(entry, &src, &dst, readonly) {
             Ok(()) => {}
             // Removed from the context since the scan: leave it out.
