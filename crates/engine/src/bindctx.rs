@@ -170,6 +170,61 @@ mod tests {
         }
     }
 
+    /// `RUN --mount=type=bind` of the context: names that are not UTF-8
+    /// are in the view with their bytes (the whole context and a
+    /// directory of it), what `.dockerignore` excludes is not.
+    #[test]
+    fn views_keep_non_utf8_names() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::write(p.join(".dockerignore"), b"*.bin\n").unwrap();
+        fs::write(p.join(os(b"caf\xe9.txt")), "c").unwrap();
+        fs::write(p.join(os(b"no\xff.bin")), "no").unwrap();
+        fs::create_dir(p.join(os(b"d\xfe"))).unwrap();
+        fs::write(p.join(os(b"d\xfe")).join(os(b"in\xe9")), "in").unwrap();
+        let index = scan(p, None, &ScanOptions::default(), None).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let bytes = |dir: &Path| {
+            let mut v: Vec<Vec<u8>> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+                .collect();
+            v.sort();
+            v
+        };
+        for readonly in [true, false] {
+            let v = filtered_view(
+                p,
+                &index,
+                ".",
+                &out.path().join(format!("{readonly}")),
+                readonly,
+            )
+            .unwrap();
+            assert_eq!(
+                bytes(&v),
+                [
+                    b".dockerignore".to_vec(),
+                    b"caf\xe9.txt".to_vec(),
+                    b"d\xfe".to_vec()
+                ]
+            );
+            assert_eq!(
+                fs::read(v.join(os(b"d\xfe")).join(os(b"in\xe9"))).unwrap(),
+                b"in"
+            );
+        }
+        // A directory named in the Dockerfile (text) holding such names.
+        fs::create_dir(p.join("sub")).unwrap();
+        fs::write(p.join("sub").join(os(b"x\xe9")), "x").unwrap();
+        let index = scan(p, None, &ScanOptions::default(), None).unwrap();
+        let v = filtered_view(p, &index, "sub", &out.path().join("sub"), true).unwrap();
+        assert_eq!(bytes(&v), [b"x\xe9".to_vec()]);
+    }
+
     #[test]
     fn ignored_or_missing_sources_are_missing() {
         let (c, index) = ctx();
