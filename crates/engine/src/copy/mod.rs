@@ -365,7 +365,7 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         if unpack && root.kind() == EntryKind::File {
             let host = crate::context::host_path(req.src_root, &root.entries[0].entry.path);
             if add::is_tar_archive(&host)? {
-                c.extract_archive(&host, &root.logical, &dest_comps)?;
+                c.extract_archive(&host, &names::lossy(&root.logical), &dest_comps)?;
                 continue;
             }
         }
