@@ -67,6 +67,14 @@ fn header(ty: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
+/// The busybox root filesystem alone.
+fn busybox_layer(rootfs: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", rootfs).unwrap();
+    b.into_inner().unwrap()
+}
+
 /// The busybox root filesystem plus `usr/lib/a.so` and `lib -> usr/lib`.
 fn base_layer(rootfs: &Path) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -421,4 +429,62 @@ fn non_utf8_context_names_are_copied_byte_for_byte() {
         fs::read(out2.path().join("ctx").join(os(b"caf\xe9.txt"))).unwrap(),
         b"latin-1 v2\n"
     );
+}
+
+/// Item 10, non-UTF-8 names in `RUN --mount=type=bind` of the context: the
+/// step sees the names with their bytes (what `.dockerignore` excludes is
+/// not there), and its key follows the files (a content change reruns it).
+#[test]
+fn a_bind_mounted_context_shows_non_utf8_names() {
+    if testbed::require_root().is_none() {
+        return;
+    }
+    let Some(rootfs) = testbed::BusyboxRootfs::build_or_skip(testbed::host_arch()) else {
+        return;
+    };
+    let layout = tempfile::tempdir().unwrap();
+    write_layout(layout.path(), &[busybox_layer(rootfs.path())]);
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base\n\
+             RUN --mount=type=bind,target=/c cd /c && for f in *; do echo \"$f\"; done > /names.txt \\
+             && cat /c/caf* > /content.txt\n",
+        ),
+        (".dockerignore", "Dockerfile\n.dockerignore\n*.bin\n"),
+    ]);
+    let c = ctx.path();
+    fs::write(c.join(os(b"caf\xe9.txt")), "v1\n").unwrap();
+    fs::create_dir(c.join(os(b"d\xff"))).unwrap();
+    fs::write(c.join(os(b"no\xfe.bin")), "excluded\n").unwrap();
+    let xb = Xbuild::new();
+    let run = |out: &Path| {
+        xb.run(&[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &host_platform(),
+            "--build-context",
+            &format!("base=oci-layout://{}", s(layout.path())),
+            "-o",
+            &format!("type=local,dest={}", s(out)),
+            s(c),
+        ])
+        .ok()
+    };
+    let out = tempfile::tempdir().unwrap();
+    run(out.path());
+    assert_eq!(
+        fs::read(out.path().join("names.txt")).unwrap(),
+        b"caf\xe9.txt\nd\xff\n"
+    );
+    assert_eq!(fs::read(out.path().join("content.txt")).unwrap(), b"v1\n");
+    let again = run(tempfile::tempdir().unwrap().path());
+    assert_eq!(again.cached_steps(), 1, "{}", again.stderr);
+    fs::write(c.join(os(b"caf\xe9.txt")), "v2\n").unwrap();
+    let out3 = tempfile::tempdir().unwrap();
+    let third = run(out3.path());
+    assert_eq!(third.cached_steps(), 0, "{}", third.stderr);
+    assert_eq!(fs::read(out3.path().join("content.txt")).unwrap(), b"v2\n");
 }
