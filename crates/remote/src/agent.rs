@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use xbuild_engine::cache::CacheRecord;
-use xbuild_engine::context::{ContextIndex, EntryKind};
+use xbuild_engine::context::{host_path, names, ContextIndex, EntryKind};
 use xbuild_engine::events::{Event, EventSink};
 use xbuild_engine::source::BoxFuture;
 use xbuild_engine::{
@@ -800,10 +800,11 @@ pub fn materialize(
         {
             return Err(RemoteError::Protocol {
                 peer: "coordinator".into(),
-                what: format!("invalid context path {:?}", e.path),
+                what: format!("invalid context path {:?}", names::lossy(&e.path)),
             });
         }
-        let p = dir.join(&e.path);
+        // Paths travel escaped (JSON strings); the files get their bytes.
+        let p = host_path(dir, &e.path);
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
         }
@@ -820,7 +821,7 @@ pub fn materialize(
             EntryKind::File => {
                 let d = e.digest.as_ref().ok_or_else(|| RemoteError::Protocol {
                     peer: "coordinator".into(),
-                    what: format!("context file {:?} has no digest", e.path),
+                    what: format!("context file {:?} has no digest", names::lossy(&e.path)),
                 })?;
                 fs::copy(files.path_of(d), &p).map_err(io_err("write", &p))?;
                 std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid))
@@ -830,7 +831,7 @@ pub fn materialize(
             }
             EntryKind::Symlink => {
                 let t = e.link_target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(t, &p).map_err(io_err("symlink", &p))?;
+                std::os::unix::fs::symlink(names::to_os(t), &p).map_err(io_err("symlink", &p))?;
                 std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid))
                     .map_err(io_err("chown", &p))?;
             }
@@ -841,7 +842,7 @@ pub fn materialize(
     }
     // Directories last, deepest first, so their contents do not touch them again.
     for e in dirs.iter().rev() {
-        let p = dir.join(&e.path);
+        let p = host_path(dir, &e.path);
         std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).map_err(io_err("chown", &p))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(e.mode)).map_err(io_err("chmod", &p))?;
         if let Some(t) = mtimes.get(&e.path) {
@@ -909,6 +910,67 @@ mod tests {
         };
         let e = materialize(&bad, &BTreeMap::new(), &files, &out).unwrap_err();
         assert!(e.to_string().contains("invalid context path"), "{e}");
+    }
+
+    /// A context scanned on the coordinator with non-UTF-8 names travels
+    /// as JSON and is laid out on the node with the same bytes (names and
+    /// link targets), so COPY there makes the same layer.
+    #[test]
+    fn non_utf8_names_survive_the_json_trip_to_the_node() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join(os(b"d\xff"))).unwrap();
+        fs::write(src.join(os(b"d\xff")).join(os(b"caf\xe9.txt")), b"x").unwrap();
+        std::os::unix::fs::symlink(os(b"d\xff/caf\xe9.txt"), src.join(os(b"l\xfe"))).unwrap();
+        let index = xbuild_engine::context::scan(
+            &src,
+            None,
+            &xbuild_engine::context::ScanOptions::default(),
+            None,
+        )
+        .unwrap();
+        let json = serde_json::to_vec(&index).unwrap();
+        let index: ContextIndex = serde_json::from_slice(&json).unwrap();
+        let files = BlobStore::open(dir.path().join("files")).unwrap();
+        files.put_bytes(b"x").unwrap();
+        let out = dir.path().join("ctx");
+        materialize(&index, &BTreeMap::new(), &files, &out).unwrap();
+        assert_eq!(
+            fs::read(out.join(os(b"d\xff")).join(os(b"caf\xe9.txt"))).unwrap(),
+            b"x"
+        );
+        assert_eq!(
+            fs::read_link(out.join(os(b"l\xfe")))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"d\xff/caf\xe9.txt"
+        );
+        // The node's own scan of the laid-out context is the same index.
+        let again = xbuild_engine::context::scan(
+            &out,
+            None,
+            &xbuild_engine::context::ScanOptions::default(),
+            None,
+        )
+        .unwrap();
+        let strip = |ix: &ContextIndex| {
+            ix.entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.path.clone(),
+                        e.kind,
+                        e.link_target.clone(),
+                        e.digest.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&again), strip(&index));
     }
 
     fn nix_is_root() -> bool {

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use xbuild_engine::context::ContextIndex;
+use xbuild_engine::context::{host_path, ContextIndex};
 use xbuild_engine::events::{Event, Transfer, VertexId};
 use xbuild_engine::{Engine, EngineError, SolveRequest, SolveResult, VertexIds};
 use xbuild_oci::Digest;
@@ -471,7 +471,7 @@ impl RemoteWorker {
                 .get(d)
                 .ok_or_else(|| self.protocol(format!("context file {d} is not in the context")))?;
             self.writer
-                .send_file(d, e.size, BlobDest::Context, &dir.join(&e.path))
+                .send_file(d, e.size, BlobDest::Context, &host_path(dir, &e.path))
                 .await?;
             done += e.size;
             req.events.emit(Event::Bytes {
@@ -491,7 +491,7 @@ fn mtimes_of(dir: &Path, ix: &ContextIndex) -> BTreeMap<String, (i64, i64)> {
     ix.entries
         .iter()
         .filter_map(|e| {
-            let md = std::fs::symlink_metadata(dir.join(&e.path)).ok()?;
+            let md = std::fs::symlink_metadata(host_path(dir, &e.path)).ok()?;
             Some((e.path.clone(), (md.mtime(), md.mtime_nsec())))
         })
         .collect()
