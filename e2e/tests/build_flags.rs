@@ -636,8 +636,10 @@ fn ssh_mount_on_an_ssh_build_node_uses_the_coordinators_agent() {
     // that the forwarded agent sockets go with the build.
     let node_tmp = home.path().join("node-tmp");
     std::fs::create_dir_all(&node_tmp).unwrap();
+    // (git on the node, for ADD, checks no host keys of the test server.)
     let agent_cmd = format!(
-        "env TMPDIR={} {} agent --stdio --root {}",
+        "env TMPDIR={} 'GIT_SSH_COMMAND=ssh -F /dev/null -o BatchMode=yes \
+         -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' {} agent --stdio --root {}",
         node_tmp.display(),
         xbuild_e2e::xbuild_bin().display(),
         node_root.display()
@@ -761,6 +763,40 @@ fn ssh_mount_on_an_ssh_build_node_uses_the_coordinators_agent() {
         .filter(|p| p.to_string_lossy().contains("xbuild-ssh-"))
         .collect();
     assert!(left.is_empty(), "forwarded agent sockets left: {left:?}");
+
+    // ADD <ssh git URL> on the node goes through the same forwarded agent
+    // (its commit is resolved for the cache key, then it is fetched).
+    let add_ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {url}#main /dep/\n"),
+    )]);
+    let add_out = tempfile::tempdir().unwrap();
+    let out_spec = format!("type=local,dest={}", add_out.path().display());
+    let node_pin = format!("{platform}=node1");
+    let run = xb
+        .run_with(
+            &[
+                "build",
+                "--progress=plain",
+                "--platform",
+                &platform,
+                "--node",
+                &node_pin,
+                "--ssh",
+                &ssh_spec,
+                "-o",
+                &out_spec,
+                s(add_ctx.path()),
+            ],
+            &env,
+            None,
+        )
+        .ok();
+    assert!(run.stderr.contains("node node1"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(add_out.path().join("dep/hello.txt")).unwrap(),
+        "private dependency via node\n"
+    );
 
     // Without --ssh: an optional mount is skipped and the clone fails; a
     // required one fails the step with the clear error, as locally.
