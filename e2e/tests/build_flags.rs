@@ -664,14 +664,18 @@ fn ssh_mount_on_an_ssh_build_node_uses_the_coordinators_agent() {
 
     let base = publish_host_base(&xb, &reg);
     let ctx = tempfile::tempdir().unwrap();
-    copy_with_libs(&ctx.path().join("tools"), &["/usr/bin/git", "/usr/bin/ssh"]);
+    copy_with_libs(
+        &ctx.path().join("tools"),
+        &["/usr/bin/git", "/usr/bin/ssh", "/usr/bin/ssh-add"],
+    );
     let url = format!("ssh://root@{}:{}{}", sshd.ip(), sshd.port(), repo.display());
     let dockerfile = |mount: &str| {
         format!(
             "FROM {base}\nCOPY tools/ /\nENV GIT_EXEC_PATH=/usr/bin HOME=/root\n\
              RUN --network=host --mount={mount} \
+             ssh-add -D 2>/dev/null; ssh-add -x </dev/null 2>/dev/null; \
              GIT_SSH_COMMAND='ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
-             git clone -q {url} /src && cat /src/hello.txt > /cloned\n"
+             git clone -q {url} /src && cat /src/hello.txt > /cloned && ssh-add -l > /listed\n"
         )
     };
     std::fs::write(ctx.path().join("Dockerfile"), dockerfile("type=ssh")).unwrap();
@@ -741,6 +745,21 @@ fn ssh_mount_on_an_ssh_build_node_uses_the_coordinators_agent() {
     assert!(
         out.path().join("src/.git").is_dir(),
         "the clone is in the image"
+    );
+    // The step's agent is read-only, as BuildKit's: its `ssh-add -D` and
+    // `ssh-add -x` (lock) were refused, so the clone still had the key,
+    // the step listed it, and the coordinator's agent still holds it.
+    let listed = std::fs::read_to_string(out.path().join("listed")).unwrap();
+    assert!(listed.contains("deploy"), "{listed}");
+    let still = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&still.stdout).contains("deploy"),
+        "the agent lost its key: {}",
+        String::from_utf8_lossy(&still.stderr)
     );
     assert!(
         node_root.join("content").is_dir(),

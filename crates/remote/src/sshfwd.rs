@@ -9,15 +9,17 @@
 //! comes back as the reply. On the coordinator, [`CoordinatorAgents`] passes
 //! each request to the user's agent socket of that id, on one connection
 //! per step connection (so the order of a connection's requests, and
-//! per-connection state such as OpenSSH's session binding, are kept), and
-//! refuses ids the user did not pass with `--ssh`.
+//! per-connection state, are kept), refuses ids the user did not pass with
+//! `--ssh`, and answers only read-only requests (a key list, a signature:
+//! [`xbuild_engine::sshproxy::read_only`]), whatever the node sends; the
+//! rest get the protocol's failure answer without reaching the agent.
 //!
 //! The engine's own ssh proxy then points the step's mount at the node's
 //! socket, exactly as it points a local step at the user's agent. Messages
 //! are bounded by [`MAX_AGENT_MESSAGE`]; their bytes are never logged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,9 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The largest ssh-agent message forwarded either way (real ones are a few
-/// KiB: a key list, a signature).
-pub const MAX_AGENT_MESSAGE: usize = 256 << 10;
+pub use xbuild_engine::sshproxy::MAX_MESSAGE as MAX_AGENT_MESSAGE;
+use xbuild_engine::sshproxy::{read_message, read_only, write_message, FAILURE};
 /// How long the coordinator waits for its agent to answer one request.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections of a node's steps to one coordinator's agents open at once.
@@ -74,43 +75,6 @@ pub enum SshForwardError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Reads one length-prefixed agent message; `None` at a clean end of stream.
-fn read_message(s: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match s.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_AGENT_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            SshForwardError::Oversized {
-                len,
-                max: MAX_AGENT_MESSAGE,
-            },
-        ));
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)?;
-    Ok(Some(body))
-}
-
-/// Writes one length-prefixed agent message.
-fn write_message(s: &mut impl Write, body: &[u8]) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(body);
-    s.write_all(&buf)?;
-    s.flush()
 }
 
 fn check_size(len: usize) -> Result<(), SshForwardError> {
@@ -159,8 +123,9 @@ impl CoordinatorAgents {
     }
 
     /// Passes one request of the node's connection `conn` to the agent of
-    /// `id` and returns its response (both without the length prefix).
-    /// Any failure closes that connection.
+    /// `id` and returns its response (both without the length prefix); a
+    /// request that is not read-only is answered with `SSH_AGENT_FAILURE`
+    /// here. Any error closes that connection.
     pub async fn request(
         &mut self,
         id: &str,
@@ -173,6 +138,9 @@ impl CoordinatorAgents {
             .get(id)
             .ok_or_else(|| SshForwardError::UnknownId(id.to_string()))?
             .clone();
+        if !read_only(&request) {
+            return Ok(vec![FAILURE]);
+        }
         let key = (id.to_string(), conn);
         let agent_err = |source| SshForwardError::Agent {
             id: id.to_string(),
@@ -371,6 +339,7 @@ impl Drop for NodeAgents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 
     /// A fake ssh-agent: answers each message with `ok:` + its reverse, and
@@ -415,23 +384,30 @@ mod tests {
             let mut a = CoordinatorAgents::new([("default".to_string(), sock.clone())]);
             assert_eq!(a.ids(), ["default"]);
             for _ in 0..3 {
-                let r = a.request("default", 7, b"abc".to_vec()).await.unwrap();
-                assert_eq!(r, b"ok:cba");
+                let r = a.request("default", 7, b"\x0dabc".to_vec()).await.unwrap();
+                assert_eq!(r, b"ok:cba\x0d");
             }
             assert_eq!(
                 accepted.load(Ordering::Relaxed),
                 1,
                 "one connection for conn 7"
             );
-            a.request("default", 8, b"x".to_vec()).await.unwrap();
+            a.request("default", 8, b"\x0b".to_vec()).await.unwrap();
             assert_eq!(accepted.load(Ordering::Relaxed), 2);
+            // Requests that are not read-only (add a key, remove all,
+            // lock, an extension) are refused here, never reaching it.
+            for req in [&b"\x11key"[..], b"\x13", b"\x16pw", b"\x1bsession-bind"] {
+                let r = a.request("default", 9, req.to_vec()).await.unwrap();
+                assert_eq!(r, [5], "SSH_AGENT_FAILURE");
+            }
+            assert_eq!(accepted.load(Ordering::Relaxed), 2, "not forwarded");
             assert_eq!(a.open_connections(), 2);
             a.close("default", 7);
             a.close("default", 99);
             assert_eq!(a.open_connections(), 1);
 
             // An id not passed with --ssh is refused, naming it.
-            let e = a.request("deploy", 1, b"x".to_vec()).await.unwrap_err();
+            let e = a.request("deploy", 1, b"\x0b".to_vec()).await.unwrap_err();
             assert!(matches!(e, SshForwardError::UnknownId(_)));
             assert_eq!(
                 e.to_string(),
@@ -446,7 +422,10 @@ mod tests {
             // A dead agent is an error naming its socket.
             let mut dead =
                 CoordinatorAgents::new([("default".to_string(), d.path().join("gone.sock"))]);
-            let e = dead.request("default", 1, b"x".to_vec()).await.unwrap_err();
+            let e = dead
+                .request("default", 1, b"\x0b".to_vec())
+                .await
+                .unwrap_err();
             assert!(e.to_string().contains("gone.sock"), "{e}");
             assert!(!format!("{a:?}").contains("agent.sock"));
         });
@@ -500,7 +479,7 @@ mod tests {
         assert_eq!(std::fs::metadata(path).unwrap().mode() & 0o777, 0o600);
 
         let mut c = UnixStream::connect(path).unwrap();
-        for msg in [&b"hello"[..], b"again"] {
+        for msg in [&b"\x0bhello"[..], b"\x0dagain"] {
             write_message(&mut c, msg).unwrap();
             let mut want = b"ok:".to_vec();
             want.extend(msg.iter().rev());
@@ -510,7 +489,7 @@ mod tests {
         // "other" is served on the node but the coordinator has no such
         // agent: the connection is closed without an answer.
         let mut c = UnixStream::connect(&node.sockets()[1].1).unwrap();
-        write_message(&mut c, b"x").unwrap();
+        write_message(&mut c, b"\x0b").unwrap();
         assert!(read_message(&mut c).unwrap().is_none());
         // An oversized message ends the connection, unforwarded.
         let mut c = UnixStream::connect(path).unwrap();
@@ -526,7 +505,7 @@ mod tests {
         // A connection still open when the agents go is closed; the
         // directory is removed.
         let mut open = UnixStream::connect(path).unwrap();
-        write_message(&mut open, b"z").unwrap();
+        write_message(&mut open, b"\x0b").unwrap();
         assert!(read_message(&mut open).unwrap().is_some());
         drop(node);
         assert!(!dir.exists());

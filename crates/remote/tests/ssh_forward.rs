@@ -145,7 +145,7 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
             })
             .await
             .unwrap();
-            for (id, body) in [(2, &b"list keys"[..]), (3, b"sign this")] {
+            for (id, body) in [(2, &b"\x0blist keys"[..]), (3, b"\x0dsign this")] {
                 w.send(&Message::SshAgent {
                     id,
                     ssh_id: "default".into(),
@@ -159,7 +159,7 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
                 id: 4,
                 ssh_id: "deploy".into(),
                 conn: 6,
-                request: AgentBytes(b"sign this".to_vec()),
+                request: AgentBytes(b"\x0dsign this".to_vec()),
             })
             .await
             .unwrap();
@@ -196,7 +196,10 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
                 [1, 2, 3, 4]
             );
             assert!(matches!(replies[0].1, Ok(ReplyBody::Fetched)));
-            for (i, want) in [(1, &b"signed:list keys"[..]), (2, b"signed:sign this")] {
+            for (i, want) in [
+                (1, &b"signed:\x0blist keys"[..]),
+                (2, b"signed:\x0dsign this"),
+            ] {
                 match &replies[i].1 {
                     Ok(ReplyBody::SshAgent { response }) => assert_eq!(response.0, want),
                     other => panic!("{other:?}"),
