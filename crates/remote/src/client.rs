@@ -259,6 +259,7 @@ impl RemoteWorker {
             );
         }
         // `--ssh`: the node's steps reach these agents, and no others.
+        let mut ssh_warned = BTreeSet::new();
         let mut ssh_agents =
             crate::sshfwd::CoordinatorAgents::new(req.secrets.ssh_ids().filter_map(|id| {
                 Some((id.to_string(), req.secrets.ssh_socket(id)?.to_path_buf()))
@@ -359,13 +360,27 @@ impl RemoteWorker {
                     conn,
                     request,
                 } => {
-                    let result = ssh_agents
-                        .request(&ssh_id, conn, request.0)
-                        .await
-                        .map(|r| ReplyBody::SshAgent {
+                    let result = match ssh_agents.request(&ssh_id, conn, request.0).await {
+                        Ok(r) => Ok(ReplyBody::SshAgent {
                             response: AgentBytes(r),
-                        })
-                        .map_err(|e| e.to_string());
+                        }),
+                        Err(e) => {
+                            // The step only sees its agent connection close:
+                            // say why here, once per id and build.
+                            if ssh_warned.insert(ssh_id.clone()) {
+                                req.events.emit(Event::Warning {
+                                    message: format!("{worker}: --ssh {ssh_id}: {e}"),
+                                });
+                            }
+                            // The node learns nothing of this machine's paths.
+                            Err(match e {
+                                crate::sshfwd::SshForwardError::Agent { id, .. } => {
+                                    format!("the coordinator's ssh agent {id:?} failed")
+                                }
+                                other => other.to_string(),
+                            })
+                        }
+                    };
                     self.writer.send(&Message::Reply { id, result }).await?;
                     self.writer.flush().await?;
                 }

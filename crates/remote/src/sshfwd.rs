@@ -270,6 +270,9 @@ impl NodeAgents {
             // Unix socket path is short.
             let path = dir.join(format!("{n}.sock"));
             let listener = UnixListener::bind(&path).map_err(io_err("listen on", &path))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(io_err("listen on", &path))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(io_err("chmod", &path))?;
             let (stop, clients, link, id2) = (
@@ -281,11 +284,19 @@ impl NodeAgents {
             let t = std::thread::Builder::new()
                 .name("ssh-agent-forward".into())
                 .spawn(move || {
-                    for c in listener.incoming() {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
+                    // Polled, so that stopping never depends on reaching
+                    // the socket (it may have been removed under us).
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match listener.accept() {
+                            Ok((c, _)) => c,
+                            Err(_) => {
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                        };
+                        if c.set_nonblocking(false).is_err() {
+                            continue;
                         }
-                        let Ok(c) = c else { continue };
                         let Ok(c2) = c.try_clone() else { continue };
                         let conn = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
                         if let Ok(mut all) = clients.lock() {
@@ -318,10 +329,6 @@ impl NodeAgents {
 impl Drop for NodeAgents {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake each accepting thread with a connection of our own.
-        for (_, p) in &self.sockets {
-            let _ = UnixStream::connect(p);
-        }
         for t in self.accept.drain(..) {
             let _ = t.join();
         }

@@ -135,7 +135,11 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
                 Message::Solve(job) => job,
                 other => panic!("{other:?}"),
             };
-            assert_eq!(job.ssh, ["default"], "the job names the forwarded ids");
+            assert_eq!(
+                job.ssh,
+                ["default", "gone"],
+                "the job names the forwarded ids"
+            );
             // Three requests in flight at once: context files, then two
             // agent requests of step connection 5, then one for an id the
             // user never passed.
@@ -163,6 +167,14 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
             })
             .await
             .unwrap();
+            w.send(&Message::SshAgent {
+                id: 5,
+                ssh_id: "gone".into(),
+                conn: 7,
+                request: AgentBytes(b"\x0b".to_vec()),
+            })
+            .await
+            .unwrap();
             w.send(&Message::SshAgentClose {
                 ssh_id: "default".into(),
                 conn: 5,
@@ -172,7 +184,7 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
             w.flush().await.unwrap();
             let mut replies = Vec::new();
             let mut got_file = false;
-            while replies.len() < 4 {
+            while replies.len() < 5 {
                 match r.expect_message().await.unwrap() {
                     Message::Blob { digest, size, dest } => {
                         assert_eq!((digest, dest), (want.clone(), BlobDest::Context));
@@ -193,7 +205,7 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
             assert!(got_file);
             assert_eq!(
                 replies.iter().map(|r| r.0).collect::<Vec<_>>(),
-                [1, 2, 3, 4]
+                [1, 2, 3, 4, 5]
             );
             assert!(matches!(replies[0].1, Ok(ReplyBody::Fetched)));
             for (i, want) in [
@@ -210,6 +222,10 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
                 refused.contains("\"deploy\" was not passed with --ssh"),
                 "{refused}"
             );
+            // The coordinator's dead agent: the node is told it failed,
+            // without the coordinator's paths.
+            let failed = replies[4].1.as_ref().unwrap_err();
+            assert_eq!(failed, "the coordinator's ssh agent \"gone\" failed");
             w.send(&Message::Failed {
                 message: "done".into(),
                 step: None,
@@ -230,7 +246,11 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
         .unwrap();
         let mut secrets = Secrets::new();
         secrets.insert_ssh("default", &sock);
+        let gone = dir.path().join("gone.sock");
+        secrets.insert_ssh("gone", &gone);
         let ids = VertexIds::new();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let events = |e: xbuild_engine::events::Event| seen.lock().unwrap().push(e);
         let e = worker
             .solve(
                 &engine,
@@ -239,7 +259,7 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
                     context_dir: Some(&ctx),
                     context: Some(&index),
                     source: &xbuild_engine::StoreSource,
-                    events: &xbuild_engine::events::NullSink,
+                    events: &events,
                     ids: &ids,
                     no_cache: false,
                     no_cache_filter: &[],
@@ -251,6 +271,26 @@ fn ssh_agent_requests_are_answered_between_other_requests_and_unknown_ids_refuse
             .await
             .unwrap_err();
         assert!(e.to_string().contains("done"), "{e}");
+        // Here, the user is told which agent failed and why (once per id).
+        let warnings: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                xbuild_engine::events::Event::Warning { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(
+            warnings[0],
+            "node amd1: --ssh deploy: ssh agent \"deploy\" was not passed with --ssh; refused"
+        );
+        assert!(
+            warnings[1].starts_with("node amd1: --ssh gone: ssh agent \"gone\" at ")
+                && warnings[1].contains("gone.sock"),
+            "{warnings:?}"
+        );
         node.await.unwrap();
     });
     assert_eq!(
