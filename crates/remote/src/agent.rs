@@ -6,9 +6,10 @@
 //! files, everything else into the engine's content store), hands each
 //! reply to the request waiting for it (so a step blocked on the
 //! coordinator, such as an ssh-agent request, never depends on the solve
-//! being polled) and forwards the other messages, and a writer that serializes what the solve emits
-//! (events, requests) and streams files out in chunks. The main loop runs
-//! the conversation described in [`crate::protocol`].
+//! being polled) and forwards the other messages; and a writer that
+//! serializes what the solve emits (events, requests) and streams files
+//! out in chunks. The main loop runs the conversation described in
+//! [`crate::protocol`]; `--ssh` agents are served by [`crate::sshfwd`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
