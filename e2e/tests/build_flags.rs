@@ -557,3 +557,298 @@ fn build_contexts_dir_image_layout_and_git() {
         .failed();
     assert!(bad.stderr.contains("not a directory"), "{}", bad.stderr);
 }
+
+/// `--ssh` through an SSH build node, as buildx forwards the client's agent
+/// to a remote BuildKit: the platform is built by `xbuild agent` on a node
+/// reached over OpenSSH, the RUN step there clones over SSH with a deploy
+/// key that exists only in the coordinator's ssh-agent, and the key is in
+/// nothing either side wrote. Without `--ssh`, a `required` ssh mount on
+/// the node fails with the same error, naming the id and the line, as a
+/// local build.
+#[test]
+fn ssh_mount_on_an_ssh_build_node_uses_the_coordinators_agent() {
+    if testbed::require_root().is_none()
+        || testbed::require_cmd("ssh-agent").is_none()
+        || testbed::require_cmd("ssh-add").is_none()
+        || testbed::require_cmd("ldd").is_none()
+        || testbed::require_cmd("git").is_none()
+    {
+        return;
+    }
+    // One OpenSSH server is both the build node (it runs `xbuild agent`)
+    // and the git server.
+    let Some(sshd) = testbed::Sshd::start_or_skip("127.0.0.9") else {
+        return;
+    };
+    let Some(reg) = Registry::start_or_skip() else {
+        return;
+    };
+    let srv = tempfile::tempdir().unwrap();
+    let work = srv.path().join("private");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("hello.txt"), "private dependency via node\n").unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(
+        srv.path(),
+        &["clone", "-q", "--bare", "private", "private.git"],
+    );
+    let repo = srv.path().join("private.git");
+
+    // The deploy key: authorized on the server, only in the test's agent.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("deploy");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    sshd.authorize(&keys.path().join("deploy.pub")).unwrap();
+    let private = std::fs::read_to_string(&key).unwrap();
+    let secret_line = private
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let agent = Agent::start();
+    assert!(Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::remove_file(&key).unwrap();
+
+    // The node: its own state directory; the coordinator logs in with the
+    // server's client key (not through the agent: SSH_AUTH_SOCK is empty).
+    let xb = Xbuild::new();
+    let home = tempfile::tempdir().unwrap();
+    let node_root = home.path().join("node1");
+    let env = [("HOME", s(home.path())), ("SSH_AUTH_SOCK", "")];
+    sshd.write_known_hosts(&home.path().join(".ssh/known_hosts"))
+        .unwrap();
+    let platform = format!("linux/{}", testbed::host_arch());
+    // The node's temporary directory is private to the test, to check
+    // that the forwarded agent sockets go with the build.
+    let node_tmp = home.path().join("node-tmp");
+    std::fs::create_dir_all(&node_tmp).unwrap();
+    // (git on the node, for ADD, checks no host keys of the test server.)
+    let agent_cmd = format!(
+        "env TMPDIR={} 'GIT_SSH_COMMAND=ssh -F /dev/null -o BatchMode=yes \
+         -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' {} agent --stdio --root {}",
+        node_tmp.display(),
+        xbuild_e2e::xbuild_bin().display(),
+        node_root.display()
+    );
+    xb.run_with(
+        &[
+            "node",
+            "add",
+            "node1",
+            &sshd.url(),
+            "--platform",
+            &platform,
+            "--identity",
+            s(&sshd.client_key()),
+            "--agent-command",
+            &agent_cmd,
+        ],
+        &env,
+        None,
+    )
+    .ok();
+
+    let base = publish_host_base(&xb, &reg);
+    let ctx = tempfile::tempdir().unwrap();
+    copy_with_libs(
+        &ctx.path().join("tools"),
+        &["/usr/bin/git", "/usr/bin/ssh", "/usr/bin/ssh-add"],
+    );
+    let url = format!("ssh://root@{}:{}{}", sshd.ip(), sshd.port(), repo.display());
+    let dockerfile = |mount: &str| {
+        format!(
+            "FROM {base}\nCOPY tools/ /\nENV GIT_EXEC_PATH=/usr/bin HOME=/root\n\
+             RUN --network=host --mount={mount} \
+             ssh-add -D 2>/dev/null; ssh-add -x </dev/null 2>/dev/null; \
+             GIT_SSH_COMMAND='ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
+             git clone -q {url} /src && cat /src/hello.txt > /cloned && ssh-add -l > /listed\n"
+        )
+    };
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile("type=ssh")).unwrap();
+    let build = |extra: &[&str], out: &Path| {
+        let out_spec = format!("type=local,dest={}", out.display());
+        let node_pin = format!("{platform}=node1");
+        let mut args = vec![
+            "build",
+            "--progress=plain",
+            "--allow",
+            "network.host",
+            "--platform",
+            &platform,
+            "--node",
+            &node_pin,
+            "-o",
+            &out_spec,
+        ];
+        args.extend_from_slice(extra);
+        args.push(s(ctx.path()));
+        xb.run_with(&args, &env, None)
+    };
+
+    // With --ssh, the step on the node clones through the coordinator's agent.
+    let out = tempfile::tempdir().unwrap();
+    let ssh_spec = format!("default={}", agent.sock.display());
+    // Meanwhile, watch the node's temporary directory for the private
+    // directory of the forwarded agent sockets (it lives as long as the
+    // solve: the base pull, the COPY and the clone).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, dir) = (stop.clone(), node_tmp.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::PermissionsExt;
+            let mut modes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("xbuild-ssh-") && e.path().join("0.sock").exists() {
+                        if let Ok(m) = e.metadata() {
+                            modes.push(m.permissions().mode() & 0o777);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            modes
+        })
+    };
+    let run = build(&["--ssh", &ssh_spec], out.path()).ok();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let modes = watcher.join().unwrap();
+    assert!(
+        !modes.is_empty(),
+        "the node served no forwarded agent socket under its TMPDIR"
+    );
+    assert!(modes.iter().all(|m| *m == 0o700), "modes seen: {modes:?}");
+    assert!(
+        run.stderr.contains("node node1"),
+        "not built on the node:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("cloned")).unwrap(),
+        "private dependency via node\n"
+    );
+    assert!(
+        out.path().join("src/.git").is_dir(),
+        "the clone is in the image"
+    );
+    // The step's agent is read-only, as BuildKit's: its `ssh-add -D` and
+    // `ssh-add -x` (lock) were refused, so the clone still had the key,
+    // the step listed it, and the coordinator's agent still holds it.
+    let listed = std::fs::read_to_string(out.path().join("listed")).unwrap();
+    assert!(listed.contains("deploy"), "{listed}");
+    let still = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&still.stdout).contains("deploy"),
+        "the agent lost its key: {}",
+        String::from_utf8_lossy(&still.stderr)
+    );
+    assert!(
+        node_root.join("content").is_dir(),
+        "the node kept no state: not built there"
+    );
+    // The key is nowhere: not in the node's state (layers, cache), the
+    // coordinator's, or the image; nor is the agent's socket path.
+    for dir in [&node_root, xb.root(), out.path()] {
+        let leaked = files_containing(dir, secret_line.as_bytes());
+        assert!(leaked.is_empty(), "private key material in {leaked:?}");
+        let leaked = files_containing(dir, s(&agent.sock).as_bytes());
+        assert!(leaked.is_empty(), "agent socket path in {leaked:?}");
+    }
+    // The forwarded agent sockets went with the build: the node's
+    // temporary directory holds none.
+    let left: Vec<_> = std::fs::read_dir(&node_tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("xbuild-ssh-"))
+        .collect();
+    assert!(left.is_empty(), "forwarded agent sockets left: {left:?}");
+
+    // ADD <ssh git URL> on the node goes through the same forwarded agent
+    // (its commit is resolved for the cache key, then it is fetched).
+    let add_ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM scratch\nADD {url}#main /dep/\n"),
+    )]);
+    let add_out = tempfile::tempdir().unwrap();
+    let out_spec = format!("type=local,dest={}", add_out.path().display());
+    let node_pin = format!("{platform}=node1");
+    let run = xb
+        .run_with(
+            &[
+                "build",
+                "--progress=plain",
+                "--platform",
+                &platform,
+                "--node",
+                &node_pin,
+                "--ssh",
+                &ssh_spec,
+                "-o",
+                &out_spec,
+                s(add_ctx.path()),
+            ],
+            &env,
+            None,
+        )
+        .ok();
+    assert!(run.stderr.contains("node node1"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(add_out.path().join("dep/hello.txt")).unwrap(),
+        "private dependency via node\n"
+    );
+
+    // Without --ssh: an optional mount is skipped and the clone fails; a
+    // required one fails the step with the clear error, as locally.
+    let out2 = tempfile::tempdir().unwrap();
+    let r = build(&["--no-cache"], out2.path()).failed();
+    assert!(
+        r.stderr.contains("node node1") && !out2.path().join("cloned").exists(),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        dockerfile("type=ssh,required=true"),
+    )
+    .unwrap();
+    let r = build(&[], out2.path()).failed();
+    assert!(
+        r.stderr
+            .contains("ssh agent \"default\" not found (pass it with --ssh default"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("Dockerfile:4"), "{}", r.stderr);
+    assert!(r.stderr.contains("node node1"), "{}", r.stderr);
+    // An id the user did not pass is not served on the node either.
+    let r = build(
+        &["--ssh", &format!("other={}", agent.sock.display())],
+        out2.path(),
+    )
+    .failed();
+    assert!(
+        r.stderr.contains("ssh agent \"default\" not found"),
+        "{}",
+        r.stderr
+    );
+}

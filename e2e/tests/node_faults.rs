@@ -301,7 +301,10 @@ fn an_agent_of_an_older_protocol_is_named_and_its_platform_built_here() {
     let warning = warning_line(&run.stderr, "protocol version mismatch");
     assert!(
         warning.contains("node amd1 (")
-            && warning.contains(&format!("this xbuild {version} speaks protocol 2"))
+            && warning.contains(&format!(
+                "this xbuild {version} speaks protocol {}",
+                xbuild_remote::protocol::PROTOCOL_VERSION
+            ))
             && warning.contains(&format!("(xbuild {version}) speaks protocol 1"))
             && warning.contains(&format!(
                 "building {platform} on this machine (local) instead"

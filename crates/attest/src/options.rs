@@ -158,19 +158,7 @@ impl AttestOptions {
         p.enabled = true;
         for (k, v) in fs {
             match k.as_str() {
-                "disabled" => {
-                    let b =
-                        parse_bool(if v.is_empty() { "true" } else { &v }).ok_or_else(|| {
-                            OptionsError::BadValue {
-                                flag,
-                                key: "disabled",
-                                got: v.clone(),
-                                expected: "true or false",
-                                value: value.to_string(),
-                            }
-                        })?;
-                    p.enabled = !b;
-                }
+                "disabled" => p.enabled = !disabled(flag, &v, value)?,
                 "mode" => {
                     p.predicate.mode = match v.as_str() {
                         "min" => Mode::Min,
@@ -205,13 +193,7 @@ impl AttestOptions {
                 // Accepted by buildx/BuildKit; xbuild always writes the
                 // attestation into the image and has nothing to tune here.
                 "inline-only" | "filename" | "reproducible" => {}
-                _ => {
-                    return Err(OptionsError::UnknownKey {
-                        flag,
-                        key: k,
-                        value: value.to_string(),
-                    })
-                }
+                _ => return Err(unknown(flag, k, value)),
             }
         }
         Ok(())
@@ -227,27 +209,9 @@ impl AttestOptions {
         s.enabled = true;
         for (k, v) in fs {
             match k.as_str() {
-                "disabled" => {
-                    let b =
-                        parse_bool(if v.is_empty() { "true" } else { &v }).ok_or_else(|| {
-                            OptionsError::BadValue {
-                                flag,
-                                key: "disabled",
-                                got: v.clone(),
-                                expected: "true or false",
-                                value: value.to_string(),
-                            }
-                        })?;
-                    s.enabled = !b;
-                }
+                "disabled" => s.enabled = !disabled(flag, &v, value)?,
                 "generator" => s.generator = Some(v).filter(|s| !s.is_empty()),
-                _ => {
-                    return Err(OptionsError::UnknownKey {
-                        flag,
-                        key: k,
-                        value: value.to_string(),
-                    })
-                }
+                _ => return Err(unknown(flag, k, value)),
             }
         }
         Ok(())
@@ -265,6 +229,26 @@ impl AttestOptions {
         };
         let sbom = self.sbom.clone().filter(|s| s.enabled);
         Resolved { provenance, sbom }
+    }
+}
+
+/// The value of a `disabled` key (empty means true).
+fn disabled(flag: &'static str, v: &str, value: &str) -> Result<bool, OptionsError> {
+    parse_bool(if v.is_empty() { "true" } else { v }).ok_or_else(|| OptionsError::BadValue {
+        flag,
+        key: "disabled",
+        got: v.to_string(),
+        expected: "true or false",
+        value: value.to_string(),
+    })
+}
+
+/// A key the flag does not know.
+fn unknown(flag: &'static str, key: String, value: &str) -> OptionsError {
+    OptionsError::UnknownKey {
+        flag,
+        key,
+        value: value.to_string(),
     }
 }
 

@@ -27,7 +27,7 @@ pub struct AssembleOptions<'a> {
     pub docker_media_types: bool,
     /// Hooks over the OCI manifests.
     pub hooks: Vec<&'a dyn AssembleHook>,
-    /// Labels, layer compression and manifest annotations, applied to each
+    /// Layer compression and manifest annotations, applied to each
     /// platform manifest before the hooks.
     pub rewrite: crate::rewrite::Rewrite,
     /// Attestations to attach, if any.

@@ -496,6 +496,19 @@ pub async fn export(
     Ok(out)
 }
 
+/// Push progress of the blobs of `label` as byte events.
+fn push_progress(events: &dyn EventSink, label: String) -> impl Fn(Progress) + '_ {
+    move |p: Progress| {
+        events.emit(Event::Bytes {
+            id: None,
+            kind: Transfer::Push,
+            label: format!("{label} {}", p.digest.short()),
+            current: p.current,
+            total: Some(p.total),
+        });
+    }
+}
+
 /// Push `top` to `r`'s repository by digest only: every blob and manifest,
 /// and no tag (`push-by-digest=true`).
 pub async fn push_by_digest(
@@ -506,16 +519,7 @@ pub async fn push_by_digest(
     manifests: &[Descriptor],
     events: &dyn EventSink,
 ) -> Result<()> {
-    let label = r.name();
-    let progress = |p: Progress| {
-        events.emit(Event::Bytes {
-            id: None,
-            kind: Transfer::Push,
-            label: format!("{label} {}", p.digest.short()),
-            current: p.current,
-            total: Some(p.total),
-        });
-    };
+    let progress = push_progress(events, r.name());
     let is_index = manifests.len() > 1 || top.digest != manifests[0].digest;
     let by_digest = r.with_digest(top.digest.clone());
     for d in manifests {
@@ -566,16 +570,7 @@ pub async fn push(
     manifests: &[Descriptor],
     events: &dyn EventSink,
 ) -> Result<()> {
-    let label = r.familiar();
-    let progress = |p: Progress| {
-        events.emit(Event::Bytes {
-            id: None,
-            kind: Transfer::Push,
-            label: format!("{label} {}", p.digest.short()),
-            current: p.current,
-            total: Some(p.total),
-        });
-    };
+    let progress = push_progress(events, r.familiar());
     let is_index = manifests.len() > 1 || top.digest != manifests[0].digest;
     if is_index {
         for d in manifests {

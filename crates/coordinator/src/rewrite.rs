@@ -1,25 +1,24 @@
 //! What the build's options change in each platform manifest after the
-//! solve, before the index is written: `--label` (into the image config),
-//! the export's layer compression (`compression=`, `compression-level=`,
+//! solve, before the index is written: the export's layer compression (`compression=`, `compression-level=`,
 //! `force-compression=`) and `--annotation` / `annotation.*` (on the
 //! manifest and on its descriptor in the index).
 //!
-//! None of it reaches a cache key: labels and annotations are metadata of
-//! the result, and recompression keeps every diffID.
+//! None of it reaches a cache key: annotations are metadata of the result,
+//! and recompression keeps every diffID. `--label` is not here: like
+//! BuildKit's frontend, the engine sets it on the final image config during
+//! the solve ([`xbuild_plan::BuildGraph::labels`]), so the config the solve
+//! returns (and provenance describes) is the one that ships.
 
 use anyhow::{anyhow, Context, Result};
-use std::collections::BTreeMap;
 use xbuild_oci::annotation::Annotations;
 use xbuild_oci::compress::{recompress, LayerPolicy};
 use xbuild_oci::manifest::ImageManifest;
 use xbuild_oci::media_types as mt;
-use xbuild_oci::{BlobStore, Descriptor, ImageConfig};
+use xbuild_oci::{BlobStore, Descriptor};
 
 /// The rewrites of one build.
 #[derive(Debug, Clone, Default)]
 pub struct Rewrite {
-    /// `--label K=V`, set in every platform's image config.
-    pub labels: BTreeMap<String, String>,
     /// Layer compression of the export (`None`: layers as built).
     pub layers: Option<LayerPolicy>,
     /// Annotations for manifests and their descriptors.
@@ -77,7 +76,7 @@ impl Rewrite {
 
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.layers.is_none() && self.annotations.is_empty()
+        self.layers.is_none() && self.annotations.is_empty()
     }
 
     /// Rewrite the platform manifest `desc` (in `store`); returns the new
@@ -90,22 +89,6 @@ impl Rewrite {
         let mut m = ImageManifest::from_slice(&bytes)
             .map_err(|e| anyhow!("manifest {}: {e}", desc.digest))?;
         let platform = desc.platform();
-        if !self.labels.is_empty() {
-            let cb = store.read_to_vec(&m.config.digest)?;
-            let mut c = ImageConfig::from_slice(&cb)
-                .map_err(|e| anyhow!("config {}: {e}", m.config.digest))?;
-            for (k, v) in &self.labels {
-                c.config.labels.insert(k.clone(), v.clone());
-            }
-            let enc = c
-                .encode()
-                .map_err(|e| anyhow!("encoding the config: {e}"))?;
-            store.put_bytes(&enc.bytes)?;
-            let mut cd = m.config.clone();
-            cd.digest = enc.descriptor.digest;
-            cd.size = enc.descriptor.size;
-            m.config = cd;
-        }
         if let Some(policy) = &self.layers {
             let oci = m.effective_media_type() == mt::OCI_MANIFEST;
             let mut layers = Vec::with_capacity(m.layers.len());
@@ -147,7 +130,7 @@ mod tests {
     use xbuild_oci::compress::LayerPolicy;
     use xbuild_oci::layer::{write_layer, WriteOptions};
     use xbuild_oci::media_types::Compression;
-    use xbuild_oci::Platform;
+    use xbuild_oci::{ImageConfig, Platform};
 
     fn image(store: &BlobStore) -> Descriptor {
         let src = tempfile::tempdir().unwrap();
@@ -168,8 +151,14 @@ mod tests {
         me.descriptor.with_platform(&p)
     }
 
+    fn old_config(store: &BlobStore, d: &Descriptor) -> Descriptor {
+        ImageManifest::from_slice(&store.read_to_vec(&d.digest).unwrap())
+            .unwrap()
+            .config
+    }
+
     #[test]
-    fn labels_compression_and_annotations() {
+    fn compression_and_annotations() {
         let t = tempfile::tempdir().unwrap();
         let store = BlobStore::open(t.path()).unwrap();
         let d = image(&store);
@@ -179,8 +168,6 @@ mod tests {
             d,
             "nothing asked, nothing changed"
         );
-        rw.labels
-            .insert("org.opencontainers.image.version".into(), "1.0".into());
         rw.layers = Some(LayerPolicy {
             compression: Compression::Zstd,
             level: 3,
@@ -201,8 +188,12 @@ mod tests {
         assert_eq!(m.layers[0].media_type, mt::OCI_LAYER_TAR_ZSTD);
         assert!(store.verify(&m.layers[0].digest).unwrap());
         let c = ImageConfig::from_slice(&store.read_to_vec(&m.config.digest).unwrap()).unwrap();
-        assert_eq!(c.config.labels["org.opencontainers.image.version"], "1.0");
         assert_eq!(c.config.labels["from.dockerfile"], "1");
+        assert_eq!(
+            m.config,
+            old_config(&store, &d),
+            "the config is not rewritten"
+        );
         let old = ImageManifest::from_slice(&store.read_to_vec(&d.digest).unwrap()).unwrap();
         let oldc =
             ImageConfig::from_slice(&store.read_to_vec(&old.config.digest).unwrap()).unwrap();

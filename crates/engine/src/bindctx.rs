@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::context::{host_path, ContextIndex, EntryKind, IndexEntry};
+use crate::context::{host_path, names, ContextIndex, EntryKind, IndexEntry};
 use crate::copyfs;
 use crate::exec::{resolve_in_root, ExecError};
 
@@ -30,7 +30,7 @@ fn relative_source(dir: &Path, src_rel: &str) -> String {
     let p = resolve_in_root(dir, src_rel);
     let rel = p.strip_prefix(dir).unwrap_or(Path::new(""));
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .map(|c| names::encode_os(c.as_os_str()))
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -99,7 +99,7 @@ pub(crate) fn filtered_view(
     for entry in index.subtree(&rel) {
         let below = &entry.path[prefix_len..];
         let src = host_path(dir, &entry.path);
-        let dst = into.join(below);
+        let dst = names::join(into, below);
         match place(entry, &src, &dst, readonly) {
             Ok(()) => {}
             // Removed from the context since the scan: leave it out.
@@ -168,6 +168,61 @@ mod tests {
             .unwrap();
             assert_eq!(names(&sub), ["b.txt"]);
         }
+    }
+
+    /// `RUN --mount=type=bind` of the context: names that are not UTF-8
+    /// are in the view with their bytes (the whole context and a
+    /// directory of it), what `.dockerignore` excludes is not.
+    #[test]
+    fn views_keep_non_utf8_names() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::write(p.join(".dockerignore"), b"*.bin\n").unwrap();
+        fs::write(p.join(os(b"caf\xe9.txt")), "c").unwrap();
+        fs::write(p.join(os(b"no\xff.bin")), "no").unwrap();
+        fs::create_dir(p.join(os(b"d\xfe"))).unwrap();
+        fs::write(p.join(os(b"d\xfe")).join(os(b"in\xe9")), "in").unwrap();
+        let index = scan(p, None, &ScanOptions::default(), None).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let bytes = |dir: &Path| {
+            let mut v: Vec<Vec<u8>> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+                .collect();
+            v.sort();
+            v
+        };
+        for readonly in [true, false] {
+            let v = filtered_view(
+                p,
+                &index,
+                ".",
+                &out.path().join(format!("{readonly}")),
+                readonly,
+            )
+            .unwrap();
+            assert_eq!(
+                bytes(&v),
+                [
+                    b".dockerignore".to_vec(),
+                    b"caf\xe9.txt".to_vec(),
+                    b"d\xfe".to_vec()
+                ]
+            );
+            assert_eq!(
+                fs::read(v.join(os(b"d\xfe")).join(os(b"in\xe9"))).unwrap(),
+                b"in"
+            );
+        }
+        // A directory named in the Dockerfile (text) holding such names.
+        fs::create_dir(p.join("sub")).unwrap();
+        fs::write(p.join("sub").join(os(b"x\xe9")), "x").unwrap();
+        let index = scan(p, None, &ScanOptions::default(), None).unwrap();
+        let v = filtered_view(p, &index, "sub", &out.path().join("sub"), true).unwrap();
+        assert_eq!(bytes(&v), [b"x\xe9".to_vec()]);
     }
 
     #[test]

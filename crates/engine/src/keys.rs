@@ -468,7 +468,12 @@ impl Engine {
                     let paths = listing_diff(&a, &b);
                     let more = paths.len().saturating_sub(MAX_PATHS);
                     out.push(MissReason::ContextFilesChanged {
-                        paths: paths.into_iter().take(MAX_PATHS).collect(),
+                        // Shown to people: never raw bytes or escapes.
+                        paths: paths
+                            .iter()
+                            .take(MAX_PATHS)
+                            .map(|p| context::names::lossy(p))
+                            .collect(),
                         more,
                     });
                 }

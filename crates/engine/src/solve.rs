@@ -981,18 +981,7 @@ impl Engine {
         chain: &[ChainLayer],
     ) -> Result<Vec<PathBuf>, EngineError> {
         let inner = &self.inner;
-        let missing: Vec<Descriptor> = chain
-            .iter()
-            .filter_map(|c| match c {
-                ChainLayer::Pending { layer, diff_id }
-                    if inner.snapshots.get(diff_id).is_none()
-                        && !inner.store.exists(&layer.digest) =>
-                {
-                    Some((**layer).clone())
-                }
-                _ => None,
-            })
-            .collect();
+        let missing = unfetched(inner, chain);
         if !missing.is_empty() {
             req.source
                 .fetch_blobs(&missing, &inner.store)
@@ -1024,18 +1013,7 @@ impl Engine {
         // A layer blob did not match its digest; it was quarantined. Fetch
         // it again from where it came from (a base layer from its registry)
         // and extract once more; when nothing can provide it, report it.
-        let gone: Vec<Descriptor> = chain
-            .iter()
-            .filter_map(|c| match c {
-                ChainLayer::Pending { layer, diff_id }
-                    if inner.snapshots.get(diff_id).is_none()
-                        && !inner.store.exists(&layer.digest) =>
-                {
-                    Some((**layer).clone())
-                }
-                _ => None,
-            })
-            .collect();
+        let gone = unfetched(inner, chain);
         req.events.emit(Event::Warning {
             message: format!("{corrupt}; fetching it again"),
         });
@@ -1257,4 +1235,19 @@ impl Engine {
         })
         .await
     }
+}
+
+/// The layers of `chain` that are neither extracted nor in the store.
+fn unfetched(inner: &Inner, chain: &[ChainLayer]) -> Vec<Descriptor> {
+    chain
+        .iter()
+        .filter_map(|c| match c {
+            ChainLayer::Pending { layer, diff_id }
+                if inner.snapshots.get(diff_id).is_none() && !inner.store.exists(&layer.digest) =>
+            {
+                Some((**layer).clone())
+            }
+            _ => None,
+        })
+        .collect()
 }

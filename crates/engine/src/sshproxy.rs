@@ -6,6 +6,11 @@
 //! the agent: only the agent protocol passes, so nothing of a key can land
 //! in a layer, the cache or a log.
 //!
+//! The step gets a read-only agent, as BuildKit gives it: it may list the
+//! keys and ask for signatures ([`read_only`]); adding, removing or locking
+//! keys and extensions are answered with the agent protocol's failure and
+//! never reach the user's agent. Messages are bounded by [`MAX_MESSAGE`].
+//!
 //! The proxy runs on threads of the worker for as long as the step runs;
 //! dropping [`SshProxy`] stops accepting and removes the socket.
 
@@ -34,35 +39,88 @@ impl std::fmt::Debug for SshProxy {
     }
 }
 
-fn pump(mut from: UnixStream, mut to: UnixStream) {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
+/// The largest ssh-agent message passed either way (real ones are a few
+/// KiB: a key list, a signature).
+pub const MAX_MESSAGE: usize = 256 << 10;
+/// `SSH_AGENT_FAILURE`: the answer to a request the step may not make.
+pub const FAILURE: u8 = 5;
+const REQUEST_IDENTITIES: u8 = 11;
+const SIGN_REQUEST: u8 = 13;
+
+/// Whether an agent request (without its length prefix) only reads: a
+/// key list or a signature. Everything else (add, remove, lock, unlock,
+/// extensions, the old protocol 1 requests) changes or probes the user's
+/// agent and is refused, as BuildKit refuses it.
+pub fn read_only(request: &[u8]) -> bool {
+    matches!(
+        request.first(),
+        Some(&REQUEST_IDENTITIES) | Some(&SIGN_REQUEST)
+    )
 }
 
-fn forward(client: UnixStream, agent: &Path) {
-    let Ok(upstream) = UnixStream::connect(agent) else {
-        // The step sees a closed connection, as with a dead agent.
-        return;
-    };
-    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
-    };
-    let t = std::thread::spawn(move || pump(c2, u2));
-    pump(upstream, client);
-    let _ = t.join();
+/// Reads one length-prefixed agent message; `None` at a clean end of
+/// stream. A message over [`MAX_MESSAGE`] is an `InvalidData` error.
+pub fn read_message(s: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match s.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("ssh agent message of {len} bytes exceeds the limit of {MAX_MESSAGE} bytes"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(Some(body))
+}
+
+/// Writes one length-prefixed agent message.
+pub fn write_message(s: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+    s.write_all(&buf)?;
+    s.flush()
+}
+
+/// Serves one step connection: each read-only request goes to the agent
+/// (one connection for the step's connection) and its answer back; any
+/// other request is answered with [`FAILURE`]. A malformed or oversized
+/// message, or the agent going away, ends the connection.
+fn forward(mut client: UnixStream, agent: &Path) {
+    let mut upstream: Option<UnixStream> = None;
+    while let Ok(Some(request)) = read_message(&mut client) {
+        if !read_only(&request) {
+            if write_message(&mut client, &[FAILURE]).is_err() {
+                break;
+            }
+            continue;
+        }
+        if upstream.is_none() {
+            // The step sees a closed connection, as with a dead agent.
+            match UnixStream::connect(agent) {
+                Ok(u) => upstream = Some(u),
+                Err(_) => break,
+            }
+        }
+        let Some(up) = upstream.as_mut() else { break };
+        let answer = write_message(up, &request).and_then(|()| read_message(up));
+        match answer {
+            Ok(Some(a)) if write_message(&mut client, &a).is_ok() => {}
+            _ => break,
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 impl SshProxy {
@@ -131,47 +189,68 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    /// An "agent" that answers every message with its reverse.
-    fn echo_agent(path: &Path) -> JoinHandle<()> {
+    /// An "agent" that answers every message with its reverse, and
+    /// records the requests it saw.
+    fn echo_agent(path: &Path) -> Arc<std::sync::Mutex<Vec<Vec<u8>>>> {
         let l = UnixListener::bind(path).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
         std::thread::spawn(move || {
-            for c in l.incoming().take(3) {
-                let mut c = c.unwrap();
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let seen = seen2.clone();
                 std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = c.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let mut v = buf[..n].to_vec();
+                    while let Ok(Some(m)) = read_message(&mut c) {
+                        seen.lock().unwrap().push(m.clone());
+                        let mut v = m;
                         v.reverse();
-                        let _ = c.write_all(&v);
+                        if write_message(&mut c, &v).is_err() {
+                            return;
+                        }
                     }
                 });
             }
-        })
+        });
+        seen
     }
 
     #[test]
-    fn forwards_connections_with_the_requested_mode() {
+    fn forwards_read_only_requests_with_the_requested_mode() {
         let d = tempfile::tempdir().unwrap();
         let agent = d.path().join("agent.sock");
-        let _a = echo_agent(&agent);
+        let seen = echo_agent(&agent);
         let at = d.path().join("proxy.sock");
         // SAFETY: no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let p = SshProxy::start(&agent, &at, uid, gid, 0o640).unwrap();
         let m = std::fs::metadata(p.path()).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o640);
-        for msg in [&b"abc"[..], b"hello"] {
+        for msg in [&[REQUEST_IDENTITIES][..], &[SIGN_REQUEST, 1, 2, 3]] {
             let mut c = UnixStream::connect(&at).unwrap();
-            c.write_all(msg).unwrap();
-            let mut got = vec![0u8; msg.len()];
-            c.read_exact(&mut got).unwrap();
+            write_message(&mut c, msg).unwrap();
             let mut want = msg.to_vec();
             want.reverse();
-            assert_eq!(got, want);
+            assert_eq!(read_message(&mut c).unwrap().unwrap(), want);
         }
+        // Add (17), remove all (19), lock (22) and extensions (27) are
+        // refused without reaching the agent.
+        let mut c = UnixStream::connect(&at).unwrap();
+        for msg in [&[17u8, 0, 0, 0, 1][..], &[19], &[22, 0], &[27, 9]] {
+            write_message(&mut c, msg).unwrap();
+            assert_eq!(read_message(&mut c).unwrap().unwrap(), [FAILURE]);
+        }
+        // The connection still serves read-only requests after a refusal.
+        write_message(&mut c, &[REQUEST_IDENTITIES]).unwrap();
+        assert_eq!(read_message(&mut c).unwrap().unwrap(), [REQUEST_IDENTITIES]);
+        // An oversized message ends the connection, unforwarded.
+        c.write_all(&((MAX_MESSAGE as u32) + 1).to_be_bytes())
+            .unwrap();
+        assert!(matches!(read_message(&mut c), Ok(None) | Err(_)));
+        let firsts: Vec<u8> = seen.lock().unwrap().iter().map(|m| m[0]).collect();
+        assert_eq!(
+            firsts,
+            [REQUEST_IDENTITIES, SIGN_REQUEST, REQUEST_IDENTITIES]
+        );
         drop(p);
         assert!(!at.exists(), "the socket goes with the proxy");
     }

@@ -298,24 +298,119 @@ fn throughput_vs_sha256sum() {
     assert_eq!(idx.stats.bytes_hashed as usize, written);
 }
 
-/// A file whose name is not UTF-8 does not fail the build when
-/// `.dockerignore` excludes it (BuildKit handles such names); included, it
-/// is refused with an error naming it and the fix.
+/// File names that are not UTF-8 are indexed byte for byte (BuildKit
+/// copies them as they are): escaped in the index, decoded for the
+/// filesystem, part of the checksum; `.dockerignore` still excludes them,
+/// by a pattern written with their raw bytes or by wildcards (an invalid
+/// byte is one character for `?`, as in Go).
 #[test]
-fn a_non_utf8_name_excluded_by_dockerignore_is_skipped() {
+fn non_utf8_names_are_indexed_and_matched_byte_for_byte() {
     use std::os::unix::ffi::OsStrExt;
+    use xbuild_engine::context::{host_path, names};
+    let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    std::fs::write(root.join("ok.txt"), "ok").unwrap();
-    let bad = std::ffi::OsStr::from_bytes(b"bad-\xff\xfe.bin");
-    std::fs::write(root.join(bad), "junk").unwrap();
-    std::fs::create_dir(root.join("junk")).unwrap();
-    std::fs::write(root.join("junk").join(bad), "junk").unwrap();
-    let opts = xbuild_engine::context::ScanOptions::default();
-    let e = xbuild_engine::context::scan(root, None, &opts, None).unwrap_err();
-    assert!(e.to_string().contains("not valid UTF-8"), "{e}");
-    std::fs::write(root.join(".dockerignore"), "*.bin\njunk\n").unwrap();
-    let ix = xbuild_engine::context::scan(root, None, &opts, None).unwrap();
-    let paths: Vec<&str> = ix.entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, [".dockerignore", "ok.txt"]);
+    fs::write(root.join("ok.txt"), "ok").unwrap();
+    fs::write(root.join(os(b"caf\xe9.txt")), "latin-1").unwrap();
+    fs::create_dir(root.join(os(b"d\xff\xfe"))).unwrap();
+    fs::write(root.join(os(b"d\xff\xfe")).join("in.txt"), "in").unwrap();
+    symlink(os(b"caf\xe9.txt"), root.join("link")).unwrap();
+    let opts = ScanOptions::default();
+    let ix = scan(root, None, &opts, None).unwrap();
+    let cafe = names::encode(b"caf\xe9.txt");
+    let d = names::encode(b"d\xff\xfe");
+    let mut want = [
+        cafe.clone(),
+        d.clone(),
+        format!("{d}/in.txt"),
+        "link".to_string(),
+        "ok.txt".to_string(),
+    ];
+    want.sort();
+    assert_eq!(
+        paths(&ix),
+        want.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // Host paths decode to the real bytes.
+    assert_eq!(
+        host_path(root, &format!("{d}/in.txt"))
+            .as_os_str()
+            .as_bytes(),
+        [root.as_os_str().as_bytes(), b"/d\xff\xfe/in.txt"].concat()
+    );
+    let link = ix.get("link").unwrap();
+    assert_eq!(link.link_target.as_deref(), Some(cafe.as_str()));
+    // The index travels in JSON and comes back the same.
+    let json = serde_json::to_string(&ix).unwrap();
+    let back: xbuild_engine::context::ContextIndex = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.entries, ix.entries);
+
+    // The checksum covers the name and the content.
+    let all = checksum(&ix, &s(&["."]), &[], false).unwrap();
+    assert_eq!(
+        all,
+        checksum(
+            &scan(root, None, &opts, None).unwrap(),
+            &s(&["."]),
+            &[],
+            false
+        )
+        .unwrap()
+    );
+    let one = checksum(&ix, &s(&["caf?.txt"]), &[], false).unwrap();
+    fs::write(root.join(os(b"caf\xe9.txt")), "changed").unwrap();
+    let ix2 = scan(root, None, &opts, None).unwrap();
+    assert_ne!(one, checksum(&ix2, &s(&["caf?.txt"]), &[], false).unwrap());
+    assert_ne!(all, checksum(&ix2, &s(&["."]), &[], false).unwrap());
+    // Another byte is another name: another checksum.
+    fs::rename(root.join(os(b"caf\xe9.txt")), root.join(os(b"caf\xe8.txt"))).unwrap();
+    let ix3 = scan(root, None, &opts, None).unwrap();
+    assert_ne!(
+        checksum(&ix2, &s(&["caf?.txt"]), &[], false).unwrap(),
+        checksum(&ix3, &s(&["caf?.txt"]), &[], false).unwrap()
+    );
+    fs::rename(root.join(os(b"caf\xe8.txt")), root.join(os(b"caf\xe9.txt"))).unwrap();
+
+    // Excluded: by the raw bytes in .dockerignore, and by wildcards.
+    let mut ignore = b"caf\xe9.txt\n".to_vec();
+    ignore.extend_from_slice(b"d?\xfe\n");
+    fs::write(root.join(".dockerignore"), &ignore).unwrap();
+    let ix = scan(root, None, &opts, None).unwrap();
+    assert_eq!(paths(&ix), [".dockerignore", "link", "ok.txt"]);
+    fs::write(root.join(".dockerignore"), "caf?.txt\nd*\n").unwrap();
+    let ix = scan(root, None, &opts, None).unwrap();
+    assert_eq!(paths(&ix), [".dockerignore", "link", "ok.txt"]);
+}
+
+/// A real name holding characters of the escape range stays distinct from
+/// the escape of raw bytes that look the same (the mapping is one-to-one).
+#[test]
+fn names_in_the_escape_range_stay_distinct_from_raw_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    use xbuild_engine::context::{host_path, names};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // U+F7E9 as a real character, and the raw byte 0xE9 it would stand for.
+    fs::write(root.join("x\u{F7E9}"), "real").unwrap();
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"x\xe9")), "raw").unwrap();
+    let ix = scan(root, None, &ScanOptions::default(), None).unwrap();
+    assert_eq!(ix.entries.len(), 2);
+    for e in &ix.entries {
+        let want: &[u8] = if e.path == names::encode(b"x\xe9") {
+            b"raw"
+        } else {
+            b"real"
+        };
+        assert_eq!(
+            fs::read(host_path(root, &e.path)).unwrap(),
+            want,
+            "{:?}",
+            e.path
+        );
+    }
+    // A Dockerfile source naming the real character selects that file only.
+    let real = checksum(&ix, &s(&["x\u{F7E9}"]), &[], false).unwrap();
+    let raw = checksum(&ix, &s(&["x?"]), &[], false).unwrap();
+    let both = checksum(&ix, &s(&["x*"]), &[], false).unwrap();
+    assert!(real != raw && raw != both && real != both);
 }

@@ -634,3 +634,69 @@ fn heredoc_inline_files() {
     copy_into(&req).unwrap();
     assert!(fx.meta("single").is_file());
 }
+
+/// Non-UTF-8 names (BuildKit copies them as bytes): `COPY . /dst/`, `COPY
+/// <dir>`, a wildcard, a symlink whose target is not UTF-8, and `ADD` of an
+/// archive holding such names all land byte for byte; a file's name is
+/// matched by `?` as one character per invalid byte, as in Go.
+#[test]
+fn non_utf8_names_are_copied_byte_for_byte() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+    let mut fx = Fx::new();
+    let c = fx.ctx.path().to_path_buf();
+    fs::write(c.join(os(b"caf\xe9.txt")), "latin-1").unwrap();
+    fs::create_dir(c.join(os(b"d\xff"))).unwrap();
+    fs::write(c.join(os(b"d\xff")).join(os(b"in\xfe")), "in").unwrap();
+    symlink(os(b"caf\xe9.txt"), c.join(os(b"l\xe9"))).unwrap();
+    // An archive with such names, for ADD.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.as_old_mut().name[..6].copy_from_slice(b"t\xe9/\xe9.x");
+    h.set_cksum();
+    b.append(&h, &b"tar"[..]).unwrap();
+    fs::write(c.join("names.tar"), b.into_inner().unwrap()).unwrap();
+    fx.index = None;
+
+    fx.copy(&["."], "/all/").unwrap();
+    let d = fx.dst.path().to_path_buf();
+    assert_eq!(
+        fs::read(d.join("all").join(os(b"caf\xe9.txt"))).unwrap(),
+        b"latin-1"
+    );
+    assert_eq!(
+        fs::read(d.join("all").join(os(b"d\xff")).join(os(b"in\xfe"))).unwrap(),
+        b"in"
+    );
+    assert_eq!(
+        fs::read_link(d.join("all").join(os(b"l\xe9")))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        b"caf\xe9.txt"
+    );
+    // A directory named with invalid bytes: its contents.
+    fx.copy(&[std::str::from_utf8(b"d?").unwrap()], "/dir/")
+        .unwrap();
+    assert_eq!(fs::read(d.join("dir").join(os(b"in\xfe"))).unwrap(), b"in");
+    // A wildcard to a new file name taken from the Dockerfile.
+    fx.copy(&["caf?.txt"], "/renamed.txt").unwrap();
+    assert_eq!(fs::read(d.join("renamed.txt")).unwrap(), b"latin-1");
+    // ADD unpacks the archive's names as they are.
+    fx.copy_with(&["names.tar"], "/x/", |r| {
+        r.add = Some(AddOptions::default())
+    })
+    .unwrap();
+    assert_eq!(
+        fs::read(d.join("x").join(os(b"t\xe9")).join(os(b"\xe9.x"))).unwrap(),
+        b"tar"
+    );
+    // A destination holding a real character of the escape range is that
+    // character, not a raw byte.
+    fx.copy(&["file.txt"], "/u\u{F7E9}").unwrap();
+    assert_eq!(fx.read("u\u{F7E9}"), "file");
+}

@@ -53,6 +53,30 @@ fn blobs_of(m: &xbuild_oci::ImageManifest) -> Vec<&Descriptor> {
     out
 }
 
+/// The manifest or index `desc` as stored, with its media type (the
+/// descriptor's, else the one its bytes declare) and parsed; `what` names
+/// it in the error when it does not parse.
+fn read_for_push(
+    r: &Reference,
+    store: &BlobStore,
+    desc: &Descriptor,
+    what: &'static str,
+) -> Result<(Bytes, String, Manifest), RegistryError> {
+    let bytes = Bytes::from(store.read_to_vec(&desc.digest)?);
+    let media_type = if desc.media_type.is_empty() {
+        media_type_of(&bytes)
+    } else {
+        desc.media_type.clone()
+    };
+    let parsed =
+        Manifest::parse(&bytes, Some(&media_type)).map_err(|e| RegistryError::Invalid {
+            reference: r.to_string(),
+            what,
+            detail: e.to_string(),
+        })?;
+    Ok((bytes, media_type, parsed))
+}
+
 impl Registry {
     /// Push the image whose manifest `manifest` is in `store` to `r`'s
     /// repository: every blob the registry lacks (HEAD first, a cross-repo
@@ -90,28 +114,13 @@ impl Registry {
         manifest: &Descriptor,
         progress: ProgressFn<'_>,
     ) -> Result<(Descriptor, Bytes), RegistryError> {
-        let bytes = Bytes::from(store.read_to_vec(&manifest.digest)?);
-        let media_type = if manifest.media_type.is_empty() {
-            media_type_of(&bytes)
-        } else {
-            manifest.media_type.clone()
-        };
-        let image = match Manifest::parse(&bytes, Some(&media_type)) {
-            Ok(Manifest::Image(m)) => m,
-            Ok(Manifest::Index(_)) => {
-                return Err(RegistryError::Invalid {
-                    reference: r.to_string(),
-                    what: "manifest",
-                    detail: format!("{} is an index; use push_index", manifest.digest),
-                })
-            }
-            Err(e) => {
-                return Err(RegistryError::Invalid {
-                    reference: r.to_string(),
-                    what: "manifest",
-                    detail: e.to_string(),
-                })
-            }
+        let (bytes, media_type, parsed) = read_for_push(r, store, manifest, "manifest")?;
+        let Manifest::Image(image) = parsed else {
+            return Err(RegistryError::Invalid {
+                reference: r.to_string(),
+                what: "manifest",
+                detail: format!("{} is an index; use push_index", manifest.digest),
+            });
         };
         let n = self.config().max_concurrent.max(1);
         // Owned items keep the future provably Send (see pull.rs).
@@ -139,28 +148,13 @@ impl Registry {
         index: &Descriptor,
         _progress: ProgressFn<'_>,
     ) -> Result<Descriptor, RegistryError> {
-        let bytes = Bytes::from(store.read_to_vec(&index.digest)?);
-        let media_type = if index.media_type.is_empty() {
-            media_type_of(&bytes)
-        } else {
-            index.media_type.clone()
-        };
-        let idx = match Manifest::parse(&bytes, Some(&media_type)) {
-            Ok(Manifest::Index(i)) => i,
-            Ok(Manifest::Image(_)) => {
-                return Err(RegistryError::Invalid {
-                    reference: r.to_string(),
-                    what: "index",
-                    detail: format!("{} is an image manifest; use push_image", index.digest),
-                })
-            }
-            Err(e) => {
-                return Err(RegistryError::Invalid {
-                    reference: r.to_string(),
-                    what: "index",
-                    detail: e.to_string(),
-                })
-            }
+        let (bytes, media_type, parsed) = read_for_push(r, store, index, "index")?;
+        let Manifest::Index(idx) = parsed else {
+            return Err(RegistryError::Invalid {
+                reference: r.to_string(),
+                what: "index",
+                detail: format!("{} is an image manifest; use push_image", index.digest),
+            });
         };
         let mut missing = Vec::new();
         for child in &idx.manifests {

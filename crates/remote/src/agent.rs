@@ -3,10 +3,13 @@
 //!
 //! Two tasks move frames: a reader that stores incoming blobs as they
 //! stream in (context files into a content-addressed cache of context
-//! files, everything else into the engine's content store) and forwards
-//! the other messages, and a writer that serializes what the solve emits
-//! (events, requests) and streams files out in chunks. The main loop runs
-//! the conversation described in [`crate::protocol`].
+//! files, everything else into the engine's content store), hands each
+//! reply to the request waiting for it (so a step blocked on the
+//! coordinator, such as an ssh-agent request, never depends on the solve
+//! being polled) and forwards the other messages; and a writer that
+//! serializes what the solve emits (events, requests) and streams files
+//! out in chunks. The main loop runs the conversation described in
+//! [`crate::protocol`]; `--ssh` agents are served by [`crate::sshfwd`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -19,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use xbuild_engine::cache::CacheRecord;
-use xbuild_engine::context::{ContextIndex, EntryKind};
+use xbuild_engine::context::{host_path, names, ContextIndex, EntryKind};
 use xbuild_engine::events::{Event, EventSink};
 use xbuild_engine::source::BoxFuture;
 use xbuild_engine::{
@@ -30,8 +33,8 @@ use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
 use xbuild_plan::ImageRef;
 
 use crate::protocol::{
-    check_version, BlobDest, FrameReader, FrameWriter, Message, NodeInfo, RemoteError, ReplyBody,
-    SolveJob, Solved, StepFailure, PROTOCOL_VERSION,
+    check_version, AgentBytes, BlobDest, FrameReader, FrameWriter, Message, NodeInfo, RemoteError,
+    ReplyBody, SolveJob, Solved, StepFailure, PROTOCOL_VERSION,
 };
 
 /// How the agent runs.
@@ -160,36 +163,68 @@ pub fn context_cache_dir(root: &Path) -> PathBuf {
     root.join("remote").join("context")
 }
 
+type ReplyTx = oneshot::Sender<Result<ReplyBody, String>>;
+
+/// Requests waiting for the coordinator's reply, by request id (ids are
+/// unique for the life of the agent, so a late reply never answers a
+/// later job's request).
+#[derive(Default)]
+struct Pending {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, ReplyTx>>,
+}
+
+impl Pending {
+    fn add(&self) -> (u64, oneshot::Receiver<Result<ReplyBody, String>>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.waiting.lock() {
+            p.insert(id, tx);
+        }
+        (id, rx)
+    }
+
+    fn complete(&self, id: u64, result: Result<ReplyBody, String>) {
+        let tx = self.waiting.lock().ok().and_then(|mut p| p.remove(&id));
+        if let Some(tx) = tx {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Fails every waiting request (the job is over, or the coordinator gone).
+    fn abandon_all(&self) {
+        if let Ok(mut p) = self.waiting.lock() {
+            p.clear();
+        }
+    }
+}
+
 /// Requests the solve makes to the coordinator, and their answers.
 struct Link {
     out: mpsc::UnboundedSender<Outgoing>,
-    next: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<ReplyBody, String>>>>,
+    pending: Arc<Pending>,
 }
+
+const CLOSED: &str = "the connection to the coordinator is closed";
 
 impl Link {
     fn send(&self, m: Message) -> Result<(), String> {
         self.out
             .send(Outgoing::Msg(m))
-            .map_err(|_| "the connection to the coordinator is closed".to_string())
+            .map_err(|_| CLOSED.to_string())
     }
 
     async fn request(&self, make: impl FnOnce(u64) -> Message) -> Result<ReplyBody, String> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(id, tx);
-        }
+        let (id, rx) = self.pending.add();
         self.send(make(id))?;
-        rx.await
-            .map_err(|_| "the connection to the coordinator is closed".to_string())?
+        rx.await.map_err(|_| CLOSED.to_string())?
     }
 
-    fn complete(&self, id: u64, result: Result<ReplyBody, String>) {
-        let tx = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if let Some(tx) = tx {
-            let _ = tx.send(result);
-        }
+    /// [`Link::request`] for a thread outside the async runtime.
+    fn request_blocking(&self, make: impl FnOnce(u64) -> Message) -> Result<ReplyBody, String> {
+        let (id, rx) = self.pending.add();
+        self.send(make(id))?;
+        rx.blocking_recv().map_err(|_| CLOSED.to_string())?
     }
 
     async fn fetch(&self, store: &BlobStore, digests: &[Digest]) -> Result<(), String> {
@@ -217,6 +252,43 @@ impl Link {
             Some(d) => Err(format!("the coordinator did not send blob {d}")),
             None => Ok(()),
         }
+    }
+}
+
+impl crate::sshfwd::AgentLink for Link {
+    fn request(&self, ssh_id: &str, conn: u64, request: Vec<u8>) -> Result<Vec<u8>, String> {
+        let answer = self.request_blocking(|id| Message::SshAgent {
+            id,
+            ssh_id: ssh_id.to_string(),
+            conn,
+            request: AgentBytes(request),
+        })?;
+        match answer {
+            ReplyBody::SshAgent { response } => Ok(response.0),
+            _ => Err("unexpected answer to an ssh agent request".into()),
+        }
+    }
+
+    fn closed(&self, ssh_id: &str, conn: u64) {
+        let _ = self.send(Message::SshAgentClose {
+            ssh_id: ssh_id.to_string(),
+            conn,
+        });
+    }
+}
+
+/// Ends a job's side channels, whichever way the job ends: the forwarded
+/// ssh agents stop, and requests still waiting for the coordinator fail
+/// (so no thread of the job outlives it waiting).
+struct JobEnd {
+    pending: Arc<Pending>,
+    ssh: Option<crate::sshfwd::NodeAgents>,
+}
+
+impl Drop for JobEnd {
+    fn drop(&mut self) {
+        self.ssh.take();
+        self.pending.abandon_all();
     }
 }
 
@@ -371,6 +443,8 @@ where
     let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Result<Message, RemoteError>>();
     let mut frames = FrameReader::new(reader, peer.clone());
     let (rstore, rctx) = (store.clone(), ctx_store.clone());
+    let pending = Arc::new(Pending::default());
+    let rpending = pending.clone();
     let reader_task = tokio::spawn(async move {
         loop {
             let m = match frames.next_message().await {
@@ -390,6 +464,10 @@ where
                     let _ = in_tx.send(Err(e));
                     return;
                 }
+                continue;
+            }
+            if let Message::Reply { id, result } = m {
+                rpending.complete(id, result);
                 continue;
             }
             if in_tx.send(Ok(m)).is_err() {
@@ -423,8 +501,9 @@ where
     });
 
     let err_tx = out_tx.clone();
-    let r = conversation(&cfg, &store, &ctx_store, &mut in_rx, out_tx).await;
+    let r = conversation(&cfg, &store, &ctx_store, &pending, &mut in_rx, out_tx).await;
     reader_task.abort();
+    pending.abandon_all();
     // Tell the coordinator why, unless it is the coordinator that went away.
     if let Err(e) = &r {
         if !e.is_lost() {
@@ -497,6 +576,7 @@ async fn conversation(
     cfg: &AgentConfig,
     store: &BlobStore,
     ctx_store: &BlobStore,
+    pending: &Arc<Pending>,
     rx: &mut mpsc::UnboundedReceiver<Result<Message, RemoteError>>,
     out: mpsc::UnboundedSender<Outgoing>,
 ) -> Result<(), RemoteError> {
@@ -550,7 +630,7 @@ async fn conversation(
             .root
             .join("remote")
             .join(format!("ctx-{}-{jobs}", std::process::id()));
-        let r = run_job(cfg, store, ctx_store, rx, &out, *job, &ctx_dir).await;
+        let r = run_job(cfg, store, ctx_store, pending, rx, &out, *job, &ctx_dir).await;
         let _ = fs::remove_dir_all(&ctx_dir);
         r?;
     }
@@ -561,6 +641,7 @@ async fn run_job(
     cfg: &AgentConfig,
     store: &BlobStore,
     ctx_store: &BlobStore,
+    pending: &Arc<Pending>,
     rx: &mut mpsc::UnboundedReceiver<Result<Message, RemoteError>>,
     out: &mpsc::UnboundedSender<Outgoing>,
     job: SolveJob,
@@ -627,9 +708,12 @@ async fn run_job(
 
     let link = Arc::new(Link {
         out: out.clone(),
-        next: AtomicU64::new(0),
-        pending: Mutex::new(HashMap::new()),
+        pending: pending.clone(),
     });
+    let mut end = JobEnd {
+        pending: pending.clone(),
+        ssh: None,
+    };
     let source = CoordinatorSource {
         link: link.clone(),
         context: job.context.as_ref().map(|index| LazyContext {
@@ -653,7 +737,26 @@ async fn run_job(
         let _ = ev_out.send(Outgoing::Msg(Message::Event { event }));
     };
     let ids = VertexIds::new();
-    let secrets = Secrets::from(job.secrets.0.clone());
+    let mut secrets = Secrets::from(job.secrets.0.clone());
+    // `--ssh`: a socket per id that acts as an ssh-agent, answered by the
+    // coordinator's agent; the step's ssh mount forwards to it.
+    if !job.ssh.is_empty() {
+        match crate::sshfwd::NodeAgents::start(&job.ssh, None, link.clone()) {
+            Ok(agents) => {
+                for (id, sock) in agents.sockets() {
+                    secrets.insert_ssh(id.clone(), sock.clone());
+                }
+                end.ssh = Some(agents);
+            }
+            Err(e) => {
+                send(Message::Failed {
+                    message: format!("forwarding the --ssh agents: {e}"),
+                    step: None,
+                })?;
+                return Ok(());
+            }
+        }
+    }
     let req = SolveRequest {
         graph: &job.graph,
         context_dir: job.context.as_ref().map(|_| ctx_dir),
@@ -669,19 +772,22 @@ async fn run_job(
     };
     let solve = engine.solve(req);
     tokio::pin!(solve);
-    let result = loop {
-        tokio::select! {
-            r = &mut solve => break r,
-            m = recv(rx, peer) => match m? {
-                Some(Message::Reply { id, result }) => link.complete(id, result),
-                Some(other) => return Err(unexpected(peer, "reply", &other)),
-                None => return Err(RemoteError::Lost {
+    // Replies reach the solve through the reader task; anything else
+    // during a build is a protocol error.
+    let result = tokio::select! {
+        r = &mut solve => r,
+        m = recv(rx, peer) => {
+            return Err(match m? {
+                Some(other) => unexpected(peer, "nothing during a build", &other),
+                None => RemoteError::Lost {
                     peer: peer.to_string(),
                     reason: "the coordinator closed the connection during the build".into(),
-                }),
-            },
+                },
+            })
         }
     };
+    // The steps are done: stop serving their ssh agents.
+    drop(end.ssh.take());
     let res = match result {
         Ok(res) => res,
         Err(e) if is_no_space(&e) || saw_no_space.load(Ordering::Relaxed) => {
@@ -800,10 +906,11 @@ pub fn materialize(
         {
             return Err(RemoteError::Protocol {
                 peer: "coordinator".into(),
-                what: format!("invalid context path {:?}", e.path),
+                what: format!("invalid context path {:?}", names::lossy(&e.path)),
             });
         }
-        let p = dir.join(&e.path);
+        // Paths travel escaped (JSON strings); the files get their bytes.
+        let p = host_path(dir, &e.path);
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
         }
@@ -820,7 +927,7 @@ pub fn materialize(
             EntryKind::File => {
                 let d = e.digest.as_ref().ok_or_else(|| RemoteError::Protocol {
                     peer: "coordinator".into(),
-                    what: format!("context file {:?} has no digest", e.path),
+                    what: format!("context file {:?} has no digest", names::lossy(&e.path)),
                 })?;
                 fs::copy(files.path_of(d), &p).map_err(io_err("write", &p))?;
                 std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid))
@@ -830,7 +937,7 @@ pub fn materialize(
             }
             EntryKind::Symlink => {
                 let t = e.link_target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(t, &p).map_err(io_err("symlink", &p))?;
+                std::os::unix::fs::symlink(names::to_os(t), &p).map_err(io_err("symlink", &p))?;
                 std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid))
                     .map_err(io_err("chown", &p))?;
             }
@@ -841,7 +948,7 @@ pub fn materialize(
     }
     // Directories last, deepest first, so their contents do not touch them again.
     for e in dirs.iter().rev() {
-        let p = dir.join(&e.path);
+        let p = host_path(dir, &e.path);
         std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).map_err(io_err("chown", &p))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(e.mode)).map_err(io_err("chmod", &p))?;
         if let Some(t) = mtimes.get(&e.path) {
@@ -909,6 +1016,67 @@ mod tests {
         };
         let e = materialize(&bad, &BTreeMap::new(), &files, &out).unwrap_err();
         assert!(e.to_string().contains("invalid context path"), "{e}");
+    }
+
+    /// A context scanned on the coordinator with non-UTF-8 names travels
+    /// as JSON and is laid out on the node with the same bytes (names and
+    /// link targets), so COPY there makes the same layer.
+    #[test]
+    fn non_utf8_names_survive_the_json_trip_to_the_node() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join(os(b"d\xff"))).unwrap();
+        fs::write(src.join(os(b"d\xff")).join(os(b"caf\xe9.txt")), b"x").unwrap();
+        std::os::unix::fs::symlink(os(b"d\xff/caf\xe9.txt"), src.join(os(b"l\xfe"))).unwrap();
+        let index = xbuild_engine::context::scan(
+            &src,
+            None,
+            &xbuild_engine::context::ScanOptions::default(),
+            None,
+        )
+        .unwrap();
+        let json = serde_json::to_vec(&index).unwrap();
+        let index: ContextIndex = serde_json::from_slice(&json).unwrap();
+        let files = BlobStore::open(dir.path().join("files")).unwrap();
+        files.put_bytes(b"x").unwrap();
+        let out = dir.path().join("ctx");
+        materialize(&index, &BTreeMap::new(), &files, &out).unwrap();
+        assert_eq!(
+            fs::read(out.join(os(b"d\xff")).join(os(b"caf\xe9.txt"))).unwrap(),
+            b"x"
+        );
+        assert_eq!(
+            fs::read_link(out.join(os(b"l\xfe")))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"d\xff/caf\xe9.txt"
+        );
+        // The node's own scan of the laid-out context is the same index.
+        let again = xbuild_engine::context::scan(
+            &out,
+            None,
+            &xbuild_engine::context::ScanOptions::default(),
+            None,
+        )
+        .unwrap();
+        let strip = |ix: &ContextIndex| {
+            ix.entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.path.clone(),
+                        e.kind,
+                        e.link_target.clone(),
+                        e.digest.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&again), strip(&index));
     }
 
     fn nix_is_root() -> bool {

@@ -9,14 +9,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use xbuild_engine::context::ContextIndex;
+use xbuild_engine::context::{host_path, ContextIndex};
 use xbuild_engine::events::{Event, Transfer, VertexId};
 use xbuild_engine::{Engine, EngineError, SolveRequest, SolveResult, VertexIds};
 use xbuild_oci::Digest;
 
 use crate::protocol::{
-    check_version, BlobDest, FrameReader, FrameWriter, Message, NodeInfo, RemoteError, ReplyBody,
-    SecretValues, SolveJob, StepFailure, PROTOCOL_VERSION,
+    check_version, AgentBytes, BlobDest, FrameReader, FrameWriter, Message, NodeInfo, RemoteError,
+    ReplyBody, SecretValues, SolveJob, StepFailure, PROTOCOL_VERSION,
 };
 use crate::AgentStream;
 
@@ -258,6 +258,12 @@ impl RemoteWorker {
                     .filter(|r| r.layer.as_ref().is_none_or(|l| store.exists(&l.digest))),
             );
         }
+        // `--ssh`: the node's steps reach these agents, and no others.
+        let mut ssh_warned = BTreeSet::new();
+        let mut ssh_agents =
+            crate::sshfwd::CoordinatorAgents::new(req.secrets.ssh_ids().filter_map(|id| {
+                Some((id.to_string(), req.secrets.ssh_socket(id)?.to_path_buf()))
+            }));
         let mtimes = match (req.context_dir, req.context) {
             (Some(dir), Some(ix)) => mtimes_of(dir, ix),
             _ => BTreeMap::new(),
@@ -279,6 +285,7 @@ impl RemoteWorker {
                 ),
                 source_date_epoch: req.source_date_epoch,
                 presolved: req.presolved.to_vec(),
+                ssh: ssh_agents.ids(),
             })))
             .await?;
         self.writer.flush().await?;
@@ -347,6 +354,37 @@ impl RemoteWorker {
                     self.writer.send(&Message::Reply { id, result }).await?;
                     self.writer.flush().await?;
                 }
+                Message::SshAgent {
+                    id,
+                    ssh_id,
+                    conn,
+                    request,
+                } => {
+                    let result = match ssh_agents.request(&ssh_id, conn, request.0).await {
+                        Ok(r) => Ok(ReplyBody::SshAgent {
+                            response: AgentBytes(r),
+                        }),
+                        Err(e) => {
+                            // The step only sees its agent connection close:
+                            // say why here, once per id and build.
+                            if ssh_warned.insert(ssh_id.clone()) {
+                                req.events.emit(Event::Warning {
+                                    message: format!("{worker}: --ssh {ssh_id}: {e}"),
+                                });
+                            }
+                            // The node learns nothing of this machine's paths.
+                            Err(match e {
+                                crate::sshfwd::SshForwardError::Agent { id, .. } => {
+                                    format!("the coordinator's ssh agent {id:?} failed")
+                                }
+                                other => other.to_string(),
+                            })
+                        }
+                    };
+                    self.writer.send(&Message::Reply { id, result }).await?;
+                    self.writer.flush().await?;
+                }
+                Message::SshAgentClose { ssh_id, conn } => ssh_agents.close(&ssh_id, conn),
                 Message::Heartbeat => {}
                 Message::Solved(s) => break s,
                 Message::Failed { message, step } => {
@@ -396,7 +434,8 @@ impl RemoteWorker {
                     received += size;
                 }
                 Message::BlobsDone => break,
-                Message::Heartbeat => {}
+                // A step's agent connection may be reported closed late.
+                Message::Heartbeat | Message::SshAgentClose { .. } => {}
                 other => {
                     return Err(self
                         .protocol(format!("expected blobs, got {}", other.name()))
@@ -471,7 +510,7 @@ impl RemoteWorker {
                 .get(d)
                 .ok_or_else(|| self.protocol(format!("context file {d} is not in the context")))?;
             self.writer
-                .send_file(d, e.size, BlobDest::Context, &dir.join(&e.path))
+                .send_file(d, e.size, BlobDest::Context, &host_path(dir, &e.path))
                 .await?;
             done += e.size;
             req.events.emit(Event::Bytes {
@@ -491,7 +530,7 @@ fn mtimes_of(dir: &Path, ix: &ContextIndex) -> BTreeMap<String, (i64, i64)> {
     ix.entries
         .iter()
         .filter_map(|e| {
-            let md = std::fs::symlink_metadata(dir.join(&e.path)).ok()?;
+            let md = std::fs::symlink_metadata(host_path(dir, &e.path)).ok()?;
             Some((e.path.clone(), (md.mtime(), md.mtime_nsec())))
         })
         .collect()

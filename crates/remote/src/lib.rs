@@ -12,6 +12,7 @@ pub mod client;
 pub mod liveness;
 pub mod local;
 pub mod protocol;
+pub mod sshfwd;
 
 use std::fmt;
 use std::pin::Pin;

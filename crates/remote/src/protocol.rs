@@ -18,7 +18,9 @@
 //!   ... A: Event*
 //!       | Pull      -> C: Reply                (base image manifest)
 //!       | Fetch     -> C: Blob* Reply          (store blobs the agent lacks)
-//!       | WantFiles -> C: Blob* Reply          (context files it lacks) ...
+//!       | WantFiles -> C: Blob* Reply          (context files it lacks)
+//!       | SshAgent  -> C: Reply                (one ssh-agent request, `--ssh`)
+//!       | SshAgentClose                        (a step closed its agent connection) ...
 //!                          A: Solved | Failed
 //! C: WantBlobs             A: Blob* BlobsDone
 //! (next Solve, or C closes the agent's stdin and the agent exits)
@@ -51,8 +53,9 @@ use xbuild_oci::{Descriptor, Digest, Platform};
 use xbuild_plan::{BuildGraph, ImageRef, Location};
 
 /// The protocol version; both ends must speak the same one.
-/// Version 2 added the agent's heartbeat.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added the agent's heartbeat; version 3 the forwarding of
+/// `--ssh` agents ([`Message::SshAgent`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest JSON message frame accepted (the largest messages are a
 /// build graph, a context manifest with one entry per file, a platform's
 /// cache records): 64 MiB. A header announcing more fails the read before
@@ -259,6 +262,35 @@ impl fmt::Debug for SecretValues {
     }
 }
 
+/// The bytes of one ssh-agent message (they may carry a signature or a
+/// key being added): base64 in JSON, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AgentBytes(pub Vec<u8>);
+
+impl fmt::Debug for AgentBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes redacted>", self.0.len())
+    }
+}
+
+impl Serialize for AgentBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for AgentBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(AgentBytes)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// One platform's build, sent to an agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SolveJob {
@@ -285,6 +317,11 @@ pub struct SolveJob {
     /// taken from the cache without progress (see `SolveRequest::presolved`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub presolved: Vec<(usize, usize)>,
+    /// The `--ssh` ids the coordinator forwards: the agent serves an
+    /// ssh-agent socket for each, whose requests travel as
+    /// [`Message::SshAgent`] (the keys stay on the coordinator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<String>,
 }
 
 /// Where a received blob goes.
@@ -310,6 +347,11 @@ pub enum ReplyBody {
     },
     /// The requested blobs were sent.
     Fetched,
+    /// The coordinator's ssh-agent answered a [`Message::SshAgent`].
+    SshAgent {
+        /// The agent's response message (without its length prefix).
+        response: AgentBytes,
+    },
 }
 
 /// Where a failed build failed.
@@ -398,7 +440,29 @@ pub enum Message {
         /// Digests.
         digests: Vec<Digest>,
     },
-    /// C→A: answer to `Pull`, `Fetch` or `WantFiles`.
+    /// A→C: one request of a RUN step to the ssh-agent of `--ssh` id
+    /// `ssh_id`, made on the step's connection `conn`; the coordinator
+    /// answers with [`ReplyBody::SshAgent`].
+    SshAgent {
+        /// Request id.
+        id: u64,
+        /// The `--ssh` id.
+        ssh_id: String,
+        /// The step's connection to the node's agent socket (requests of
+        /// one connection go to one connection to the coordinator's agent).
+        conn: u64,
+        /// The request message (without its length prefix).
+        request: AgentBytes,
+    },
+    /// A→C: the step closed its connection `conn` to the agent of
+    /// `ssh_id`; no answer.
+    SshAgentClose {
+        /// The `--ssh` id.
+        ssh_id: String,
+        /// The connection.
+        conn: u64,
+    },
+    /// C→A: answer to `Pull`, `Fetch`, `WantFiles` or `SshAgent`.
     Reply {
         /// Request id.
         id: u64,
@@ -444,6 +508,8 @@ impl Message {
             Message::Event { .. } => "event",
             Message::Pull { .. } => "pull",
             Message::Fetch { .. } => "fetch",
+            Message::SshAgent { .. } => "ssh_agent",
+            Message::SshAgentClose { .. } => "ssh_agent_close",
             Message::Reply { .. } => "reply",
             Message::Solved(_) => "solved",
             Message::Failed { .. } => "failed",
@@ -1030,6 +1096,30 @@ mod tests {
             e.to_string(),
             "node a: connection lost: broken pipe (the agent exited)"
         );
+    }
+
+    #[test]
+    fn ssh_agent_bytes_travel_as_base64_and_are_redacted_in_debug() {
+        let m = Message::SshAgent {
+            id: 3,
+            ssh_id: "default".into(),
+            conn: 9,
+            request: AgentBytes(vec![0, 1, 2, 250, 255]),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"request\":\"AAEC+v8=\""), "{json}");
+        match serde_json::from_str::<Message>(&json).unwrap() {
+            Message::SshAgent { request, conn, .. } => {
+                assert_eq!((request.0, conn), (vec![0, 1, 2, 250, 255], 9))
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = format!("{m:?}");
+        assert!(
+            d.contains("<5 bytes redacted>") && !d.contains("250"),
+            "{d}"
+        );
+        assert!(serde_json::from_str::<AgentBytes>("\"not base64!\"").is_err());
     }
 
     #[test]

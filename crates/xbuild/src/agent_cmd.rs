@@ -60,7 +60,12 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     let code = match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("xbuild agent: {e}");
+            // One write: stderr is unbuffered, and the coordinator (a
+            // local agent shares its stderr) may print at the same time;
+            // `eprintln!` would write each piece of the message apart.
+            use std::io::Write;
+            let line = format!("xbuild agent: {e}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             1
         }
     };

@@ -169,7 +169,6 @@ pub fn annotations(
 /// What the assemble phase changes in each platform manifest.
 pub fn rewrite(args: &BuildArgs, req: &BuildRequest) -> Result<xbuild_coordinator::Rewrite> {
     Ok(xbuild_coordinator::Rewrite {
-        labels: parse_labels(&args.labels)?,
         layers: export::image_opts(&req.outputs).layers,
         annotations: annotations(args, &req.outputs)?,
         base_layers: Default::default(),

@@ -9,10 +9,13 @@
 //!   content digests, never mtimes or host paths.
 //!
 //! A [`ContextIndex`] is plain data (no host paths, no times) so it can be
-//! sent to a remote build node as it is.
+//! sent to a remote build node as it is. Its paths and link targets are
+//! file-name bytes escaped into `String`s by [`names`] (any name works,
+//! UTF-8 or not); [`host_path`] decodes them where the filesystem is used.
 
 mod cache;
 mod hash;
+pub mod names;
 mod select;
 
 pub use cache::HashCache;
@@ -61,10 +64,6 @@ pub enum ContextError {
         /// The pattern as given.
         pattern: String,
     },
-    /// A file name is not valid UTF-8 (such files can only be left out of
-    /// the context with `.dockerignore`).
-    #[error("file name is not valid UTF-8: {0} (exclude it in .dockerignore)")]
-    NonUtf8(PathBuf),
     /// A literal source does not exist (or is ignored).
     #[error("COPY failed: {path:?}: not found (not in the source, or excluded by .dockerignore)")]
     NotFound {
@@ -129,7 +128,8 @@ impl EntryKind {
 /// One file, directory or symlink of the context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
-    /// Relative, `/`-separated path (no `./`, no leading or trailing `/`).
+    /// Relative, `/`-separated path (no `./`, no leading or trailing `/`),
+    /// its bytes escaped by [`names::encode`].
     pub path: String,
     /// What it is.
     pub kind: EntryKind,
@@ -141,7 +141,8 @@ pub struct IndexEntry {
     pub gid: u32,
     /// Size in bytes (files; 0 otherwise).
     pub size: u64,
-    /// Target of a symlink, as stored in the link.
+    /// Target of a symlink, as stored in the link (escaped by
+    /// [`names::encode`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
     /// sha256 of a file's content.
@@ -264,11 +265,7 @@ pub(crate) fn entry_from_meta(
         (EntryKind::Dir, 0, None)
     } else if ft.is_symlink() {
         let t = fs::read_link(host).map_err(io_err("readlink", host))?;
-        let t = t
-            .into_os_string()
-            .into_string()
-            .map_err(|_| ContextError::NonUtf8(host.to_path_buf()))?;
-        (EntryKind::Symlink, 0, Some(t))
+        (EntryKind::Symlink, 0, Some(names::encode_os(t.as_os_str())))
     } else {
         return Ok(None);
     };
@@ -284,13 +281,10 @@ pub(crate) fn entry_from_meta(
     }))
 }
 
-/// Joins a relative index path to a host root.
-pub(crate) fn host_path(root: &Path, rel: &str) -> PathBuf {
-    if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(rel)
-    }
+/// Joins a relative index path (escaped, see [`names`]) to a host root:
+/// the host path with the name's real bytes.
+pub fn host_path(root: &Path, rel: &str) -> PathBuf {
+    names::join(root, rel)
 }
 
 fn join_rel(dir: &str, name: &str) -> String {
@@ -349,7 +343,9 @@ pub fn scan(
             let p = root.join(&cand);
             match fs::read(&p) {
                 Ok(bytes) => {
-                    patterns = read_ignore_file(&String::from_utf8_lossy(&bytes));
+                    // Escaped like names, so that a pattern holding a
+                    // name's raw (non-UTF-8) bytes matches that name.
+                    patterns = read_ignore_file(&names::encode(&bytes));
                     ignore_file = Some(cand);
                     break;
                 }
@@ -402,35 +398,17 @@ impl Walker<'_> {
     /// was indexed.
     fn walk_dir(&mut self, dir: &str, info: &MatchInfo) -> Result<bool, ContextError> {
         let hdir = host_path(self.root, dir);
-        let mut names = Vec::new();
+        let mut children = Vec::new();
         for ent in fs::read_dir(&hdir).map_err(io_err("read directory", &hdir))? {
             let ent = ent.map_err(io_err("read directory", &hdir))?;
-            match ent.file_name().into_string() {
-                Ok(name) => names.push(name),
-                // A name that is not UTF-8 is fine when .dockerignore
-                // excludes it (matched on its lossy form: `*.bin`, `junk/`);
-                // the build never sees it. Included, it cannot be indexed.
-                Err(raw) => {
-                    let rel = join_rel(dir, &raw.to_string_lossy());
-                    let (excluded, _) =
-                        self.pm
-                            .matches_using_parent_results(&rel, info)
-                            .map_err(|source| ContextError::Ignore {
-                                file: ".dockerignore".into(),
-                                source,
-                            })?;
-                    let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
-                    if !(excluded && (!is_dir || !self.could_reinclude_below(&rel))) {
-                        return Err(ContextError::NonUtf8(ent.path()));
-                    }
-                }
-            }
+            // Any name, UTF-8 or not (BuildKit copies names as bytes).
+            children.push(names::encode_os(&ent.file_name()));
         }
-        names.sort();
+        children.sort();
         let mut any = false;
-        for name in names {
+        for name in children {
             let rel = join_rel(dir, &name);
-            let hp = self.root.join(&rel);
+            let hp = host_path(self.root, &rel);
             let md = match fs::symlink_metadata(&hp) {
                 Ok(md) => md,
                 // Vanished while walking.

@@ -5,7 +5,7 @@
 //! by the copier.
 
 use super::{
-    entry_from_meta, host_path, io_err, ContextError, ContextIndex, EntryKind, IndexEntry,
+    entry_from_meta, host_path, io_err, names, ContextError, ContextIndex, EntryKind, IndexEntry,
 };
 use std::collections::VecDeque;
 use std::fs;
@@ -109,17 +109,13 @@ impl Tree for FsTree {
 
     fn children(&self, rel: &str) -> Result<Vec<String>, ContextError> {
         let hp = host_path(&self.root, rel);
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         for ent in fs::read_dir(&hp).map_err(io_err("read directory", &hp))? {
             let ent = ent.map_err(io_err("read directory", &hp))?;
-            names.push(
-                ent.file_name()
-                    .into_string()
-                    .map_err(|_| ContextError::NonUtf8(ent.path()))?,
-            );
+            out.push(names::encode_os(&ent.file_name()));
         }
-        names.sort();
-        Ok(names)
+        out.sort();
+        Ok(out)
     }
 
     fn walk(&self, rel: &str) -> Result<Vec<IndexEntry>, ContextError> {
@@ -352,7 +348,7 @@ pub(crate) fn resolve<T: Tree + ?Sized>(
             links += 1;
             if links > MAX_LINKS {
                 return Err(ContextError::SymlinkLoop {
-                    path: what.to_string(),
+                    path: names::lossy(what),
                 });
             }
             resolved.pop();
@@ -372,6 +368,10 @@ pub(crate) fn resolve<T: Tree + ?Sized>(
 }
 
 /// Expands `sources` in `tree` and gathers what each selects.
+///
+/// `sources` and `exclude` are text (from the Dockerfile); they are brought
+/// into the escaped domain of the tree's names here, once (see
+/// [`super::names`]).
 pub(crate) fn select<T: Tree + ?Sized>(
     tree: &T,
     sources: &[String],
@@ -383,7 +383,15 @@ pub(crate) fn select<T: Tree + ?Sized>(
             pattern: String::new(),
         });
     }
-    let excl = PatternMatcher::new(exclude).map_err(ContextError::Exclude)?;
+    let sources: Vec<String> = sources
+        .iter()
+        .map(|s| names::escape_str(s).into_owned())
+        .collect();
+    let exclude: Vec<String> = exclude
+        .iter()
+        .map(|s| names::escape_str(s).into_owned())
+        .collect();
+    let excl = PatternMatcher::new(&exclude).map_err(ContextError::Exclude)?;
     let excluded = |p: &str| -> Result<bool, ContextError> {
         if exclude.is_empty() || p.is_empty() {
             return Ok(false);
@@ -392,7 +400,7 @@ pub(crate) fn select<T: Tree + ?Sized>(
             .map_err(ContextError::Exclude)
     };
     let mut out = Vec::new();
-    for src in sources {
+    for src in &sources {
         // `--parents`: a `/./` marks where the kept parent path starts.
         let (before, after) = match src.find("/./") {
             Some(i) if parents => (&src[..i], &src[i + 3..]),
@@ -428,7 +436,7 @@ pub(crate) fn select<T: Tree + ?Sized>(
                             Some(false) => {}
                             None => {
                                 return Err(ContextError::BadPattern {
-                                    pattern: src.clone(),
+                                    pattern: names::lossy(src),
                                 })
                             }
                         }
@@ -455,7 +463,9 @@ pub(crate) fn select<T: Tree + ?Sized>(
             if wildcard {
                 continue;
             }
-            return Err(ContextError::NotFound { path: src.clone() });
+            return Err(ContextError::NotFound {
+                path: names::lossy(src),
+            });
         }
         for (logical, real) in states {
             let logical_path = logical.join("/");

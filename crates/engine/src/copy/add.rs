@@ -88,7 +88,8 @@ pub(crate) fn url_file_name(url: &str) -> Option<String> {
         out.push(b[i]);
         i += 1;
     }
-    let name = String::from_utf8_lossy(&out).into_owned();
+    // The name's bytes, escaped like file names (byte-exact on disk).
+    let name = crate::context::names::encode(&out);
     (!name.is_empty() && name != "." && name != ".." && !name.contains('/')).then_some(name)
 }
 
@@ -312,7 +313,8 @@ impl Copier<'_> {
         let dir = self.ensure(&parent)?;
         let owner = self.chown.unwrap_or((0, 0));
         let mode = self.mode_for(0o600, false);
-        self.copy_file(&tmp, &dir.join(name), owner, mode)?;
+        let dst = dir.join(crate::context::names::to_os(&name));
+        self.copy_file(&tmp, &dst, owner, mode)?;
         self.stats.downloads += 1;
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! it), and the last component of a written file or link is never followed.
 
 use super::CopyError;
+use crate::context::names;
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs;
@@ -22,7 +23,8 @@ pub(crate) struct Resolved {
     /// Metadata of `real` when everything exists (`None` when some
     /// components are missing).
     pub meta: Option<fs::Metadata>,
-    /// Components that do not exist yet, below `real`.
+    /// Components that do not exist yet, below `real` (escaped names, see
+    /// [`crate::context::names`]).
     pub missing: Vec<String>,
 }
 
@@ -56,7 +58,7 @@ pub(crate) fn resolve(
             }
             _ => {}
         }
-        let host = root.join(&real).join(&c);
+        let host = root.join(&real).join(names::to_os(&c));
         let md = match fs::symlink_metadata(&host) {
             Ok(md) => md,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -94,16 +96,16 @@ pub(crate) fn resolve(
                 real = PathBuf::new();
             }
             for t in target.split(|&b| b == b'/').rev() {
-                pending.push_front(String::from_utf8_lossy(t).into_owned());
+                pending.push_front(names::encode(t));
             }
             continue;
         }
         if !ft.is_dir() && !pending.iter().all(|p| p.is_empty() || p == ".") {
             return Err(CopyError::NotADirectory {
-                path: PathBuf::from("/").join(&real).join(&c),
+                path: PathBuf::from("/").join(&real).join(names::to_os(&c)),
             });
         }
-        real.push(&c);
+        real.push(names::to_os(&c));
         if pending.is_empty() {
             return Ok(Resolved {
                 real,
@@ -143,7 +145,7 @@ pub(crate) fn ensure_dir(
         return Ok(host);
     }
     for m in &r.missing {
-        host.push(m);
+        host.push(names::to_os(m));
         mkdir_owned(&host, owner, mode)?;
         created.push(host.clone());
     }
@@ -170,15 +172,12 @@ pub(crate) fn step_dir(
     owner: (u32, u32),
     mode: u32,
 ) -> Result<(PathBuf, bool), CopyError> {
-    let host = parent.join(name);
+    let host = parent.join(names::to_os(name));
     match fs::symlink_metadata(&host) {
         Ok(md) if md.is_dir() => Ok((host, false)),
         Ok(md) if md.file_type().is_symlink() => {
             let rel = host.strip_prefix(root).unwrap_or(Path::new(""));
-            let comps: Vec<String> = rel
-                .iter()
-                .map(|c| c.to_string_lossy().into_owned())
-                .collect();
+            let comps: Vec<String> = rel.iter().map(names::encode_os).collect();
             let mut created = Vec::new();
             let h = ensure_dir(root, &comps, owner, 0o755, &mut created)?;
             Ok((h, !created.is_empty()))

@@ -23,7 +23,7 @@ mod mode;
 pub use mode::Chmod;
 
 use crate::context::{
-    select, ContextError, ContextIndex, EntryKind, FsTree, IndexTree, SelectedRoot,
+    names, select, ContextError, ContextIndex, EntryKind, FsTree, IndexTree, SelectedRoot,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -241,7 +241,7 @@ pub fn resolve_chown(dest_root: &Path, spec: &str) -> Result<(u32, u32), CopyErr
 /// owned by `uid:gid`; existing ones, and symlinks on the way, are kept and
 /// followed inside the root). Returns the host path of the directory.
 pub fn mkdir_p(root: &Path, abs_path: &str, uid: u32, gid: u32) -> Result<PathBuf, CopyError> {
-    let comps = crate::context::clean_components(abs_path);
+    let comps = crate::context::clean_components(&names::escape_str(abs_path));
     dest::ensure_dir(root, &comps, (uid, gid), 0o755, &mut Vec::new())
 }
 
@@ -326,7 +326,9 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
     } else {
         select(&FsTree::new(req.src_root), &paths, req.exclude, req.parents)?
     };
-    let dest_comps = crate::context::clean_components(req.dest);
+    // Destination components live in the escaped domain of names, like
+    // the sources' (`select` escapes the patterns itself).
+    let dest_comps = crate::context::clean_components(&names::escape_str(req.dest));
     let exists_dir = matches!(
         dest::resolve(req.dest_root, &dest_comps, true)?.meta,
         Some(md) if md.is_dir()
@@ -363,7 +365,7 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         if unpack && root.kind() == EntryKind::File {
             let host = crate::context::host_path(req.src_root, &root.entries[0].entry.path);
             if add::is_tar_archive(&host)? {
-                c.extract_archive(&host, &root.logical, &dest_comps)?;
+                c.extract_archive(&host, &names::lossy(&root.logical), &dest_comps)?;
                 continue;
             }
         }
@@ -406,7 +408,7 @@ pub fn copy_into(req: &CopyRequest) -> Result<CopyStats, CopyError> {
         c.fetch_url(u, &opts, target, &dest_comps)?;
     }
     for f in req.inline {
-        let target = file_target(&f.name);
+        let target = file_target(&names::escape_str(&f.name));
         c.write_inline(f, target)?;
     }
     c.finish()
@@ -519,11 +521,13 @@ impl Copier<'_> {
                         }
                         EntryKind::File => {
                             let mode = self.mode_for(e.mode, false);
-                            self.copy_file(&host_src, &parent.join(name), owner, mode)?;
+                            let dst = parent.join(names::to_os(name));
+                            self.copy_file(&host_src, &dst, owner, mode)?;
                         }
                         EntryKind::Symlink => {
                             let t = e.link_target.clone().unwrap_or_default();
-                            self.make_symlink(&host_src, &t, &parent.join(name), owner)?;
+                            let dst = parent.join(names::to_os(name));
+                            self.make_symlink(&host_src, &t, &dst, owner)?;
                         }
                     }
                 }
@@ -536,11 +540,13 @@ impl Copier<'_> {
                 match e.kind {
                     EntryKind::File => {
                         let mode = self.mode_for(e.mode, false);
-                        self.copy_file(&host_src, &dir.join(&name), owner, mode)?;
+                        let dst = dir.join(names::to_os(&name));
+                        self.copy_file(&host_src, &dst, owner, mode)?;
                     }
                     EntryKind::Symlink => {
                         let t = e.link_target.clone().unwrap_or_default();
-                        self.make_symlink(&host_src, &t, &dir.join(&name), owner)?;
+                        let dst = dir.join(names::to_os(&name));
+                        self.make_symlink(&host_src, &t, &dst, owner)?;
                     }
                     EntryKind::Dir => unreachable!("directories are merged"),
                 }
@@ -648,7 +654,8 @@ impl Copier<'_> {
         owner: (u32, u32),
     ) -> Result<(), CopyError> {
         dest::clear_for_write(self.dest_root, dst)?;
-        std::os::unix::fs::symlink(target, dst).map_err(dest::io_at("symlink", dst))?;
+        std::os::unix::fs::symlink(names::to_os(target), dst)
+            .map_err(dest::io_at("symlink", dst))?;
         dest::lchown(dst, owner)?;
         if let Ok(md) = fs::symlink_metadata(src) {
             dest::set_times_nofollow(dst, dest::mtime_of(&md))?;
@@ -662,7 +669,7 @@ impl Copier<'_> {
             unreachable!("inline files are files")
         };
         let dir = self.ensure(&parent)?;
-        let dst = dir.join(&name);
+        let dst = dir.join(names::to_os(&name));
         dest::clear_for_write(self.dest_root, &dst)?;
         let mut df = fs::File::options()
             .write(true)

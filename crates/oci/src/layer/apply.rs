@@ -9,6 +9,14 @@
 //!   (absolute targets restart at the root, `..` stops at it), so the
 //!   directory finally used is a real directory inside the root, reached
 //!   without following any link (like Go's `securejoin`);
+//! - layers are stacked the way overlayfs stacks them: only symlinks this
+//!   layer made are followed in a parent path. A symlink (or any other
+//!   non-directory) left by an earlier layer where this layer needs a
+//!   directory — an explicit directory entry or the parent of an entry — is
+//!   replaced by a directory, as the layer's own directory hides it in an
+//!   overlay mount (containerd applies each layer into its own directory,
+//!   resolving links within that layer only). Applying layers one by one
+//!   onto one root therefore gives the filesystem a RUN step sees;
 //! - the last component is never followed: an existing symlink (or file) in
 //!   the way is removed and replaced, files are created with
 //!   `O_CREAT|O_EXCL|O_NOFOLLOW`, times and owners are set with no-follow
@@ -189,6 +197,18 @@ struct Meta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// How [`Applier::resolve_dir`] treats the path it walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolve {
+    /// Find an existing directory (a hardlink's target): follow every
+    /// symlink, create nothing.
+    Lookup,
+    /// The directory this layer puts an entry in: create what is missing,
+    /// and replace what an earlier layer left there that is not a
+    /// directory.
+    Create,
+}
+
 struct Applier<'o> {
     root: PathBuf,
     opts: &'o ApplyOptions,
@@ -352,14 +372,20 @@ impl Applier<'_> {
     }
 
     /// Resolve the directory named by `comps` inside the root, following
-    /// symlinks as if the root were `/`. With `create`, missing directories
-    /// are made (0755). `Ok(None)` when it does not exist and `create` is off.
+    /// symlinks as if the root were `/`.
+    ///
+    /// With [`Resolve::Create`], missing directories are made (0755) and a
+    /// non-directory that this layer did not write (an earlier layer's
+    /// symlink or file) is replaced by a directory instead of being
+    /// followed; with [`Resolve::Lookup`] every symlink is followed and
+    /// `Ok(None)` is returned when the directory does not exist.
     fn resolve_dir(
         &mut self,
         comps: &[OsString],
-        create: bool,
+        how: Resolve,
         name: &str,
     ) -> Result<Option<PathBuf>> {
+        let create = how == Resolve::Create;
         let mut stack: Vec<OsString> = Vec::new();
         let mut queue: std::collections::VecDeque<OsString> = comps.iter().cloned().collect();
         let mut links = 0usize;
@@ -375,7 +401,16 @@ impl Applier<'_> {
             let mut p = self.root.clone();
             p.extend(&stack);
             p.push(&c);
-            match fs::symlink_metadata(&p) {
+            let meta = match fs::symlink_metadata(&p) {
+                // An earlier layer's non-directory where this layer has a
+                // directory: the directory hides it, as in an overlay mount.
+                Ok(m) if create && !m.is_dir() && !self.written.contains(&p) => {
+                    fs::remove_file(&p).map_err(io_err("replace", &p))?;
+                    Err(io::Error::from(io::ErrorKind::NotFound))
+                }
+                other => other,
+            };
+            match meta {
                 Ok(m) if m.file_type().is_symlink() => {
                     links += 1;
                     if links > MAX_SYMLINKS {
@@ -504,7 +539,7 @@ impl Applier<'_> {
 
         let is_dir = ty == EntryType::Directory;
         let parent = self
-            .resolve_dir(&comps, true, &name)?
+            .resolve_dir(&comps, Resolve::Create, &name)?
             .expect("created parents exist");
         let p = parent.join(&base);
         if ty == EntryType::Link {
@@ -694,7 +729,7 @@ impl Applier<'_> {
             ),
         };
         let tdir = self
-            .resolve_dir(&tcomps, false, name)?
+            .resolve_dir(&tcomps, Resolve::Lookup, name)?
             .ok_or_else(missing)?;
         let target = tdir.join(&tbase);
         match fs::symlink_metadata(&target) {
@@ -722,7 +757,7 @@ impl Applier<'_> {
     fn whiteout(&mut self, dir: &[OsString], target: &OsStr, name: &str) -> Result<()> {
         if self.opts.format == ApplyFormat::Overlay {
             let d = self
-                .resolve_dir(dir, true, name)?
+                .resolve_dir(dir, Resolve::Create, name)?
                 .expect("created parents exist");
             let p = d.join(target);
             if self.written.contains(&p) {
@@ -732,7 +767,7 @@ impl Applier<'_> {
             mknod(&p, libc::S_IFCHR, 0, 0, 0).map_err(io_err("mknod whiteout", &p))?;
             return Ok(());
         }
-        let Some(d) = self.resolve_dir(dir, false, name)? else {
+        let Some(d) = self.resolve_dir(dir, Resolve::Create, name)? else {
             return Ok(());
         };
         let p = d.join(target);
@@ -745,7 +780,7 @@ impl Applier<'_> {
     }
 
     fn opaque(&mut self, dir: &[OsString], name: &str) -> Result<()> {
-        let Some(d) = self.resolve_dir(dir, true, name)? else {
+        let Some(d) = self.resolve_dir(dir, Resolve::Create, name)? else {
             return Ok(());
         };
         if self.opts.format == ApplyFormat::Overlay {

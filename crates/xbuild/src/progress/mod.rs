@@ -421,8 +421,10 @@ pub fn sanitize_terminal(s: &str) -> String {
 mod plain;
 mod quiet;
 mod rawjson;
+mod term;
 mod tty;
-pub(crate) use tty::one_line;
+pub(crate) use term::one_line;
+use term::*;
 use tty::*;
 
 #[cfg(test)]

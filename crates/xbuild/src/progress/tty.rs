@@ -13,8 +13,8 @@
 //! `NO_COLOR` is set, `CLICOLOR=0`, `TERM=dumb`, or stderr is not a
 //! terminal.
 
+use super::term::*;
 use super::*;
-use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 impl Renderer {
     pub(super) fn tty(&self, event: &Event) {
@@ -32,17 +32,11 @@ impl Renderer {
 
 /// Output lines of a running step shown in the live area.
 pub(super) const TAIL_LINES: usize = 3;
-/// Width of a byte bar, brackets excluded.
-pub(super) const BAR_WIDTH: usize = 20;
 /// Transfers not tied to a running step shown at once; the rest are counted.
 pub(super) const MAX_FLOWS: usize = 6;
 /// Frames of the spinner of a platform with a running step (ASCII, so any
 /// terminal and any locale shows it).
 pub(super) const SPINNER: [char; 4] = ['-', '\\', '|', '/'];
-/// Begin and end of a synchronized update (DEC private mode 2026).
-const SYNC_BEGIN: &str = "\x1b[?2026h";
-const SYNC_END: &str = "\x1b[?2026l";
-
 /// The live area and the state it is drawn from.
 pub(super) struct Live {
     pub(super) state: Mutex<TtyState>,
@@ -75,149 +69,6 @@ impl Live {
         if let Ok(mut s) = screen.lock() {
             s.draw(&[], &area);
         }
-    }
-}
-
-/// Columns and rows of the terminal on stderr, if it is one.
-pub(super) fn terminal_size() -> Option<(usize, usize)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ only writes a `winsize` into the struct it is
-    // given; on a descriptor that is not a terminal it fails with ENOTTY.
-    let r = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_col > 0).then_some((usize::from(ws.ws_col), usize::from(ws.ws_row)))
-}
-
-/// Whether to colour the tty view: stderr is a terminal, `NO_COLOR` is not
-/// set (to anything non-empty), `CLICOLOR` is not `0`, `TERM` is not `dumb`.
-pub(super) fn colour_wanted(is_terminal: bool) -> bool {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    is_terminal
-        && var("NO_COLOR").is_none()
-        && var("CLICOLOR").is_none_or(|v| v != "0")
-        && var("TERM").is_none_or(|v| v != "dumb")
-}
-
-/// SGR colouring, or none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Paint(pub(super) bool);
-
-impl Paint {
-    fn sgr(self, code: &str, s: &str) -> String {
-        if self.0 && !s.is_empty() {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
-    }
-    fn ok(self, s: &str) -> String {
-        self.sgr("32", s)
-    }
-    fn cached(self, s: &str) -> String {
-        self.sgr("36", s)
-    }
-    fn bad(self, s: &str) -> String {
-        self.sgr("1;31", s)
-    }
-    fn warn(self, s: &str) -> String {
-        self.sgr("33", s)
-    }
-    fn dim(self, s: &str) -> String {
-        self.sgr("2", s)
-    }
-    fn bold(self, s: &str) -> String {
-        self.sgr("1", s)
-    }
-    fn busy(self, s: &str) -> String {
-        self.sgr("34", s)
-    }
-}
-
-/// The terminal end of the view: what the live area shows now, and how to
-/// change it into the next frame.
-pub(super) struct Screen {
-    out: Box<dyn Write + Send>,
-    /// The rows of the live area as drawn (the cursor rests at the start of
-    /// the row below them).
-    shown: Vec<String>,
-}
-
-impl Screen {
-    pub(super) fn new(out: Box<dyn Write + Send>) -> Self {
-        Screen {
-            out,
-            shown: Vec::new(),
-        }
-    }
-
-    /// Prints `above` (finished lines) over the live area and draws `area`.
-    pub(super) fn draw(&mut self, above: &[String], area: &[String]) {
-        let bytes = self.frame(above, area);
-        if !bytes.is_empty() {
-            let _ = self.out.write_all(bytes.as_bytes());
-            let _ = self.out.flush();
-        }
-    }
-
-    /// The bytes that turn the screen into `above` printed and `area`
-    /// shown: only rows that differ are rewritten; nothing at all when
-    /// nothing changed. One synchronized update.
-    ///
-    /// The lines above take the live area's first rows and the area moves
-    /// down under them. Rows are cleared one by one (never with "erase
-    /// display", which tmux turns into scrolling the screen into history).
-    pub(super) fn frame(&mut self, above: &[String], area: &[String]) -> String {
-        let mut out = String::new();
-        let old = self.shown.len();
-        let mut row = old;
-        let goto = |out: &mut String, row: &mut usize, to: usize| {
-            if to < *row {
-                out.push_str(&format!("\x1b[{}A", *row - to));
-            } else if to > *row {
-                out.push_str(&format!("\x1b[{}B", to - *row));
-            }
-            out.push('\r');
-            *row = to;
-        };
-        let target: Vec<&String> = above.iter().chain(area).collect();
-        for (i, l) in target.iter().enumerate().take(old) {
-            if self.shown[i] != **l {
-                goto(&mut out, &mut row, i);
-                out.push_str(l);
-                out.push_str("\x1b[K");
-            }
-        }
-        if target.len() > old {
-            goto(&mut out, &mut row, old);
-            for l in &target[old..] {
-                out.push_str(l);
-                out.push_str("\x1b[K\r\n");
-            }
-        } else if target.len() < old {
-            // The rows the area no longer uses, and the row under it (the
-            // terminal may have echoed a key there: `^C`).
-            for i in target.len()..=old {
-                goto(&mut out, &mut row, i);
-                out.push_str("\x1b[2K");
-            }
-            goto(&mut out, &mut row, target.len());
-        } else if !out.is_empty() {
-            goto(&mut out, &mut row, target.len());
-        }
-        self.shown = area.to_vec();
-        if out.is_empty() {
-            return out;
-        }
-        format!("{SYNC_BEGIN}{out}{SYNC_END}")
-    }
-
-    /// Removes the live area; the cursor is left where it began.
-    pub(super) fn clear(&mut self) {
-        self.draw(&[], &[]);
     }
 }
 
@@ -846,103 +697,4 @@ enum Row {
     Failed,
     Output,
     Other,
-}
-
-/// `[=========>          ]`: `current` of `total`.
-pub(super) fn byte_bar(current: u64, total: u64) -> String {
-    let filled = if total == 0 {
-        BAR_WIDTH
-    } else {
-        (u128::from(current.min(total)) * BAR_WIDTH as u128 / u128::from(total)) as usize
-    };
-    let mut s = String::with_capacity(BAR_WIDTH + 2);
-    s.push('[');
-    for i in 0..BAR_WIDTH {
-        s.push(
-            if i + 1 < filled || (i + 1 == filled && filled == BAR_WIDTH) {
-                '='
-            } else if i + 1 == filled {
-                '>'
-            } else {
-                ' '
-            },
-        );
-    }
-    s.push(']');
-    s
-}
-
-/// Columns `s` takes on a terminal.
-pub(super) fn columns(s: &str) -> usize {
-    UnicodeWidthStr::width(s)
-}
-
-/// `left  right` in at most `width` columns, shortening `left` first (and
-/// `right` too when even it does not fit).
-pub(super) fn fit(left: &str, right: &str, width: usize) -> String {
-    let r = columns(right);
-    if columns(left) + 2 + r <= width {
-        return format!("{left}  {right}");
-    }
-    if r + 2 + 8 > width {
-        return truncate(&format!("{left}  {right}"), width);
-    }
-    format!("{}  {right}", truncate(left, width - r - 2))
-}
-
-/// At most `width` columns, `…` marking a cut.
-pub(super) fn truncate(s: &str, width: usize) -> String {
-    if columns(s) <= width {
-        return s.to_string();
-    }
-    if width == 0 {
-        return String::new();
-    }
-    let mut t = String::new();
-    let mut used = 0;
-    for c in s.chars() {
-        let w = UnicodeWidthChar::width(c).unwrap_or(0);
-        if used + w > width - 1 {
-            break;
-        }
-        t.push(c);
-        used += w;
-    }
-    t.push('…');
-    t
-}
-
-/// Control characters (newlines of a heredoc, tabs) as spaces.
-pub(crate) fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// A log line as a terminal can show it in one row: what a carriage return
-/// would leave visible, escape sequences dropped, tabs expanded.
-pub(super) fn clean(s: &str) -> String {
-    let visible = s.rsplit('\r').find(|p| !p.is_empty()).unwrap_or("");
-    let mut out = String::with_capacity(visible.len());
-    let mut chars = visible.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c2 in chars.by_ref() {
-                        if ('\x40'..='\x7e').contains(&c2) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\t' => out.push_str("    "),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
 }
