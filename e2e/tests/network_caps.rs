@@ -68,3 +68,46 @@ fn an_endless_token_answer_fails_from_and_push_at_the_cap() {
     assert!(rss < 100, "peak RSS {rss} MiB");
     assert_eq!(fake.unauthorized(), 0, "nothing went out without a token");
 }
+
+#[test]
+fn a_node_whose_info_command_prints_endlessly_is_refused_at_the_cap() {
+    let Some(sshd) = testbed::Sshd::start_or_skip("127.0.0.7") else {
+        return;
+    };
+    let xb = Xbuild::new();
+    let home = tempfile::tempdir().unwrap();
+    let env = [("HOME", s(home.path())), ("SSH_AUTH_SOCK", "")];
+    sshd.write_known_hosts(&home.path().join(".ssh/known_hosts"))
+        .unwrap();
+    let key = sshd.client_key();
+    let url = sshd.url();
+    // `yes` prints `y` lines until it is stopped (`--stdio` becomes
+    // `--info` for the probe: here sh's $0).
+    let run = xb
+        .run_with(
+            &[
+                "node",
+                "add",
+                "chatty",
+                &url,
+                "--platform",
+                "linux/amd64",
+                "--identity",
+                s(&key),
+                "--agent-command",
+                "sh -c yes --stdio",
+            ],
+            &env,
+            None,
+        )
+        .failed();
+    assert!(
+        run.stderr.contains("printed more than 1048576 bytes"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("127.0.0.7"), "{}", run.stderr);
+    let rss = children_peak_rss_mib();
+    eprintln!("{}peak RSS of xbuild: {rss} MiB", run.stderr);
+    assert!(rss < 100, "peak RSS {rss} MiB");
+}

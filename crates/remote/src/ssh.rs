@@ -354,10 +354,26 @@ impl std::fmt::Debug for SshConnection {
 pub struct CommandOutput {
     /// Exit status (`None` when the node did not report one, e.g. killed).
     pub status: Option<u32>,
-    /// Standard output.
+    /// Standard output (at most [`MAX_COMMAND_STDOUT`] bytes).
     pub stdout: Vec<u8>,
-    /// Standard error.
+    /// Standard error (its first [`MAX_COMMAND_STDERR`] bytes).
     pub stderr: Vec<u8>,
+}
+
+/// The most standard output [`Connection::run`] accepts from a command
+/// (its commands print one JSON document of a few hundred bytes, `xbuild
+/// agent --info`): past it the command fails, nothing more is read.
+pub const MAX_COMMAND_STDOUT: usize = 1 << 20;
+/// The standard error [`Connection::run`] keeps (for messages); the rest
+/// is read and dropped.
+pub const MAX_COMMAND_STDERR: usize = 64 << 10;
+
+/// Appends what fits of `data` under `cap` to `buf`; false when some did
+/// not fit.
+fn append_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() <= room
 }
 
 fn protocol(host: &str, e: impl std::fmt::Display) -> SshError {
@@ -505,7 +521,9 @@ impl SshConnection {
         }
     }
 
-    /// Run `command` to completion (bounded by `limit`), collecting its output.
+    /// Run `command` to completion (bounded by `limit`), collecting its
+    /// output: standard output up to [`MAX_COMMAND_STDOUT`] bytes (more
+    /// fails the command), the start of standard error.
     pub async fn run(&self, command: &str, limit: Duration) -> Result<CommandOutput, SshError> {
         let work = async {
             let mut ch = self.exec(command).await?;
@@ -516,8 +534,20 @@ impl SshConnection {
             };
             while let Some(msg) = ch.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::Data { data } => {
+                        if !append_capped(&mut out.stdout, &data, MAX_COMMAND_STDOUT) {
+                            return Err(SshError::Command {
+                                host: self.host.clone(),
+                                message: format!(
+                                    "{command:?} printed more than {MAX_COMMAND_STDOUT} bytes; \
+                                     refusing its output"
+                                ),
+                            });
+                        }
+                    }
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        append_capped(&mut out.stderr, &data, MAX_COMMAND_STDERR);
+                    }
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                     ChannelMsg::Close => break,
                     _ => {}
@@ -793,4 +823,19 @@ pub async fn connect_agent(
     POOL.get_or_init(|| SshPool::new(opts.clone()))
         .connect_agent(node)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_capped;
+
+    #[test]
+    fn output_is_kept_up_to_the_cap_and_overflow_is_told() {
+        let mut buf = Vec::new();
+        assert!(append_capped(&mut buf, b"abc", 5));
+        assert!(append_capped(&mut buf, b"de", 5));
+        assert!(!append_capped(&mut buf, b"f", 5));
+        assert!(!append_capped(&mut buf, b"ghi", 5));
+        assert_eq!(buf, b"abcde");
+    }
 }
