@@ -534,16 +534,18 @@ impl SshConnection {
             };
             while let Some(msg) = ch.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => {
-                        if !append_capped(&mut out.stdout, &data, MAX_COMMAND_STDOUT) {
-                            return Err(SshError::Command {
-                                host: self.host.clone(),
-                                message: format!(
-                                    "{command:?} printed more than {MAX_COMMAND_STDOUT} bytes; \
-                                     refusing its output"
-                                ),
-                            });
-                        }
+                    // The guard keeps what fits; a chunk that fits needs
+                    // nothing more (the catch-all arm below).
+                    ChannelMsg::Data { data }
+                        if !append_capped(&mut out.stdout, &data, MAX_COMMAND_STDOUT) =>
+                    {
+                        return Err(SshError::Command {
+                            host: self.host.clone(),
+                            message: format!(
+                                "{command:?} printed more than {MAX_COMMAND_STDOUT} bytes; \
+                                 refusing its output"
+                            ),
+                        });
                     }
                     ChannelMsg::ExtendedData { data, .. } => {
                         append_capped(&mut out.stderr, &data, MAX_COMMAND_STDERR);
