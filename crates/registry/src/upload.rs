@@ -44,6 +44,33 @@ fn authorize(
     }
 }
 
+/// Whether `url` is the registry `base` itself (host, port, and no
+/// downgrade from https): credentials go only there, never to another host
+/// an upload `Location` names (as oci-client, CVE-2020-15157).
+fn targets_registry(url: &reqwest::Url, base: &str) -> bool {
+    let Ok(b) = reqwest::Url::parse(base) else {
+        return false;
+    };
+    url.host_str() == b.host_str()
+        && url.port_or_known_default() == b.port_or_known_default()
+        && !(b.scheme() == "https" && url.scheme() != "https")
+}
+
+/// `req` to `url`, with credentials only when `url` is the registry.
+fn authorize_at(
+    req: reqwest::RequestBuilder,
+    url: &reqwest::Url,
+    base: &str,
+    token: &Option<String>,
+    auth: &RegistryAuth,
+) -> reqwest::RequestBuilder {
+    if targets_registry(url, base) {
+        authorize(req, token, auth)
+    } else {
+        req
+    }
+}
+
 /// `res` when its status is `want`; else the error, from at most
 /// [`MAX_ERROR_BODY`] bytes of its body, mapped as oci-client maps it.
 async fn expect(
@@ -116,7 +143,8 @@ impl Registry {
     {
         let token = self.prime_token(hc, r, RegistryOperation::Push, c).await?;
         let http = self.http().map_err(|e| c.reqwest(&e))?;
-        let url = format!("{}/v2/{}/blobs/uploads/", base(self, r), r.repository());
+        let root = base(self, r);
+        let url = format!("{root}/v2/{}/blobs/uploads/", r.repository());
         let req =
             authorize(http.post(&url), &token, &hc.auth).header(reqwest::header::CONTENT_LENGTH, 0);
         let res = req.send().await.map_err(|e| c.reqwest(&e))?;
@@ -129,7 +157,7 @@ impl Registry {
             while !data.is_empty() {
                 let chunk = data.split_to(PATCH_CHUNK.min(data.len()));
                 let end = start + chunk.len() - 1;
-                let req = authorize(http.patch(loc.clone()), &token, &hc.auth)
+                let req = authorize_at(http.patch(loc.clone()), &loc, &root, &token, &hc.auth)
                     .header("Content-Range", format!("{start}-{end}"))
                     .header(reqwest::header::CONTENT_LENGTH, chunk.len())
                     .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -141,8 +169,8 @@ impl Registry {
             }
         }
         loc.query_pairs_mut().append_pair("digest", digest.as_str());
-        let req =
-            authorize(http.put(loc), &token, &hc.auth).header(reqwest::header::CONTENT_LENGTH, 0);
+        let req = authorize_at(http.put(loc.clone()), &loc, &root, &token, &hc.auth)
+            .header(reqwest::header::CONTENT_LENGTH, 0);
         let res = req.send().await.map_err(|e| c.reqwest(&e))?;
         expect(res, StatusCode::CREATED, c).await?;
         Ok(())
