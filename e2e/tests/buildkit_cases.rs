@@ -13,6 +13,8 @@
 mod case;
 #[path = "buildkit_cases/http.rs"]
 mod http;
+#[path = "buildkit_cases/sources.rs"]
+mod sources;
 
 use case::{arg_value, parse_mode, write_context, Case, Expect, FileExpect, FileSpec, Step};
 use http::{HttpServer, Served};
@@ -325,6 +327,9 @@ fn run_case(name: &str, case: &Case, env: &Env) -> Outcome {
     if case.needs.iter().any(|n| n == "arm64") && !env.arm64 {
         return Outcome::Skip("QEMU for linux/arm64 is not available".into());
     }
+    if let Some(why) = sources::missing_tool(case) {
+        return Outcome::Skip(why);
+    }
     let result = try_case(name, case, env);
     match (result, &case.known_difference) {
         (Ok(()), _) => Outcome::Ok,
@@ -342,7 +347,7 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
     std::fs::create_dir_all(&ctx).map_err(|e| e.to_string())?;
     let http_base = format!("{}/{name}", env.http.base());
     let image = format!("{}/cases/{}", env.registry, name.replace('/', "-"));
-    let subst = |t: &str| {
+    let base_subst = |t: &str| {
         t.replace("{{busybox}}", &env.base)
             .replace(
                 "{{busybox_repo}}",
@@ -352,6 +357,32 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
             .replace("{{image}}", &image)
             .replace("{{http}}", &http_base)
             .replace("{{tmp}}", s(tmp.path()))
+    };
+    let repos = tmp.path().join("git");
+    sources::make_git_repos(
+        &repos,
+        &case.git_repos,
+        &env.http,
+        &format!("/{name}"),
+        &base_subst,
+    )?;
+    let subst = |t: &str| {
+        let t = base_subst(t);
+        let t = sources::expand_layout_digests(&t).unwrap_or_else(|e| format!("<{e}>"));
+        if case.git_repos.is_empty() {
+            return t;
+        }
+        sources::expand_revs(&t, &repos).unwrap_or_else(|e| format!("<{e}>"))
+    };
+    for (dname, entries) in &case.dirs {
+        let d = tmp.path().join(dname);
+        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        write_context(&d, entries, &subst)?;
+    }
+    let _agent = if case.ssh_agent {
+        Some(sources::Agent::start(tmp.path())?)
+    } else {
+        None
     };
     for (path, entry) in &case.http {
         env.http
@@ -394,6 +425,9 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
             std::fs::write(&p, subst(df)).map_err(|e| e.to_string())?;
         }
         write_context(&ctx, &step.context, &subst)?;
+        if let Some(u) = &step.untar {
+            sources::untar(u, &subst)?;
+        }
         build_and_check(&xb, case, step, &ctx, tmp.path(), i, &subst)
             .map_err(|e| format!("{which}{e}"))?;
     }
@@ -466,6 +500,10 @@ fn build_and_check(
     for f in step.flags.as_ref().unwrap_or(&case.flags) {
         args.push(subst(f));
     }
+    args.extend(sources::build_context_args(
+        step.build_contexts.as_ref().unwrap_or(&case.build_contexts),
+        subst,
+    ));
     let out_dir = tmp.join(format!("out{index}"));
     let oci = tmp.join(format!("image{index}.tar"));
     if expect.error.is_none() {
@@ -476,9 +514,12 @@ fn build_and_check(
             args.push(format!("type=oci,dest={}", s(&oci)));
         }
     }
-    args.push(".".into());
-    let env = step.env.as_ref().unwrap_or(&case.env);
-    let (code, stderr) = run_xbuild(xb, ctx, &args, env)?;
+    args.push(case.context_arg.as_deref().map_or(".".into(), subst));
+    let mut env = step.env.as_ref().unwrap_or(&case.env).clone();
+    if case.ssh_agent {
+        env.insert("SSH_AUTH_SOCK".into(), s(&tmp.join("agent.sock")).into());
+    }
+    let (code, stderr) = run_xbuild(xb, ctx, &args, &env)?;
     if std::env::var_os("XBUILD_CASES_VERBOSE").is_some() {
         println!("--- xbuild {}\n{stderr}", args.join(" "));
     }

@@ -6,6 +6,7 @@
 //! the graph its dependency order for free.
 
 use crate::graph::*;
+use crate::specs::{parse_port_spec, validate_chmod};
 use crate::words::{Expander, Scope};
 use crate::{
     platform_args, BaseConfig, ImageResolver, PlanError, PlanOptions, DEFAULT_PATH, PROXY_ARGS,
@@ -380,9 +381,16 @@ impl<'a> Planner<'a> {
                 }
                 None => self.platform.clone(),
             };
-            // FROM <earlier stage name> refers to that stage.
+            // FROM <earlier stage name> refers to that stage; a stage whose
+            // own name is a named context is that context instead.
             let lower = image.to_ascii_lowercase();
-            let base = if lower == "scratch" {
+            let (image, lower) = match self.context_for_stage(n) {
+                Some(name) => (name.clone(), name),
+                None => (image, lower),
+            };
+            let base = if self.context_for_stage(n).is_some() {
+                None
+            } else if lower == "scratch" {
                 Some(Base::Scratch)
             } else {
                 self.stages[..n]
@@ -393,6 +401,16 @@ impl<'a> Planner<'a> {
             self.froms.push((image, platform, base));
         }
         Ok(())
+    }
+
+    /// The stage name of stage `n` when a `--build-context` of that name
+    /// replaces the whole stage (BuildKit: its FROM and body are not run).
+    fn context_for_stage(&self, n: usize) -> Option<String> {
+        let name = self.stages[n].from_info.name.as_deref()?;
+        self.opts
+            .image_aliases
+            .contains_key(name)
+            .then(|| name.to_string())
     }
 
     fn target_index(&self) -> Result<usize, PlanError> {
@@ -475,6 +493,20 @@ impl<'a> Planner<'a> {
         Ok(idx)
     }
 
+    /// What `--build-context NAME=…` makes `reference` stand for (also
+    /// when written with the implied `:latest`).
+    fn alias_target<'s>(&'s self, reference: &str) -> Option<&'s str> {
+        let aliases = &self.opts.image_aliases;
+        aliases
+            .get(reference)
+            .or_else(|| {
+                reference
+                    .strip_suffix(":latest")
+                    .and_then(|r| aliases.get(r))
+            })
+            .map(String::as_str)
+    }
+
     fn resolve_image(
         &mut self,
         ins: &Instruction,
@@ -483,16 +515,11 @@ impl<'a> Planner<'a> {
     ) -> Result<(ImageRef, BaseConfig), PlanError> {
         // `--build-context NAME=docker-image://REF` replaces the image NAME
         // (also when written with the implied `:latest`).
-        let aliases = &self.opts.image_aliases;
-        let reference = aliases
-            .get(reference)
-            .or_else(|| {
-                reference
-                    .strip_suffix(":latest")
-                    .and_then(|r| aliases.get(r))
-            })
-            .map(String::as_str)
-            .unwrap_or(reference);
+        let reference = self
+            .alias_target(reference)
+            .unwrap_or(reference)
+            .to_string();
+        let reference = reference.as_str();
         let r = self
             .resolver
             .resolve(reference, platform)
@@ -519,8 +546,15 @@ impl<'a> Planner<'a> {
     ) -> Result<Stage, PlanError> {
         let from_ins = self.stages[n].from;
         let from_info = self.stages[n].from_info;
-        let body = self.stages[n].body;
+        let body = match self.context_for_stage(n) {
+            Some(_) => &[],
+            None => self.stages[n].body,
+        };
         let (image, mut platform, base_kind) = self.froms[n].clone();
+        let base_kind = match base_kind {
+            None if self.alias_target(&image) == Some("scratch") => Some(Base::Scratch),
+            other => other,
+        };
         let (base, mut state) = match base_kind {
             Some(Base::Scratch) => (
                 Base::Scratch,
@@ -1348,96 +1382,6 @@ fn is_bare_heredoc(cmd: &str, h: &Heredoc) -> bool {
     unquoted == h.name
 }
 
-/// One EXPOSE word, parsed as BuildKit does.
-struct PortSpec {
-    /// `N/proto` for each container port.
-    ports: Vec<String>,
-    /// An IP address or a host port was given.
-    host_mapping: bool,
-    /// The protocol was not lowercase.
-    proto_casing: bool,
-}
-
-/// `[ip:][hostPort:]port[-end][/proto]` (BuildKit's EXPOSE port specs).
-fn parse_port_spec(raw: &str) -> Result<PortSpec, String> {
-    let parts: Vec<&str> = raw.split(':').collect();
-    let n = parts.len();
-    let (ip, host_port, container) = match n {
-        1 => (String::new(), "", parts[0]),
-        2 => (String::new(), parts[0], parts[1]),
-        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
-    };
-    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
-    if port.is_empty() {
-        return Err(format!("invalid port: {raw:?}: no port specified"));
-    }
-    let proto_l = proto.to_ascii_lowercase();
-    let proto_l = match proto_l.as_str() {
-        "" => "tcp".to_string(),
-        "tcp" | "udp" | "sctp" => proto_l,
-        _ => return Err(format!("invalid port: {raw:?}: invalid proto: {proto}")),
-    };
-    if !ip.is_empty() {
-        let bare = ip.trim_start_matches('[').trim_end_matches(']');
-        if bare.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("invalid IP address: {ip}"));
-        }
-    }
-    let range = |s: &str| -> Option<(u32, u32)> {
-        let num = |x: &str| x.parse::<u32>().ok().filter(|v| *v <= 65535);
-        match s.split_once('-') {
-            None => num(s).map(|a| (a, a)),
-            Some((a, b)) if a == b => num(a).map(|a| (a, a)),
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                (b >= a).then_some((a, b))
-            }
-        }
-    };
-    let (start, end) = range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
-    if !host_port.is_empty() {
-        let (hs, he) = range(host_port).ok_or_else(|| format!("invalid hostPort: {host_port}"))?;
-        if end - start != he - hs && end != start {
-            return Err(format!(
-                "invalid ranges specified for container and host Ports: {port} and {host_port}"
-            ));
-        }
-    }
-    Ok(PortSpec {
-        ports: (start..=end).map(|p| format!("{p}/{proto_l}")).collect(),
-        host_mapping: !ip.is_empty() || !host_port.is_empty(),
-        proto_casing: proto != proto.to_ascii_lowercase(),
-    })
-}
-
-fn validate_chmod(m: &str) -> Result<(), String> {
-    // BuildKit's wording for both a bad octal value and an unparsable mode.
-    let invalid = || {
-        format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777")
-    };
-    if !m.is_empty() && m.chars().all(|c| ('0'..='7').contains(&c)) {
-        return match u32::from_str_radix(m, 8) {
-            Ok(v) if v <= 0o7777 => Ok(()),
-            _ => Err(invalid()),
-        };
-    }
-    // Symbolic modes (u+x,go-w) are accepted by BuildKit with --link; check the shape.
-    let symbolic = m.split(',').all(|clause| {
-        let who_end = clause
-            .find(|c: char| !"ugoa".contains(c))
-            .unwrap_or(clause.len());
-        let rest = &clause[who_end..];
-        !rest.is_empty()
-            && "+-=".contains(&rest[..1])
-            && rest[1..].chars().all(|c| "rwxXst".contains(c))
-    });
-    if symbolic {
-        Ok(())
-    } else {
-        Err(invalid())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1448,55 +1392,5 @@ mod tests {
         assert_eq!(join_clean("/a/b", "../c"), "/a/c");
         assert_eq!(join_clean("/a", "/x/./y/"), "/x/y");
         assert_eq!(join_clean("/", ".."), "/");
-    }
-
-    #[test]
-    fn ports() {
-        let ports = |p: &str| parse_port_spec(p).map(|s| s.ports);
-        assert_eq!(ports("80").unwrap(), ["80/tcp"]);
-        assert_eq!(ports("53/UDP").unwrap(), ["53/udp"]);
-        assert!(parse_port_spec("53/UDP").unwrap().proto_casing);
-        assert_eq!(
-            ports("8000-8002").unwrap(),
-            ["8000/tcp", "8001/tcp", "8002/tcp"]
-        );
-        assert_eq!(ports("080/tcp").unwrap(), ["80/tcp"]);
-        assert!(ports("http").is_err());
-        assert!(ports("80/xyz").is_err());
-        assert!(ports("99999").is_err());
-        // Host IP and host port forms: the container port, with a warning
-        // (convert_expose.go, ExposeInvalidFormat).
-        let s = parse_port_spec("127.0.0.1:8080:80/udp").unwrap();
-        assert_eq!(
-            (s.ports, s.host_mapping),
-            (vec!["80/udp".to_string()], true)
-        );
-        let s = parse_port_spec("8080:80").unwrap();
-        assert_eq!(
-            (s.ports, s.host_mapping),
-            (vec!["80/tcp".to_string()], true)
-        );
-        assert_eq!(ports("[::1]:8080:80").unwrap(), ["80/tcp"]);
-        assert!(ports("300.0.0.1:8080:80").is_err());
-        assert!(ports("8000-8001:80-82").is_err());
-    }
-
-    #[test]
-    fn chmods() {
-        assert!(validate_chmod("755").is_ok());
-        assert!(validate_chmod("0644").is_ok());
-        assert!(validate_chmod("u+x,go-w").is_ok());
-        assert!(validate_chmod("888").is_err());
-        assert!(validate_chmod("rwx").is_err());
-        // BuildKit's bounds and wording (testCopyInvalidChmod).
-        assert!(validate_chmod("07777").is_ok());
-        assert_eq!(
-            validate_chmod("10000").unwrap_err(),
-            "invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777"
-        );
-        assert_eq!(
-            validate_chmod("64a").unwrap_err(),
-            "invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777"
-        );
     }
 }

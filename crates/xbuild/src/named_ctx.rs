@@ -187,12 +187,84 @@ pub fn materialize(raw: &[String], platforms: &[Platform], quiet: bool) -> Resul
                     p
                 }
             };
-            let top = image_of_dir(&store, &dir, &wanted)?;
+            // The directory's own `.dockerignore` applies to it, as to
+            // the main context (BuildKit testNamedLocalContext).
+            let filtered = filtered_view(&dir)
+                .with_context(|| format!("--build-context {name}: applying .dockerignore"))?;
+            let src = filtered.as_ref().map_or(dir.as_path(), |t| t.path());
+            let top = image_of_dir(&store, src, &wanted)?;
             alias(name, &top.digest)?
         };
         out.aliases.insert(name.to_string(), reference);
     }
     Ok(out)
+}
+
+/// When `dir` has a `.dockerignore`, a temporary copy of `dir` without the
+/// paths it excludes (hard links where possible, so metadata is kept);
+/// `None` when there is nothing to exclude.
+fn filtered_view(dir: &Path) -> Result<Option<tempfile::TempDir>> {
+    let Ok(text) = std::fs::read_to_string(dir.join(".dockerignore")) else {
+        return Ok(None);
+    };
+    let rules = xbuild_dockerfile::ignore::read_ignore_file(&text);
+    let matcher = xbuild_dockerfile::ignore::PatternMatcher::new(&rules)
+        .map_err(|e| anyhow!("{}/.dockerignore: {e}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("xbuild-named-ctx-")
+        .tempdir()?;
+    copy_unignored(dir, tmp.path(), "", &matcher)?;
+    std::fs::set_permissions(tmp.path(), std::fs::metadata(dir)?.permissions())?;
+    Ok(Some(tmp))
+}
+
+fn copy_unignored(
+    src: &Path,
+    dst: &Path,
+    rel: &str,
+    matcher: &xbuild_dockerfile::ignore::PatternMatcher,
+) -> Result<()> {
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(n) = name.to_str() else {
+            continue;
+        };
+        let path = if rel.is_empty() {
+            n.to_string()
+        } else {
+            format!("{rel}/{n}")
+        };
+        let ignored = matcher
+            .matches_or_parent_matches(&path)
+            .map_err(|e| anyhow!(".dockerignore: {e}"))?;
+        let (from, to) = (entry.path(), dst.join(&name));
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            // An excluded directory may still hold re-included (`!`) paths.
+            if ignored && !matcher.exclusions() {
+                continue;
+            }
+            std::fs::create_dir(&to)?;
+            copy_unignored(&from, &to, &path, matcher)?;
+            std::fs::set_permissions(&to, std::fs::metadata(&from)?.permissions())?;
+        } else if ignored {
+            continue;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            // Another file system: a copy with the same owner and mtime.
+            use std::os::unix::fs::MetadataExt;
+            std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+            let meta = std::fs::metadata(&from)?;
+            let _ = std::os::unix::fs::chown(&to, Some(meta.uid()), Some(meta.gid()));
+            std::fs::File::options()
+                .write(true)
+                .open(&to)?
+                .set_modified(meta.modified()?)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

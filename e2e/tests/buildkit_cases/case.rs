@@ -61,6 +61,24 @@ pub struct Case {
     /// Several builds sharing one state directory.
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Git repositories served under `{{http}}/NAME/.git`.
+    #[serde(default)]
+    pub git_repos: Vec<crate::sources::GitRepo>,
+    /// Extra directories written under `{{tmp}}/NAME` (for
+    /// `--build-context NAME={{tmp}}/NAME`).
+    #[serde(default)]
+    pub dirs: BTreeMap<String, BTreeMap<String, Entry>>,
+    /// `--build-context NAME=VALUE`.
+    #[serde(default)]
+    pub build_contexts: BTreeMap<String, String>,
+    /// The build's context argument instead of the written context
+    /// directory (a git or HTTP URL).
+    #[serde(default)]
+    pub context_arg: Option<String>,
+    /// Start a private ssh-agent holding a new key; xbuild gets its socket
+    /// as `SSH_AUTH_SOCK`, the key file is `{{tmp}}/id_ed25519`.
+    #[serde(default)]
+    pub ssh_agent: bool,
 }
 
 /// One build of a multi-step case: overrides of the case's fields.
@@ -91,6 +109,13 @@ pub struct Step {
     /// Replaces the environment.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
+    /// Before the build, unpack the tar archive `from` (e.g. an earlier
+    /// step's `type=oci` export) into the directory `to` (both expanded).
+    #[serde(default)]
+    pub untar: Option<crate::sources::Untar>,
+    /// Replaces the `--build-context` values.
+    #[serde(default)]
+    pub build_contexts: Option<BTreeMap<String, String>>,
     /// Run with a new, empty state directory (no local cache; BuildKit's
     /// tests prune everything between such builds).
     #[serde(default)]
