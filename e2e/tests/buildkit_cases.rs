@@ -531,7 +531,7 @@ fn build_and_check(
         if code == 0 {
             return Err(format!("succeeded, BuildKit fails with {:?}", err.all()));
         }
-        for want in err.all() {
+        for want in err.all().iter().map(|w| subst(w)) {
             if !stderr.contains(&want) {
                 return Err(format!("error lacks {want:?}:\n    {}", tail()));
             }
@@ -582,7 +582,7 @@ fn build_and_check(
         check_file(
             &out_dir,
             path,
-            want,
+            &sources::subst_file_expect(want, subst),
             &|n| tmp.join(format!("out{}", n.saturating_sub(1))),
             ctx,
         )?;

@@ -364,7 +364,11 @@ fn git_context_build_like_the_default_build_push_action_context() {
             &format!("{url}?ref=main&checksum=0000000000000000000000000000000000000000"),
         ])
         .failed();
-    assert!(bad.stderr.contains("expected commit"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("expected checksum to match"),
+        "{}",
+        bad.stderr
+    );
     // BUILDKIT_CONTEXT_KEEP_GIT_DIR keeps .git in the context.
     let kept = reg.reference(&format!("{REPO}:kept"));
     xb.run(&[
@@ -399,7 +403,11 @@ fn git_context_build_like_the_default_build_push_action_context() {
         &format!("FROM scratch\nADD --checksum=0123456789abcdef {url}#main /a/\n"),
     )]);
     let run = xb.run(&["build", "-q", s(wrong.path())]).failed();
-    assert!(run.stderr.contains("expected commit"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("expected checksum to match"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -153,6 +153,7 @@ impl Engine {
         let mut sources = Vec::new();
         let mut key_text = step.text.as_str();
         let arg_text;
+        let git_text;
         let op_json = match &step.op {
             // Docker: declaring an ARG never misses; the steps that use its
             // value do (their keys hold it). Keyed on the names only.
@@ -285,6 +286,10 @@ impl Engine {
                 };
                 if commits.is_empty() {
                     json!({ "copy": c, "src": src })
+                } else if let Some((text, keyed)) = git_only_key(&step.text, c, &commits) {
+                    git_text = text;
+                    key_text = &git_text;
+                    json!({ "copy": keyed, "src": src, "git": commits })
                 } else {
                     json!({ "copy": c, "src": src, "git": commits })
                 }
@@ -544,6 +549,38 @@ fn run_options(e: &xbuild_plan::ExecOp) -> Option<String> {
         parts.push(format!("--shm-size {size}"));
     }
     (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// An ADD of git sources only, every one resolved to a commit that its
+/// `--checksum` (if any) matches: the key holds the commits, not the
+/// checksum (BuildKit: adding `--checksum` keeps the cache,
+/// testAddGitChecksumCache). Returns the instruction text without the
+/// `--checksum=` flag and the copy op without it. `None` otherwise (a
+/// mismatching checksum stays in the key, so the fetch reports it).
+fn git_only_key(
+    text: &str,
+    c: &xbuild_plan::graph::CopyOp,
+    commits: &serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, xbuild_plan::graph::CopyOp)> {
+    if c.sources.len() != commits.len() {
+        return None;
+    }
+    for commit in commits.values() {
+        let commit = commit.as_str()?;
+        if let Some(sum) = &c.checksum {
+            let hex = sum.trim().trim_start_matches("sha1:").to_ascii_lowercase();
+            if !commit.starts_with(&hex) {
+                return None;
+            }
+        }
+    }
+    let words: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| !w.starts_with("--checksum="))
+        .collect();
+    let mut keyed = c.clone();
+    keyed.checksum = None;
+    Some((words.join(" "), keyed))
 }
 
 #[cfg(test)]

@@ -264,3 +264,23 @@ pub fn expand_layout_digests(text: &str) -> Result<String, String> {
     out.push_str(rest);
     Ok(out)
 }
+
+/// `want` with placeholders expanded in its texts (a commit id
+/// `{{rev:REPO:REF}}` as expected content).
+pub fn subst_file_expect(
+    want: &crate::case::FileExpect,
+    subst: &dyn Fn(&str) -> String,
+) -> crate::case::FileExpect {
+    use crate::case::{FileExpect, OneOrMany};
+    let many = |m: &OneOrMany| OneOrMany::Many(m.all().iter().map(|t| subst(t)).collect());
+    match want {
+        FileExpect::Text(t) => FileExpect::Text(subst(t)),
+        FileExpect::Spec(spec) => {
+            let mut spec = spec.clone();
+            spec.content = spec.content.as_deref().map(subst);
+            spec.contains = spec.contains.as_ref().map(many);
+            spec.not_contains = spec.not_contains.as_ref().map(many);
+            FileExpect::Spec(spec)
+        }
+    }
+}

@@ -187,11 +187,10 @@ impl Copier<'_> {
             .ok_or_else(|| git_err("not a git URL".into()))?;
         if let Some(sum) = opts.checksum.as_deref().map(str::trim) {
             let hex = sum.strip_prefix("sha1:").unwrap_or(sum);
-            if hex.len() < 7 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(CopyError::BadChecksum {
                     value: sum.to_string(),
-                    reason: "for a git source the checksum is a commit id (hex, 7 or more digits)"
-                        .into(),
+                    reason: "for a Git URL, expected hex commit hash".into(),
                 });
             }
             r.checksum = Some(hex.to_ascii_lowercase());

@@ -30,8 +30,8 @@ pub enum GitError {
         /// git's message.
         stderr: String,
     },
-    /// The commit does not match the expected checksum.
-    #[error("{remote}: expected commit {expected} but {reference} is {actual}")]
+    /// The commit does not match the expected checksum (BuildKit's words).
+    #[error("{remote}: expected checksum to match {expected}, got {actual} (the commit {reference} names)")]
     Checksum {
         /// The remote.
         remote: String,
@@ -41,6 +41,14 @@ pub enum GitError {
         expected: String,
         /// The commit found.
         actual: String,
+    },
+    /// The remote has no branch or tag of that name (BuildKit's words).
+    #[error("{remote}: repository does not contain ref {reference}")]
+    NoRef {
+        /// The remote.
+        remote: String,
+        /// The ref asked for.
+        reference: String,
     },
     /// The sub-directory does not exist in the commit.
     #[error("{remote}: no directory {subdir:?} in commit {commit}")]
@@ -128,7 +136,20 @@ impl Git<'_> {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let out = self.cmd().args(args).output().map_err(GitError::Spawn)?;
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut out = self.cmd().args(&args).output().map_err(GitError::Spawn)?;
+        // A server that cannot serve shallow history (git's "dumb" HTTP
+        // transport, a plain file server): the same command without
+        // `--depth`, as BuildKit retries it.
+        let depth = OsStr::new("--depth=1");
+        if !out.status.success() && args.iter().any(|a| a == depth) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("shallow") || err.contains("--depth") {
+                let deep: Vec<_> = args.iter().filter(|a| *a != depth).collect();
+                out = self.cmd().args(deep).output().map_err(GitError::Spawn)?;
+            }
+        }
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
             return Err(GitError::Command {
@@ -162,11 +183,46 @@ pub fn fetch(r: &GitRef, tmp_parent: &Path, opts: &FetchOptions) -> Result<Fetch
         remote: r.display_remote(),
         opts,
     };
-    g.run("init", ["init", "-q"])?;
-    g.run("remote add", ["remote", "add", "origin", r.remote.as_str()])?;
 
     let wanted = r.reference.clone().unwrap_or_else(|| "HEAD".to_string());
     let by_commit = r.fetch_by_commit && r.checksum.as_deref().is_some_and(is_commit_id);
+    // A name (not a full commit id) must be a branch or tag of the remote
+    // (BuildKit looks it up with ls-remote first: an abbreviated commit is
+    // not a ref), and the commit it names must match the checksum.
+    let (mut local_ref, mut resolved) = (None, None);
+    if !by_commit && !is_commit_id(&wanted) {
+        let (commit, name) = resolve_ref(r, opts)?.ok_or_else(|| GitError::NoRef {
+            remote: r.display_remote(),
+            reference: wanted.clone(),
+        })?;
+        if let Some(sum) = &r.checksum {
+            if !commit.starts_with(sum.as_str()) {
+                return Err(GitError::Checksum {
+                    remote: r.display_remote(),
+                    reference: wanted,
+                    expected: sum.clone(),
+                    actual: commit,
+                });
+            }
+        }
+        local_ref = Some(name);
+        resolved = Some(commit);
+    }
+    // A SHA-256 repository needs a SHA-256 local repository.
+    let sha256 = [
+        Some(&wanted),
+        resolved.as_ref(),
+        r.checksum.as_ref().filter(|_| by_commit),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|c| c.len() == 64 && is_commit_id(c));
+    if sha256 {
+        g.run("init", ["init", "-q", "--object-format=sha256"])?;
+    } else {
+        g.run("init", ["init", "-q"])?;
+    }
+    g.run("remote add", ["remote", "add", "origin", r.remote.as_str()])?;
     let target = if by_commit {
         r.checksum.clone().unwrap_or_default()
     } else {
@@ -242,18 +298,10 @@ pub fn fetch(r: &GitRef, tmp_parent: &Path, opts: &FetchOptions) -> Result<Fetch
         .unwrap_or(0);
     let keep = r.keep_git_dir.unwrap_or(opts.keep_git_dir);
     if keep {
-        // A named branch rather than a detached HEAD, as BuildKit leaves it.
-        let branch = r
-            .reference
-            .as_deref()
-            .filter(|x| !is_commit_id(x))
-            .map(|x| {
-                x.trim_start_matches("refs/heads/")
-                    .trim_start_matches("refs/tags/")
-            })
-            .unwrap_or("HEAD");
-        if branch != "HEAD" && !branch.starts_with("refs/") {
-            let _ = g.run("checkout -B", ["checkout", "-q", "-B", branch]);
+        // A detached HEAD at the commit, with the ref it was fetched by
+        // recorded locally, as BuildKit leaves the kept `.git`.
+        if let Some(name) = local_ref.filter(|n| n.starts_with("refs/")) {
+            let _ = g.run("update-ref", ["update-ref", name.as_str(), commit.as_str()]);
         }
     } else {
         remove_git_dirs(&work)?;
@@ -299,6 +347,12 @@ pub fn resolve_commit(r: &GitRef, opts: &FetchOptions) -> Result<Option<String>,
             return Ok(Some(c.to_string()));
         }
     }
+    Ok(resolve_ref(r, opts)?.map(|(c, _)| c))
+}
+
+/// The commit and the full ref name (`refs/heads/…`, `refs/tags/…`, or
+/// `HEAD`) the name of `r` has on its remote (`git ls-remote`).
+fn resolve_ref(r: &GitRef, opts: &FetchOptions) -> Result<Option<(String, String)>, GitError> {
     let tmp = std::env::temp_dir();
     let g = Git {
         dir: &tmp,
@@ -329,7 +383,9 @@ pub fn resolve_commit(r: &GitRef, opts: &FetchOptions) -> Result<Option<String>,
     };
     lines.retain(|(_, n)| rank(n).is_some());
     lines.sort_by_key(|(_, n)| rank(n));
-    Ok(lines.first().map(|(c, _)| c.to_string()))
+    Ok(lines
+        .first()
+        .map(|(c, n)| (c.to_string(), n.trim_end_matches("^{}").to_string())))
 }
 
 /// Remove `.git` (directory or submodule gitfile) everywhere in the tree.
@@ -492,13 +548,15 @@ mod tests {
         assert!(!f.root.join("README").exists());
         let f = fetch(&local(src.path(), &format!("#{first}")), tmp.path(), &o).unwrap();
         assert_eq!(fs::read_to_string(f.root.join("README")).unwrap(), "one\n");
-        let f = fetch(
+        // An abbreviated commit is not a ref (BuildKit: "repository does
+        // not contain ref").
+        let e = fetch(
             &local(src.path(), &format!("#{}", &first[..10])),
             tmp.path(),
             &o,
         )
-        .unwrap();
-        assert_eq!(f.commit, first, "abbreviated commit");
+        .unwrap_err();
+        assert!(matches!(e, GitError::NoRef { .. }), "{e}");
     }
 
     #[test]
@@ -550,7 +608,12 @@ mod tests {
         assert!(f.root.join(".git").is_dir());
 
         let e = fetch(&local(src.path(), "#nope"), tmp.path(), &o).unwrap_err();
-        assert!(matches!(e, GitError::Command { .. }), "{e}");
+        assert!(matches!(e, GitError::NoRef { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("repository does not contain ref nope"),
+            "{e}"
+        );
         let e = fetch(&local(src.path(), "#main:missing"), tmp.path(), &o).unwrap_err();
         assert!(matches!(e, GitError::NoSubdir { .. }), "{e}");
     }
