@@ -379,11 +379,14 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         write_context(&d, entries, &subst)?;
     }
-    let _agent = if case.ssh_agent {
-        Some(sources::Agent::start(tmp.path())?)
+    let _agent = if case.ssh_agent || case.ssh_agent_log {
+        Some(sources::Agent::start(tmp.path(), case.ssh_agent_log)?)
     } else {
         None
     };
+    if !case.host_binaries.is_empty() {
+        sources::copy_host_binaries(&ctx.join("host"), &case.host_binaries)?;
+    }
     for (path, entry) in &case.http {
         env.http
             .add(&format!("/{name}{path}"), served(entry, &subst));
@@ -516,7 +519,7 @@ fn build_and_check(
     }
     args.push(case.context_arg.as_deref().map_or(".".into(), subst));
     let mut env = step.env.as_ref().unwrap_or(&case.env).clone();
-    if case.ssh_agent {
+    if case.ssh_agent || case.ssh_agent_log {
         env.insert("SSH_AUTH_SOCK".into(), s(&tmp.join("agent.sock")).into());
     }
     let (code, stderr) = run_xbuild(xb, ctx, &args, &env)?;
@@ -574,6 +577,10 @@ fn build_and_check(
                 cached.join("\n    ")
             ));
         }
+    }
+    for (path, want) in &expect.tmp_files {
+        let want = sources::subst_file_expect(want, subst);
+        check_file(tmp, path, &want, &|_| tmp.to_path_buf(), ctx)?;
     }
     if expect.error.is_some() {
         return Ok(());

@@ -79,9 +79,19 @@ pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>>
     let Some((root, kept)) = fetch(&args.context, keep, quiet)? else {
         return Ok(None);
     };
+    // A URL holding a plain Dockerfile: that file is the Dockerfile, whatever
+    // `--file` names inside the (empty) context (BuildKit testHTTPDockerfile).
+    let plain = kept
+        ._http
+        .as_ref()
+        .is_some_and(|c| c.kind == remote::HttpContextKind::Dockerfile);
     if let Some(f) = &args.file {
         if f.as_os_str() != "-" && !f.is_file() {
-            args.file = Some(root.join(f));
+            args.file = Some(if plain {
+                root.join("Dockerfile")
+            } else {
+                root.join(f)
+            });
         }
     }
     args.context = root.to_string_lossy().into_owned();

@@ -79,6 +79,14 @@ pub struct Case {
     /// as `SSH_AUTH_SOCK`, the key file is `{{tmp}}/id_ed25519`.
     #[serde(default)]
     pub ssh_agent: bool,
+    /// Run that agent in debug mode, its log in `{{tmp}}/agent.log`
+    /// (checked with `tmp_files`).
+    #[serde(default)]
+    pub ssh_agent_log: bool,
+    /// Host binaries (with their shared libraries) copied into the context
+    /// under `host/` at their absolute paths.
+    #[serde(default)]
+    pub host_binaries: Vec<String>,
 }
 
 /// One build of a multi-step case: overrides of the case's fields.
@@ -329,6 +337,10 @@ pub struct Expect {
     /// Strings stderr must not contain.
     #[serde(default)]
     pub stderr_not_contains: Vec<String>,
+    /// Files of the case's `{{tmp}}` directory (e.g. `agent.log`), checked
+    /// as `files`.
+    #[serde(default)]
+    pub tmp_files: BTreeMap<String, FileExpect>,
 }
 
 impl Expect {

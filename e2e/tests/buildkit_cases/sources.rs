@@ -142,9 +142,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `ssh-agent -D -a DIR/agent.sock` and adds a new ed25519 key
-    /// (written to `DIR/id_ed25519`, kept for `--ssh ID=KEYFILE` cases).
-    pub fn start(dir: &Path) -> Result<Agent, String> {
+    /// Starts `ssh-agent -D -a DIR/agent.sock` (`-d`, logging to
+    /// `DIR/agent.log`, with `debug_log`) and adds a new ed25519 key
+    /// (written to `DIR/id_ed25519`, kept for `--ssh ID=KEYFILE` cases);
+    /// also writes a PEM RSA key `DIR/id_rsa` (not in the agent).
+    pub fn start(dir: &Path, debug_log: bool) -> Result<Agent, String> {
         let sock = dir.join("agent.sock");
         let key = dir.join("id_ed25519");
         let st = Command::new("ssh-keygen")
@@ -155,12 +157,30 @@ impl Agent {
         if !st.success() {
             return Err("ssh-keygen failed".into());
         }
+        // And a PEM RSA key, the kind BuildKit's tests hand to `--ssh`.
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+            .arg(dir.join("id_rsa"))
+            .status()
+            .map_err(|e| format!("ssh-keygen: {e}"))?;
+        if !st.success() {
+            return Err("ssh-keygen -t rsa failed".into());
+        }
+        // `-d`: debug mode, every request logged to DIR/agent.log.
+        let log = if debug_log {
+            Stdio::from(
+                std::fs::File::create(dir.join("agent.log"))
+                    .map_err(|e| format!("create agent.log: {e}"))?,
+            )
+        } else {
+            Stdio::null()
+        };
         let child = Command::new("ssh-agent")
-            .arg("-D")
+            .arg(if debug_log { "-d" } else { "-D" })
             .arg("-a")
             .arg(&sock)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .map_err(|e| format!("ssh-agent: {e}"))?;
         let agent = Agent { child, sock };
@@ -209,8 +229,11 @@ pub fn missing_tool(case: &crate::case::Case) -> Option<String> {
     if !case.git_repos.is_empty() {
         tools.push("git");
     }
-    if case.ssh_agent {
+    if case.ssh_agent || case.ssh_agent_log {
         tools.extend(["ssh-agent", "ssh-add", "ssh-keygen"]);
+    }
+    if !case.host_binaries.is_empty() {
+        tools.push("ldd");
     }
     tools
         .into_iter()
@@ -283,4 +306,35 @@ pub fn subst_file_expect(
             FileExpect::Spec(spec)
         }
     }
+}
+
+/// Copies each host binary of `bins` and the shared libraries `ldd` names
+/// for it under `dir` at the same absolute paths (`COPY host/ /` then runs
+/// them on a busybox base).
+pub fn copy_host_binaries(dir: &Path, bins: &[String]) -> Result<(), String> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for b in bins {
+        let path = xbuild_e2e::testbed::which(b)
+            .or_else(|| Some(PathBuf::from(b)).filter(|p| p.is_file()))
+            .ok_or_else(|| format!("host binary {b} not found"))?;
+        let out = Command::new("ldd")
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("ldd: {e}"))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
+                files.push(PathBuf::from(lib));
+            }
+        }
+        files.push(path);
+    }
+    for f in files {
+        let rel = f.strip_prefix("/").map_err(|e| e.to_string())?;
+        let dest = dir.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("mkdir: {e}"))?;
+        }
+        std::fs::copy(&f, &dest).map_err(|e| format!("copy {}: {e}", f.display()))?;
+    }
+    Ok(())
 }
