@@ -604,6 +604,11 @@ fn build_and_check(
             }
         }
         let (config, manifests) = read_oci_config(&oci)?;
+        if let Some(n) = expect.created_after_step {
+            let (before, _) =
+                read_oci_config(&tmp.join(format!("image{}.tar", n.saturating_sub(1))))?;
+            sources::check_created_after(&before, &config, n)?;
+        }
         if let Some(n) = expect.manifests {
             if manifests != n {
                 return Err(format!("{manifests} image manifests, BuildKit {n}"));

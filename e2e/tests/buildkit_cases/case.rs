@@ -319,6 +319,10 @@ pub struct Expect {
     /// to that of step N (1-based).
     #[serde(default)]
     pub same_image_as_step: Option<usize>,
+    /// The image config's `created` is later than that of step N's image
+    /// (1-based), and less than ten minutes later.
+    #[serde(default)]
+    pub created_after_step: Option<usize>,
     /// The build fails; substrings of stderr.
     #[serde(default)]
     pub error: Option<OneOrMany>,
@@ -353,6 +357,7 @@ impl Expect {
             || self.layers.is_some()
             || self.manifests.is_some()
             || self.same_image_as_step.is_some()
+            || self.created_after_step.is_some()
     }
 }
 

@@ -338,3 +338,58 @@ pub fn copy_host_binaries(dir: &Path, bins: &[String]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Seconds since the epoch (with the fraction) of an RFC 3339 time such as
+/// an image config's `created` (`2024-05-01T10:00:00.123456789Z`, or with
+/// an offset).
+pub fn rfc3339_secs(t: &str) -> Option<f64> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = t.get(19..)?;
+    let (frac, zone) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            (format!("0.{}", &r[..end]).parse::<f64>().ok()?, &r[end..])
+        }
+        None => (0.0, rest),
+    };
+    let offset = match zone {
+        "Z" | "z" => 0,
+        z if z.len() == 6 => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            sign * (z.get(1..3)?.parse::<i64>().ok()? * 3600
+                + z.get(4..6)?.parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset) as f64 + frac)
+}
+
+/// `now`'s `created` is later than `before`'s (step `n`'s), by less than
+/// ten minutes.
+pub fn check_created_after(
+    before: &serde_json::Value,
+    now: &serde_json::Value,
+    n: usize,
+) -> Result<(), String> {
+    let t = |v: &serde_json::Value| {
+        let c = v["created"].as_str().unwrap_or("");
+        rfc3339_secs(c).ok_or_else(|| format!("image created {c:?} is not an RFC 3339 time"))
+    };
+    let (a, b) = (t(before)?, t(now)?);
+    if b <= a || b - a >= 600.0 {
+        return Err(format!(
+            "image created {} vs step {n}'s {}: BuildKit has a later time, less than 10 minutes later",
+            now["created"], before["created"]
+        ));
+    }
+    Ok(())
+}
