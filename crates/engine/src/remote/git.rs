@@ -223,8 +223,11 @@ pub fn fetch(r: &GitRef, tmp_parent: &Path, opts: &FetchOptions) -> Result<Fetch
         g.run("init", ["init", "-q"])?;
     }
     g.run("remote add", ["remote", "add", "origin", r.remote.as_str()])?;
+    // The full ref the name resolved to (a branch and a tag may share it).
     let target = if by_commit {
         r.checksum.clone().unwrap_or_default()
+    } else if let Some(full) = local_ref.as_ref().filter(|n| n.starts_with("refs/")) {
+        full.clone()
     } else {
         wanted.clone()
     };
@@ -372,12 +375,14 @@ fn resolve_ref(r: &GitRef, opts: &FetchOptions) -> Result<Option<(String, String
     )?;
     let mut lines: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('\t')).collect();
     let rank = |name: &str| -> Option<u8> {
+        // A full ref as written, then a branch, then a tag (peeled): a
+        // branch wins over a tag of the same name, as in BuildKit.
         let candidates = [
             format!("{wanted}^{{}}"),
             wanted.clone(),
+            format!("refs/heads/{wanted}"),
             format!("refs/tags/{wanted}^{{}}"),
             format!("refs/tags/{wanted}"),
-            format!("refs/heads/{wanted}"),
         ];
         candidates.iter().position(|c| c == name).map(|i| i as u8)
     };
@@ -576,6 +581,10 @@ mod tests {
         );
         assert_eq!(c(&format!("#{first}")).as_deref(), Some(first.as_str()));
         assert_eq!(c("#nope"), None);
+        // A tag named like a branch: the branch wins.
+        git(src.path(), &["tag", "dev", &second]);
+        assert_eq!(c("#dev").as_deref(), Some(first.as_str()));
+        assert_eq!(c("#refs/tags/dev").as_deref(), Some(second.as_str()));
     }
 
     #[test]
