@@ -612,8 +612,13 @@ impl<'a> Planner<'a> {
             state,
             steps: Vec::new(),
         };
-        // ONBUILD triggers of the base run first; they are not inherited further.
-        let triggers = std::mem::take(&mut sc.state.onbuild);
+        // ONBUILD triggers of the base run first; they are not inherited
+        // further. A stage replaced by a named context runs none: the
+        // context's triggers stay for the stages built FROM it (BuildKit).
+        let triggers = match self.context_for_stage(n) {
+            Some(_) => Vec::new(),
+            None => std::mem::take(&mut sc.state.onbuild),
+        };
         for t in &triggers {
             let trig_file = match base {
                 Base::Stage(_) => self.file().to_string(),

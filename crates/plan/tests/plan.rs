@@ -50,6 +50,32 @@ fn build_context_image_aliases_replace_from_and_copy_from() {
     assert!(!refs.contains(&"base"), "{refs:?}");
 }
 
+/// BuildKit: a named context of a stage's name replaces the whole stage
+/// (its FROM and its steps); `docker-image://scratch` is the empty image.
+#[test]
+fn build_context_of_a_stage_name_replaces_the_stage() {
+    let mut o = opts();
+    o.image_aliases
+        .insert("base".into(), "registry.example/base@sha256:1234".into());
+    o.image_aliases.insert("busybox".into(), "scratch".into());
+    let g = plan_for(
+        "FROM unreachable.example/parent AS parent\nFROM parent AS base\nRUN echo base > /out\n\
+         FROM base\nRUN true\nFROM busybox AS empty\nCOPY --from=base /etc /etc\n",
+        &amd64(),
+        &o,
+    );
+    let refs: Vec<&str> = g.images().iter().map(|r| r.reference.as_str()).collect();
+    assert_eq!(refs, ["registry.example/base@sha256:1234"], "{refs:?}");
+    let base = g
+        .stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some("base"))
+        .expect("stage base");
+    assert!(base.steps.is_empty(), "the replaced stage has no steps");
+    let empty = g.stages.last().unwrap();
+    assert!(matches!(empty.base, Base::Scratch), "{:?}", empty.base);
+}
+
 fn plan_for(src: &str, p: &Platform, o: &PlanOptions) -> BuildGraph {
     plan_source(src, p, o, &mut OfflineResolver).unwrap_or_else(|e| panic!("plan failed: {e}"))
 }
