@@ -381,22 +381,20 @@ impl<'a> Planner<'a> {
                 }
                 None => self.platform.clone(),
             };
-            // FROM <earlier stage name> refers to that stage; a stage whose
-            // own name is a named context is that context instead.
+            // FROM <earlier stage name> refers to that stage.
             let lower = image.to_ascii_lowercase();
-            let (image, lower) = match self.context_for_stage(n) {
-                Some(name) => (name.clone(), name),
-                None => (image, lower),
-            };
-            let base = if self.context_for_stage(n).is_some() {
-                None
-            } else if lower == "scratch" {
+            let base = if lower == "scratch" {
                 Some(Base::Scratch)
             } else {
                 self.stages[..n]
                     .iter()
                     .position(|o| o.from_info.name.as_deref() == Some(lower.as_str()))
                     .map(Base::Stage)
+            };
+            // A stage whose own name is a named context is that context.
+            let (image, base) = match self.context_for_stage(n) {
+                Some(name) => (name, None),
+                None => (image, base),
             };
             self.froms.push((image, platform, base));
         }
