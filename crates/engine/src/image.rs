@@ -86,15 +86,45 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
-/// The time to stamp on configs and history: `SOURCE_DATE_EPOCH` when given, else now.
+/// The time to stamp on configs and history: `SOURCE_DATE_EPOCH` when
+/// given (whole seconds), else now with its nanoseconds (trailing zeros
+/// dropped), as BuildKit writes it: two builds in the same second still
+/// get distinct, ordered times.
 pub fn timestamp(source_date_epoch: Option<i64>) -> String {
-    let secs = source_date_epoch.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    });
-    rfc3339(secs)
+    match source_date_epoch {
+        Some(secs) => rfc3339(secs),
+        None => {
+            let d = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            rfc3339_nanos(d.as_secs() as i64, d.subsec_nanos())
+        }
+    }
+}
+
+/// [`rfc3339`] with a fraction of a second (`…:05.12Z`; none when zero).
+pub fn rfc3339_nanos(secs: i64, nanos: u32) -> String {
+    let whole = rfc3339(secs);
+    if nanos == 0 {
+        return whole;
+    }
+    let frac = format!("{:09}", nanos.min(999_999_999));
+    let frac = frac.trim_end_matches('0');
+    format!("{}.{frac}Z", whole.trim_end_matches('Z'))
+}
+
+/// An order of RFC 3339 UTC times that is right with and without a
+/// fraction (text order puts `…:05.5Z` before `…:05Z`).
+fn time_order(t: &str) -> (&str, u32) {
+    let (head, rest) = t.split_at(t.len().min(19));
+    let nanos = rest
+        .strip_prefix('.')
+        .map(|r| {
+            let digits: String = r.chars().take_while(char::is_ascii_digit).take(9).collect();
+            format!("{digits:0<9}").parse::<u32>().unwrap_or(0)
+        })
+        .unwrap_or(0);
+    (head, nanos)
 }
 
 /// OCI media type for a layer descriptor, converting Docker's spellings.
@@ -300,17 +330,19 @@ impl ImageBuilder {
             // Reproducible builds: no time after the epoch anywhere in the config.
             let limit = rfc3339(epoch);
             for h in config.history.iter_mut() {
-                if h.created.as_deref().is_some_and(|c| c > limit.as_str()) {
+                if h.created
+                    .as_deref()
+                    .is_some_and(|c| time_order(c) > time_order(&limit))
+                {
                     h.created = Some(limit.clone());
                 }
             }
         }
-        // RFC 3339 in UTC with a fixed format sorts as text.
         config.created = config
             .history
             .iter()
             .filter_map(|h| h.created.clone())
-            .max()
+            .max_by(|a, b| time_order(a).cmp(&time_order(b)))
             .or(Some(now));
         if let Some(epoch) = source_date_epoch {
             config.created = Some(rfc3339(epoch));
@@ -482,6 +514,16 @@ pub fn export_rootfs(
 mod tests {
     use super::*;
     use xbuild_plan::HealthcheckSpec;
+
+    #[test]
+    fn fractions_of_a_second() {
+        assert_eq!(rfc3339_nanos(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_nanos(0, 120_000_000), "1970-01-01T00:00:00.12Z");
+        assert_eq!(rfc3339_nanos(0, 1), "1970-01-01T00:00:00.000000001Z");
+        assert!(time_order("2024-01-01T00:00:05.5Z") > time_order("2024-01-01T00:00:05Z"));
+        assert!(time_order("2024-01-01T00:00:05.5Z") < time_order("2024-01-01T00:00:06Z"));
+        assert!(time_order("2024-01-01T00:00:05.05Z") < time_order("2024-01-01T00:00:05.5Z"));
+    }
 
     #[test]
     fn rfc3339_dates() {
