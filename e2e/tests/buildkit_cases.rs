@@ -324,11 +324,11 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 fn run_case(name: &str, case: &Case, env: &Env) -> Outcome {
-    if case.needs.iter().any(|n| n == "arm64") && !env.arm64 {
-        return Outcome::Skip("QEMU for linux/arm64 is not available".into());
-    }
     if let Some(why) = sources::missing_tool(case) {
         return Outcome::Skip(why);
+    }
+    if case.needs.iter().any(|n| n == "arm64") && !env.arm64 {
+        return Outcome::Skip("QEMU for linux/arm64 is not available".into());
     }
     let result = try_case(name, case, env);
     match (result, &case.known_difference) {
@@ -383,6 +383,15 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
         Some(sources::Agent::start(tmp.path(), case.ssh_agent_log)?)
     } else {
         None
+    };
+    // Every build of the case sees the agent as SSH_AUTH_SOCK.
+    let with_agent;
+    let case = match &_agent {
+        Some(a) => {
+            with_agent = sources::with_env(case, "SSH_AUTH_SOCK", s(&a.sock));
+            &with_agent
+        }
+        None => case,
     };
     if !case.host_binaries.is_empty() {
         sources::copy_host_binaries(&ctx.join("host"), &case.host_binaries)?;
@@ -493,6 +502,10 @@ fn build_and_check(
         args.push("--target".into());
         args.push(t.clone());
     }
+    args.extend(sources::build_context_args(
+        step.build_contexts.as_ref().unwrap_or(&case.build_contexts),
+        subst,
+    ));
     let secrets = step.secrets.as_ref().unwrap_or(&case.secrets);
     for (id, value) in secrets {
         let p = tmp.join(format!("secret-{id}"));
@@ -503,10 +516,6 @@ fn build_and_check(
     for f in step.flags.as_ref().unwrap_or(&case.flags) {
         args.push(subst(f));
     }
-    args.extend(sources::build_context_args(
-        step.build_contexts.as_ref().unwrap_or(&case.build_contexts),
-        subst,
-    ));
     let out_dir = tmp.join(format!("out{index}"));
     let oci = tmp.join(format!("image{index}.tar"));
     if expect.error.is_none() {
@@ -518,11 +527,8 @@ fn build_and_check(
         }
     }
     args.push(case.context_arg.as_deref().map_or(".".into(), subst));
-    let mut env = step.env.as_ref().unwrap_or(&case.env).clone();
-    if case.ssh_agent || case.ssh_agent_log {
-        env.insert("SSH_AUTH_SOCK".into(), s(&tmp.join("agent.sock")).into());
-    }
-    let (code, stderr) = run_xbuild(xb, ctx, &args, &env)?;
+    let env = step.env.as_ref().unwrap_or(&case.env);
+    let (code, stderr) = run_xbuild(xb, ctx, &args, env)?;
     if std::env::var_os("XBUILD_CASES_VERBOSE").is_some() {
         println!("--- xbuild {}\n{stderr}", args.join(" "));
     }

@@ -393,3 +393,16 @@ pub fn check_created_after(
     }
     Ok(())
 }
+
+/// `case` with `key=value` added to its environment and to that of each
+/// step giving its own.
+pub fn with_env(case: &crate::case::Case, key: &str, value: &str) -> crate::case::Case {
+    let mut c = case.clone();
+    c.env.insert(key.into(), value.into());
+    for step in &mut c.steps {
+        if let Some(env) = &mut step.env {
+            env.insert(key.into(), value.into());
+        }
+    }
+    c
+}
