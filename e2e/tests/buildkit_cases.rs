@@ -11,10 +11,10 @@
 
 #[path = "buildkit_cases/case.rs"]
 mod case;
+#[path = "buildkit_cases/sources.rs"]
+mod fixtures;
 #[path = "buildkit_cases/http.rs"]
 mod http;
-#[path = "buildkit_cases/sources.rs"]
-mod sources;
 
 use case::{arg_value, parse_mode, write_context, Case, Expect, FileExpect, FileSpec, Step};
 use http::{HttpServer, Served};
@@ -324,7 +324,7 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 fn run_case(name: &str, case: &Case, env: &Env) -> Outcome {
-    if let Some(why) = sources::missing_tool(case) {
+    if let Some(why) = fixtures::missing_tool(case) {
         return Outcome::Skip(why);
     }
     if case.needs.iter().any(|n| n == "arm64") && !env.arm64 {
@@ -359,7 +359,7 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
             .replace("{{tmp}}", s(tmp.path()))
     };
     let repos = tmp.path().join("git");
-    sources::make_git_repos(
+    fixtures::make_git_repos(
         &repos,
         &case.git_repos,
         &env.http,
@@ -368,11 +368,11 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
     )?;
     let subst = |t: &str| {
         let t = base_subst(t);
-        let t = sources::expand_layout_digests(&t).unwrap_or_else(|e| format!("<{e}>"));
+        let t = fixtures::expand_layout_digests(&t).unwrap_or_else(|e| format!("<{e}>"));
         if case.git_repos.is_empty() {
             return t;
         }
-        sources::expand_revs(&t, &repos).unwrap_or_else(|e| format!("<{e}>"))
+        fixtures::expand_revs(&t, &repos).unwrap_or_else(|e| format!("<{e}>"))
     };
     for (dname, entries) in &case.dirs {
         let d = tmp.path().join(dname);
@@ -380,7 +380,7 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
         write_context(&d, entries, &subst)?;
     }
     let _agent = if case.ssh_agent || case.ssh_agent_log {
-        Some(sources::Agent::start(tmp.path(), case.ssh_agent_log)?)
+        Some(fixtures::Agent::start(tmp.path(), case.ssh_agent_log)?)
     } else {
         None
     };
@@ -388,13 +388,13 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
     let with_agent;
     let case = match &_agent {
         Some(a) => {
-            with_agent = sources::with_env(case, "SSH_AUTH_SOCK", s(&a.sock));
+            with_agent = fixtures::with_env(case, "SSH_AUTH_SOCK", s(&a.sock));
             &with_agent
         }
         None => case,
     };
     if !case.host_binaries.is_empty() {
-        sources::copy_host_binaries(&ctx.join("host"), &case.host_binaries)?;
+        fixtures::copy_host_binaries(&ctx.join("host"), &case.host_binaries)?;
     }
     for (path, entry) in &case.http {
         env.http
@@ -438,7 +438,7 @@ fn try_case(name: &str, case: &Case, env: &Env) -> Result<(), String> {
         }
         write_context(&ctx, &step.context, &subst)?;
         if let Some(u) = &step.untar {
-            sources::untar(u, &subst)?;
+            fixtures::untar(u, &subst)?;
         }
         build_and_check(&xb, case, step, &ctx, tmp.path(), i, &subst)
             .map_err(|e| format!("{which}{e}"))?;
@@ -502,7 +502,7 @@ fn build_and_check(
         args.push("--target".into());
         args.push(t.clone());
     }
-    args.extend(sources::build_context_args(
+    args.extend(fixtures::build_context_args(
         step.build_contexts.as_ref().unwrap_or(&case.build_contexts),
         subst,
     ));
@@ -585,7 +585,7 @@ fn build_and_check(
         }
     }
     for (path, want) in &expect.tmp_files {
-        let want = sources::subst_file_expect(want, subst);
+        let want = fixtures::subst_file_expect(want, subst);
         check_file(tmp, path, &want, &|_| tmp.to_path_buf(), ctx)?;
     }
     if expect.error.is_some() {
@@ -595,7 +595,7 @@ fn build_and_check(
         check_file(
             &out_dir,
             path,
-            &sources::subst_file_expect(want, subst),
+            &fixtures::subst_file_expect(want, subst),
             &|n| tmp.join(format!("out{}", n.saturating_sub(1))),
             ctx,
         )?;
@@ -613,7 +613,7 @@ fn build_and_check(
         if let Some(n) = expect.created_after_step {
             let (before, _) =
                 read_oci_config(&tmp.join(format!("image{}.tar", n.saturating_sub(1))))?;
-            sources::check_created_after(&before, &config, n)?;
+            fixtures::check_created_after(&before, &config, n)?;
         }
         if let Some(n) = expect.manifests {
             if manifests != n {

@@ -5,8 +5,8 @@
 //! behaviour). A stage's dependencies are converted before it, which gives
 //! the graph its dependency order for free.
 
+use crate::arg_specs::{parse_port_spec, validate_chmod};
 use crate::graph::*;
-use crate::specs::{parse_port_spec, validate_chmod};
 use crate::words::{Expander, Scope};
 use crate::{
     platform_args, BaseConfig, ImageResolver, PlanError, PlanOptions, DEFAULT_PATH, PROXY_ARGS,
@@ -391,11 +391,6 @@ impl<'a> Planner<'a> {
                     .position(|o| o.from_info.name.as_deref() == Some(lower.as_str()))
                     .map(Base::Stage)
             };
-            // A stage whose own name is a named context is that context.
-            let (image, base) = match self.context_for_stage(n) {
-                Some(name) => (name, None),
-                None => (image, base),
-            };
             self.froms.push((image, platform, base));
         }
         Ok(())
@@ -549,6 +544,11 @@ impl<'a> Planner<'a> {
             None => self.stages[n].body,
         };
         let (image, mut platform, base_kind) = self.froms[n].clone();
+        // A stage whose own name is a named context is that context.
+        let (image, base_kind) = match self.context_for_stage(n) {
+            Some(name) => (name, None),
+            None => (image, base_kind),
+        };
         let base_kind = match base_kind {
             None if self.alias_target(&image) == Some("scratch") => Some(Base::Scratch),
             other => other,

@@ -8,10 +8,10 @@
 //! `ENV` and `WORKDIR` affect expansion) come through [`ImageResolver`].
 #![warn(missing_docs)]
 
+mod arg_specs;
 pub mod check;
 mod convert;
 pub mod graph;
-mod specs;
 mod words;
 
 pub use convert::{plan, plan_source, targets, StageInfo};

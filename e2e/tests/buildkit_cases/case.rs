@@ -63,7 +63,7 @@ pub struct Case {
     pub steps: Vec<Step>,
     /// Git repositories served under `{{http}}/NAME/.git`.
     #[serde(default)]
-    pub git_repos: Vec<crate::sources::GitRepo>,
+    pub git_repos: Vec<crate::fixtures::GitRepo>,
     /// Extra directories written under `{{tmp}}/NAME` (for
     /// `--build-context NAME={{tmp}}/NAME`).
     #[serde(default)]
@@ -120,7 +120,7 @@ pub struct Step {
     /// Before the build, unpack the tar archive `from` (e.g. an earlier
     /// step's `type=oci` export) into the directory `to` (both expanded).
     #[serde(default)]
-    pub untar: Option<crate::sources::Untar>,
+    pub untar: Option<crate::fixtures::Untar>,
     /// Replaces the `--build-context` values.
     #[serde(default)]
     pub build_contexts: Option<BTreeMap<String, String>>,
