@@ -54,14 +54,18 @@ pub use solve::{solve, PlatformOutcome, PlatformState, SolveInputs, Solved};
 pub use worker::{LocalWorker, Worker, WorkerError, WorkerOutput};
 
 /// An error with its causes, `outer: cause: cause`, the way the CLI prints
-/// errors (`anyhow`'s `{:#}`): for messages this crate builds around a
-/// typed error (warnings, a worker's fallback reason).
+/// errors (`anyhow`'s `{:#}`, leaving out a cause whose text is already
+/// shown): for messages this crate builds around a typed error (warnings,
+/// a worker's fallback reason).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
         cur = c.source();
     }
     out

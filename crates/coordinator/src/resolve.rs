@@ -34,7 +34,7 @@ pub enum ResolveError {
         root: PathBuf,
         /// Why.
         #[source]
-        source: xbuild_engine::EngineError,
+        source: Box<xbuild_engine::EngineError>,
     },
     /// Planning failed (it names the Dockerfile line).
     #[error(transparent)]
@@ -335,7 +335,10 @@ pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine, ResolveError> 
         worker: worker.to_string(),
         snapshotter: None,
     };
-    Engine::open(cfg).map_err(|source| ResolveError::OpenEngine { root, source })
+    Engine::open(cfg).map_err(|e| ResolveError::OpenEngine {
+        root,
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]
