@@ -972,6 +972,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn errors_name_the_spec_and_the_path() {
+        let e = parse_spec("type=registry,ref=Not A Ref", true).unwrap_err();
+        assert!(
+            matches!(&e, CacheSpecError::Reference { flag: "--cache-to", reference, .. } if reference == "Not A Ref"),
+            "{e:?}"
+        );
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(
+                "invalid --cache-to \"type=registry,ref=Not A Ref\": ref \"Not A Ref\": "
+            ),
+            "{text}"
+        );
+        assert!(matches!(
+            parse_spec("type=gha", false).unwrap_err(),
+            CacheSpecError::Gha {
+                flag: "--cache-from"
+            }
+        ));
+        // A local cache directory that is a file.
+        let t = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(t.path().join("content")).unwrap();
+        let file = t.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = export_local(&store, &file, &[]).unwrap_err();
+        assert!(
+            matches!(&e, CacheIoError::Io { op: "creating", path, .. } if *path == file),
+            "{e:?}"
+        );
+        let wrapped = export_failed(
+            &CacheSpec::Local {
+                dir: file.clone(),
+                max: false,
+                ignore_error: false,
+                layers: None,
+            },
+            e,
+        );
+        let text = crate::error_chain(&wrapped);
+        assert!(
+            text.starts_with(&format!(
+                "exporting the build cache to local {}: creating {}: ",
+                file.display(),
+                file.display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn specs_parse_like_buildx() {
         let s = parse_spec("type=registry,ref=localhost:5000/app:cache,mode=max", true).unwrap();
         assert!(matches!(s, CacheSpec::Registry { max: true, .. }));

@@ -1355,6 +1355,53 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_output_and_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path().join("content")).unwrap();
+        let amd = image(&store, "linux/amd64", "amd");
+        let file = tmp.path().join("file");
+        fs::write(&file, "not a directory").unwrap();
+        // An archive whose directory is a file.
+        let dest = file.join("out.tar");
+        let spec = parse_output(&format!("type=oci,dest={}", dest.display())).unwrap();
+        let e = export_output(&store, &amd, &spec, &[]).unwrap_err();
+        assert!(
+            matches!(&e, ExportError::Exporting { what: "OCI archive", dest: d, .. } if *d == dest),
+            "{e:?}"
+        );
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(&format!(
+                "exporting OCI archive to {}: creating ",
+                dest.display()
+            )),
+            "{text}"
+        );
+        // A local export onto a file.
+        let e = export_output(&store, &amd, &OutputSpec::Local { dest: file.clone() }, &[])
+            .unwrap_err();
+        assert!(
+            matches!(&e, ExportError::Io { op: "creating", path, .. } if *path == file),
+            "{e:?}"
+        );
+        // A tag with a digest, and a name that is no reference.
+        let e = tag(&store, &amd, &[format!("app@{}", amd.digest)]).unwrap_err();
+        assert!(matches!(e, ExportError::TagWithDigest { .. }), "{e:?}");
+        assert!(e.to_string().contains("must not contain a digest"));
+        assert!(matches!(
+            tag(&store, &amd, &["Not A Name".to_string()]).unwrap_err(),
+            ExportError::Reference(_)
+        ));
+        // Parsing: the spec is named, the cause kept.
+        let e = parse_output("type=image,annotation-bogus.k=v").unwrap_err();
+        assert!(
+            matches!(&e, OutputSpecError::Annotation { spec, .. } if spec == "type=image,annotation-bogus.k=v"),
+            "{e:?}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
     fn push_flag() {
         let v = outputs_from_args(&[], true, false).unwrap();
         assert!(matches!(v[..], [OutputSpec::Image { push: true, .. }]));

@@ -333,6 +333,15 @@ mod tests {
             e.contains("XBUILD_LOCAL_AGENT") && e.contains("PLATFORM=[NAME:]DIR"),
             "{e}"
         );
-        assert!(parse_local_agents("nope/=x").is_err());
+        let e = parse_local_agents("nope/=x").unwrap_err();
+        assert!(
+            matches!(&e, LocalAgentError::Platform { platform, .. } if platform == "nope/"),
+            "{e:?}"
+        );
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with("XBUILD_LOCAL_AGENT: \"nope/\": "),
+            "{text}"
+        );
     }
 }
