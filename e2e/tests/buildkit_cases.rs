@@ -13,6 +13,8 @@
 mod case;
 #[path = "buildkit_cases/http.rs"]
 mod http;
+#[path = "buildkit_cases/lint.rs"]
+mod lint;
 
 use case::{arg_value, parse_mode, write_context, Case, Expect, FileExpect, FileSpec, Step};
 use http::{HttpServer, Served};
@@ -466,6 +468,8 @@ fn build_and_check(
     for f in step.flags.as_ref().unwrap_or(&case.flags) {
         args.push(subst(f));
     }
+    // `--call check` takes the build's flags, not its outputs.
+    let check_args = args.clone();
     let out_dir = tmp.join(format!("out{index}"));
     let oci = tmp.join(format!("image{index}.tar"));
     if expect.error.is_none() {
@@ -498,6 +502,8 @@ fn build_and_check(
     } else if code != 0 {
         return Err(format!("failed (exit {code}):\n    {}", tail()));
     }
+    lint::check_summary(&stderr, expect, subst)?;
+    lint::check_call(xb, ctx, &check_args, env, expect, subst)?;
     for w in &expect.warnings {
         if !stderr.contains(w.as_str()) {
             return Err(format!("no warning {w:?}:\n    {}", tail()));

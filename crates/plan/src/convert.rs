@@ -1093,9 +1093,8 @@ impl<'a> Planner<'a> {
                         }
                     }
                     let v = ex.word(s).map_err(|x| self.at(ins, e(x)))?;
-                    if v.is_empty() {
-                        return Err(self.at(ins, format!("source {s:?} expands to an empty path")));
-                    }
+                    // BuildKit: a source that expands to nothing is the root.
+                    let v = if v.is_empty() { ".".into() } else { v };
                     if !c.is_add && (v.starts_with("http://") || v.starts_with("https://")) {
                         return Err(self.at(
                             ins,

@@ -11,6 +11,7 @@
 pub mod check;
 mod convert;
 pub mod graph;
+pub mod lint;
 mod words;
 
 pub use convert::{plan, plan_source, targets, StageInfo};

@@ -225,7 +225,14 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
     };
     let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {
-        "check" => run_check(&df, &opts, &platforms, &ssh_ids, call.json),
+        "check" => run_check(
+            &df,
+            &opts,
+            &platforms,
+            &ssh_ids,
+            ignore_patterns(&args).as_deref(),
+            call.json,
+        ),
         "targets" => run_targets(&df, call.json),
         "explain" => crate::explain_cmd::run(&args, &df, &opts, &platforms, call.json),
         "outline" => {
@@ -281,13 +288,45 @@ pub fn findings(
     opts: &PlanOptions,
     platforms: &[Platform],
     ssh: &[String],
-) -> Vec<check::Finding> {
-    let mut out = check::check_source(&df.text, opts, platforms);
+    input: &check::CheckInput,
+) -> check::CheckReport {
+    let mut report = check::check_report(&df.text, opts, platforms, input);
+    extra_findings(df, opts, platforms, ssh, &mut report.findings);
+    report
+}
+
+/// The `.dockerignore` patterns of a local context (the Dockerfile's own
+/// `<name>.dockerignore` first), for the CopyIgnoredFile check.
+pub fn ignore_patterns(args: &BuildArgs) -> Option<Vec<String>> {
+    if args.context == "-" || args.context.contains("://") {
+        return None;
+    }
+    let ctx = PathBuf::from(&args.context);
+    let rel = match &args.file {
+        Some(f) => f
+            .strip_prefix(&ctx)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "Dockerfile".into()),
+        None => "Dockerfile".into(),
+    };
+    xbuild_dockerfile::ignore::ignore_file_candidates(&rel)
+        .into_iter()
+        .find_map(|c| std::fs::read_to_string(ctx.join(c)).ok())
+        .map(|t| xbuild_dockerfile::ignore::read_ignore_file(&t))
+}
+
+fn extra_findings(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    ssh: &[String],
+    out: &mut Vec<check::Finding>,
+) {
     let Some(p) = platforms.first() else {
-        return out;
+        return;
     };
     let Ok(g) = xbuild_plan::plan_source(&df.text, p, opts, &mut OfflineResolver) else {
-        return out;
+        return;
     };
     let mut seen = std::collections::BTreeSet::new();
     for st in &g.stages {
@@ -318,7 +357,6 @@ pub fn findings(
             }
         }
     }
-    out
 }
 
 fn run_check(
@@ -326,9 +364,25 @@ fn run_check(
     opts: &PlanOptions,
     platforms: &[Platform],
     ssh: &[String],
+    ignore: Option<&[String]>,
     json: bool,
 ) -> Result<()> {
-    let findings = findings(df, opts, platforms, ssh);
+    let input = check::CheckInput {
+        reachable_only: false,
+        ignore,
+    };
+    let report = findings(df, opts, platforms, ssh, &input);
+    let mut findings = report.findings;
+    if let Some(e) = report.error {
+        // `check=error=true`: the warnings make the check fail as the
+        // build would.
+        findings.push(check::Finding {
+            rule: "LintViolation".into(),
+            severity: check::Severity::Error,
+            message: e,
+            location: None,
+        });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {

@@ -5,7 +5,7 @@
 use crate::cli::{BuildArgs, ProgressMode};
 use crate::exit::Exit;
 use crate::progress::{Renderer, Style};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,6 +85,28 @@ pub fn run(
         .build()
         .context("starting the async runtime")?;
     let renderer = Renderer::stderr(style(mode(args)));
+    // The build checks, as BuildKit runs them for a build: only the stages
+    // the target needs; printed after the build, failed or not, and with
+    // `check=error=true` they stop it before it starts.
+    let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
+    let ignore = crate::build::ignore_patterns(args);
+    let input = xbuild_plan::check::CheckInput {
+        reachable_only: true,
+        ignore: ignore.as_deref(),
+    };
+    let lint = crate::build::findings(df, opts, platforms, &ssh, &input);
+    let warnings: Vec<_> = lint
+        .findings
+        .into_iter()
+        .filter(|f| f.severity == xbuild_plan::check::Severity::Warning)
+        .collect();
+    let show = mode(args) != ProgressMode::Quiet;
+    if let Some(e) = lint.error {
+        if show {
+            print_warnings(&warnings, args.debug);
+        }
+        bail!("{e}");
+    }
     let r = rt.block_on(async {
         let build = build(args, df, opts, platforms, &renderer);
         tokio::pin!(build);
@@ -105,6 +127,9 @@ pub fn run(
     // Steps of cancelled platforms may still be finishing on blocking
     // threads: do not wait for them.
     rt.shutdown_background();
+    if show {
+        print_warnings(&warnings, args.debug);
+    }
     r
 }
 
@@ -329,13 +354,6 @@ async fn build(
             }
         }
         write_file(path, &serde_json::to_vec_pretty(&meta)?)?;
-    }
-    if !quiet {
-        let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
-        print_warnings(
-            &crate::build::findings(df, opts, platforms, &ssh),
-            args.debug,
-        );
     }
     Ok(())
 }

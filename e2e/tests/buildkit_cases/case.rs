@@ -298,6 +298,19 @@ pub struct Expect {
     /// Exact number of `#N CACHED` lines.
     #[serde(default)]
     pub cached: Option<usize>,
+    /// The exact build-check warnings (BuildKit's short form, `Rule:
+    /// detail (line N)`), both in the build's closing summary and from
+    /// `--call check` (see `lint.rs`); `[]` means none.
+    #[serde(default)]
+    pub lint: Option<Vec<String>>,
+    /// The warnings `--call check` gives when they differ from `lint`
+    /// (BuildKit lints every stage there, only the built ones in a build).
+    #[serde(default)]
+    pub lint_check: Option<Vec<String>>,
+    /// A substring of the error `--call check` reports; without it,
+    /// `--call check` must report no error.
+    #[serde(default)]
+    pub lint_error: Option<String>,
     /// Substrings of stderr.
     #[serde(default)]
     pub stderr_contains: Vec<String>,
