@@ -326,25 +326,9 @@ impl<'a> Planner<'a> {
                 body: &ins[w[0] + 1..w[1]],
             });
         }
-        // Duplicate and reserved names.
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for (n, s) in self.stages.iter().enumerate() {
-            if let Some(name) = &s.from_info.name {
-                if name == "scratch" || name == "context" {
-                    return Err(self.at(
-                        s.from,
-                        format!("{name:?} is a reserved name and cannot be used for a stage"),
-                    ));
-                }
-                if let Some(prev) = seen.insert(name, n) {
-                    let prev_line = self.stages[prev].from.span.start_line;
-                    return Err(self.at(
-                        s.from,
-                        format!("duplicate stage name {name:?} (first used on line {prev_line})"),
-                    ));
-                }
-            }
-        }
+        // Duplicate and reserved stage names are only warned about (the
+        // DuplicateStageName and ReservedStageName checks): as in
+        // BuildKit, a name means the last stage given it so far.
         self.conv = vec![Conv::NotStarted; self.stages.len()];
         self.finals = vec![StageState::default(); self.stages.len()];
         Ok(())
@@ -374,22 +358,18 @@ impl<'a> Planner<'a> {
             let platform = match &s.from_info.platform {
                 Some(p) => {
                     let pv = ex.word(p).map_err(|e| self.at(s.from, e.to_string()))?;
-                    Platform::parse(&pv).map_err(|e| {
-                        self.at(s.from, format!("--platform={p} (expanded {pv:?}): {e}"))
-                    })?
+                    crate::lint::from_platform(self.df.escape, p, &pv, &vars)
+                        .map_err(|m| self.at(s.from, m))?
                 }
                 None => self.platform.clone(),
             };
             // FROM <earlier stage name> refers to that stage.
             let lower = image.to_ascii_lowercase();
-            let base = if lower == "scratch" {
-                Some(Base::Scratch)
-            } else {
-                self.stages[..n]
-                    .iter()
-                    .position(|o| o.from_info.name.as_deref() == Some(lower.as_str()))
-                    .map(Base::Stage)
-            };
+            let base = self.stages[..n]
+                .iter()
+                .rposition(|o| o.from_info.name.as_deref() == Some(lower.as_str()))
+                .map(Base::Stage)
+                .or((lower == "scratch").then_some(Base::Scratch));
             self.froms.push((image, platform, base));
         }
         Ok(())
@@ -402,7 +382,7 @@ impl<'a> Planner<'a> {
                 let tl = t.to_ascii_lowercase();
                 self.stages
                     .iter()
-                    .position(|s| s.from_info.name.as_deref() == Some(tl.as_str()))
+                    .rposition(|s| s.from_info.name.as_deref() == Some(tl.as_str()))
                     .ok_or_else(|| PlanError::TargetNotFound {
                         target: t.clone(),
                         available: self
@@ -429,7 +409,7 @@ impl<'a> Planner<'a> {
         if let Some(n) = self
             .stages
             .iter()
-            .position(|s| s.from_info.name.as_deref() == Some(lower.as_str()))
+            .rposition(|s| s.from_info.name.as_deref() == Some(lower.as_str()))
         {
             return Ok(Some(n));
         }

@@ -818,6 +818,44 @@ impl Linter<'_> {
     }
 }
 
+/// The platform of `FROM --platform=word` (`value` is its expansion),
+/// refused with BuildKit's words and a hint for a misspelt variable.
+pub(crate) fn from_platform(
+    escape: char,
+    word: &str,
+    value: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Platform, String> {
+    let hint = || {
+        let keys: Vec<&String> = vars.keys().collect();
+        Lexer::new(escape)
+            .process_word_with_matches(word, vars)
+            .ok()
+            .and_then(|e| e.unmatched.iter().find_map(|u| suggest(u, &keys, true)))
+            .map(|m| format!(" (did you mean {m}?)"))
+            .unwrap_or_default()
+    };
+    if value.is_empty() {
+        return Err(format!(
+            "empty platform value from expression {word}{}",
+            hint()
+        ));
+    }
+    Platform::parse(value).map_err(|e| {
+        let why = match value.split('/').find(|c| {
+            !c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+                || c.is_empty()
+        }) {
+            Some(c) => format!(
+                "{c:?} is an invalid component of {value:?}: platform specifier component must match \"^[A-Za-z0-9_.-]+$\": invalid argument"
+            ),
+            None => e.to_string(),
+        };
+        format!("failed to parse platform {word}: {why}{}", hint())
+    })
+}
+
 /// A path cleaned as Go's `filepath.Clean`, without a leading `./`.
 fn clean(p: &str) -> String {
     let abs = p.starts_with('/');
