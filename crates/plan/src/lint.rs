@@ -296,7 +296,7 @@ pub fn lint(
     l.definitions(&globals, &st);
     let global_args = global_args(doc, &globals);
     for s in &st {
-        l.from_rules(s, &global_args);
+        l.base_rules(s, &global_args);
     }
     for i in 0..st.len() {
         if live.contains(&i) {
@@ -528,7 +528,7 @@ impl Linter<'_> {
         }
     }
 
-    fn from_rules(&mut self, s: &Stage, globals: &[(String, Option<String>)]) {
+    fn base_rules(&mut self, s: &Stage, globals: &[(String, Option<String>)]) {
         let n = s.from;
         let i = s.from_index;
         let lex = self.lexer();
