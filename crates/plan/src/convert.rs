@@ -907,8 +907,8 @@ impl<'a> Planner<'a> {
                 if network == Network::Host && !self.opts.allow.network_host {
                     return Err(self.at(
                         ins,
-                        "network mode \"host\" needs the network.host entitlement: \
-                         pass --allow network.host",
+                        "entitlement network.host is not allowed: network mode \"host\" \
+                         needs --allow network.host",
                     ));
                 }
                 let insecure = match run.security.as_deref() {
@@ -924,8 +924,8 @@ impl<'a> Planner<'a> {
                 if insecure && !self.opts.allow.security_insecure {
                     return Err(self.at(
                         ins,
-                        "security mode \"insecure\" needs the security.insecure entitlement: \
-                         pass --allow security.insecure",
+                        "entitlement security.insecure is not allowed: security mode \
+                         \"insecure\" needs --allow security.insecure",
                     ));
                 }
                 let mut inline_files = Vec::new();

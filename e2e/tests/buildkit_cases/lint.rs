@@ -115,3 +115,15 @@ pub fn check_call(
         _ => Ok(()),
     }
 }
+
+/// Whether this process's capability bounding set holds capabilities 0-37
+/// (BuildKit's `testRunSecurityInsecure` expects all of them in an insecure
+/// step, which can only have what the host has): `needs: [all_caps]`.
+pub fn all_caps() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|b| b & 0x3f_ffff_ffff == 0x3f_ffff_ffff)
+}
