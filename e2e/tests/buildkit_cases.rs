@@ -860,6 +860,14 @@ fn check_image(config: &Value, expect: &Expect) -> Result<(), String> {
         }
     }
     let history = config["history"].as_array().cloned().unwrap_or_default();
+    if let Some(t) = &expect.history_created {
+        if let Some(h) = history.iter().find(|h| h["created"] != t.as_str()) {
+            return Err(format!(
+                "history entry created {}, BuildKit {t}",
+                h["created"]
+            ));
+        }
+    }
     if let Some(n) = expect.history_len {
         if history.len() != n {
             return Err(format!(

@@ -273,6 +273,10 @@ pub struct Expect {
     /// The last entries of the history.
     #[serde(default)]
     pub history: Vec<HistoryExpect>,
+    /// The `created` time every history entry must have (RFC 3339, as
+    /// the config writes it).
+    #[serde(default)]
+    pub history_created: Option<String>,
     /// Exact history length.
     #[serde(default)]
     pub history_len: Option<usize>,
@@ -326,6 +330,7 @@ impl Expect {
             || !self.image.is_empty()
             || !self.history.is_empty()
             || self.history_len.is_some()
+            || self.history_created.is_some()
             || self.layers.is_some()
             || self.manifests.is_some()
             || self.same_image_as_step.is_some()
