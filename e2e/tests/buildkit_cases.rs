@@ -550,6 +550,7 @@ fn build_and_check(
     if expect.error.is_some() {
         return Ok(());
     }
+    lint::check_tars(expect, subst)?;
     for (path, want) in &expect.files {
         check_file(
             &out_dir,

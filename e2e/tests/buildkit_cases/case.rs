@@ -273,6 +273,10 @@ pub struct Expect {
     /// The last entries of the history.
     #[serde(default)]
     pub history: Vec<HistoryExpect>,
+    /// Tar files the build wrote (`-o type=tar,dest=...` in `flags`): the
+    /// path (placeholders allowed) → member name → exact content.
+    #[serde(default)]
+    pub tar: BTreeMap<String, BTreeMap<String, String>>,
     /// The `created` time every history entry must have (RFC 3339, as
     /// the config writes it).
     #[serde(default)]

@@ -127,3 +127,39 @@ pub fn all_caps() -> bool {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|b| b & 0x3f_ffff_ffff == 0x3f_ffff_ffff)
 }
+
+/// Compare the members of the tar files a build wrote (`expect.tar`).
+pub fn check_tars(expect: &Expect, subst: &dyn Fn(&str) -> String) -> Result<(), String> {
+    use std::io::Read;
+    for (path, members) in &expect.tar {
+        let path = subst(path);
+        let f = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        let mut got: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut ar = tar::Archive::new(f);
+        for e in ar.entries().map_err(|e| format!("{path}: {e}"))? {
+            let mut e = e.map_err(|e| format!("{path}: {e}"))?;
+            let name = e.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).map_err(|e| e.to_string())?;
+            got.insert(name.trim_start_matches("./").to_string(), v);
+        }
+        for (name, want) in members {
+            match got.get(name) {
+                Some(v) if v == want.as_bytes() => {}
+                Some(v) => {
+                    return Err(format!(
+                        "{name} in {path} is {:?}, BuildKit {want:?}",
+                        String::from_utf8_lossy(v)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{name} missing in {path} (has {:?})",
+                        got.keys().collect::<Vec<_>>()
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
