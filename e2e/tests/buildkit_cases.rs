@@ -487,9 +487,20 @@ fn build_and_check(
             args.push(format!("type=oci,dest={}", s(&oci)));
         }
     }
-    args.push(".".into());
+    let stdin = match &case.stdin_context {
+        Some(entries) => {
+            let p = tmp.join("stdin-context.tar");
+            std::fs::write(&p, case::archive_bytes(entries, false)?).map_err(|e| e.to_string())?;
+            args.push("-".into());
+            Some(p)
+        }
+        None => {
+            args.push(".".into());
+            None
+        }
+    };
     let env = step.env.as_ref().unwrap_or(&case.env);
-    let (code, stderr) = run_xbuild(xb, ctx, &args, env)?;
+    let (code, stderr) = run_xbuild(xb, ctx, &args, env, stdin.as_deref())?;
     if std::env::var_os("XBUILD_CASES_VERBOSE").is_some() {
         println!("--- xbuild {}\n{stderr}", args.join(" "));
     }
@@ -586,15 +597,20 @@ fn run_xbuild(
     ctx: &Path,
     args: &[String],
     env: &BTreeMap<String, String>,
+    stdin: Option<&Path>,
 ) -> Result<(i32, String), String> {
     let mut cmd: Command = xb.command();
+    let input = match stdin {
+        Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| e.to_string())?),
+        None => Stdio::null(),
+    };
     // BuildKit's tests solve through its client API, which adds no
     // attestation; buildx's default provenance would be extra manifests.
     cmd.current_dir(ctx)
         .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
         .args(args)
         .envs(env)
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawn xbuild: {e}"))?;

@@ -21,10 +21,17 @@ pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
         if args.file.is_some() {
             bail!("cannot use -f with a Dockerfile read from standard input (PATH is -)");
         }
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the Dockerfile from standard input")?;
+        let text = match crate::remote_ctx::stdin_dockerfile() {
+            Some(b) => String::from_utf8(b)
+                .context("the Dockerfile on standard input is not UTF-8 text")?,
+            None => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the Dockerfile from standard input")?;
+                text
+            }
+        };
         return Ok(LoadedDockerfile {
             display: "Dockerfile".into(),
             text,

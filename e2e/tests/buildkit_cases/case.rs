@@ -52,6 +52,10 @@ pub struct Case {
     /// Other flags, as is.
     #[serde(default)]
     pub flags: Vec<String>,
+    /// The build context as a tar archive of these entries on standard
+    /// input (PATH `-`) instead of the context directory.
+    #[serde(default)]
+    pub stdin_context: Option<Vec<ArchiveEntry>>,
     /// Files served under `{{http}}`.
     #[serde(default)]
     pub http: BTreeMap<String, HttpEntry>,

@@ -138,7 +138,11 @@ pub fn check_tars(expect: &Expect, subst: &dyn Fn(&str) -> String) -> Result<(),
         let mut ar = tar::Archive::new(f);
         for e in ar.entries().map_err(|e| format!("{path}: {e}"))? {
             let mut e = e.map_err(|e| format!("{path}: {e}"))?;
-            let name = e.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            let name = e
+                .path()
+                .map_err(|e| e.to_string())?
+                .to_string_lossy()
+                .into_owned();
             let mut v = Vec::new();
             e.read_to_end(&mut v).map_err(|e| e.to_string())?;
             got.insert(name.trim_start_matches("./").to_string(), v);

@@ -145,6 +145,38 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
             out.write_all(&buf[..n]).map_err(io_err("write", &file))?;
         }
     }
+    unpack(dir, &file, url)
+}
+
+/// A build context given on standard input (`xbuild build - < ctx.tar`):
+/// an archive (tar, possibly compressed) is unpacked into a new directory
+/// under `tmp_parent`; anything else gives `Ok(None)` (it is a Dockerfile).
+pub fn from_stdin_bytes(
+    bytes: &[u8],
+    tmp_parent: &Path,
+) -> Result<Option<HttpContext>, HttpContextError> {
+    let io_err = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HttpContextError::Io { op, path, source }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("xbuild-stdin-")
+        .tempdir_in(tmp_parent)
+        .map_err(io_err("create directory in", tmp_parent))?;
+    let file = dir.path().join("download");
+    std::fs::write(&file, bytes).map_err(io_err("write", &file))?;
+    let c = unpack(dir, &file, "standard input")?;
+    Ok((c.kind == HttpContextKind::Archive).then_some(c))
+}
+
+/// Unpack a downloaded `file` (in `dir`) into `dir/context`: an archive is
+/// extracted, any other file becomes the context's Dockerfile.
+fn unpack(dir: tempfile::TempDir, file: &Path, url: &str) -> Result<HttpContext, HttpContextError> {
+    let io_err = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HttpContextError::Io { op, path, source }
+    };
+    let file = file.to_path_buf();
     let root = dir.path().join("context");
     std::fs::create_dir(&root).map_err(io_err("create", &root))?;
     let unpack_err = |message: String| HttpContextError::Unpack {
