@@ -78,6 +78,8 @@ pub struct CheckInput<'a> {
     pub reachable_only: bool,
     /// The context's `.dockerignore` patterns, when it has one.
     pub ignore: Option<&'a [String]>,
+    /// Environment variable names of base images by stage index, when known.
+    pub base_env: Option<&'a std::collections::BTreeMap<usize, Vec<String>>>,
 }
 
 /// The findings, and the error `check=error=true` makes of them.
@@ -122,6 +124,7 @@ pub fn check_report(
         reachable_only: input.reachable_only,
         target: opts.target.as_deref(),
         ignore: input.ignore,
+        base_env: input.base_env,
     };
     for w in crate::lint::lint(src, &doc, file, &cfg, &lint_input) {
         out.push(warn(w.rule, w.message, Some(w.location)));

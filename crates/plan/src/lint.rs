@@ -119,6 +119,9 @@ pub struct LintInput<'a> {
     pub target: Option<&'a str>,
     /// The context's `.dockerignore` patterns, when it has one.
     pub ignore: Option<&'a [String]>,
+    /// The environment variable names of the base images, by stage index
+    /// (stages built on an image whose config is known, e.g. after a build).
+    pub base_env: Option<&'a BTreeMap<usize, Vec<String>>>,
 }
 
 /// The comments above each node as BuildKit's parser collects them (every
@@ -300,7 +303,7 @@ pub fn lint(
     }
     for i in 0..st.len() {
         if live.contains(&i) {
-            l.stage_rules(i, &st, input.ignore);
+            l.stage_rules(i, &st, input);
         }
     }
     l.out.sort_by(|a, b| {
@@ -630,7 +633,8 @@ impl Linter<'_> {
     }
 
     /// The rules BuildKit runs while building a stage.
-    fn stage_rules(&mut self, idx: usize, st: &[Stage], ignore: Option<&[String]>) {
+    fn stage_rules(&mut self, idx: usize, st: &[Stage], input: &LintInput) {
+        let ignore = input.ignore;
         let lex = self.lexer();
         // What the stage inherits from earlier stages of this Dockerfile.
         let mut chain = Vec::new();
@@ -648,6 +652,37 @@ impl Linter<'_> {
         let mut shell = false;
         let mut workdir_set = false;
         let matcher = ignore.and_then(|p| PatternMatcher::new(p).ok());
+        // The environment of a base image is not known without pulling it:
+        // below an image (not scratch), a variable counts as undefined only
+        // when the stage defines it later, or a defined name is close to it.
+        let root = chain.first().copied().unwrap_or(idx);
+        let image_env = input.base_env.and_then(|m| m.get(&root));
+        let base_known = image_env.is_some()
+            || st[root]
+                .from
+                .args
+                .first()
+                .is_some_and(|b| b.eq_ignore_ascii_case("scratch"));
+        env.extend(
+            image_env
+                .into_iter()
+                .flatten()
+                .map(|k| (k.clone(), String::new())),
+        );
+        let defined_later: BTreeSet<String> = chain
+            .iter()
+            .flat_map(|&k| st[k].body.iter())
+            .map(|&i| &self.doc.nodes[i])
+            .flat_map(|n| match n.keyword.as_str() {
+                "arg" => n
+                    .args
+                    .iter()
+                    .map(|a| a.split('=').next().unwrap_or("").to_string())
+                    .collect(),
+                "env" => n.args.chunks(3).map(|t| t[0].clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
         for (pos, &k) in chain.iter().enumerate() {
             let own = pos + 1 == chain.len();
             let mut once: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -693,7 +728,11 @@ impl Linter<'_> {
                             if args.contains(v) || !reported.insert(v.clone()) {
                                 continue;
                             }
-                            let hint = suggest(v, &known, true)
+                            let close = suggest(v, &known, true);
+                            if !base_known && close.is_none() && !defined_later.contains(v) {
+                                continue;
+                            }
+                            let hint = close
                                 .map(|m| format!(" (did you mean ${m}?)"))
                                 .unwrap_or_default();
                             self.warn(
@@ -945,6 +984,50 @@ mod tests {
         assert!(!looks_secret("secret_File"));
         assert!(!looks_secret("AUTH_MODULE_VERSION"));
         assert!(!looks_secret("sunflower"));
+    }
+
+    fn undefined_with(src: &str, base_env: Option<&BTreeMap<usize, Vec<String>>>) -> Vec<String> {
+        let doc = xbuild_dockerfile::parse(src, "Dockerfile").unwrap();
+        let input = LintInput {
+            base_env,
+            ..LintInput::default()
+        };
+        lint(src, &doc, "Dockerfile", &LintConfig::default(), &input)
+            .into_iter()
+            .filter(|w| w.rule == "UndefinedVar")
+            .map(|w| w.message)
+            .collect()
+    }
+
+    fn undefined(src: &str) -> Vec<String> {
+        undefined_with(src, None)
+    }
+
+    #[test]
+    fn undefined_vars_below_an_image_need_evidence() {
+        // Below scratch the environment is known: any unset name warns.
+        assert_eq!(
+            undefined("FROM scratch\nENV A=$GOROOT\n"),
+            ["Usage of undefined variable '$GOROOT'"]
+        );
+        // Below an image it may come from the image's own environment.
+        assert!(undefined("FROM golang\nENV A=$GOROOT\n").is_empty());
+        // ... unless the stage defines it later, or it is a near miss.
+        assert_eq!(
+            undefined("FROM golang\nENV A=$X\nARG X=1\n"),
+            ["Usage of undefined variable '$X'"]
+        );
+        assert_eq!(
+            undefined("FROM golang\nENV PATH=$PAHT:/x\n"),
+            ["Usage of undefined variable '$PAHT' (did you mean $PATH?)"]
+        );
+        // With the image's environment known (after a build), it decides.
+        let env = BTreeMap::from([(0, vec!["PATH".to_string(), "GOPATH".to_string()])]);
+        let src = "FROM golang\nENV A=$GOPATH B=$GOROOT\n";
+        assert_eq!(
+            undefined_with(src, Some(&env)),
+            ["Usage of undefined variable '$GOROOT'"]
+        );
     }
 
     #[test]

@@ -377,6 +377,7 @@ fn run_check(
     let input = check::CheckInput {
         reachable_only: false,
         ignore,
+        base_env: None,
     };
     let report = findings(df, opts, platforms, ssh, &input);
     let mut findings = report.findings;

@@ -90,25 +90,28 @@ pub fn run(
     // `check=error=true` they stop it before it starts.
     let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
     let ignore = crate::build::ignore_patterns(args);
-    let input = xbuild_plan::check::CheckInput {
+    let mut input = xbuild_plan::check::CheckInput {
         reachable_only: true,
         ignore: ignore.as_deref(),
+        base_env: None,
+    };
+    let warnings_only = |r: xbuild_plan::check::CheckReport| -> Vec<_> {
+        r.findings
+            .into_iter()
+            .filter(|f| f.severity == xbuild_plan::check::Severity::Warning)
+            .collect()
     };
     let lint = crate::build::findings(df, opts, platforms, &ssh, &input);
-    let warnings: Vec<_> = lint
-        .findings
-        .into_iter()
-        .filter(|f| f.severity == xbuild_plan::check::Severity::Warning)
-        .collect();
     let show = mode(args) != ProgressMode::Quiet;
-    if let Some(e) = lint.error {
+    if let Some(e) = lint.error.clone() {
         if show {
-            print_warnings(&warnings, args.debug);
+            print_warnings(&warnings_only(lint), args.debug);
         }
         bail!("{e}");
     }
+    let bases = std::sync::Mutex::new(Vec::new());
     let r = rt.block_on(async {
-        let build = build(args, df, opts, platforms, &renderer);
+        let build = build(args, df, opts, platforms, &renderer, &bases);
         tokio::pin!(build);
         tokio::select! {
             r = &mut build => r,
@@ -128,9 +131,45 @@ pub fn run(
     // threads: do not wait for them.
     rt.shutdown_background();
     if show {
-        print_warnings(&warnings, args.debug);
+        // With the base images now in the store, their environments are
+        // known to the UndefinedVar check.
+        let env = base_envs(&bases.into_inner().unwrap_or_default());
+        input.base_env = Some(&env);
+        let lint = crate::build::findings(df, opts, platforms, &ssh, &input);
+        print_warnings(&warnings_only(lint), args.debug);
     }
     r
+}
+
+/// The environment variable names of each stage's base image (by
+/// Dockerfile stage index), read from the local store.
+fn base_envs(
+    bases: &[(usize, xbuild_plan::graph::ImageRef)],
+) -> std::collections::BTreeMap<usize, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(store) = crate::paths::open_store() else {
+        return out;
+    };
+    for (stage, img) in bases {
+        let Some(digest) = &img.digest else { continue };
+        let Ok(r) = format!("{}@{digest}", img.reference.split('@').next().unwrap_or(""))
+            .parse::<xbuild_oci::reference::Reference>()
+        else {
+            continue;
+        };
+        if let Some((_, config)) =
+            xbuild_coordinator::resolve::local_image(&store, &r, &img.platform)
+        {
+            let names = config
+                .config
+                .env
+                .iter()
+                .map(|e| e.split('=').next().unwrap_or("").to_string())
+                .collect();
+            out.insert(*stage, names);
+        }
+    }
+    out
 }
 
 /// Exit code of an interrupted build (128 + SIGINT, as shells report it).
@@ -167,6 +206,7 @@ async fn build(
     opts: &PlanOptions,
     platforms: &[Platform],
     renderer: &Renderer,
+    bases: &std::sync::Mutex<Vec<(usize, xbuild_plan::graph::ImageRef)>>,
 ) -> Result<()> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
@@ -194,6 +234,13 @@ async fn build(
     };
 
     let planned = xbuild_coordinator::plan(&req, &session).await?;
+    if let (Some(g), Ok(mut b)) = (planned.graphs.first(), bases.lock()) {
+        for st in &g.stages {
+            if let xbuild_plan::Base::Image(img) = &st.base {
+                b.push((st.dockerfile_index, img.clone()));
+            }
+        }
+    }
     for message in &planned.warnings {
         renderer.emit(Event::Warning {
             message: message.clone(),
