@@ -133,43 +133,84 @@ pub fn run(
     if show {
         // With the base images now in the store, their environments are
         // known to the UndefinedVar check.
-        let env = base_envs(&bases.into_inner().unwrap_or_default());
+        let bases = bases.into_inner().unwrap_or_default();
+        let (env, mismatched) = base_info(&bases);
         input.base_env = Some(&env);
         let lint = crate::build::findings(df, opts, platforms, &ssh, &input);
-        print_warnings(&warnings_only(lint), args.debug);
+        let mut warnings = warnings_only(lint);
+        let runs = xbuild_dockerfile::parse(&df.text, &df.display)
+            .map(|d| xbuild_plan::lint::LintConfig::for_build(&d, &opts.build_args))
+            .unwrap_or_default()
+            .runs("InvalidBaseImagePlatform");
+        if runs {
+            warnings.extend(mismatched);
+            warnings.sort_by_key(|f| f.location.as_ref().map_or(0, |l| l.start_line));
+        }
+        print_warnings(&warnings, args.debug);
     }
     r
 }
 
-/// The environment variable names of each stage's base image (by
-/// Dockerfile stage index), read from the local store.
-fn base_envs(
-    bases: &[(usize, xbuild_plan::graph::ImageRef)],
-) -> std::collections::BTreeMap<usize, Vec<String>> {
-    let mut out = std::collections::BTreeMap::new();
+/// A stage built on an image: its Dockerfile stage index, the image (with
+/// the platform the stage wanted) and the FROM line.
+type BaseUse = (
+    usize,
+    xbuild_plan::graph::ImageRef,
+    xbuild_plan::graph::Location,
+);
+
+/// From the base images now in the local store: the environment variable
+/// names of each stage's base (by Dockerfile stage index), and a warning for
+/// each base whose config names another platform than the stage's
+/// (BuildKit's InvalidBaseImagePlatform).
+fn base_info(
+    bases: &[BaseUse],
+) -> (
+    std::collections::BTreeMap<usize, Vec<String>>,
+    Vec<xbuild_plan::check::Finding>,
+) {
+    let mut env = std::collections::BTreeMap::new();
+    let mut warnings = Vec::new();
     let Ok(store) = crate::paths::open_store() else {
-        return out;
+        return (env, warnings);
     };
-    for (stage, img) in bases {
-        let Some(digest) = &img.digest else { continue };
-        let Ok(r) = format!("{}@{digest}", img.reference.split('@').next().unwrap_or(""))
-            .parse::<xbuild_oci::reference::Reference>()
+    for (stage, img, location) in bases {
+        let Some(digest) = img
+            .digest
+            .as_deref()
+            .and_then(|d| d.parse::<xbuild_oci::Digest>().ok())
         else {
             continue;
         };
-        if let Some((_, config)) =
-            xbuild_coordinator::resolve::local_image(&store, &r, &img.platform)
-        {
-            let names = config
-                .config
-                .env
-                .iter()
-                .map(|e| e.split('=').next().unwrap_or("").to_string())
-                .collect();
-            out.insert(*stage, names);
+        let Some(config) = xbuild_engine::image::read_manifest(&store, &digest)
+            .ok()
+            .and_then(|m| xbuild_engine::image::read_config(&store, &m.config.digest).ok())
+        else {
+            continue;
+        };
+        let names = config
+            .config
+            .env
+            .iter()
+            .map(|e| e.split('=').next().unwrap_or("").to_string())
+            .collect();
+        env.insert(*stage, names);
+        let actual = config.platform();
+        if actual.os() != img.platform.os() || !actual.same_arch(&img.platform) {
+            warnings.push(xbuild_plan::check::Finding {
+                rule: "InvalidBaseImagePlatform".into(),
+                severity: xbuild_plan::check::Severity::Warning,
+                message: format!(
+                    "Base image {} was pulled with platform {:?}, expected {:?} for current build",
+                    img.reference,
+                    actual.to_string(),
+                    img.platform.to_string()
+                ),
+                location: Some(location.clone()),
+            });
         }
     }
-    out
+    (env, warnings)
 }
 
 /// Exit code of an interrupted build (128 + SIGINT, as shells report it).
@@ -206,7 +247,7 @@ async fn build(
     opts: &PlanOptions,
     platforms: &[Platform],
     renderer: &Renderer,
-    bases: &std::sync::Mutex<Vec<(usize, xbuild_plan::graph::ImageRef)>>,
+    bases: &std::sync::Mutex<Vec<BaseUse>>,
 ) -> Result<()> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
@@ -237,7 +278,7 @@ async fn build(
     if let (Some(g), Ok(mut b)) = (planned.graphs.first(), bases.lock()) {
         for st in &g.stages {
             if let xbuild_plan::Base::Image(img) = &st.base {
-                b.push((st.dockerfile_index, img.clone()));
+                b.push((st.dockerfile_index, img.clone(), st.location.clone()));
             }
         }
     }
