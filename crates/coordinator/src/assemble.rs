@@ -3,18 +3,51 @@
 //! media-type variant when an output asks for one; with its attestations
 //! (buildx-layout entries in the index, or OCI 1.1 referrer artifacts).
 
-use crate::attest::{self, StatementsFor};
+use crate::attest::{self, AttestError, StatementsFor};
 use crate::report::PlatformResult;
-use anyhow::Result;
+use crate::rewrite::RewriteError;
 use xbuild_attest::layout::AttestationBlob;
 use xbuild_oci::{BlobStore, Descriptor};
+
+/// What an [`AssembleHook`] fails with: any error, shown as it is.
+pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the image could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// A platform manifest could not be rewritten (compression, annotations).
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+    /// A hook failed.
+    #[error(transparent)]
+    Hook(HookError),
+    /// The attestations could not be made.
+    #[error(transparent)]
+    Attest(#[from] AttestError),
+    /// The annotations cannot apply to this result.
+    #[error(transparent)]
+    Annotation(#[from] xbuild_oci::annotation::AnnotationError),
+    /// The index or the Docker-typed manifests could not be written.
+    #[error(transparent)]
+    Image(#[from] xbuild_engine::image::ImageError),
+    /// The annotated index could not be encoded.
+    #[error("encoding the index")]
+    EncodeIndex(#[source] xbuild_oci::manifest::ManifestError),
+    /// The content store failed (the error names the blob).
+    #[error(transparent)]
+    Store(#[from] xbuild_oci::store::StoreError),
+}
 
 /// Changes the platform manifests before the index is written (annotations,
 /// attestation manifests). Hooks run in order; each gets the manifests as
 /// the previous one left them.
 pub trait AssembleHook: Send + Sync {
     /// Rewrite `manifests` (write any new blob into `store`).
-    fn manifests(&self, store: &BlobStore, manifests: &mut Vec<Descriptor>) -> Result<()>;
+    fn manifests(
+        &self,
+        store: &BlobStore,
+        manifests: &mut Vec<Descriptor>,
+    ) -> Result<(), HookError>;
 }
 
 /// How to assemble.
@@ -94,31 +127,33 @@ pub fn assemble(
     store: &BlobStore,
     done: &[PlatformResult],
     opts: &AssembleOptions<'_>,
-) -> Result<Assembled> {
+) -> Result<Assembled, AssembleError> {
     let mut manifests: Vec<Descriptor> = done
         .iter()
         .map(|d| opts.rewrite.apply(store, &d.manifest))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     for h in &opts.hooks {
-        h.manifests(store, &mut manifests)?;
+        h.manifests(store, &mut manifests)
+            .map_err(AssembleError::Hook)?;
     }
     let mut statements = Vec::new();
     // Attestation manifests go after the platforms, as buildx orders them;
     // referrer artifacts are pushed beside the image instead.
-    let attach =
-        |platforms: &[Descriptor], docker: bool| -> Result<(Vec<Descriptor>, Vec<Referrer>)> {
-            match &opts.attestations {
-                None => Ok((Vec::new(), Vec::new())),
-                Some(a) if a.referrers => Ok((
-                    Vec::new(),
-                    attest::referrer_artifacts(store, platforms, a.statements)?,
-                )),
-                Some(a) => Ok((
-                    attest::buildx_entries(store, platforms, docker, a.statements)?,
-                    Vec::new(),
-                )),
-            }
-        };
+    let attach = |platforms: &[Descriptor],
+                  docker: bool|
+     -> Result<(Vec<Descriptor>, Vec<Referrer>), AttestError> {
+        match &opts.attestations {
+            None => Ok((Vec::new(), Vec::new())),
+            Some(a) if a.referrers => Ok((
+                Vec::new(),
+                attest::referrer_artifacts(store, platforms, a.statements)?,
+            )),
+            Some(a) => Ok((
+                attest::buildx_entries(store, platforms, docker, a.statements)?,
+                Vec::new(),
+            )),
+        }
+    };
     if let Some(a) = &opts.attestations {
         for m in &manifests {
             let b = (a.statements)(m)?;
@@ -143,9 +178,7 @@ pub fn assemble(
     } else {
         let mut index = xbuild_oci::ImageIndex::new_oci(manifests.clone());
         index.annotations = applied.index.clone();
-        let enc = index
-            .encode()
-            .map_err(|e| anyhow::anyhow!("encoding the index: {e}"))?;
+        let enc = index.encode().map_err(AssembleError::EncodeIndex)?;
         store.put_bytes(&enc.bytes)?;
         enc.descriptor
     };

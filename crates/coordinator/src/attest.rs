@@ -4,9 +4,8 @@
 //! attestation manifests in the index, as OCI 1.1 referrers, or as files
 //! beside a local export. The formats themselves are `xbuild-attest`'s.
 
-use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use xbuild_attest::bundle;
 use xbuild_attest::layout::AttestationBlob;
@@ -19,6 +18,60 @@ use xbuild_dockerfile::instructions::MountType;
 use xbuild_oci::manifest::Manifest;
 use xbuild_oci::{BlobStore, Descriptor, Digest, Reference};
 use xbuild_plan::graph::{Base, BuildGraph, FileSource, Network, Op};
+
+/// Why attestations could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The content store failed (the error names the blob).
+    #[error(transparent)]
+    Store(#[from] xbuild_oci::store::StoreError),
+    /// A stored manifest cannot be read.
+    #[error(transparent)]
+    Manifest(#[from] xbuild_oci::manifest::ManifestError),
+    /// The SBOM's subject is an index, not an image manifest.
+    #[error("{digest} is not an image manifest")]
+    NotImage {
+        /// The manifest.
+        digest: Digest,
+    },
+    /// A file or directory could not be created or written.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done (`creating`, `writing`).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Scanning the layers for packages failed.
+    #[error(transparent)]
+    Scan(#[from] sbom::ScanError),
+    /// A statement could not be made.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    /// An attestation manifest could not be made.
+    #[error(transparent)]
+    Layout(#[from] xbuild_attest::layout::LayoutError),
+    /// A platform's image could not be scanned for its SBOM.
+    #[error("scanning the {platform} image for its SBOM")]
+    Sbom {
+        /// The platform.
+        platform: xbuild_oci::Platform,
+        /// Why.
+        #[source]
+        source: Box<AttestError>,
+    },
+}
+
+/// `map_err` for a failed file operation on `path`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AttestError {
+    let path = path.to_path_buf();
+    move |source| AttestError::Io { op, path, source }
+}
+
+type Result<T, E = AttestError> = std::result::Result<T, E>;
 
 /// The worker of a platform from its progress name (`local`, `qemu`, `node NAME`).
 pub fn worker_of(name: &str) -> Worker {
@@ -182,12 +235,14 @@ pub fn sbom_for(
 ) -> Result<SpdxDocument> {
     let bytes = store.read_to_vec(&manifest.digest)?;
     let Manifest::Image(m) = Manifest::parse(&bytes, Some(&manifest.media_type))? else {
-        anyhow::bail!("{} is not an image manifest", manifest.digest);
+        return Err(AttestError::NotImage {
+            digest: manifest.digest.clone(),
+        });
     };
     let dir = tempfile::Builder::new()
         .prefix("sbom-")
         .tempdir_in(work)
-        .with_context(|| format!("creating a scan directory in {}", work.display()))?;
+        .map_err(io_err("creating a scan directory in", work))?;
     let mut files = Vec::new();
     for l in &m.layers {
         files.push(store.open_blob(&l.digest)?);
@@ -282,10 +337,10 @@ pub fn write_local(dest: &Path, statements: &[(Descriptor, Vec<AttestationBlob>)
             (Some(p), true) => dest.join(p.to_string().replace('/', "_")),
             _ => dest.to_path_buf(),
         };
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         for b in blobs {
             let f = dir.join(bundle::local_file_name(b));
-            std::fs::write(&f, &b.bytes).with_context(|| format!("writing {}", f.display()))?;
+            std::fs::write(&f, &b.bytes).map_err(io_err("writing", &f))?;
         }
     }
     Ok(())
@@ -458,7 +513,7 @@ impl Prepared {
                 });
             }
         }
-        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+        std::fs::create_dir_all(work).map_err(io_err("creating", work))?;
         for d in done {
             let graph = graphs.iter().find(|g| g.platform == d.platform);
             if let (Some(g), Some(_)) = (graph, &attest.provenance) {
@@ -480,7 +535,10 @@ impl Prepared {
                     work,
                     &extra,
                 )
-                .with_context(|| format!("scanning the {} image for its SBOM", d.platform))?;
+                .map_err(|e| AttestError::Sbom {
+                    platform: d.platform.clone(),
+                    source: Box::new(e),
+                })?;
                 sboms.insert(d.platform.to_string(), doc);
             }
         }

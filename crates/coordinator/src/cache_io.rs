@@ -20,7 +20,6 @@
 //! changes nothing here; it is accepted as buildx accepts it. Import writes the records, then fetches only
 //! the layer blobs of the steps that will hit and are missing locally.
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -35,7 +34,169 @@ use xbuild_oci::media_types::{layer_compression, Compression};
 use xbuild_oci::reference::Reference;
 use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
 use xbuild_plan::BuildGraph;
-use xbuild_registry::{Progress, Registry};
+use xbuild_registry::{Progress, Registry, RegistryError};
+
+/// A `--cache-to` / `--cache-from` value that cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheSpecError {
+    /// A malformed or unknown field, or fields that do not go together.
+    #[error("invalid {flag} {spec:?}: {reason}")]
+    Invalid {
+        /// `--cache-to` or `--cache-from`.
+        flag: &'static str,
+        /// The value.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `ref=` is not an image reference.
+    #[error("invalid {flag} {spec:?}: ref {reference:?}")]
+    Reference {
+        /// `--cache-to` or `--cache-from`.
+        flag: &'static str,
+        /// The value.
+        spec: String,
+        /// The reference as written.
+        reference: String,
+        /// Why.
+        #[source]
+        source: Box<xbuild_oci::reference::ReferenceError>,
+    },
+    /// `type=gha`, which needs a GitHub Actions cache client.
+    #[error(
+        "{flag} type=gha is not supported: xbuild has no GitHub Actions cache client; \
+         use type=registry,ref=REGISTRY/REPO:buildcache (for example on ghcr.io), \
+         or type=local with actions/cache"
+    )]
+    Gha {
+        /// `--cache-to` or `--cache-from`.
+        flag: &'static str,
+    },
+}
+
+/// Why the build cache could not be exported or imported.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheIoError {
+    /// Exporting to one `--cache-to` destination failed.
+    #[error("exporting the build cache to {spec}")]
+    Export {
+        /// The destination (`registry REF`, `local DIR`).
+        spec: String,
+        /// Why.
+        #[source]
+        source: Box<CacheIoError>,
+    },
+    /// The steps' cache keys could not be computed.
+    #[error(transparent)]
+    Keys(Box<xbuild_engine::EngineError>),
+    /// The local build cache failed.
+    #[error(transparent)]
+    Cache(#[from] xbuild_engine::cache::CacheError),
+    /// The content store failed (the error names the blob).
+    #[error(transparent)]
+    Store(#[from] xbuild_oci::store::StoreError),
+    /// A manifest or index could not be read or encoded.
+    #[error(transparent)]
+    Manifest(#[from] xbuild_oci::manifest::ManifestError),
+    /// The registry failed (the error names the reference).
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    /// A file or directory of a local cache could not be read or written.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done (`creating`, `reading`, `writing`, `opening`).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The records blob could not be encoded.
+    #[error("encoding the records blob of {platform}")]
+    EncodeRecords {
+        /// The platform.
+        platform: Platform,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An imported records blob is not valid JSON of the expected shape.
+    #[error("reading the records blob {digest}")]
+    Records {
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An imported records blob names an invalid platform.
+    #[error("records blob platform {platform:?}")]
+    RecordsPlatform {
+        /// The platform as written.
+        platform: String,
+        /// Why.
+        #[source]
+        source: xbuild_oci::platform::PlatformError,
+    },
+    /// A records blob lists another platform than the index says.
+    #[error("records of {listed} listed for {platform}")]
+    WrongPlatform {
+        /// The records blob's platform.
+        listed: String,
+        /// The index entry's platform.
+        platform: Platform,
+    },
+    /// A fetched blob does not hash to its digest.
+    #[error("{what} {digest} does not match its digest")]
+    DigestMismatch {
+        /// `manifest` or `records blob`.
+        what: &'static str,
+        /// The digest it was fetched by.
+        digest: Digest,
+    },
+    /// The manifest is not an xbuild cache.
+    #[error("{digest} is not an xbuild cache (config type {config_type})")]
+    NotACache {
+        /// The manifest.
+        digest: Digest,
+        /// Its config's media type.
+        config_type: String,
+    },
+    /// A cache layer could not be recompressed.
+    #[error("compressing cache layer {digest}")]
+    Compress {
+        /// The layer.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: xbuild_oci::compress::CompressError,
+    },
+    /// A recompressed cache layer's diffID is not its record's.
+    #[error("cache layer {digest} does not match its record's diffID {want} (it holds {got})")]
+    DiffIdMismatch {
+        /// The layer.
+        digest: Digest,
+        /// The record's diffID.
+        want: Digest,
+        /// The layer's.
+        got: Digest,
+    },
+}
+
+impl From<RegistryError> for CacheIoError {
+    fn from(e: RegistryError) -> Self {
+        CacheIoError::Registry(Box::new(e))
+    }
+}
+
+/// `map_err` for a failed file operation on `path`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CacheIoError {
+    let path = path.to_path_buf();
+    move |source| CacheIoError::Io { op, path, source }
+}
+
+type Result<T, E = CacheIoError> = std::result::Result<T, E>;
 
 /// Listing entries a records blob carries at most (it is read into memory
 /// on import); past it, misses name the source instead of the paths.
@@ -88,8 +249,13 @@ impl std::fmt::Display for CacheSpec {
 }
 
 /// Parse one `--cache-to` (`to = true`) or `--cache-from` spec.
-pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
+pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec, CacheSpecError> {
     let flag = if to { "--cache-to" } else { "--cache-from" };
+    let invalid = |reason: String| CacheSpecError::Invalid {
+        flag,
+        spec: raw.to_string(),
+        reason,
+    };
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     for (i, part) in raw.split(',').enumerate() {
         match part.split_once('=') {
@@ -101,13 +267,13 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
                 fields.insert("type".into(), "registry".into());
                 fields.insert("ref".into(), part.trim().to_string());
             }
-            None => bail!("invalid {flag} {raw:?}: expected key=value fields"),
+            None => return Err(invalid("expected key=value fields".into())),
         }
     }
     let max = match fields.get("mode").map(String::as_str) {
         None | Some("min") => false,
         Some("max") => true,
-        Some(other) => bail!("invalid {flag} {raw:?}: mode must be min or max, not {other:?}"),
+        Some(other) => return Err(invalid(format!("mode must be min or max, not {other:?}"))),
     };
     for k in fields.keys() {
         if !matches!(
@@ -124,15 +290,15 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
                 | "compression-level"
                 | "force-compression"
         ) {
-            bail!("invalid {flag} {raw:?}: unknown field {k:?}");
+            return Err(invalid(format!("unknown field {k:?}")));
         }
     }
-    let flag_bool = |k: &str| -> Result<bool> {
+    let flag_bool = |k: &str| -> Result<bool, CacheSpecError> {
         match fields.get(k).map(String::as_str) {
             None => Ok(false),
             Some("true" | "1") => Ok(true),
             Some("false" | "0") => Ok(false),
-            Some(v) => bail!("invalid {flag} {raw:?}: {k} must be true or false, not {v:?}"),
+            Some(v) => Err(invalid(format!("{k} must be true or false, not {v:?}"))),
         }
     };
     let ignore_error = flag_bool("ignore-error")?;
@@ -140,29 +306,28 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
     // The cache is always written with OCI media types, and its layers are
     // the step layers as stored; the values are checked, as buildx does.
     if fields.get("oci-mediatypes").map(String::as_str) == Some("false") && image_manifest {
-        bail!("invalid {flag} {raw:?}: image-manifest=true needs oci-mediatypes=true");
+        return Err(invalid(
+            "image-manifest=true needs oci-mediatypes=true".into(),
+        ));
     }
     flag_bool("oci-mediatypes")?;
     let force = flag_bool("force-compression")?;
     let compression = fields
         .get("compression")
-        .map(|c| Compression::parse(c).map_err(|e| anyhow!("invalid {flag} {raw:?}: {e}")))
+        .map(|c| Compression::parse(c).map_err(invalid))
         .transpose()?;
     let level = fields
         .get("compression-level")
         .map(|l| {
-            l.parse::<u32>().map_err(|_| {
-                anyhow!("invalid {flag} {raw:?}: compression-level must be a number, not {l:?}")
-            })
+            l.parse::<u32>()
+                .map_err(|_| invalid(format!("compression-level must be a number, not {l:?}")))
         })
         .transpose()?;
     let layers = if compression.is_some() || level.is_some() || force {
         // buildx's default cache compression is gzip.
         let c = compression.unwrap_or(Compression::Gzip);
         let level = match level {
-            Some(l) => c
-                .check_level(l)
-                .map_err(|e| anyhow!("invalid {flag} {raw:?}: {e}"))?,
+            Some(l) => c.check_level(l).map_err(invalid)?,
             None => c.default_level(),
         };
         Some(LayerPolicy {
@@ -174,18 +339,17 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
         None
     };
     match fields.get("type").map(String::as_str) {
-        Some("gha") => bail!(
-            "{flag} type=gha is not supported: xbuild has no GitHub Actions cache client; \
-             use type=registry,ref=REGISTRY/REPO:buildcache (for example on ghcr.io), \
-             or type=local with actions/cache"
-        ),
+        Some("gha") => Err(CacheSpecError::Gha { flag }),
         Some("registry") => {
             let r = fields
                 .get("ref")
-                .ok_or_else(|| anyhow!("invalid {flag} {raw:?}: type=registry needs ref=REF"))?;
-            let reference: Reference = r
-                .parse()
-                .map_err(|e| anyhow!("invalid {flag} {raw:?}: ref {r:?}: {e}"))?;
+                .ok_or_else(|| invalid("type=registry needs ref=REF".into()))?;
+            let reference: Reference = r.parse().map_err(|e| CacheSpecError::Reference {
+                flag,
+                spec: raw.to_string(),
+                reference: r.clone(),
+                source: Box::new(e),
+            })?;
             Ok(CacheSpec::Registry {
                 reference,
                 max,
@@ -198,7 +362,7 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
             let key = if to { "dest" } else { "src" };
             let dir = fields
                 .get(key)
-                .ok_or_else(|| anyhow!("invalid {flag} {raw:?}: type=local needs {key}=DIR"))?;
+                .ok_or_else(|| invalid(format!("type=local needs {key}=DIR")))?;
             Ok(CacheSpec::Local {
                 dir: PathBuf::from(dir),
                 max,
@@ -206,21 +370,26 @@ pub fn parse_spec(raw: &str, to: bool) -> Result<CacheSpec> {
                 layers,
             })
         }
-        Some(t) => bail!("invalid {flag} {raw:?}: unsupported type {t:?} (registry or local)"),
-        None => bail!("invalid {flag} {raw:?}: give type=registry or type=local"),
+        Some(t) => Err(invalid(format!(
+            "unsupported type {t:?} (registry or local)"
+        ))),
+        None => Err(invalid("give type=registry or type=local".into())),
     }
 }
 
 /// Parse every `--cache-to` and `--cache-from`.
-pub fn parse_args(to: &[String], from: &[String]) -> Result<(Vec<CacheSpec>, Vec<CacheSpec>)> {
+pub fn parse_args(
+    to: &[String],
+    from: &[String],
+) -> Result<(Vec<CacheSpec>, Vec<CacheSpec>), CacheSpecError> {
     let to = to
         .iter()
         .map(|s| parse_spec(s, true))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let from = from
         .iter()
         .map(|s| parse_spec(s, false))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     Ok((to, from))
 }
 
@@ -261,7 +430,10 @@ async fn keys_of(engine: &Engine, g: &BuildGraph, inp: &KeyInputs<'_>) -> Result
         source_date_epoch: None,
         presolved: &[],
     };
-    Ok(engine.explain(req).await?)
+    engine
+        .explain(req)
+        .await
+        .map_err(|e| CacheIoError::Keys(Box::new(e)))
 }
 
 fn transfer(events: &dyn EventSink, kind: Transfer, label: String) -> impl Fn(Progress) + '_ {
@@ -326,7 +498,10 @@ fn platform_manifest(
         }
         blob.records.push(rec);
     }
-    let bytes = serde_json::to_vec(&blob)?;
+    let bytes = serde_json::to_vec(&blob).map_err(|source| CacheIoError::EncodeRecords {
+        platform: platform.clone(),
+        source,
+    })?;
     let config = Descriptor::new(
         RECORDS_MEDIA_TYPE,
         store.put_bytes(&bytes)?,
@@ -351,15 +526,19 @@ fn compressed(
     if layer_compression(&l.media_type) == Some(policy.compression) {
         return Ok(l.clone());
     }
-    let r = recompress(store, l, policy.compression, policy.level, true)
-        .with_context(|| format!("compressing cache layer {}", l.digest))?;
+    let r = recompress(store, l, policy.compression, policy.level, true).map_err(|source| {
+        CacheIoError::Compress {
+            digest: l.digest.clone(),
+            source,
+        }
+    })?;
     if let Some(want) = diff_id {
         if *want != r.diff_id {
-            bail!(
-                "cache layer {} does not match its record's diffID {want} (it holds {})",
-                l.digest,
-                r.diff_id
-            );
+            return Err(CacheIoError::DiffIdMismatch {
+                digest: l.digest.clone(),
+                want: want.clone(),
+                got: r.diff_id,
+            });
         }
     }
     Ok(r.descriptor)
@@ -397,13 +576,14 @@ pub async fn export_cache(
                 Err(e) if spec_ignores_errors(spec) => {
                     events.emit(Event::Warning {
                         message: format!(
-                            "exporting the build cache to {spec} failed (ignored): {e:#}"
+                            "exporting the build cache to {spec} failed (ignored): {}",
+                            crate::error_chain(&e)
                         ),
                     });
                     skipped = true;
                     break;
                 }
-                Err(e) => return Err(e.context(format!("exporting the build cache to {spec}"))),
+                Err(e) => return Err(export_failed(spec, e)),
             }
         }
         if skipped {
@@ -434,12 +614,22 @@ pub async fn export_cache(
         match r {
             Ok(()) => {}
             Err(e) if ignore_error => events.emit(Event::Warning {
-                message: format!("exporting the build cache to {spec} failed (ignored): {e:#}"),
+                message: format!(
+                    "exporting the build cache to {spec} failed (ignored): {}",
+                    crate::error_chain(&e)
+                ),
             }),
-            Err(e) => return Err(e.context(format!("exporting the build cache to {spec}"))),
+            Err(e) => return Err(export_failed(spec, e)),
         }
     }
     Ok(())
+}
+
+fn export_failed(spec: &CacheSpec, e: CacheIoError) -> CacheIoError {
+    CacheIoError::Export {
+        spec: spec.to_string(),
+        source: Box::new(e),
+    }
 }
 
 fn spec_ignores_errors(spec: &CacheSpec) -> bool {
@@ -513,17 +703,17 @@ fn copy_blob(store: &BlobStore, dir: &Path, d: &Digest) -> Result<()> {
         return Ok(());
     }
     let parent = dest.parent().expect("blob paths have a parent");
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
     let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), d.hex()));
-    std::fs::copy(store.path_of(d), &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
+    std::fs::copy(store.path_of(d), &tmp).map_err(io_err("writing", &tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(io_err("writing", &dest))?;
     Ok(())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&tmp, bytes).map_err(io_err("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("writing", path))
 }
 
 fn export_local(
@@ -531,7 +721,7 @@ fn export_local(
     dir: &Path,
     manifests: &[(Descriptor, Vec<Descriptor>)],
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     for (m, layers) in manifests {
         for l in layers {
             copy_blob(store, dir, &l.digest)?;
@@ -573,10 +763,17 @@ async fn read_manifest_of(
                 // whose records blob says which platform.
                 let m = ImageManifest::from_slice(&bytes)?;
                 let c = registry.fetch_blob(reference, &m.config).await?;
-                let blob: RecordsBlob = serde_json::from_slice(&c)
-                    .with_context(|| format!("reading the records blob {}", m.config.digest))?;
-                let p = Platform::parse(&blob.platform)
-                    .map_err(|e| anyhow!("records blob platform {:?}: {e}", blob.platform))?;
+                let blob: RecordsBlob =
+                    serde_json::from_slice(&c).map_err(|source| CacheIoError::Records {
+                        digest: m.config.digest.clone(),
+                        source,
+                    })?;
+                let p = Platform::parse(&blob.platform).map_err(|source| {
+                    CacheIoError::RecordsPlatform {
+                        platform: blob.platform.clone(),
+                        source,
+                    }
+                })?;
                 let d = Descriptor::new(media_type, digest, bytes.len() as u64).with_platform(&p);
                 ImageIndex::new_oci(vec![d])
             } else {
@@ -586,7 +783,7 @@ async fn read_manifest_of(
         }
         CacheSpec::Local { dir, .. } => {
             let p = dir.join("index.json");
-            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes = std::fs::read(&p).map_err(io_err("reading", &p))?;
             (ImageIndex::from_slice(&bytes)?, Origin::Local(dir.clone()))
         }
     };
@@ -600,30 +797,47 @@ async fn read_manifest_of(
                 .await?
                 .0
         }
-        Origin::Local(dir) => std::fs::read(blob_path(dir, &desc.digest))?,
+        Origin::Local(dir) => {
+            let p = blob_path(dir, &desc.digest);
+            std::fs::read(&p).map_err(io_err("reading", &p))?
+        }
     };
     if Digest::sha256_of(&m_bytes) != desc.digest {
-        bail!("manifest {} does not match its digest", desc.digest);
+        return Err(CacheIoError::DigestMismatch {
+            what: "manifest",
+            digest: desc.digest.clone(),
+        });
     }
     let m = ImageManifest::from_slice(&m_bytes)?;
     if m.config.media_type != RECORDS_MEDIA_TYPE {
-        bail!(
-            "{} is not an xbuild cache (config type {})",
-            desc.digest,
-            m.config.media_type
-        );
+        return Err(CacheIoError::NotACache {
+            digest: desc.digest.clone(),
+            config_type: m.config.media_type.clone(),
+        });
     }
     let c_bytes = match &origin {
         Origin::Registry(r) => registry.fetch_blob(r, &m.config).await?,
-        Origin::Local(dir) => std::fs::read(blob_path(dir, &m.config.digest))?,
+        Origin::Local(dir) => {
+            let p = blob_path(dir, &m.config.digest);
+            std::fs::read(&p).map_err(io_err("reading", &p))?
+        }
     };
     if Digest::sha256_of(&c_bytes) != m.config.digest {
-        bail!("records blob {} does not match its digest", m.config.digest);
+        return Err(CacheIoError::DigestMismatch {
+            what: "records blob",
+            digest: m.config.digest.clone(),
+        });
     }
-    let blob: RecordsBlob = serde_json::from_slice(&c_bytes)
-        .with_context(|| format!("reading the records blob {}", m.config.digest))?;
+    let blob: RecordsBlob =
+        serde_json::from_slice(&c_bytes).map_err(|source| CacheIoError::Records {
+            digest: m.config.digest.clone(),
+            source,
+        })?;
     if blob.platform != platform.to_string() {
-        bail!("records of {} listed for {platform}", blob.platform);
+        return Err(CacheIoError::WrongPlatform {
+            listed: blob.platform,
+            platform: platform.clone(),
+        });
     }
     Ok(Some((blob, origin)))
 }
@@ -642,7 +856,7 @@ async fn fetch_layer(
         }
         Origin::Local(dir) => {
             let p = blob_path(dir, &layer.digest);
-            let f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+            let f = std::fs::File::open(&p).map_err(io_err("opening", &p))?;
             store.ingest(f, Some(&layer.digest), Some(layer.size))?;
         }
     }
@@ -702,7 +916,10 @@ pub async fn import_cache(
                     message: format!("cache import from {spec}: no cache for {p}"),
                 }),
                 Err(e) => events.emit(Event::Warning {
-                    message: format!("cache import from {spec} failed: {e:#}"),
+                    message: format!(
+                        "cache import from {spec} failed: {}",
+                        crate::error_chain(&e)
+                    ),
                 }),
             }
         }
@@ -735,8 +952,9 @@ pub async fn import_cache(
                         Err(e) => {
                             events.emit(Event::Warning {
                                 message: format!(
-                                    "cache layer {} is unusable ({e:#}); building the step instead",
-                                    l.digest
+                                    "cache layer {} is unusable ({}); building the step instead",
+                                    l.digest,
+                                    crate::error_chain(&e)
                                 ),
                             });
                             stage_open = false;
@@ -752,6 +970,56 @@ pub async fn import_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_spec_and_the_path() {
+        let e = parse_spec("type=registry,ref=Not A Ref", true).unwrap_err();
+        assert!(
+            matches!(&e, CacheSpecError::Reference { flag: "--cache-to", reference, .. } if reference == "Not A Ref"),
+            "{e:?}"
+        );
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(
+                "invalid --cache-to \"type=registry,ref=Not A Ref\": ref \"Not A Ref\": "
+            ),
+            "{text}"
+        );
+        assert!(matches!(
+            parse_spec("type=gha", false).unwrap_err(),
+            CacheSpecError::Gha {
+                flag: "--cache-from"
+            }
+        ));
+        // A local cache directory that is a file.
+        let t = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(t.path().join("content")).unwrap();
+        let file = t.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = export_local(&store, &file, &[]).unwrap_err();
+        assert!(
+            matches!(&e, CacheIoError::Io { op: "creating", path, .. } if *path == file),
+            "{e:?}"
+        );
+        let wrapped = export_failed(
+            &CacheSpec::Local {
+                dir: file.clone(),
+                max: false,
+                ignore_error: false,
+                layers: None,
+            },
+            e,
+        );
+        let text = crate::error_chain(&wrapped);
+        assert!(
+            text.starts_with(&format!(
+                "exporting the build cache to local {}: creating {}: ",
+                file.display(),
+                file.display()
+            )),
+            "{text}"
+        );
+    }
 
     #[test]
     fn specs_parse_like_buildx() {

@@ -20,17 +20,239 @@
 //! ```
 
 use crate::assemble::Assembled;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::attest::AttestError;
 use std::fs;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use xbuild_engine::events::{Event, EventSink, Transfer};
-use xbuild_oci::archive::{self, read_manifest};
-use xbuild_oci::layer::{apply_layer, merge_tree, ApplyOptions};
+use xbuild_oci::archive::{self, read_manifest, ArchiveError};
+use xbuild_oci::layer::{apply_layer, merge_tree, ApplyError, ApplyOptions, MergeError};
 use xbuild_oci::manifest::Manifest;
-use xbuild_oci::reference::Reference;
-use xbuild_oci::{BlobStore, Descriptor, Platform};
-use xbuild_registry::{Progress, Registry};
+use xbuild_oci::reference::{Reference, ReferenceError};
+use xbuild_oci::store::StoreError;
+use xbuild_oci::{BlobStore, Descriptor, Digest, Platform};
+use xbuild_registry::{Progress, Registry, RegistryError};
+
+/// An `--output` value that cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputSpecError {
+    /// `--output ""`.
+    #[error("empty --output; expected e.g. type=oci,dest=image.tar")]
+    Empty,
+    /// A malformed or unknown field, or fields that do not go together.
+    #[error("invalid output {spec:?}: {reason}")]
+    Invalid {
+        /// The `--output` value.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An `annotation.*` field is malformed.
+    #[error("invalid output {spec:?}")]
+    Annotation {
+        /// The `--output` value.
+        spec: String,
+        /// Why.
+        #[source]
+        source: xbuild_oci::annotation::AnnotationError,
+    },
+}
+
+fn invalid(spec: &str, reason: impl Into<String>) -> OutputSpecError {
+    OutputSpecError::Invalid {
+        spec: spec.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Why an output could not be written or pushed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// An image name (`-t`, `name=`) is not a reference.
+    #[error("invalid name {name:?}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: ReferenceError,
+    },
+    /// A tag name is not a reference.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A tag name carries a digest.
+    #[error("cannot tag {name:?}: a tag name must not contain a digest")]
+    TagWithDigest {
+        /// The name.
+        name: String,
+    },
+    /// The store's reference could not be written.
+    #[error("tagging {name}")]
+    Tag {
+        /// The name (familiar form).
+        name: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// One manifest of an index could not be pushed by digest.
+    #[error("pushing {digest} to {repository}")]
+    PushManifest {
+        /// The manifest.
+        digest: Digest,
+        /// The repository.
+        repository: String,
+        /// Why.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// The index could not be pushed by digest.
+    #[error("pushing the index to {repository}")]
+    PushIndexTo {
+        /// The repository.
+        repository: String,
+        /// Why.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// A platform's image of an index could not be pushed.
+    #[error("pushing the {platform} image")]
+    PushPlatform {
+        /// The platform (or the manifest's digest when it has none).
+        platform: String,
+        /// Why (names the reference).
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// The index could not be pushed.
+    #[error("pushing the index")]
+    PushIndex(#[source] Box<RegistryError>),
+    /// The single-platform image could not be pushed.
+    #[error("pushing")]
+    PushImage(#[source] Box<RegistryError>),
+    /// Attestations could not be pushed as referrers.
+    #[error("pushing the attestations of {subject} to {reference} as referrers")]
+    PushReferrers {
+        /// The platform manifest they are about.
+        subject: Digest,
+        /// Where.
+        reference: String,
+        /// Why.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// An output failed.
+    #[error("writing output {output}")]
+    Output {
+        /// The output (`type=oci,dest=out.tar`).
+        output: String,
+        /// Why.
+        #[source]
+        source: Box<ExportError>,
+    },
+    /// Writing an archive or a filesystem to its destination failed.
+    #[error("exporting {what} to {}", dest.display())]
+    Exporting {
+        /// `OCI archive`, `docker archive`, `the filesystem`.
+        what: &'static str,
+        /// The destination.
+        dest: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<ExportError>,
+    },
+    /// `type=docker,dest=` got several platforms.
+    #[error("type=docker holds one platform: build one, or use type=oci")]
+    DockerOnePlatform(#[source] ArchiveError),
+    /// The attestation files of a local export could not be written.
+    #[error("writing attestations to {}", dir.display())]
+    Attestations {
+        /// The export's directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: AttestError,
+    },
+    /// Reading the result or writing an archive failed.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The content store failed (the error names the blob).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file or directory could not be created or written.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done (`creating`, `opening`, `writing`).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing an archive's bytes failed (the enclosing error names the
+    /// destination).
+    #[error(transparent)]
+    Write(#[from] io::Error),
+    /// A temporary or staging directory could not be created.
+    #[error("creating a {what} directory")]
+    TempDir {
+        /// `temporary`, `staging`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `-o -` with standard output a terminal.
+    #[error("refusing to write an archive to a terminal; use -o FILE or redirect")]
+    Terminal,
+    /// The destination has no file name.
+    #[error("{} is not a file name", path.display())]
+    NotAFileName {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// The result names no platform image.
+    #[error("{digest} has no image for any platform")]
+    NoPlatform {
+        /// The result.
+        digest: Digest,
+    },
+    /// The result is an index of indexes.
+    #[error("{digest} is a nested index; not supported by type=local")]
+    NestedIndex {
+        /// The inner index.
+        digest: Digest,
+    },
+    /// A layer could not be unpacked.
+    #[error("applying layer {digest} to {}", dir.display())]
+    ApplyLayer {
+        /// The layer.
+        digest: Digest,
+        /// The export directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: ApplyError,
+    },
+    /// The unpacked layers could not be moved into the destination.
+    #[error("exporting the filesystem to {}", dir.display())]
+    Merge {
+        /// The destination.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: MergeError,
+    },
+}
+
+/// `map_err` for a failed file operation on `path`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ExportError {
+    let path = path.to_path_buf();
+    move |source| ExportError::Io { op, path, source }
+}
+
+type Result<T, E = ExportError> = std::result::Result<T, E>;
 
 /// One parsed `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +368,7 @@ pub fn image_output(push: bool) -> OutputSpec {
 }
 
 /// Split `a=b,"c=d,e",f` on commas outside double quotes, dropping the quotes.
-fn split_csv(s: &str) -> Result<Vec<String>> {
+fn split_csv(s: &str) -> Result<Vec<String>, OutputSpecError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -158,25 +380,28 @@ fn split_csv(s: &str) -> Result<Vec<String>> {
         }
     }
     if quoted {
-        bail!("invalid output {s:?}: unterminated quote");
+        return Err(invalid(s, "unterminated quote"));
     }
     out.push(cur);
     Ok(out)
 }
 
-fn parse_bool(spec: &str, key: &str, v: &str) -> Result<bool> {
+fn parse_bool(spec: &str, key: &str, v: &str) -> Result<bool, OutputSpecError> {
     match v {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => bail!("invalid output {spec:?}: {key} must be true or false, not {v:?}"),
+        _ => Err(invalid(
+            spec,
+            format!("{key} must be true or false, not {v:?}"),
+        )),
     }
 }
 
 /// Parse one `--output` value.
-pub fn parse_output(s: &str) -> Result<OutputSpec> {
+pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
     let s = s.trim();
     if s.is_empty() {
-        bail!("empty --output; expected e.g. type=oci,dest=image.tar");
+        return Err(OutputSpecError::Empty);
     }
     if s == "-" {
         return Ok(OutputSpec::Tar { dest: "-".into() });
@@ -199,12 +424,15 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
         }
         let (k, v) = field
             .split_once('=')
-            .ok_or_else(|| anyhow!("invalid output {s:?}: {field:?} is not KEY=VALUE"))?;
+            .ok_or_else(|| invalid(s, format!("{field:?} is not KEY=VALUE")))?;
         let k = k.trim();
         if opts
             .annotations
             .add_attr(k, v)
-            .map_err(|e| anyhow!("invalid output {s:?}: {e}"))?
+            .map_err(|source| OutputSpecError::Annotation {
+                spec: s.to_string(),
+                source,
+            })?
         {
             image_only.push(k.to_string());
             continue;
@@ -230,13 +458,12 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
             }
             "compression" => {
                 compression = Some(
-                    xbuild_oci::media_types::Compression::parse(v)
-                        .map_err(|e| anyhow!("invalid output {s:?}: {e}"))?,
+                    xbuild_oci::media_types::Compression::parse(v).map_err(|e| invalid(s, e))?,
                 )
             }
             "compression-level" => {
                 level = Some(v.parse::<u32>().map_err(|_| {
-                    anyhow!("invalid output {s:?}: compression-level must be a number, not {v:?}")
+                    invalid(s, format!("compression-level must be a number, not {v:?}"))
                 })?)
             }
             "force-compression" => force = parse_bool(s, k, v)?,
@@ -245,16 +472,24 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
                 opts.attest_referrers = match v {
                     "referrers" => true,
                     "buildx" | "index" => false,
-                    _ => bail!(
-                        "invalid output {s:?}: attest-layout must be buildx or referrers, not {v:?}"
-                    ),
+                    _ => {
+                        return Err(invalid(
+                            s,
+                            format!("attest-layout must be buildx or referrers, not {v:?}"),
+                        ))
+                    }
                 }
             }
-            other => bail!(
-                "invalid output {s:?}: unknown key {other:?} (xbuild knows type, dest, name, push, \
+            other => {
+                return Err(invalid(
+                    s,
+                    format!(
+                        "unknown key {other:?} (xbuild knows type, dest, name, push, \
                  oci-mediatypes, push-by-digest, name-canonical, store, unpack, compression, \
                  compression-level, force-compression, annotation.*, attest-layout, oci-artifact)"
-            ),
+                    ),
+                ))
+            }
         }
         if !matches!(k, "type" | "dest" | "name" | "names") {
             image_only.push(k.to_string());
@@ -263,9 +498,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
     if compression.is_some() || level.is_some() || force {
         let c = compression.unwrap_or(xbuild_oci::media_types::Compression::Gzip);
         let level = match level {
-            Some(l) => c
-                .check_level(l)
-                .map_err(|e| anyhow!("invalid output {s:?}: {e}"))?,
+            Some(l) => c.check_level(l).map_err(|e| invalid(s, e))?,
             None => c.default_level(),
         };
         opts.layers = Some(xbuild_oci::compress::LayerPolicy {
@@ -274,28 +507,34 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
             force,
         });
         if c == xbuild_oci::media_types::Compression::Zstd && oci_mediatypes == Some(false) {
-            bail!("invalid output {s:?}: zstd layers need oci-mediatypes=true");
+            return Err(invalid(s, "zstd layers need oci-mediatypes=true"));
         }
     }
     let kind = kind.ok_or_else(|| {
-        anyhow!("invalid output {s:?}: missing type= (image, registry, oci, docker, local, tar)")
+        invalid(
+            s,
+            "missing type= (image, registry, oci, docker, local, tar)",
+        )
     })?;
-    let only_image = |allowed: &[&str]| -> Result<()> {
+    let only_image = |allowed: &[&str]| -> Result<(), OutputSpecError> {
         match image_only.iter().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => bail!("invalid output {s:?}: {k} applies to type=image only"),
+            Some(k) => Err(invalid(s, format!("{k} applies to type=image only"))),
             None => Ok(()),
         }
     };
-    let need_dest = |dest: Option<PathBuf>, what: &str| -> Result<PathBuf> {
+    let need_dest = |dest: Option<PathBuf>, what: &str| -> Result<PathBuf, OutputSpecError> {
         match dest {
             Some(d) if !d.as_os_str().is_empty() => Ok(d),
-            _ => bail!("invalid output {s:?}: type={kind} needs dest={what}"),
+            _ => Err(invalid(s, format!("type={kind} needs dest={what}"))),
         }
     };
     match kind.as_str() {
         "image" | "registry" => {
             if dest.is_some() {
-                bail!("invalid output {s:?}: type={kind} takes no dest (use name=REF)");
+                return Err(invalid(
+                    s,
+                    format!("type={kind} takes no dest (use name=REF)"),
+                ));
             }
             Ok(OutputSpec::Image {
                 push: push.unwrap_or(false) || kind == "registry",
@@ -324,12 +563,15 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
         "local" | "tar" => {
             only_image(&[])?;
             if !names.is_empty() {
-                bail!("invalid output {s:?}: type={kind} takes no name");
+                return Err(invalid(s, format!("type={kind} takes no name")));
             }
             if kind == "local" {
                 let dest = need_dest(dest, "DIR")?;
                 if dest.as_os_str() == "-" {
-                    bail!("invalid output {s:?}: type=local needs a directory; use type=tar,dest=- for standard output");
+                    return Err(invalid(
+                        s,
+                        "type=local needs a directory; use type=tar,dest=- for standard output",
+                    ));
                 }
                 Ok(OutputSpec::Local { dest })
             } else {
@@ -338,10 +580,11 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
                 })
             }
         }
-        "gha" => bail!("invalid output {s:?}: type=gha is a cache backend, not an output"),
-        other => bail!(
-            "invalid output {s:?}: unknown type {other:?} (image, registry, oci, docker, local, tar, cacheonly)"
-        ),
+        "gha" => Err(invalid(s, "type=gha is a cache backend, not an output")),
+        other => Err(invalid(
+            s,
+            format!("unknown type {other:?} (image, registry, oci, docker, local, tar, cacheonly)"),
+        )),
     }
 }
 
@@ -349,11 +592,15 @@ pub fn parse_output(s: &str) -> Result<OutputSpec> {
 /// `type=image,push=true` (merged into an image output if there is one) and
 /// `--load` meaning `type=docker` (unless one is given). Without any, the
 /// image is kept in the local store (`type=image`).
-pub fn outputs_from_args(outputs: &[String], push: bool, load: bool) -> Result<Vec<OutputSpec>> {
+pub fn outputs_from_args(
+    outputs: &[String],
+    push: bool,
+    load: bool,
+) -> Result<Vec<OutputSpec>, OutputSpecError> {
     let mut specs = outputs
         .iter()
         .map(|o| parse_output(o))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     if push {
         match specs
             .iter_mut()
@@ -437,9 +684,10 @@ pub async fn export(
                 let mut all = tags.to_vec();
                 all.extend(names.iter().cloned());
                 for name in all {
-                    let r: Reference = name
-                        .parse()
-                        .map_err(|e| anyhow!("invalid name {name:?}: {e}"))?;
+                    let r: Reference = name.parse().map_err(|source| ExportError::InvalidName {
+                        name: name.clone(),
+                        source,
+                    })?;
                     // Without a tag (push-by-digest) the name is the repository.
                     let plain = if opts.push_by_digest {
                         r.name()
@@ -483,14 +731,20 @@ pub async fn export(
         }
         // Tags go into the local store only once every push of this output
         // succeeded: a failed push leaves `xbuild images` as it was.
-        let warnings = export_output(store, top, spec, tags)
-            .with_context(|| format!("writing output {spec}"))?;
+        let warnings = export_output(store, top, spec, tags).map_err(|e| ExportError::Output {
+            output: spec.to_string(),
+            source: Box::new(e),
+        })?;
         for message in warnings {
             events.emit(Event::Warning { message });
         }
         if let OutputSpec::Local { dest } = spec {
-            crate::attest::write_local(dest, &assembled.statements)
-                .with_context(|| format!("writing attestations to {}", dest.display()))?;
+            crate::attest::write_local(dest, &assembled.statements).map_err(|source| {
+                ExportError::Attestations {
+                    dir: dest.clone(),
+                    source,
+                }
+            })?;
         }
     }
     Ok(out)
@@ -526,14 +780,21 @@ pub async fn push_by_digest(
         registry
             .push_image_untagged(&by_digest, store, d, &progress)
             .await
-            .with_context(|| format!("pushing {} to {}", d.digest, r.name()))?;
+            .map_err(|source| ExportError::PushManifest {
+                digest: d.digest.clone(),
+                repository: r.name(),
+                source: Box::new(source),
+            })?;
     }
     if is_index {
         let bytes = store.read_to_vec(&top.digest)?;
         registry
             .push_manifest_bytes(&by_digest, &bytes, &top.media_type)
             .await
-            .with_context(|| format!("pushing the index to {}", r.name()))?;
+            .map_err(|source| ExportError::PushIndexTo {
+                repository: r.name(),
+                source: Box::new(source),
+            })?;
     }
     Ok(())
 }
@@ -550,12 +811,10 @@ async fn push_referrers(
         registry
             .push_referrer(r, store, artifact, &subject.digest, &|_| {})
             .await
-            .with_context(|| {
-                format!(
-                    "pushing the attestations of {} to {} as referrers",
-                    subject.digest,
-                    r.familiar()
-                )
+            .map_err(|source| ExportError::PushReferrers {
+                subject: subject.digest.clone(),
+                reference: r.familiar(),
+                source: Box::new(source),
             })?;
     }
     Ok(())
@@ -580,17 +839,20 @@ pub async fn push(
             registry
                 .push_image_untagged(r, store, d, &progress)
                 .await
-                .with_context(|| format!("pushing the {p} image"))?;
+                .map_err(|source| ExportError::PushPlatform {
+                    platform: p,
+                    source: Box::new(source),
+                })?;
         }
         registry
             .push_index(r, store, top, &progress)
             .await
-            .with_context(|| "pushing the index")?;
+            .map_err(|e| ExportError::PushIndex(Box::new(e)))?;
     } else {
         registry
             .push_image(r, store, top, &progress)
             .await
-            .context("pushing")?;
+            .map_err(|e| ExportError::PushImage(Box::new(e)))?;
     }
     Ok(())
 }
@@ -600,16 +862,29 @@ pub async fn push(
 pub fn tag(store: &BlobStore, target: &Descriptor, names: &[String]) -> Result<Vec<Reference>> {
     let mut out = Vec::new();
     for n in names {
-        let r = Reference::parse(n).map_err(|e| anyhow!("{e}"))?;
+        let r = Reference::parse(n)?;
         if r.digest().is_some() {
-            bail!("cannot tag {n:?}: a tag name must not contain a digest");
+            return Err(ExportError::TagWithDigest { name: n.clone() });
         }
         store
             .set_ref(&r.to_string(), &target.digest)
-            .with_context(|| format!("tagging {}", r.familiar()))?;
+            .map_err(|source| ExportError::Tag {
+                name: r.familiar(),
+                source,
+            })?;
         out.push(r);
     }
     Ok(out)
+}
+
+/// `map_err` for a failure writing `what` to `dest`.
+fn exporting(what: &'static str, dest: &Path) -> impl FnOnce(ExportError) -> ExportError {
+    let dest = dest.to_path_buf();
+    move |e| ExportError::Exporting {
+        what,
+        dest,
+        source: Box::new(e),
+    }
 }
 
 /// Removes `.NAME.xbuild-PID.tmp` files in `dir` whose writer (PID) is
@@ -641,11 +916,11 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
     if dest.as_os_str() == "-" {
         let stdout = io::stdout();
         if stdout.is_terminal() {
-            bail!("refusing to write an archive to a terminal; use -o FILE or redirect");
+            return Err(ExportError::Terminal);
         }
         let mut w = io::BufWriter::new(stdout.lock());
         f(&mut w)?;
-        w.flush()?;
+        w.flush().map_err(io_err("writing", dest))?;
         return Ok(());
     }
     // A destination that exists and is not a regular file (a FIFO, a
@@ -656,11 +931,10 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
             let file = fs::OpenOptions::new()
                 .write(true)
                 .open(dest)
-                .with_context(|| format!("opening {}", dest.display()))?;
+                .map_err(io_err("opening", dest))?;
             let mut w = io::BufWriter::with_capacity(256 * 1024, file);
             f(&mut w)?;
-            w.flush()
-                .with_context(|| format!("writing {}", dest.display()))?;
+            w.flush().map_err(io_err("writing", dest))?;
             return Ok(());
         }
     }
@@ -668,9 +942,9 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = dest
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file name", dest.display()))?;
+    let name = dest.file_name().ok_or_else(|| ExportError::NotAFileName {
+        path: dest.to_path_buf(),
+    })?;
     remove_dead_temp_files(&dir, &name.to_string_lossy());
     let tmp = dir.join(format!(
         ".{}.xbuild-{}.tmp",
@@ -678,12 +952,15 @@ pub fn write_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> 
         std::process::id()
     ));
     let result = (|| -> Result<()> {
-        let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
         let mut w = io::BufWriter::with_capacity(256 * 1024, file);
         f(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io_err("writing", &tmp))?;
+        file.sync_all().map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, dest).map_err(io_err("writing", dest))?;
         Ok(())
     })();
     if result.is_err() {
@@ -734,21 +1011,24 @@ pub fn export_output(
                 archive::write_oci_archive(store, result, &names, w)?;
                 Ok(())
             })
-            .with_context(|| format!("exporting OCI archive to {}", dest.display()))?;
+            .map_err(exporting("OCI archive", dest))?;
         }
         OutputSpec::Docker { dest, names: extra } => {
             let names = all(extra);
             let single = archive::select_platform(store, result, None)
-                .context("type=docker holds one platform: build one, or use type=oci")?;
+                .map_err(ExportError::DockerOnePlatform)?;
             write_dest(dest, |w| {
                 archive::write_docker_archive(store, &[(single, names)], w)?;
                 Ok(())
             })
-            .with_context(|| format!("exporting docker archive to {}", dest.display()))?;
+            .map_err(exporting("docker archive", dest))?;
         }
         OutputSpec::Local { dest } => warnings = export_local(store, result, dest)?,
         OutputSpec::Tar { dest } => {
-            let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+            let tmp = tempfile::tempdir().map_err(|source| ExportError::TempDir {
+                what: "temporary",
+                source,
+            })?;
             warnings = export_fs(store, result, tmp.path(), true)?;
             write_dest(dest, |w| {
                 let mut b = tar::Builder::new(w);
@@ -757,7 +1037,7 @@ pub fn export_output(
                 b.into_inner()?.flush()?;
                 Ok(())
             })
-            .with_context(|| format!("exporting the filesystem to {}", dest.display()))?;
+            .map_err(exporting("the filesystem", dest))?;
         }
     }
     Ok(warnings)
@@ -804,7 +1084,9 @@ fn export_fs(
     let mut warnings = Vec::new();
     let manifests = platform_manifests(store, result)?;
     if manifests.is_empty() {
-        bail!("{} has no image for any platform", result.digest);
+        return Err(ExportError::NoPlatform {
+            digest: result.digest.clone(),
+        });
     }
     let multi = manifests.len() > 1;
     for (platform, d) in manifests {
@@ -812,12 +1094,11 @@ fn export_fs(
             (Some(p), true) => dest.join(p.to_string().replace('/', "_")),
             _ => dest.to_path_buf(),
         };
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let Manifest::Image(m) = read_manifest(store, &d)? else {
-            bail!(
-                "{} is a nested index; not supported by type=local",
-                d.digest
-            );
+            return Err(ExportError::NestedIndex {
+                digest: d.digest.clone(),
+            });
         };
         // Beside the destination (same filesystem: entries are renamed in).
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
@@ -825,7 +1106,10 @@ fn export_fs(
             .prefix(".xbuild-export-")
             .tempdir_in(parent.unwrap_or(Path::new(".")))
             .or_else(|_| tempfile::tempdir())
-            .context("creating a staging directory")?;
+            .map_err(|source| ExportError::TempDir {
+                what: "staging",
+                source,
+            })?;
         let opts = ApplyOptions {
             devices,
             ..ApplyOptions::default()
@@ -836,8 +1120,11 @@ fn export_fs(
             let mut f = store.open_verified(&l.digest, Some(l.size))?;
             let applied = apply_layer(std::io::BufReader::new(&mut f), staging.path(), &opts);
             f.finish()?;
-            let stats = applied
-                .with_context(|| format!("applying layer {} to {}", l.digest, dir.display()))?;
+            let stats = applied.map_err(|source| ExportError::ApplyLayer {
+                digest: l.digest.clone(),
+                dir: dir.clone(),
+                source,
+            })?;
             warnings.extend(
                 stats
                     .warnings
@@ -845,8 +1132,10 @@ fn export_fs(
                     .map(|w| format!("{}: {w}", dir.display())),
             );
         }
-        merge_tree(staging.path(), &dir)
-            .with_context(|| format!("exporting the filesystem to {}", dir.display()))?;
+        merge_tree(staging.path(), &dir).map_err(|source| ExportError::Merge {
+            dir: dir.clone(),
+            source,
+        })?;
     }
     Ok(warnings)
 }
@@ -948,7 +1237,7 @@ mod tests {
             ("type=image,attest-layout=side", "buildx or referrers"),
             ("type=oci,dest=x,attest-layout=referrers", "type=image only"),
         ] {
-            let e = parse_output(bad).unwrap_err().to_string();
+            let e = crate::error_chain(&parse_output(bad).unwrap_err());
             assert!(e.contains(needle), "{bad}: {e}");
         }
     }
@@ -1039,10 +1328,7 @@ mod tests {
         assert_eq!(got[0].1, ["docker.io/library/app:1"]);
         let d = tmp.path().join("d.tar");
         let spec = parse_output(&format!("type=docker,dest={}", d.display())).unwrap();
-        let e = format!(
-            "{:#}",
-            export_output(&store, &idx, &spec, &names).unwrap_err()
-        );
+        let e = crate::error_chain(&export_output(&store, &idx, &spec, &names).unwrap_err());
         assert!(
             e.contains("linux/arm/v7") && e.contains("linux/amd64"),
             "{e}"
@@ -1066,6 +1352,53 @@ mod tests {
             store.get_ref("docker.io/library/other:2").unwrap(),
             Some(idx.digest)
         );
+    }
+
+    #[test]
+    fn errors_name_the_output_and_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path().join("content")).unwrap();
+        let amd = image(&store, "linux/amd64", "amd");
+        let file = tmp.path().join("file");
+        fs::write(&file, "not a directory").unwrap();
+        // An archive whose directory is a file.
+        let dest = file.join("out.tar");
+        let spec = parse_output(&format!("type=oci,dest={}", dest.display())).unwrap();
+        let e = export_output(&store, &amd, &spec, &[]).unwrap_err();
+        assert!(
+            matches!(&e, ExportError::Exporting { what: "OCI archive", dest: d, .. } if *d == dest),
+            "{e:?}"
+        );
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(&format!(
+                "exporting OCI archive to {}: creating ",
+                dest.display()
+            )),
+            "{text}"
+        );
+        // A local export onto a file.
+        let e = export_output(&store, &amd, &OutputSpec::Local { dest: file.clone() }, &[])
+            .unwrap_err();
+        assert!(
+            matches!(&e, ExportError::Io { op: "creating", path, .. } if *path == file),
+            "{e:?}"
+        );
+        // A tag with a digest, and a name that is no reference.
+        let e = tag(&store, &amd, &[format!("app@{}", amd.digest)]).unwrap_err();
+        assert!(matches!(e, ExportError::TagWithDigest { .. }), "{e:?}");
+        assert!(e.to_string().contains("must not contain a digest"));
+        assert!(matches!(
+            tag(&store, &amd, &["Not A Name".to_string()]).unwrap_err(),
+            ExportError::Reference(_)
+        ));
+        // Parsing: the spec is named, the cause kept.
+        let e = parse_output("type=image,annotation-bogus.k=v").unwrap_err();
+        assert!(
+            matches!(&e, OutputSpecError::Annotation { spec, .. } if spec == "type=image,annotation-bogus.k=v"),
+            "{e:?}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //! Progress leaves only as engine [`Event`](xbuild_engine::events::Event)s
 //! sent to the caller's [`EventSink`](xbuild_engine::events::EventSink), and
 //! results as return values: this crate never prints.
+//!
+//! Errors are typed, one enum per module ([`ResolveError`], [`ScheduleError`],
+//! [`AssembleError`], [`ExportError`], [`CacheIoError`], ...). Each variant
+//! names what was being done and the file, reference or node concerned, and
+//! keeps the lower crate's error as its [`source`](std::error::Error::source),
+//! so a caller that prints the chain (`anyhow`'s `{:#}`, or [`error_chain`])
+//! shows every cause once.
 
 pub mod assemble;
 pub mod attest;
@@ -45,6 +52,24 @@ pub use rewrite::Rewrite;
 pub use schedule::{schedule, schedule_with, Assignment, Schedule, SharedRun};
 pub use solve::{solve, PlatformOutcome, PlatformState, SolveInputs, Solved};
 pub use worker::{LocalWorker, Worker, WorkerError, WorkerOutput};
+
+/// An error with its causes, `outer: cause: cause`, the way the CLI prints
+/// errors (`anyhow`'s `{:#}`, leaving out a cause whose text is already
+/// shown): for messages this crate builds around a typed error (warnings,
+/// a worker's fallback reason).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = c.source();
+    }
+    out
+}
 
 /// Hidden first argument that turns the `xbuild` binary into the sandbox
 /// init (the engine re-executes the binary so the multi-threaded build

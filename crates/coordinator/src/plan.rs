@@ -1,7 +1,7 @@
 //! Phase 1: one build graph per platform, base images resolved.
 
 use crate::request::{BuildRequest, Session};
-use anyhow::Result;
+use crate::resolve::ResolveError;
 use xbuild_plan::BuildGraph;
 
 /// The graphs of a build and what the Dockerfile's checks found.
@@ -16,7 +16,10 @@ pub struct Planned {
 
 /// Plan every platform of `req` with its base images resolved (through
 /// the session's registry, or the local store unless `req.pull`).
-pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned> {
+///
+/// Fails when the state directory cannot be opened or a platform cannot be
+/// planned (the error names the Dockerfile line).
+pub async fn plan(req: &BuildRequest, session: &Session) -> Result<Planned, ResolveError> {
     let engine = session.open_engine("local")?;
     let mut graphs = crate::resolve::plan_resolved(
         &req.dockerfile,

@@ -82,9 +82,23 @@ pub struct Session {
 
 impl Session {
     /// Open the engine over the state directory, naming the worker.
-    pub fn open_engine(&self, worker: &str) -> anyhow::Result<xbuild_engine::Engine> {
+    pub fn open_engine(
+        &self,
+        worker: &str,
+    ) -> Result<xbuild_engine::Engine, crate::resolve::ResolveError> {
         crate::resolve::open_engine(self.root.clone(), worker)
     }
+}
+
+/// The build context could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the build context {}", dir.display())]
+pub struct ScanContextError {
+    /// The context directory.
+    pub dir: PathBuf,
+    /// Why.
+    #[source]
+    pub source: xbuild_engine::context::ContextError,
 }
 
 /// The build context of `req` scanned and hashed once (shared by every
@@ -93,8 +107,7 @@ impl Session {
 pub fn scan_context(
     req: &BuildRequest,
     session: &Session,
-) -> anyhow::Result<Option<xbuild_engine::context::ContextIndex>> {
-    use anyhow::Context;
+) -> Result<Option<xbuild_engine::context::ContextIndex>, ScanContextError> {
     use xbuild_engine::context::{self, HashCache, ScanOptions};
     let Some(dir) = &req.context_dir else {
         return Ok(None);
@@ -106,7 +119,10 @@ pub fn scan_context(
         &ScanOptions::default(),
         cache.as_mut(),
     )
-    .with_context(|| format!("reading the build context {}", dir.display()))?;
+    .map_err(|source| ScanContextError {
+        dir: dir.clone(),
+        source,
+    })?;
     if let Some(c) = cache.as_mut() {
         let _ = c.save();
     }

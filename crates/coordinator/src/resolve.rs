@@ -7,7 +7,6 @@
 //! `WORKDIR` of a base affect expansion as in BuildKit.
 
 use crate::request::DockerfileSource;
-use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,6 +20,26 @@ use xbuild_oci::store::BlobStore;
 use xbuild_oci::{Descriptor, Platform};
 use xbuild_plan::{BaseConfig, BuildGraph, ImageRef, ImageResolver, PlanOptions, ResolvedImage};
 use xbuild_registry::{Progress, Registry};
+
+/// Why base images could not be planned with, or the engine not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The path of this binary (the sandbox init) is unknown.
+    #[error("locating the xbuild binary for the sandbox init")]
+    Exe(#[source] std::io::Error),
+    /// The state directory could not be opened.
+    #[error("opening the xbuild state directory {}", root.display())]
+    OpenEngine {
+        /// `$XBUILD_ROOT`.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<xbuild_engine::EngineError>,
+    },
+    /// Planning failed (it names the Dockerfile line).
+    #[error(transparent)]
+    Plan(#[from] xbuild_plan::PlanError),
+}
 
 /// Pulls base images: from the local store when the pinned manifest is
 /// already there, else from the registry (blobs already present are skipped).
@@ -259,7 +278,7 @@ pub async fn plan_resolved(
     registry: &Registry,
     store: &BlobStore,
     pull: bool,
-) -> Result<Vec<BuildGraph>> {
+) -> Result<Vec<BuildGraph>, ResolveError> {
     let mut rec = Recorder::default();
     for p in platforms {
         xbuild_plan::plan_source(&df.text, p, opts, &mut rec)?;
@@ -292,8 +311,8 @@ pub async fn plan_resolved(
 }
 
 /// Where the sandbox init lives: this very binary, behind a hidden argument.
-pub fn init_program() -> Result<(PathBuf, Vec<String>)> {
-    let exe = std::env::current_exe().context("locating the xbuild binary for the sandbox init")?;
+pub fn init_program() -> Result<(PathBuf, Vec<String>), ResolveError> {
+    let exe = std::env::current_exe().map_err(ResolveError::Exe)?;
     Ok((exe, vec![crate::SANDBOX_INIT_ARG.to_string()]))
 }
 
@@ -307,7 +326,7 @@ pub fn local_worker(platform: &Platform) -> &'static str {
 }
 
 /// Open the engine over the state directory, naming the worker.
-pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine> {
+pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine, ResolveError> {
     let (program, args) = init_program()?;
     let cfg = xbuild_engine::EngineConfig {
         root: root.clone(),
@@ -316,8 +335,10 @@ pub fn open_engine(root: PathBuf, worker: &str) -> Result<Engine> {
         worker: worker.to_string(),
         snapshotter: None,
     };
-    Engine::open(cfg)
-        .with_context(|| format!("opening the xbuild state directory {}", root.display()))
+    Engine::open(cfg).map_err(|e| ResolveError::OpenEngine {
+        root,
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]

@@ -9,12 +9,41 @@
 //! the solve ([`xbuild_plan::BuildGraph::labels`]), so the config the solve
 //! returns (and provenance describes) is the one that ships.
 
-use anyhow::{anyhow, Context, Result};
 use xbuild_oci::annotation::Annotations;
-use xbuild_oci::compress::{recompress, LayerPolicy};
-use xbuild_oci::manifest::ImageManifest;
+use xbuild_oci::compress::{recompress, CompressError, LayerPolicy};
+use xbuild_oci::manifest::{ImageManifest, ManifestError};
 use xbuild_oci::media_types as mt;
+use xbuild_oci::store::StoreError;
 use xbuild_oci::{BlobStore, Descriptor};
+
+/// Why a platform manifest could not be rewritten.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    /// The content store failed (the error names the blob).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored manifest cannot be read.
+    #[error("manifest {digest}")]
+    Manifest {
+        /// The manifest.
+        digest: xbuild_oci::Digest,
+        /// Why.
+        #[source]
+        source: ManifestError,
+    },
+    /// A layer could not be recompressed.
+    #[error("compressing layer {digest}")]
+    Compress {
+        /// The layer.
+        digest: xbuild_oci::Digest,
+        /// Why.
+        #[source]
+        source: CompressError,
+    },
+    /// The rewritten manifest could not be encoded.
+    #[error("encoding the manifest")]
+    Encode(#[source] ManifestError),
+}
 
 /// The rewrites of one build.
 #[derive(Debug, Clone, Default)]
@@ -81,13 +110,15 @@ impl Rewrite {
 
     /// Rewrite the platform manifest `desc` (in `store`); returns the new
     /// descriptor (platform kept, manifest-descriptor annotations added).
-    pub fn apply(&self, store: &BlobStore, desc: &Descriptor) -> Result<Descriptor> {
+    pub fn apply(&self, store: &BlobStore, desc: &Descriptor) -> Result<Descriptor, RewriteError> {
         if self.is_empty() {
             return Ok(desc.clone());
         }
         let bytes = store.read_to_vec(&desc.digest)?;
-        let mut m = ImageManifest::from_slice(&bytes)
-            .map_err(|e| anyhow!("manifest {}: {e}", desc.digest))?;
+        let mut m = ImageManifest::from_slice(&bytes).map_err(|source| RewriteError::Manifest {
+            digest: desc.digest.clone(),
+            source,
+        })?;
         let platform = desc.platform();
         if let Some(policy) = &self.layers {
             let oci = m.effective_media_type() == mt::OCI_MANIFEST;
@@ -102,7 +133,10 @@ impl Rewrite {
                 match have {
                     Some(_) if needs => {
                         let r = recompress(store, l, policy.compression, policy.level, oci)
-                            .with_context(|| format!("compressing layer {}", l.digest))?;
+                            .map_err(|source| RewriteError::Compress {
+                                digest: l.digest.clone(),
+                                source,
+                            })?;
                         layers.push(r.descriptor);
                     }
                     _ => layers.push(l.clone()),
@@ -112,9 +146,7 @@ impl Rewrite {
         }
         let applied = self.annotations.for_platform(platform.as_ref());
         m.annotations.extend(applied.manifest);
-        let enc = m
-            .encode()
-            .map_err(|e| anyhow!("encoding the manifest: {e}"))?;
+        let enc = m.encode().map_err(RewriteError::Encode)?;
         store.put_bytes(&enc.bytes)?;
         let mut out = desc.clone();
         out.digest = enc.descriptor.digest;

@@ -5,11 +5,31 @@ use crate::nodes::NodePlan;
 use crate::plan::Planned;
 use crate::request::Session;
 use crate::worker::{local_agent_for, AgentAccess, AgentWorker, LocalWorker, Worker};
-use anyhow::{bail, Result};
 use std::sync::Arc;
 use xbuild_engine::events::{Event, EventSink};
+use xbuild_engine::EngineError;
 use xbuild_oci::Platform;
 use xbuild_plan::BuildGraph;
+
+/// Why a build could not be scheduled.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// Platforms whose RUN steps cannot run on this machine and that no
+    /// node builds (each error names the platform and the fix).
+    #[error("{}", lines(.0))]
+    Unrunnable(Vec<EngineError>),
+    /// A platform's engine could not be opened.
+    #[error(transparent)]
+    Engine(#[from] crate::resolve::ResolveError),
+}
+
+fn lines(errors: &[EngineError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// Where one platform builds.
 pub struct Assignment {
@@ -77,11 +97,11 @@ pub fn schedule(
     nodes: Option<&Arc<NodePlan>>,
     session: &Session,
     events: &dyn EventSink,
-) -> Result<Schedule> {
+) -> Result<Schedule, ScheduleError> {
     let on_node = |p: &Platform| nodes.and_then(|n| n.node_for(p)).is_some();
     let merged = Merged::new(&planned.graphs);
     let shared = merged.shared_graph(&planned.graphs);
-    let unrunnable: Vec<String> = planned
+    let unrunnable: Vec<EngineError> = planned
         .graphs
         .iter()
         .enumerate()
@@ -93,10 +113,9 @@ pub fn schedule(
                 .filter(|s| !on_node(&s.graph.platform))
                 .filter_map(|s| xbuild_engine::check_platforms(&s.graph).err()),
         )
-        .map(|e| e.to_string())
         .collect();
     if !unrunnable.is_empty() {
-        bail!("{}", unrunnable.join("\n"));
+        return Err(ScheduleError::Unrunnable(unrunnable));
     }
     schedule_with(planned, |g| {
         let p = &g.platform;
@@ -115,7 +134,10 @@ pub fn schedule(
                 Ok(None) => None,
                 Err(e) => {
                     events.emit(Event::Warning {
-                        message: format!("{e:#}; building {p} on this machine instead"),
+                        message: format!(
+                            "{}; building {p} on this machine instead",
+                            crate::error_chain(&e)
+                        ),
                     });
                     None
                 }
@@ -142,13 +164,13 @@ pub fn schedule(
 /// those stages execute on).
 pub fn schedule_with(
     planned: &Planned,
-    mut pick: impl FnMut(&BuildGraph) -> Result<Assignment>,
-) -> Result<Schedule> {
+    mut pick: impl FnMut(&BuildGraph) -> Result<Assignment, ScheduleError>,
+) -> Result<Schedule, ScheduleError> {
     let assignments = planned
         .graphs
         .iter()
         .map(&mut pick)
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let merged = Merged::new(&planned.graphs);
     let shared = match merged.shared_graph(&planned.graphs) {
         Some(shared) => Some(SharedRun {

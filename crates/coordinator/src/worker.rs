@@ -4,8 +4,7 @@
 //! `XBUILD_LOCAL_AGENT` variable (tests). The [`Worker`] trait lets tests
 //! inject fakes.
 
-use crate::nodes::NodePlan;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::nodes::{NodeError, NodePlan};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -21,6 +20,52 @@ use xbuild_remote::AgentStream;
 /// default name `local-agent`).
 pub const LOCAL_AGENT_ENV: &str = "XBUILD_LOCAL_AGENT";
 
+/// An `XBUILD_LOCAL_AGENT` value that cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalAgentError {
+    /// An entry is not `PLATFORM=[NAME:]DIR`.
+    #[error("{LOCAL_AGENT_ENV}: {entry:?} is not PLATFORM=[NAME:]DIR")]
+    Syntax {
+        /// The entry.
+        entry: String,
+    },
+    /// An entry's platform is not a platform.
+    #[error("{LOCAL_AGENT_ENV}: {platform:?}")]
+    Platform {
+        /// The platform as written.
+        platform: String,
+        /// Why.
+        #[source]
+        source: xbuild_oci::platform::PlatformError,
+    },
+}
+
+/// Why an agent could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentStartError {
+    /// The node's agent could not be started over its SSH connection.
+    #[error("starting the agent on node {node}")]
+    Node {
+        /// The node.
+        node: String,
+        /// Why.
+        #[source]
+        source: NodeError,
+    },
+    /// The path of this binary is unknown.
+    #[error("locating the xbuild binary to start an agent")]
+    Exe(#[source] std::io::Error),
+    /// `xbuild agent --stdio` could not be started here.
+    #[error("starting a local agent for {platform}")]
+    Spawn {
+        /// The platform it was to build.
+        platform: Platform,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// One `XBUILD_LOCAL_AGENT` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LocalAgentSpec {
@@ -29,20 +74,23 @@ struct LocalAgentSpec {
     root: PathBuf,
 }
 
-fn parse_local_agents(value: &str) -> Result<Vec<LocalAgentSpec>> {
+fn parse_local_agents(value: &str) -> Result<Vec<LocalAgentSpec>, LocalAgentError> {
     let mut out = Vec::new();
     for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let (p, rest) = entry
-            .split_once('=')
-            .ok_or_else(|| anyhow!("{LOCAL_AGENT_ENV}: {entry:?} is not PLATFORM=[NAME:]DIR"))?;
-        let platform =
-            Platform::parse(p.trim()).map_err(|e| anyhow!("{LOCAL_AGENT_ENV}: {p:?}: {e}"))?;
+        let syntax = || LocalAgentError::Syntax {
+            entry: entry.to_string(),
+        };
+        let (p, rest) = entry.split_once('=').ok_or_else(syntax)?;
+        let platform = Platform::parse(p.trim()).map_err(|source| LocalAgentError::Platform {
+            platform: p.to_string(),
+            source,
+        })?;
         let (name, root) = match rest.split_once(':') {
             Some((n, r)) if !n.contains('/') => (n.to_string(), r),
             _ => ("local-agent".to_string(), rest),
         };
         if root.is_empty() || name.is_empty() {
-            bail!("{LOCAL_AGENT_ENV}: {entry:?} is not PLATFORM=[NAME:]DIR");
+            return Err(syntax());
         }
         out.push(LocalAgentSpec {
             platform,
@@ -54,7 +102,7 @@ fn parse_local_agents(value: &str) -> Result<Vec<LocalAgentSpec>> {
 }
 
 /// The agent `XBUILD_LOCAL_AGENT` names for `platform`, if any.
-pub fn local_agent_for(platform: &Platform) -> Result<Option<(String, PathBuf)>> {
+pub fn local_agent_for(platform: &Platform) -> Result<Option<(String, PathBuf)>, LocalAgentError> {
     let Ok(value) = std::env::var(LOCAL_AGENT_ENV) else {
         return Ok(None);
     };
@@ -163,21 +211,27 @@ impl AgentWorker {
         }
     }
 
-    async fn open(&self, platform: &Platform) -> Result<AgentStream> {
+    async fn open(&self, platform: &Platform) -> Result<AgentStream, AgentStartError> {
         match &self.access {
-            AgentAccess::Node(plan) => plan
-                .open_agent(&self.name)
-                .await
-                .with_context(|| format!("starting the agent on node {}", self.name)),
+            AgentAccess::Node(plan) => {
+                plan.open_agent(&self.name)
+                    .await
+                    .map_err(|source| AgentStartError::Node {
+                        node: self.name.clone(),
+                        source,
+                    })
+            }
             AgentAccess::Spawn(root) => {
-                let exe = std::env::current_exe()
-                    .map_err(|e| anyhow!("locating the xbuild binary to start an agent: {e}"))?;
+                let exe = std::env::current_exe().map_err(AgentStartError::Exe)?;
                 let agent = xbuild_remote::local::spawn(
                     &exe,
                     &xbuild_remote::local::agent_args(root),
                     &format!("root {}", root.display()),
                 )
-                .map_err(|e| anyhow!("starting a local agent for {platform}: {e}"))?;
+                .map_err(|source| AgentStartError::Spawn {
+                    platform: platform.clone(),
+                    source,
+                })?;
                 Ok(agent.stream)
             }
         }
@@ -221,7 +275,7 @@ impl Worker for AgentWorker {
             let stream = self
                 .open(&platform)
                 .await
-                .map_err(|e| WorkerError::Unreachable(format!("{e:#}")))?;
+                .map_err(|e| WorkerError::Unreachable(crate::error_chain(&e)))?;
             let mut pid = None;
             let r = self.run(req, stream, &mut pid).await;
             if let (Err(e), AgentAccess::Node(plan), Some(pid)) = (&r, &self.access, pid) {
@@ -231,8 +285,9 @@ impl Worker for AgentWorker {
                     if let Err(k) = plan.kill_agent(&self.name, pid).await {
                         events.emit(Event::Warning {
                             message: format!(
-                                "could not stop the agent on node {}: {k:#}",
-                                self.name
+                                "could not stop the agent on node {}: {}",
+                                self.name,
+                                crate::error_chain(&k)
                             ),
                         });
                     }
@@ -278,6 +333,15 @@ mod tests {
             e.contains("XBUILD_LOCAL_AGENT") && e.contains("PLATFORM=[NAME:]DIR"),
             "{e}"
         );
-        assert!(parse_local_agents("nope/=x").is_err());
+        let e = parse_local_agents("nope/=x").unwrap_err();
+        assert!(
+            matches!(&e, LocalAgentError::Platform { platform, .. } if platform == "nope/"),
+            "{e:?}"
+        );
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with("XBUILD_LOCAL_AGENT: \"nope/\": "),
+            "{text}"
+        );
     }
 }

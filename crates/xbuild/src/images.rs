@@ -642,7 +642,8 @@ pub fn cmd_save(
             SaveFormat::Oci => archive::write_oci_archive_multi(&store, &list, w)?,
         };
         Ok(())
-    })
+    })?;
+    Ok(())
 }
 
 /// `xbuild load`.
