@@ -29,13 +29,25 @@ pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
 /// `--build-arg SOURCE_DATE_EPOCH=N` (as BuildKit reads it), else the
 /// `SOURCE_DATE_EPOCH` environment variable (as buildx passes it on), else
 /// the default of a global `ARG SOURCE_DATE_EPOCH=N` in the Dockerfile.
-fn source_date_epoch(build_arg: Option<&str>, dockerfile: &str) -> Result<Option<i64>> {
+fn source_date_epoch(
+    build_arg: Option<&str>,
+    dockerfile: &str,
+    remote_context: bool,
+) -> Result<Option<i64>> {
     let value = match build_arg {
         Some(v) => Ok(v.to_string()),
         None => std::env::var("SOURCE_DATE_EPOCH")
             .or_else(|_| dockerfile_epoch(dockerfile).ok_or(std::env::VarError::NotPresent)),
     };
     match value {
+        // BuildKit's `context`: the epoch of a git or HTTP context; a
+        // local directory has none, so the build has no epoch.
+        Ok(v) if v.trim() == "context" => match remote_context {
+            false => Ok(None),
+            true => bail!(
+                "SOURCE_DATE_EPOCH=context: taking the epoch from a git or HTTP context is not supported yet"
+            ),
+        },
         Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().parse().map_err(|_| {
             anyhow!(
                 "invalid SOURCE_DATE_EPOCH: {} (not a number of seconds)",
@@ -44,6 +56,17 @@ fn source_date_epoch(build_arg: Option<&str>, dockerfile: &str) -> Result<Option
         })?)),
         _ => Ok(None),
     }
+}
+
+/// Whether the context is one `remote_ctx` fetched (a git or HTTP URL, or
+/// an archive on standard input): those are unpacked under
+/// `$XBUILD_ROOT/tmp`.
+fn fetched_context(args: &BuildArgs) -> bool {
+    let Ok(root) = crate::paths::xbuild_root() else {
+        return false;
+    };
+    let tmp = std::fs::canonicalize(root.join("tmp")).unwrap_or(root.join("tmp"));
+    std::fs::canonicalize(&args.context).is_ok_and(|c| c.starts_with(tmp))
 }
 
 /// The default a global `ARG SOURCE_DATE_EPOCH=...` gives (BuildKit takes
@@ -153,6 +176,7 @@ pub fn from_args(
     let source_date_epoch = source_date_epoch(
         opts.build_args.get("SOURCE_DATE_EPOCH").map(String::as_str),
         &df.text,
+        fetched_context(args),
     )?;
     let attest = attestations(args, push)?;
     Ok(BuildRequest {
@@ -251,10 +275,10 @@ mod tests {
     fn source_date_epoch_build_arg_wins() {
         // testWorkdirSourceDateEpochReproducible passes it as a build arg.
         assert_eq!(
-            super::source_date_epoch(Some("1673364896"), "").unwrap(),
+            super::source_date_epoch(Some("1673364896"), "", false).unwrap(),
             Some(1673364896)
         );
-        assert!(super::source_date_epoch(Some("soon"), "").is_err());
+        assert!(super::source_date_epoch(Some("soon"), "", false).is_err());
     }
 
     #[test]
@@ -263,7 +287,7 @@ mod tests {
         let df = "ARG SOURCE_DATE_EPOCH=1445412480\nFROM scratch\n";
         assert_eq!(super::dockerfile_epoch(df).as_deref(), Some("1445412480"));
         assert_eq!(
-            super::source_date_epoch(Some("1700000002"), df).unwrap(),
+            super::source_date_epoch(Some("1700000002"), df, false).unwrap(),
             Some(1700000002)
         );
         let bad = "ARG SOURCE_DATE_EPOCH=not-a-timestamp\nFROM scratch\n";
