@@ -425,7 +425,13 @@ fn served(entry: &case::HttpEntry, subst: &dyn Fn(&str) -> String) -> Served {
                 headers.push(("Content-Disposition".to_string(), cd.clone()));
             }
             let body = match &spec.archive {
-                Some(entries) => case::archive_bytes(entries, spec.gzip).expect("archive"),
+                Some(entries) => {
+                    let mut entries = entries.clone();
+                    for e in &mut entries {
+                        e.content = e.content.as_deref().map(subst);
+                    }
+                    case::archive_bytes(&entries, spec.gzip).expect("archive")
+                }
                 None => subst(&spec.content).into_bytes(),
             };
             Served {
@@ -495,7 +501,7 @@ fn build_and_check(
             Some(p)
         }
         None => {
-            args.push(".".into());
+            args.push(case.remote_context.as_deref().map_or(".".into(), subst));
             None
         }
     };

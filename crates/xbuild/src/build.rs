@@ -74,6 +74,29 @@ fn display_path(p: &Path) -> String {
     s.strip_prefix("./").map(str::to_string).unwrap_or(s)
 }
 
+/// `SOURCE_DATE_EPOCH=context` (BuildKit): the epoch of a fetched context
+/// replaces the value; a local directory gives none, so the arg goes.
+fn context_epoch_arg(
+    mut build_args: BTreeMap<String, String>,
+    fetched: Option<&crate::remote_ctx::Fetched>,
+) -> Result<BTreeMap<String, String>> {
+    if build_args.get("SOURCE_DATE_EPOCH").map(|v| v.trim()) != Some("context") {
+        return Ok(build_args);
+    }
+    match fetched.map(|f| f.epoch()) {
+        None => {
+            build_args.remove("SOURCE_DATE_EPOCH");
+        }
+        Some(Some(e)) => {
+            build_args.insert("SOURCE_DATE_EPOCH".into(), e.to_string());
+        }
+        Some(None) => bail!(
+            "SOURCE_DATE_EPOCH=context: this context gives no time (a git context's commit time is not supported yet)"
+        ),
+    }
+    Ok(build_args)
+}
+
 /// Parse `--build-arg` values; a bare `KEY` takes the value from the environment.
 pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -221,7 +244,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
     let opts = PlanOptions {
         file: df.display.clone(),
         target: args.target.clone(),
-        build_args: parse_build_args(&args.build_args)?,
+        build_args: context_epoch_arg(parse_build_args(&args.build_args)?, _remote.as_ref())?,
         build_platform: Platform::host_linux(),
         network: xbuild_plan::Network::parse(&args.network).map_err(anyhow::Error::msg)?,
         allow: xbuild_plan::Entitlements::parse(&args.allow).map_err(anyhow::Error::msg)?,

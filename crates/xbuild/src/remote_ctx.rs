@@ -13,6 +13,14 @@ pub struct Fetched {
     _http: Option<remote::HttpContext>,
 }
 
+impl Fetched {
+    /// The context's time for `SOURCE_DATE_EPOCH=context`: an HTTP
+    /// context's `Last-Modified`, else its archive's newest file.
+    pub fn epoch(&self) -> Option<i64> {
+        self._http.as_ref().and_then(|h| h.epoch)
+    }
+}
+
 /// Fetch `value` when it is a git or HTTP(S) URL: the directory to use and
 /// the guard that keeps it. `None` for a local path.
 pub fn fetch(

@@ -40,13 +40,11 @@ fn source_date_epoch(
             .or_else(|_| dockerfile_epoch(dockerfile).ok_or(std::env::VarError::NotPresent)),
     };
     match value {
-        // BuildKit's `context`: the epoch of a git or HTTP context; a
-        // local directory has none, so the build has no epoch.
+        // BuildKit's `context` (build.rs puts a fetched context's time in
+        // its place): a local directory has none, so the build has no epoch.
         Ok(v) if v.trim() == "context" => match remote_context {
             false => Ok(None),
-            true => bail!(
-                "SOURCE_DATE_EPOCH=context: taking the epoch from a git or HTTP context is not supported yet"
-            ),
+            true => bail!("SOURCE_DATE_EPOCH=context: the fetched context gives no time"),
         },
         Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().parse().map_err(|_| {
             anyhow!(

@@ -56,6 +56,10 @@ pub struct Case {
     /// input (PATH `-`) instead of the context directory.
     #[serde(default)]
     pub stdin_context: Option<Vec<ArchiveEntry>>,
+    /// A URL (placeholders allowed, e.g. `{{http}}/ctx.tar`) given as the
+    /// build's PATH instead of the context directory.
+    #[serde(default)]
+    pub remote_context: Option<String>,
     /// Files served under `{{http}}`.
     #[serde(default)]
     pub http: BTreeMap<String, HttpEntry>,

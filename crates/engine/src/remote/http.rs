@@ -64,6 +64,9 @@ pub struct HttpContext {
     pub root: PathBuf,
     /// What the URL held.
     pub kind: HttpContextKind,
+    /// BuildKit's epoch of the context (for `SOURCE_DATE_EPOCH=context`):
+    /// the `Last-Modified` time, else the newest file time of an archive.
+    pub epoch: Option<i64>,
     _dir: tempfile::TempDir,
 }
 
@@ -123,6 +126,11 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
         fetch_err(m)
     })?;
     let status = resp.status();
+    let last_modified = resp
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::copy::add::parse_http_date);
     if !status.is_success() {
         return Err(fetch_err(format!(
             "HTTP {} {}",
@@ -145,7 +153,30 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
             out.write_all(&buf[..n]).map_err(io_err("write", &file))?;
         }
     }
-    unpack(dir, &file, url)
+    let mut c = unpack(dir, &file, url)?;
+    if last_modified.is_some() {
+        c.epoch = last_modified;
+    }
+    Ok(c)
+}
+
+/// The newest modification time of the files under `dir` (seconds).
+fn newest_mtime(dir: &Path) -> Option<i64> {
+    let mut best: Option<i64> = None;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if md.is_dir() {
+                todo.push(e.path());
+            }
+            use std::os::unix::fs::MetadataExt;
+            best = best.max(Some(md.mtime()));
+        }
+    }
+    best
 }
 
 /// A build context given on standard input (`xbuild build - < ctx.tar`):
@@ -211,9 +242,14 @@ fn unpack(dir: tempfile::TempDir, file: &Path, url: &str) -> Result<HttpContext,
         HttpContextKind::Dockerfile
     };
     let _ = std::fs::remove_file(&file);
+    let epoch = match kind {
+        HttpContextKind::Archive => newest_mtime(&root),
+        HttpContextKind::Dockerfile => None,
+    };
     Ok(HttpContext {
         root,
         kind,
+        epoch,
         _dir: dir,
     })
 }
