@@ -15,6 +15,8 @@ mod case;
 mod fixtures;
 #[path = "buildkit_cases/http.rs"]
 mod http;
+#[path = "buildkit_cases/lint.rs"]
+mod lint;
 
 use case::{arg_value, parse_mode, write_context, Case, Expect, FileExpect, FileSpec, Step};
 use http::{HttpServer, Served};
@@ -330,6 +332,13 @@ fn run_case(name: &str, case: &Case, env: &Env) -> Outcome {
     if case.needs.iter().any(|n| n == "arm64") && !env.arm64 {
         return Outcome::Skip("QEMU for linux/arm64 is not available".into());
     }
+    if case.needs.iter().any(|n| n == "all_caps") && !lint::all_caps() {
+        return Outcome::Skip(
+            "this host's capability bounding set lacks some of capabilities 0-37 \
+             (RUN --security=insecure can only pass on what the host has)"
+                .into(),
+        );
+    }
     let result = try_case(name, case, env);
     match (result, &case.known_difference) {
         (Ok(()), _) => Outcome::Ok,
@@ -462,7 +471,13 @@ fn served(entry: &case::HttpEntry, subst: &dyn Fn(&str) -> String) -> Served {
                 headers.push(("Content-Disposition".to_string(), cd.clone()));
             }
             let body = match &spec.archive {
-                Some(entries) => case::archive_bytes(entries, spec.gzip).expect("archive"),
+                Some(entries) => {
+                    let mut entries = entries.clone();
+                    for e in &mut entries {
+                        e.content = e.content.as_deref().map(subst);
+                    }
+                    case::archive_bytes(&entries, spec.gzip).expect("archive")
+                }
                 None => subst(&spec.content).into_bytes(),
             };
             Served {
@@ -516,6 +531,8 @@ fn build_and_check(
     for f in step.flags.as_ref().unwrap_or(&case.flags) {
         args.push(subst(f));
     }
+    // `--call check` takes the build's flags, not its outputs.
+    let check_args = args.clone();
     let out_dir = tmp.join(format!("out{index}"));
     let oci = tmp.join(format!("image{index}.tar"));
     if expect.error.is_none() {
@@ -526,9 +543,25 @@ fn build_and_check(
             args.push(format!("type=oci,dest={}", s(&oci)));
         }
     }
-    args.push(case.context_arg.as_deref().map_or(".".into(), subst));
+    let stdin = match &case.stdin_context {
+        Some(entries) => {
+            let p = tmp.join("stdin-context.tar");
+            std::fs::write(&p, case::archive_bytes(entries, false)?).map_err(|e| e.to_string())?;
+            args.push("-".into());
+            Some(p)
+        }
+        None => {
+            args.push(
+                case.remote_context
+                    .as_deref()
+                    .or(case.context_arg.as_deref())
+                    .map_or(".".into(), subst),
+            );
+            None
+        }
+    };
     let env = step.env.as_ref().unwrap_or(&case.env);
-    let (code, stderr) = run_xbuild(xb, ctx, &args, env)?;
+    let (code, stderr) = run_xbuild(xb, ctx, &args, env, stdin.as_deref())?;
     if std::env::var_os("XBUILD_CASES_VERBOSE").is_some() {
         println!("--- xbuild {}\n{stderr}", args.join(" "));
     }
@@ -548,6 +581,8 @@ fn build_and_check(
     } else if code != 0 {
         return Err(format!("failed (exit {code}):\n    {}", tail()));
     }
+    lint::check_summary(&stderr, expect, subst)?;
+    lint::check_call(xb, ctx, &check_args, env, expect, subst)?;
     for w in &expect.warnings {
         if !stderr.contains(w.as_str()) {
             return Err(format!("no warning {w:?}:\n    {}", tail()));
@@ -591,6 +626,7 @@ fn build_and_check(
     if expect.error.is_some() {
         return Ok(());
     }
+    lint::check_tars(expect, subst)?;
     for (path, want) in &expect.files {
         check_file(
             &out_dir,
@@ -631,15 +667,20 @@ fn run_xbuild(
     ctx: &Path,
     args: &[String],
     env: &BTreeMap<String, String>,
+    stdin: Option<&Path>,
 ) -> Result<(i32, String), String> {
     let mut cmd: Command = xb.command();
+    let input = match stdin {
+        Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| e.to_string())?),
+        None => Stdio::null(),
+    };
     // BuildKit's tests solve through its client API, which adds no
     // attestation; buildx's default provenance would be extra manifests.
     cmd.current_dir(ctx)
         .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
         .args(args)
         .envs(env)
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawn xbuild: {e}"))?;
@@ -906,6 +947,14 @@ fn check_image(config: &Value, expect: &Expect) -> Result<(), String> {
         }
     }
     let history = config["history"].as_array().cloned().unwrap_or_default();
+    if let Some(t) = &expect.history_created {
+        if let Some(h) = history.iter().find(|h| h["created"] != t.as_str()) {
+            return Err(format!(
+                "history entry created {}, BuildKit {t}",
+                h["created"]
+            ));
+        }
+    }
     if let Some(n) = expect.history_len {
         if history.len() != n {
             return Err(format!(

@@ -72,7 +72,7 @@ pub enum ExecError {
     #[error("RUN --mount=type=bind from the build context needs a local context directory")]
     NoContext,
     /// The step asks for more than the build allows.
-    #[error("{what} needs the {entitlement} entitlement: pass --allow {entitlement}")]
+    #[error("entitlement {entitlement} is not allowed: {what} needs --allow {entitlement}")]
     NotAllowed {
         /// `RUN --network=host`, ...
         what: &'static str,

@@ -327,25 +327,9 @@ impl<'a> Planner<'a> {
                 body: &ins[w[0] + 1..w[1]],
             });
         }
-        // Duplicate and reserved names.
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for (n, s) in self.stages.iter().enumerate() {
-            if let Some(name) = &s.from_info.name {
-                if name == "scratch" || name == "context" {
-                    return Err(self.at(
-                        s.from,
-                        format!("{name:?} is a reserved name and cannot be used for a stage"),
-                    ));
-                }
-                if let Some(prev) = seen.insert(name, n) {
-                    let prev_line = self.stages[prev].from.span.start_line;
-                    return Err(self.at(
-                        s.from,
-                        format!("duplicate stage name {name:?} (first used on line {prev_line})"),
-                    ));
-                }
-            }
-        }
+        // Duplicate and reserved stage names are only warned about (the
+        // DuplicateStageName and ReservedStageName checks): as in
+        // BuildKit, a name means the last stage given it so far.
         self.conv = vec![Conv::NotStarted; self.stages.len()];
         self.finals = vec![StageState::default(); self.stages.len()];
         Ok(())
@@ -375,22 +359,18 @@ impl<'a> Planner<'a> {
             let platform = match &s.from_info.platform {
                 Some(p) => {
                     let pv = ex.word(p).map_err(|e| self.at(s.from, e.to_string()))?;
-                    Platform::parse(&pv).map_err(|e| {
-                        self.at(s.from, format!("--platform={p} (expanded {pv:?}): {e}"))
-                    })?
+                    crate::lint::from_platform(self.df.escape, p, &pv, &vars)
+                        .map_err(|m| self.at(s.from, m))?
                 }
                 None => self.platform.clone(),
             };
             // FROM <earlier stage name> refers to that stage.
             let lower = image.to_ascii_lowercase();
-            let base = if lower == "scratch" {
-                Some(Base::Scratch)
-            } else {
-                self.stages[..n]
-                    .iter()
-                    .position(|o| o.from_info.name.as_deref() == Some(lower.as_str()))
-                    .map(Base::Stage)
-            };
+            let base = self.stages[..n]
+                .iter()
+                .rposition(|o| o.from_info.name.as_deref() == Some(lower.as_str()))
+                .map(Base::Stage)
+                .or((lower == "scratch").then_some(Base::Scratch));
             self.froms.push((image, platform, base));
         }
         Ok(())
@@ -413,7 +393,7 @@ impl<'a> Planner<'a> {
                 let tl = t.to_ascii_lowercase();
                 self.stages
                     .iter()
-                    .position(|s| s.from_info.name.as_deref() == Some(tl.as_str()))
+                    .rposition(|s| s.from_info.name.as_deref() == Some(tl.as_str()))
                     .ok_or_else(|| PlanError::TargetNotFound {
                         target: t.clone(),
                         available: self
@@ -440,7 +420,7 @@ impl<'a> Planner<'a> {
         if let Some(n) = self
             .stages
             .iter()
-            .position(|s| s.from_info.name.as_deref() == Some(lower.as_str()))
+            .rposition(|s| s.from_info.name.as_deref() == Some(lower.as_str()))
         {
             return Ok(Some(n));
         }
@@ -964,8 +944,8 @@ impl<'a> Planner<'a> {
                 if network == Network::Host && !self.opts.allow.network_host {
                     return Err(self.at(
                         ins,
-                        "network mode \"host\" needs the network.host entitlement: \
-                         pass --allow network.host",
+                        "entitlement network.host is not allowed: network mode \"host\" \
+                         needs --allow network.host",
                     ));
                 }
                 let insecure = match run.security.as_deref() {
@@ -981,8 +961,8 @@ impl<'a> Planner<'a> {
                 if insecure && !self.opts.allow.security_insecure {
                     return Err(self.at(
                         ins,
-                        "security mode \"insecure\" needs the security.insecure entitlement: \
-                         pass --allow security.insecure",
+                        "entitlement security.insecure is not allowed: security mode \
+                         \"insecure\" needs --allow security.insecure",
                     ));
                 }
                 let mut inline_files = Vec::new();
@@ -1130,9 +1110,8 @@ impl<'a> Planner<'a> {
                         }
                     }
                     let v = ex.word(s).map_err(|x| self.at(ins, e(x)))?;
-                    if v.is_empty() {
-                        return Err(self.at(ins, format!("source {s:?} expands to an empty path")));
-                    }
+                    // BuildKit: a source that expands to nothing is the root.
+                    let v = if v.is_empty() { ".".into() } else { v };
                     if !c.is_add && (v.starts_with("http://") || v.starts_with("https://")) {
                         return Err(self.at(
                             ins,

@@ -12,6 +12,7 @@ mod arg_specs;
 pub mod check;
 mod convert;
 pub mod graph;
+pub mod lint;
 mod words;
 
 pub use convert::{plan, plan_source, targets, StageInfo};

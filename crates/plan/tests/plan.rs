@@ -470,7 +470,6 @@ fn errors_name_file_and_line() {
         ("RUN true\nFROM scratch\n", "Dockerfile:1"),
         ("FROM scratch\nCOPY a b c\n", "Dockerfile:2"),
         ("FROM scratch\nENV X=${NOPE:?must be set}\n", "Dockerfile:2"),
-        ("FROM scratch AS a\nFROM scratch AS a\n", "Dockerfile:2"),
         ("FROM scratch\nCOPY --bogus=1 a /b\n", "Dockerfile:2"),
         ("FROM --platform=linux/bogus/x/y scratch\n", "Dockerfile:1"),
     ];
@@ -700,4 +699,21 @@ fn progress_numbering_counts_filesystem_steps_only() {
         scratch.step_label(1),
         "[stage-2 1/1] COPY --from=derived /a /a"
     );
+}
+
+/// As in BuildKit, a repeated stage name is a warning (DuplicateStageName),
+/// not an error: the name means the last stage given it so far.
+#[test]
+fn duplicate_stage_names_mean_the_latest_stage() {
+    let src = "FROM scratch AS a\nENV X=1\nFROM scratch AS a\nENV X=2\nFROM a\n";
+    let g = plan_source(src, &amd64(), &opts(), &mut OfflineResolver).unwrap();
+    let last = g.stages.last().unwrap();
+    let dump = format!("{:?}", last.base);
+    let k: usize = dump
+        .trim_start_matches("Stage(")
+        .trim_end_matches(')')
+        .parse()
+        .expect("based on a stage");
+    // Dockerfile stage 1 is the second `a` (stage 0 is the first).
+    assert_eq!(g.stages[k].dockerfile_index, 1, "{:?}", g.stages);
 }

@@ -211,13 +211,9 @@ impl Registry {
         let config_bytes = self.fetch_small_blob(r, &manifest.config).await?;
         let config = ImageConfig::from_slice(&config_bytes)
             .map_err(|e| bad("image config", e.to_string()))?;
-        if index_digest.is_none() && !config.platform().same_arch(platform) {
-            return Err(RegistryError::NoPlatform {
-                reference: r.to_string(),
-                platform: platform.clone(),
-                available: vec![config.platform()],
-            });
-        }
+        // A single-platform image is used whatever platform its config
+        // names, as BuildKit does; the build warns about a mismatch
+        // (InvalidBaseImagePlatform).
         Ok(Resolved {
             manifest_digest,
             manifest,

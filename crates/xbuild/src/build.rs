@@ -21,10 +21,17 @@ pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
         if args.file.is_some() {
             bail!("cannot use -f with a Dockerfile read from standard input (PATH is -)");
         }
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the Dockerfile from standard input")?;
+        let text = match crate::remote_ctx::stdin_dockerfile() {
+            Some(b) => String::from_utf8(b)
+                .context("the Dockerfile on standard input is not UTF-8 text")?,
+            None => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the Dockerfile from standard input")?;
+                text
+            }
+        };
         return Ok(LoadedDockerfile {
             display: "Dockerfile".into(),
             text,
@@ -65,6 +72,29 @@ pub fn load_dockerfile(args: &BuildArgs) -> Result<LoadedDockerfile> {
 fn display_path(p: &Path) -> String {
     let s = p.to_string_lossy().to_string();
     s.strip_prefix("./").map(str::to_string).unwrap_or(s)
+}
+
+/// `SOURCE_DATE_EPOCH=context` (BuildKit): the epoch of a fetched context
+/// replaces the value; a local directory gives none, so the arg goes.
+fn context_epoch_arg(
+    mut build_args: BTreeMap<String, String>,
+    fetched: Option<&crate::remote_ctx::Fetched>,
+) -> Result<BTreeMap<String, String>> {
+    if build_args.get("SOURCE_DATE_EPOCH").map(|v| v.trim()) != Some("context") {
+        return Ok(build_args);
+    }
+    match fetched.map(|f| f.epoch()) {
+        None => {
+            build_args.remove("SOURCE_DATE_EPOCH");
+        }
+        Some(Some(e)) => {
+            build_args.insert("SOURCE_DATE_EPOCH".into(), e.to_string());
+        }
+        Some(None) => bail!(
+            "SOURCE_DATE_EPOCH=context: this context gives no time (a git context's commit time is not supported yet)"
+        ),
+    }
+    Ok(build_args)
 }
 
 /// Parse `--build-arg` values; a bare `KEY` takes the value from the environment.
@@ -214,7 +244,7 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
     let opts = PlanOptions {
         file: df.display.clone(),
         target: args.target.clone(),
-        build_args: parse_build_args(&args.build_args)?,
+        build_args: context_epoch_arg(parse_build_args(&args.build_args)?, _remote.as_ref())?,
         build_platform: Platform::host_linux(),
         network: xbuild_plan::Network::parse(&args.network).map_err(anyhow::Error::msg)?,
         allow: xbuild_plan::Entitlements::parse(&args.allow).map_err(anyhow::Error::msg)?,
@@ -225,7 +255,14 @@ pub fn run(mut args: BuildArgs) -> Result<()> {
     };
     let ssh_ids: Vec<String> = ssh_ids(&args.ssh);
     match call.method.as_str() {
-        "check" => run_check(&df, &opts, &platforms, &ssh_ids, call.json),
+        "check" => run_check(
+            &df,
+            &opts,
+            &platforms,
+            &ssh_ids,
+            ignore_patterns(&args).as_deref(),
+            call.json,
+        ),
         "targets" => run_targets(&df, call.json),
         "explain" => crate::explain_cmd::run(&args, &df, &opts, &platforms, call.json),
         "outline" => {
@@ -281,13 +318,45 @@ pub fn findings(
     opts: &PlanOptions,
     platforms: &[Platform],
     ssh: &[String],
-) -> Vec<check::Finding> {
-    let mut out = check::check_source(&df.text, opts, platforms);
+    input: &check::CheckInput,
+) -> check::CheckReport {
+    let mut report = check::check_report(&df.text, opts, platforms, input);
+    extra_findings(df, opts, platforms, ssh, &mut report.findings);
+    report
+}
+
+/// The `.dockerignore` patterns of a local context (the Dockerfile's own
+/// `<name>.dockerignore` first), for the CopyIgnoredFile check.
+pub fn ignore_patterns(args: &BuildArgs) -> Option<Vec<String>> {
+    if args.context == "-" || args.context.contains("://") {
+        return None;
+    }
+    let ctx = PathBuf::from(&args.context);
+    let rel = match &args.file {
+        Some(f) => f
+            .strip_prefix(&ctx)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "Dockerfile".into()),
+        None => "Dockerfile".into(),
+    };
+    xbuild_dockerfile::ignore::ignore_file_candidates(&rel)
+        .into_iter()
+        .find_map(|c| std::fs::read_to_string(ctx.join(c)).ok())
+        .map(|t| xbuild_dockerfile::ignore::read_ignore_file(&t))
+}
+
+fn extra_findings(
+    df: &LoadedDockerfile,
+    opts: &PlanOptions,
+    platforms: &[Platform],
+    ssh: &[String],
+    out: &mut Vec<check::Finding>,
+) {
     let Some(p) = platforms.first() else {
-        return out;
+        return;
     };
     let Ok(g) = xbuild_plan::plan_source(&df.text, p, opts, &mut OfflineResolver) else {
-        return out;
+        return;
     };
     let mut seen = std::collections::BTreeSet::new();
     for st in &g.stages {
@@ -318,7 +387,6 @@ pub fn findings(
             }
         }
     }
-    out
 }
 
 fn run_check(
@@ -326,9 +394,26 @@ fn run_check(
     opts: &PlanOptions,
     platforms: &[Platform],
     ssh: &[String],
+    ignore: Option<&[String]>,
     json: bool,
 ) -> Result<()> {
-    let findings = findings(df, opts, platforms, ssh);
+    let input = check::CheckInput {
+        reachable_only: false,
+        ignore,
+        base_env: None,
+    };
+    let report = findings(df, opts, platforms, ssh, &input);
+    let mut findings = report.findings;
+    if let Some(e) = report.error {
+        // `check=error=true`: the warnings make the check fail as the
+        // build would.
+        findings.push(check::Finding {
+            rule: "LintViolation".into(),
+            severity: check::Severity::Error,
+            message: e,
+            location: None,
+        });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {

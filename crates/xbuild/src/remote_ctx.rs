@@ -13,6 +13,14 @@ pub struct Fetched {
     _http: Option<remote::HttpContext>,
 }
 
+impl Fetched {
+    /// The context's time for `SOURCE_DATE_EPOCH=context`: an HTTP
+    /// context's `Last-Modified`, else its archive's newest file.
+    pub fn epoch(&self) -> Option<i64> {
+        self._http.as_ref().and_then(|h| h.epoch)
+    }
+}
+
 /// Fetch `value` when it is a git or HTTP(S) URL: the directory to use and
 /// the guard that keeps it. `None` for a local path.
 pub fn fetch(
@@ -70,6 +78,9 @@ pub fn fetch(
 /// relative `--file`) into the fetched directory. Progress goes to stderr
 /// unless `quiet`.
 pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>> {
+    if args.context == "-" {
+        return stdin_context(args);
+    }
     let build_args = crate::build::parse_build_args(&args.build_args)?;
     let keep = remote::keep_git_dir_arg(
         build_args
@@ -96,4 +107,47 @@ pub fn materialize(args: &mut BuildArgs, quiet: bool) -> Result<Option<Fetched>>
     }
     args.context = root.to_string_lossy().into_owned();
     Ok(Some(kept))
+}
+
+/// What standard input held when it was not a context archive: the
+/// Dockerfile text, read once (see [`stdin_dockerfile`]).
+static STDIN_DOCKERFILE: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+
+/// The Dockerfile given on standard input, when `materialize` read it.
+pub fn stdin_dockerfile() -> Option<Vec<u8>> {
+    STDIN_DOCKERFILE.lock().ok().and_then(|mut g| g.take())
+}
+
+/// PATH `-`: as with buildx, a tar archive (possibly compressed) on
+/// standard input is the build context; anything else is the Dockerfile,
+/// kept for `load_dockerfile`. A `--file` then names a local file or a
+/// path inside the archive.
+fn stdin_context(args: &mut BuildArgs) -> Result<Option<Fetched>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading standard input")?;
+    let tmp = crate::paths::xbuild_root()?.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    match remote::http::from_stdin_bytes(&bytes, &tmp)? {
+        Some(c) => {
+            if let Some(f) = &args.file {
+                if f.as_os_str() != "-" && !f.is_file() {
+                    args.file = Some(c.root.join(f));
+                }
+            }
+            args.context = c.root.to_string_lossy().into_owned();
+            Ok(Some(Fetched {
+                _git: None,
+                _http: Some(c),
+            }))
+        }
+        None => {
+            if let Ok(mut g) = STDIN_DOCKERFILE.lock() {
+                *g = Some(bytes);
+            }
+            Ok(None)
+        }
+    }
 }

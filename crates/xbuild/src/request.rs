@@ -27,20 +27,68 @@ pub fn dockerfile_rel(context_dir: &Path, args: &BuildArgs) -> Option<String> {
 }
 
 /// `--build-arg SOURCE_DATE_EPOCH=N` (as BuildKit reads it), else the
-/// `SOURCE_DATE_EPOCH` environment variable (as buildx passes it on).
-fn source_date_epoch(build_arg: Option<&str>) -> Result<Option<i64>> {
+/// `SOURCE_DATE_EPOCH` environment variable (as buildx passes it on), else
+/// the default of a global `ARG SOURCE_DATE_EPOCH=N` in the Dockerfile.
+fn source_date_epoch(
+    build_arg: Option<&str>,
+    dockerfile: &str,
+    remote_context: bool,
+) -> Result<Option<i64>> {
     let value = match build_arg {
         Some(v) => Ok(v.to_string()),
-        None => std::env::var("SOURCE_DATE_EPOCH"),
+        None => std::env::var("SOURCE_DATE_EPOCH")
+            .or_else(|_| dockerfile_epoch(dockerfile).ok_or(std::env::VarError::NotPresent)),
     };
     match value {
-        Ok(v) if !v.trim().is_empty() => {
-            Ok(Some(v.trim().parse().map_err(|_| {
-                anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
-            })?))
-        }
+        // BuildKit's `context` (build.rs puts a fetched context's time in
+        // its place): a local directory has none, so the build has no epoch.
+        Ok(v) if v.trim() == "context" => match remote_context {
+            false => Ok(None),
+            true => bail!("SOURCE_DATE_EPOCH=context: the fetched context gives no time"),
+        },
+        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().parse().map_err(|_| {
+            anyhow!(
+                "invalid SOURCE_DATE_EPOCH: {} (not a number of seconds)",
+                v.trim()
+            )
+        })?)),
         _ => Ok(None),
     }
+}
+
+/// Whether the context is one `remote_ctx` fetched (a git or HTTP URL, or
+/// an archive on standard input): those are unpacked under
+/// `$XBUILD_ROOT/tmp`.
+fn fetched_context(args: &BuildArgs) -> bool {
+    let Ok(root) = crate::paths::xbuild_root() else {
+        return false;
+    };
+    let tmp = std::fs::canonicalize(root.join("tmp")).unwrap_or(root.join("tmp"));
+    std::fs::canonicalize(&args.context).is_ok_and(|c| c.starts_with(tmp))
+}
+
+/// The default a global `ARG SOURCE_DATE_EPOCH=...` gives (BuildKit takes
+/// the build's epoch from it when no build arg sets one).
+fn dockerfile_epoch(text: &str) -> Option<String> {
+    let doc = xbuild_dockerfile::parse(text, "Dockerfile").ok()?;
+    let lex = xbuild_dockerfile::shell::Lexer::new(doc.directives.escape);
+    let mut found = None;
+    for n in doc.nodes.iter().take_while(|n| n.keyword != "from") {
+        if n.keyword != "arg" {
+            continue;
+        }
+        for a in &n.args {
+            match a.split_once('=') {
+                Some(("SOURCE_DATE_EPOCH", v)) => {
+                    let empty: Vec<(String, String)> = Vec::new();
+                    found = lex.process_word(v, &empty).ok();
+                }
+                None if a == "SOURCE_DATE_EPOCH" => found = None,
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// The request for what `--call explain` needs: Dockerfile, context,
@@ -123,8 +171,11 @@ pub fn from_args(
     }
     let secrets = Secrets::from(parse_secrets(&args.secrets)?);
     let (cache_to, cache_from) = cache_io::parse_args(&args.cache_to, &args.cache_from)?;
-    let source_date_epoch =
-        source_date_epoch(opts.build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))?;
+    let source_date_epoch = source_date_epoch(
+        opts.build_args.get("SOURCE_DATE_EPOCH").map(String::as_str),
+        &df.text,
+        fetched_context(args),
+    )?;
     let attest = attestations(args, push)?;
     Ok(BuildRequest {
         secrets,
@@ -222,10 +273,31 @@ mod tests {
     fn source_date_epoch_build_arg_wins() {
         // testWorkdirSourceDateEpochReproducible passes it as a build arg.
         assert_eq!(
-            super::source_date_epoch(Some("1673364896")).unwrap(),
+            super::source_date_epoch(Some("1673364896"), "", false).unwrap(),
             Some(1673364896)
         );
-        assert!(super::source_date_epoch(Some("soon")).is_err());
+        assert!(super::source_date_epoch(Some("soon"), "", false).is_err());
+    }
+
+    #[test]
+    fn source_date_epoch_dockerfile_default() {
+        // testSourceDateEpochDockerfileDefault / ...Override / ...Invalid.
+        let df = "ARG SOURCE_DATE_EPOCH=1445412480\nFROM scratch\n";
+        assert_eq!(super::dockerfile_epoch(df).as_deref(), Some("1445412480"));
+        assert_eq!(
+            super::source_date_epoch(Some("1700000002"), df, false).unwrap(),
+            Some(1700000002)
+        );
+        let bad = "ARG SOURCE_DATE_EPOCH=not-a-timestamp\nFROM scratch\n";
+        assert_eq!(
+            super::dockerfile_epoch(bad).as_deref(),
+            Some("not-a-timestamp")
+        );
+        // Only a global ARG counts.
+        assert_eq!(
+            super::dockerfile_epoch("FROM scratch\nARG SOURCE_DATE_EPOCH=5\n"),
+            None
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::cli::{BuildArgs, ProgressMode};
 use crate::exit::Exit;
 use crate::progress::{Renderer, Style};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,8 +85,33 @@ pub fn run(
         .build()
         .context("starting the async runtime")?;
     let renderer = Renderer::stderr(style(mode(args)));
+    // The build checks, as BuildKit runs them for a build: only the stages
+    // the target needs; printed after the build, failed or not, and with
+    // `check=error=true` they stop it before it starts.
+    let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
+    let ignore = crate::build::ignore_patterns(args);
+    let mut input = xbuild_plan::check::CheckInput {
+        reachable_only: true,
+        ignore: ignore.as_deref(),
+        base_env: None,
+    };
+    let warnings_only = |r: xbuild_plan::check::CheckReport| -> Vec<_> {
+        r.findings
+            .into_iter()
+            .filter(|f| f.severity == xbuild_plan::check::Severity::Warning)
+            .collect()
+    };
+    let lint = crate::build::findings(df, opts, platforms, &ssh, &input);
+    let show = mode(args) != ProgressMode::Quiet;
+    if let Some(e) = lint.error.clone() {
+        if show {
+            print_warnings(&warnings_only(lint), args.debug);
+        }
+        bail!("{e}");
+    }
+    let bases = std::sync::Mutex::new(Vec::new());
     let r = rt.block_on(async {
-        let build = build(args, df, opts, platforms, &renderer);
+        let build = build(args, df, opts, platforms, &renderer, &bases);
         tokio::pin!(build);
         tokio::select! {
             r = &mut build => r,
@@ -105,7 +130,87 @@ pub fn run(
     // Steps of cancelled platforms may still be finishing on blocking
     // threads: do not wait for them.
     rt.shutdown_background();
+    if show {
+        // With the base images now in the store, their environments are
+        // known to the UndefinedVar check.
+        let bases = bases.into_inner().unwrap_or_default();
+        let (env, mismatched) = base_info(&bases);
+        input.base_env = Some(&env);
+        let lint = crate::build::findings(df, opts, platforms, &ssh, &input);
+        let mut warnings = warnings_only(lint);
+        let runs = xbuild_dockerfile::parse(&df.text, &df.display)
+            .map(|d| xbuild_plan::lint::LintConfig::for_build(&d, &opts.build_args))
+            .unwrap_or_default()
+            .runs("InvalidBaseImagePlatform");
+        if runs {
+            warnings.extend(mismatched);
+            warnings.sort_by_key(|f| f.location.as_ref().map_or(0, |l| l.start_line));
+        }
+        print_warnings(&warnings, args.debug);
+    }
     r
+}
+
+/// A stage built on an image: its Dockerfile stage index, the image (with
+/// the platform the stage wanted) and the FROM line.
+type BaseUse = (
+    usize,
+    xbuild_plan::graph::ImageRef,
+    xbuild_plan::graph::Location,
+);
+
+/// From the base images now in the local store: the environment variable
+/// names of each stage's base (by Dockerfile stage index), and a warning for
+/// each base whose config names another platform than the stage's
+/// (BuildKit's InvalidBaseImagePlatform).
+fn base_info(
+    bases: &[BaseUse],
+) -> (
+    std::collections::BTreeMap<usize, Vec<String>>,
+    Vec<xbuild_plan::check::Finding>,
+) {
+    let mut env = std::collections::BTreeMap::new();
+    let mut warnings = Vec::new();
+    let Ok(store) = crate::paths::open_store() else {
+        return (env, warnings);
+    };
+    for (stage, img, location) in bases {
+        let Some(digest) = img
+            .digest
+            .as_deref()
+            .and_then(|d| d.parse::<xbuild_oci::Digest>().ok())
+        else {
+            continue;
+        };
+        let Some(config) = xbuild_engine::image::read_manifest(&store, &digest)
+            .ok()
+            .and_then(|m| xbuild_engine::image::read_config(&store, &m.config.digest).ok())
+        else {
+            continue;
+        };
+        let names = config
+            .config
+            .env
+            .iter()
+            .map(|e| e.split('=').next().unwrap_or("").to_string())
+            .collect();
+        env.insert(*stage, names);
+        let actual = config.platform();
+        if actual.os() != img.platform.os() || !actual.same_arch(&img.platform) {
+            warnings.push(xbuild_plan::check::Finding {
+                rule: "InvalidBaseImagePlatform".into(),
+                severity: xbuild_plan::check::Severity::Warning,
+                message: format!(
+                    "Base image {} was pulled with platform {:?}, expected {:?} for current build",
+                    img.reference,
+                    actual.to_string(),
+                    img.platform.to_string()
+                ),
+                location: Some(location.clone()),
+            });
+        }
+    }
+    (env, warnings)
 }
 
 /// Exit code of an interrupted build (128 + SIGINT, as shells report it).
@@ -142,6 +247,7 @@ async fn build(
     opts: &PlanOptions,
     platforms: &[Platform],
     renderer: &Renderer,
+    bases: &std::sync::Mutex<Vec<BaseUse>>,
 ) -> Result<()> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
@@ -169,6 +275,13 @@ async fn build(
     };
 
     let planned = xbuild_coordinator::plan(&req, &session).await?;
+    if let (Some(g), Ok(mut b)) = (planned.graphs.first(), bases.lock()) {
+        for st in &g.stages {
+            if let xbuild_plan::Base::Image(img) = &st.base {
+                b.push((st.dockerfile_index, img.clone(), st.location.clone()));
+            }
+        }
+    }
     for message in &planned.warnings {
         renderer.emit(Event::Warning {
             message: message.clone(),
@@ -329,13 +442,6 @@ async fn build(
             }
         }
         write_file(path, &serde_json::to_vec_pretty(&meta)?)?;
-    }
-    if !quiet {
-        let ssh: Vec<String> = crate::build::ssh_ids(&args.ssh);
-        print_warnings(
-            &crate::build::findings(df, opts, platforms, &ssh),
-            args.debug,
-        );
     }
     Ok(())
 }

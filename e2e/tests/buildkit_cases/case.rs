@@ -52,6 +52,14 @@ pub struct Case {
     /// Other flags, as is.
     #[serde(default)]
     pub flags: Vec<String>,
+    /// The build context as a tar archive of these entries on standard
+    /// input (PATH `-`) instead of the context directory.
+    #[serde(default)]
+    pub stdin_context: Option<Vec<ArchiveEntry>>,
+    /// A URL (placeholders allowed, e.g. `{{http}}/ctx.tar`) given as the
+    /// build's PATH instead of the context directory.
+    #[serde(default)]
+    pub remote_context: Option<String>,
     /// Files served under `{{http}}`.
     #[serde(default)]
     pub http: BTreeMap<String, HttpEntry>,
@@ -306,6 +314,14 @@ pub struct Expect {
     /// The last entries of the history.
     #[serde(default)]
     pub history: Vec<HistoryExpect>,
+    /// Tar files the build wrote (`-o type=tar,dest=...` in `flags`): the
+    /// path (placeholders allowed) → member name → exact content.
+    #[serde(default)]
+    pub tar: BTreeMap<String, BTreeMap<String, String>>,
+    /// The `created` time every history entry must have (RFC 3339, as
+    /// the config writes it).
+    #[serde(default)]
+    pub history_created: Option<String>,
     /// Exact history length.
     #[serde(default)]
     pub history_len: Option<usize>,
@@ -335,6 +351,19 @@ pub struct Expect {
     /// Exact number of `#N CACHED` lines.
     #[serde(default)]
     pub cached: Option<usize>,
+    /// The exact build-check warnings (BuildKit's short form, `Rule:
+    /// detail (line N)`), both in the build's closing summary and from
+    /// `--call check` (see `lint.rs`); `[]` means none.
+    #[serde(default)]
+    pub lint: Option<Vec<String>>,
+    /// The warnings `--call check` gives when they differ from `lint`
+    /// (BuildKit lints every stage there, only the built ones in a build).
+    #[serde(default)]
+    pub lint_check: Option<Vec<String>>,
+    /// A substring of the error `--call check` reports; without it,
+    /// `--call check` must report no error.
+    #[serde(default)]
+    pub lint_error: Option<String>,
     /// Substrings of stderr.
     #[serde(default)]
     pub stderr_contains: Vec<String>,
@@ -354,6 +383,7 @@ impl Expect {
             || !self.image.is_empty()
             || !self.history.is_empty()
             || self.history_len.is_some()
+            || self.history_created.is_some()
             || self.layers.is_some()
             || self.manifests.is_some()
             || self.same_image_as_step.is_some()

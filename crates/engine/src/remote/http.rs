@@ -64,6 +64,9 @@ pub struct HttpContext {
     pub root: PathBuf,
     /// What the URL held.
     pub kind: HttpContextKind,
+    /// BuildKit's epoch of the context (for `SOURCE_DATE_EPOCH=context`):
+    /// the `Last-Modified` time, else the newest file time of an archive.
+    pub epoch: Option<i64>,
     _dir: tempfile::TempDir,
 }
 
@@ -123,6 +126,11 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
         fetch_err(m)
     })?;
     let status = resp.status();
+    let last_modified = resp
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::copy::add::parse_http_date);
     if !status.is_success() {
         return Err(fetch_err(format!(
             "HTTP {} {}",
@@ -145,6 +153,61 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
             out.write_all(&buf[..n]).map_err(io_err("write", &file))?;
         }
     }
+    let mut c = unpack(dir, &file, url)?;
+    if last_modified.is_some() {
+        c.epoch = last_modified;
+    }
+    Ok(c)
+}
+
+/// The newest modification time of the files under `dir` (seconds).
+fn newest_mtime(dir: &Path) -> Option<i64> {
+    let mut best: Option<i64> = None;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if md.is_dir() {
+                todo.push(e.path());
+            }
+            use std::os::unix::fs::MetadataExt;
+            best = best.max(Some(md.mtime()));
+        }
+    }
+    best
+}
+
+/// A build context given on standard input (`xbuild build - < ctx.tar`):
+/// an archive (tar, possibly compressed) is unpacked into a new directory
+/// under `tmp_parent`; anything else gives `Ok(None)` (it is a Dockerfile).
+pub fn from_stdin_bytes(
+    bytes: &[u8],
+    tmp_parent: &Path,
+) -> Result<Option<HttpContext>, HttpContextError> {
+    let io_err = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HttpContextError::Io { op, path, source }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("xbuild-stdin-")
+        .tempdir_in(tmp_parent)
+        .map_err(io_err("create directory in", tmp_parent))?;
+    let file = dir.path().join("download");
+    std::fs::write(&file, bytes).map_err(io_err("write", &file))?;
+    let c = unpack(dir, &file, "standard input")?;
+    Ok((c.kind == HttpContextKind::Archive).then_some(c))
+}
+
+/// Unpack a downloaded `file` (in `dir`) into `dir/context`: an archive is
+/// extracted, any other file becomes the context's Dockerfile.
+fn unpack(dir: tempfile::TempDir, file: &Path, url: &str) -> Result<HttpContext, HttpContextError> {
+    let io_err = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HttpContextError::Io { op, path, source }
+    };
+    let file = file.to_path_buf();
     let root = dir.path().join("context");
     std::fs::create_dir(&root).map_err(io_err("create", &root))?;
     let unpack_err = |message: String| HttpContextError::Unpack {
@@ -179,9 +242,14 @@ pub fn fetch(url: &str, tmp_parent: &Path) -> Result<HttpContext, HttpContextErr
         HttpContextKind::Dockerfile
     };
     let _ = std::fs::remove_file(&file);
+    let epoch = match kind {
+        HttpContextKind::Archive => newest_mtime(&root),
+        HttpContextKind::Dockerfile => None,
+    };
     Ok(HttpContext {
         root,
         kind,
+        epoch,
         _dir: dir,
     })
 }
