@@ -9,6 +9,8 @@
 //! many cases run at once (default 2); `XBUILD_CASES_VERBOSE=1` prints every
 //! build's command line and progress.
 
+#[path = "buildkit_cases/call.rs"]
+mod call;
 #[path = "buildkit_cases/case.rs"]
 mod case;
 #[path = "buildkit_cases/sources.rs"]
@@ -533,6 +535,10 @@ fn build_and_check(
     }
     // `--call check` takes the build's flags, not its outputs.
     let check_args = args.clone();
+    if let Some(want) = &expect.call {
+        let env = step.env.as_ref().unwrap_or(&case.env);
+        return call::check(xb, ctx, &check_args, env, want, subst);
+    }
     let out_dir = tmp.join(format!("out{index}"));
     let oci = tmp.join(format!("image{index}.tar"));
     if expect.error.is_none() {

@@ -30,11 +30,14 @@ pub struct StageInfo {
     pub base: String,
     /// FROM line.
     pub line: usize,
-    /// The comment block right above FROM is not tracked by the parser; this
-    /// is the platform flag as written, if any.
+    /// The platform flag as written, if any.
     pub platform: Option<String>,
     /// True for the last stage (the default target).
     pub default: bool,
+    /// The stage's documentation: the text after `NAME ` of the first
+    /// comment line above FROM that starts with the stage's name (as
+    /// BuildKit's `getDocComment`).
+    pub description: Option<String>,
 }
 
 /// List the stages of a Dockerfile (`--call targets`).
@@ -49,6 +52,7 @@ pub fn targets(df: &Dockerfile) -> Vec<StageInfo> {
                 line: ins.span.start_line,
                 platform: f.platform.clone(),
                 default: false,
+                description: None,
             });
         }
     }
@@ -56,6 +60,27 @@ pub fn targets(df: &Dockerfile) -> Vec<StageInfo> {
         last.default = true;
     }
     out
+}
+
+/// List the stages of a Dockerfile given as text, with the descriptions
+/// its comments give them (`--call targets`).
+pub fn targets_of_source(src: &str, file: &str) -> Result<Vec<StageInfo>, PlanError> {
+    let doc = xbuild_dockerfile::parse(src, file)?;
+    let df = instructions::from_document(&doc, file)?;
+    let mut stages = targets(&df);
+    let comments = crate::lint::node_comments(src, &doc);
+    for st in &mut stages {
+        let Some(name) = &st.name else { continue };
+        let Some(i) = doc.nodes.iter().position(|n| n.span.start_line == st.line) else {
+            continue;
+        };
+        let prefix = format!("{name} ");
+        st.description = comments.get(i).and_then(|c| {
+            c.iter()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        });
+    }
+    Ok(stages)
 }
 
 /// Parse, type and plan a Dockerfile given as text.

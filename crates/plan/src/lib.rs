@@ -15,7 +15,7 @@ pub mod graph;
 pub mod lint;
 mod words;
 
-pub use convert::{plan, plan_source, targets, StageInfo};
+pub use convert::{plan, plan_source, targets, targets_of_source, StageInfo};
 pub use graph::*;
 
 use serde::{Deserialize, Serialize};

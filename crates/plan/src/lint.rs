@@ -127,7 +127,7 @@ pub struct LintInput<'a> {
 /// The comments above each node as BuildKit's parser collects them (every
 /// comment line since the previous instruction, text after `#` trimmed; an
 /// empty `#` starts over; the file's leading directives are not comments).
-fn node_comments(src: &str, doc: &Document) -> Vec<Vec<String>> {
+pub(crate) fn node_comments(src: &str, doc: &Document) -> Vec<Vec<String>> {
     let lines: Vec<&str> = src.lines().collect();
     let mut first_free = 0;
     for (i, l) in lines.iter().enumerate() {

@@ -433,32 +433,85 @@ fn run_check(
     }
 }
 
+/// `--call targets`: BuildKit's `frontend.targets` subrequest. The JSON is
+/// its `targets.List` (`targets` with name, default, description, base,
+/// platform and location; `sources`, the Dockerfile base64-encoded); the
+/// text is its `TARGET`/`DESCRIPTION` table.
 fn run_targets(df: &LoadedDockerfile, json: bool) -> Result<()> {
-    let doc = xbuild_dockerfile::parse(&df.text, &df.display)?;
-    let typed = instructions::from_document(&doc, &df.display)?;
-    let stages = xbuild_plan::targets(&typed);
+    let stages = xbuild_plan::targets_of_source(&df.text, &df.display)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&stages)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&targets_json(&df.text, &stages))?
+        );
         return Ok(());
     }
-    println!("{:<24} {:<40} LINE", "TARGET", "BASE");
-    for s in &stages {
-        let name = s
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("(stage {})", s.index));
-        let name = if s.default {
-            format!("{name} (default)")
-        } else {
-            name
-        };
-        let base = match &s.platform {
-            Some(p) => format!("{} --platform={p}", s.base),
-            None => s.base.clone(),
-        };
-        println!("{:<24} {:<40} {}:{}", name, base, df.display, s.line);
-    }
+    print!("{}", targets_text(&stages));
     Ok(())
+}
+
+/// BuildKit's `targets.List` for the stages of `src`.
+fn targets_json(src: &str, stages: &[xbuild_plan::StageInfo]) -> serde_json::Value {
+    use base64::Engine as _;
+    let targets: Vec<serde_json::Value> = stages
+        .iter()
+        .map(|s| {
+            let mut t = serde_json::Map::new();
+            if let Some(n) = &s.name {
+                t.insert("name".into(), n.clone().into());
+            }
+            if s.default {
+                t.insert("default".into(), true.into());
+            }
+            if let Some(d) = &s.description {
+                t.insert("description".into(), d.clone().into());
+            }
+            t.insert("base".into(), s.base.clone().into());
+            if let Some(p) = &s.platform {
+                t.insert("platform".into(), p.clone().into());
+            }
+            t.insert(
+                "location".into(),
+                serde_json::json!({
+                    "ranges": [{"start": {"line": s.line}, "end": {"line": s.line}}]
+                }),
+            );
+            serde_json::Value::Object(t)
+        })
+        .collect();
+    serde_json::json!({
+        "targets": targets,
+        "sources": [base64::engine::general_purpose::STANDARD.encode(src)],
+    })
+}
+
+/// BuildKit's text form of the targets: a `TARGET DESCRIPTION` table, the
+/// default target marked `(default)`.
+fn targets_text(stages: &[xbuild_plan::StageInfo]) -> String {
+    let rows: Vec<(String, String)> = stages
+        .iter()
+        .map(|s| {
+            let name = match (&s.name, s.default) {
+                (None, true) => "(default)".to_string(),
+                (Some(n), true) => format!("{n} (default)"),
+                (Some(n), false) => n.clone(),
+                (None, false) => String::new(),
+            };
+            (name, s.description.clone().unwrap_or_default())
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|r| r.0.chars().count())
+        .chain(std::iter::once("TARGET".len()))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut out = format!("{:<width$}DESCRIPTION\n", "TARGET");
+    for (n, d) in rows {
+        out.push_str(&format!("{n:<width$}{d}\n"));
+    }
+    out
 }
 
 /// The plans as JSON: one graph per platform, each with `shared_steps`

@@ -374,6 +374,28 @@ pub struct Expect {
     /// as `files`.
     #[serde(default)]
     pub tmp_files: BTreeMap<String, FileExpect>,
+    /// Instead of the build, a frontend subrequest (`--call METHOD`) and
+    /// fields of its JSON answer (see `call.rs`).
+    #[serde(default)]
+    pub call: Option<CallExpect>,
+}
+
+/// `expect.call`: the subrequest and what its answer holds.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CallExpect {
+    /// `targets` or `outline`.
+    pub method: String,
+    /// JSON pointer (`/targets/0/name`) → the exact value; `null` means
+    /// absent (BuildKit omits empty fields).
+    #[serde(default)]
+    pub json: BTreeMap<String, Value>,
+    /// JSON pointer → the exact length of the array there.
+    #[serde(default)]
+    pub json_len: BTreeMap<String, usize>,
+    /// The exact text `--call METHOD` prints.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 impl Expect {
