@@ -543,7 +543,10 @@ fn build_and_check(
     let oci = tmp.join(format!("image{index}.tar"));
     if expect.error.is_none() {
         args.push("-o".into());
-        args.push(format!("type=local,dest={}", s(&out_dir)));
+        args.push(match &case.local_output_attrs {
+            Some(a) => format!("type=local,dest={},{a}", s(&out_dir)),
+            None => format!("type=local,dest={}", s(&out_dir)),
+        });
         if expect.needs_image() {
             args.push("-o".into());
             args.push(format!("type=oci,dest={}", s(&oci)));

@@ -329,21 +329,43 @@ pub fn referrer_artifacts(
 
 /// Write each platform's statements beside its filesystem in a local
 /// export: `provenance.json`, `sbom.spdx.json` (in `dest/linux_amd64/…`
-/// when several platforms were exported, as the filesystems are).
-pub fn write_local(dest: &Path, statements: &[(Descriptor, Vec<AttestationBlob>)]) -> Result<()> {
-    let multi = statements.len() > 1;
+/// when the filesystems are split per platform: several platforms, or
+/// `platform-split=true`). Several platforms in one directory
+/// (`platform-split=false`) name the files after their platform, as
+/// BuildKit: `provenance.linux_amd64.json`.
+pub fn write_local(
+    dest: &Path,
+    split: Option<bool>,
+    statements: &[(Descriptor, Vec<AttestationBlob>)],
+) -> Result<()> {
+    let many = statements.len() > 1;
+    let split = split.unwrap_or(many);
     for (m, blobs) in statements {
-        let dir = match (m.platform(), multi) {
+        let dir = match (m.platform(), split) {
             (Some(p), true) => dest.join(p.to_string().replace('/', "_")),
             _ => dest.to_path_buf(),
         };
         std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         for b in blobs {
-            let f = dir.join(bundle::local_file_name(b));
+            let name = bundle::local_file_name(b);
+            let name = match (m.platform(), many && !split) {
+                (Some(p), true) => platform_file_name(&name, &p.to_string().replace('/', "_")),
+                _ => name.to_string(),
+            };
+            let f = dir.join(name);
             std::fs::write(&f, &b.bytes).map_err(io_err("writing", &f))?;
         }
     }
     Ok(())
+}
+
+/// `provenance.json` → `provenance.linux_amd64.json` (the platform before
+/// the last extension).
+fn platform_file_name(name: &str, platform: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.{platform}.{ext}"),
+        None => format!("{name}.{platform}"),
+    }
 }
 
 /// Unverified VCS hints for a local context that is a git checkout, as

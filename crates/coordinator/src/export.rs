@@ -294,11 +294,16 @@ pub enum OutputSpec {
     Local {
         /// The directory.
         dest: PathBuf,
+        /// `platform-split`: one subdirectory per platform (`linux_amd64`);
+        /// by default only when several platforms are exported.
+        split: Option<bool>,
     },
     /// The root filesystem as a tar.
     Tar {
         /// File, or `-` for standard output.
         dest: PathBuf,
+        /// `platform-split`, as for [`OutputSpec::Local`].
+        split: Option<bool>,
     },
 }
 
@@ -349,8 +354,8 @@ impl std::fmt::Display for OutputSpec {
             }
             OutputSpec::Oci { dest, .. } => write!(f, "type=oci,dest={}", dest.display()),
             OutputSpec::Docker { dest, .. } => write!(f, "type=docker,dest={}", dest.display()),
-            OutputSpec::Local { dest } => write!(f, "type=local,dest={}", dest.display()),
-            OutputSpec::Tar { dest } => write!(f, "type=tar,dest={}", dest.display()),
+            OutputSpec::Local { dest, .. } => write!(f, "type=local,dest={}", dest.display()),
+            OutputSpec::Tar { dest, .. } => write!(f, "type=tar,dest={}", dest.display()),
             OutputSpec::Load { .. } => write!(f, "type=docker"),
             OutputSpec::CacheOnly => write!(f, "type=cacheonly"),
         }
@@ -404,10 +409,16 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
         return Err(OutputSpecError::Empty);
     }
     if s == "-" {
-        return Ok(OutputSpec::Tar { dest: "-".into() });
+        return Ok(OutputSpec::Tar {
+            dest: "-".into(),
+            split: None,
+        });
     }
     if !s.contains('=') {
-        return Ok(OutputSpec::Local { dest: s.into() });
+        return Ok(OutputSpec::Local {
+            dest: s.into(),
+            split: None,
+        });
     }
     let mut kind = None;
     let mut dest = None;
@@ -417,6 +428,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
     let mut opts = ImageOpts::default();
     let mut image_only: Vec<String> = Vec::new();
     let (mut compression, mut level, mut force) = (None, None, false);
+    let mut split = None;
     for field in split_csv(s)? {
         let field = field.trim();
         if field.is_empty() {
@@ -468,6 +480,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
             }
             "force-compression" => force = parse_bool(s, k, v)?,
             "oci-artifact" => opts.attest_referrers = parse_bool(s, k, v)?,
+            "platform-split" => split = Some(parse_bool(s, k, v)?),
             "attest-layout" => {
                 opts.attest_referrers = match v {
                     "referrers" => true,
@@ -486,12 +499,13 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
                     format!(
                         "unknown key {other:?} (xbuild knows type, dest, name, push, \
                  oci-mediatypes, push-by-digest, name-canonical, store, unpack, compression, \
-                 compression-level, force-compression, annotation.*, attest-layout, oci-artifact)"
+                 compression-level, force-compression, annotation.*, attest-layout, oci-artifact, \
+                 platform-split)"
                     ),
                 ))
             }
         }
-        if !matches!(k, "type" | "dest" | "name" | "names") {
+        if !matches!(k, "type" | "dest" | "name" | "names" | "platform-split") {
             image_only.push(k.to_string());
         }
     }
@@ -516,6 +530,12 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
             "missing type= (image, registry, oci, docker, local, tar)",
         )
     })?;
+    if split.is_some() && !matches!(kind.as_str(), "local" | "tar") {
+        return Err(invalid(
+            s,
+            "platform-split applies to type=local and type=tar only",
+        ));
+    }
     let only_image = |allowed: &[&str]| -> Result<(), OutputSpecError> {
         match image_only.iter().find(|k| !allowed.contains(&k.as_str())) {
             Some(k) => Err(invalid(s, format!("{k} applies to type=image only"))),
@@ -573,10 +593,11 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputSpecError> {
                         "type=local needs a directory; use type=tar,dest=- for standard output",
                     ));
                 }
-                Ok(OutputSpec::Local { dest })
+                Ok(OutputSpec::Local { dest, split })
             } else {
                 Ok(OutputSpec::Tar {
                     dest: need_dest(dest, "FILE")?,
+                    split,
                 })
             }
         }
@@ -738,8 +759,8 @@ pub async fn export(
         for message in warnings {
             events.emit(Event::Warning { message });
         }
-        if let OutputSpec::Local { dest } = spec {
-            crate::attest::write_local(dest, &assembled.statements).map_err(|source| {
+        if let OutputSpec::Local { dest, split } = spec {
+            crate::attest::write_local(dest, *split, &assembled.statements).map_err(|source| {
                 ExportError::Attestations {
                     dir: dest.clone(),
                     source,
@@ -1023,13 +1044,15 @@ pub fn export_output(
             })
             .map_err(exporting("docker archive", dest))?;
         }
-        OutputSpec::Local { dest } => warnings = export_local(store, result, dest)?,
-        OutputSpec::Tar { dest } => {
+        OutputSpec::Local { dest, split } => {
+            warnings = export_fs(store, result, dest, false, *split)?
+        }
+        OutputSpec::Tar { dest, split } => {
             let tmp = tempfile::tempdir().map_err(|source| ExportError::TempDir {
                 what: "temporary",
                 source,
             })?;
-            warnings = export_fs(store, result, tmp.path(), true)?;
+            warnings = export_fs(store, result, tmp.path(), true, *split)?;
             write_dest(dest, |w| {
                 let mut b = tar::Builder::new(w);
                 b.follow_symlinks(false);
@@ -1070,7 +1093,7 @@ fn platform_manifests(
 /// their whiteouts apply, and the result is moved in), and device nodes are
 /// never created (skipped; the warnings are returned).
 pub fn export_local(store: &BlobStore, result: &Descriptor, dest: &Path) -> Result<Vec<String>> {
-    export_fs(store, result, dest, false)
+    export_fs(store, result, dest, false, None)
 }
 
 /// [`export_local`], creating device nodes when `devices` (for `type=tar`,
@@ -1080,6 +1103,7 @@ fn export_fs(
     result: &Descriptor,
     dest: &Path,
     devices: bool,
+    split: Option<bool>,
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let manifests = platform_manifests(store, result)?;
@@ -1088,7 +1112,7 @@ fn export_fs(
             digest: result.digest.clone(),
         });
     }
-    let multi = manifests.len() > 1;
+    let multi = split.unwrap_or(manifests.len() > 1);
     for (platform, d) in manifests {
         let dir = match (&platform, multi) {
             (Some(p), true) => dest.join(p.to_string().replace('/', "_")),
@@ -1182,11 +1206,17 @@ mod tests {
         }
         assert_eq!(
             parse_output("out").unwrap(),
-            OutputSpec::Local { dest: "out".into() }
+            OutputSpec::Local {
+                dest: "out".into(),
+                split: None
+            }
         );
         assert_eq!(
             parse_output("-").unwrap(),
-            OutputSpec::Tar { dest: "-".into() }
+            OutputSpec::Tar {
+                dest: "-".into(),
+                split: None
+            }
         );
         assert_eq!(
             parse_output("type=docker").unwrap(),
@@ -1195,6 +1225,20 @@ mod tests {
         assert_eq!(
             parse_output("type=cacheonly").unwrap(),
             OutputSpec::CacheOnly
+        );
+        assert_eq!(
+            parse_output("type=local,dest=d,platform-split=false").unwrap(),
+            OutputSpec::Local {
+                dest: "d".into(),
+                split: Some(false)
+            }
+        );
+        assert_eq!(
+            parse_output("type=tar,dest=t,platform-split=true").unwrap(),
+            OutputSpec::Tar {
+                dest: "t".into(),
+                split: Some(true)
+            }
         );
         let OutputSpec::Image {
             push, names, opts, ..
@@ -1235,6 +1279,11 @@ mod tests {
             ("type=image,push=maybe", "true or false"),
             ("type=image,dest=x", "takes no dest"),
             ("type=image,attest-layout=side", "buildx or referrers"),
+            (
+                "type=oci,dest=x,platform-split=true",
+                "type=local and type=tar only",
+            ),
+            ("type=local,dest=x,platform-split=maybe", "platform-split"),
             ("type=oci,dest=x,attest-layout=referrers", "type=image only"),
         ] {
             let e = crate::error_chain(&parse_output(bad).unwrap_err());
@@ -1378,8 +1427,16 @@ mod tests {
             "{text}"
         );
         // A local export onto a file.
-        let e = export_output(&store, &amd, &OutputSpec::Local { dest: file.clone() }, &[])
-            .unwrap_err();
+        let e = export_output(
+            &store,
+            &amd,
+            &OutputSpec::Local {
+                dest: file.clone(),
+                split: None,
+            },
+            &[],
+        )
+        .unwrap_err();
         assert!(
             matches!(&e, ExportError::Io { op: "creating", path, .. } if *path == file),
             "{e:?}"

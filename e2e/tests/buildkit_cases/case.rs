@@ -52,6 +52,10 @@ pub struct Case {
     /// Other flags, as is.
     #[serde(default)]
     pub flags: Vec<String>,
+    /// Attributes appended to the runner's `-o type=local,dest=DIR`
+    /// (e.g. `platform-split=true`).
+    #[serde(default)]
+    pub local_output_attrs: Option<String>,
     /// The build context as a tar archive of these entries on standard
     /// input (PATH `-`) instead of the context directory.
     #[serde(default)]
