@@ -349,7 +349,7 @@ pub fn write_local(
         for b in blobs {
             let name = bundle::local_file_name(b);
             let name = match (m.platform(), many && !split) {
-                (Some(p), true) => platform_file_name(&name, &p.to_string().replace('/', "_")),
+                (Some(p), true) => platform_file_name(name, &p.to_string().replace('/', "_")),
                 _ => name.to_string(),
             };
             let f = dir.join(name);
