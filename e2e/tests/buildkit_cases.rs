@@ -852,6 +852,12 @@ fn check_file(
             }
         }
     }
+    if !spec.json.is_empty() || !spec.json_len.is_empty() {
+        let data = std::fs::read(&p).map_err(|e| format!("read {path}: {e}"))?;
+        let got: Value =
+            serde_json::from_slice(&data).map_err(|e| format!("{path} is not JSON: {e}"))?;
+        call::check_json(path, &got, &spec.json, &spec.json_len, &|s| s.to_string())?;
+    }
     Ok(())
 }
 

@@ -113,6 +113,8 @@ pub fn record_for(graph: &BuildGraph, facts: &RequestFacts<'_>, worker: &str) ->
     );
     r.builder_platform = graph.build_platform.clone();
     r.build_args = facts.build_args.clone();
+    // `--label`s are frontend options (`label:NAME`) of the request.
+    r.labels = graph.labels.clone();
     r.target = facts.target.map(str::to_string);
     r.context = facts.context.clone();
     r.invocation_id = facts.invocation_id.to_string();

@@ -41,31 +41,13 @@ pub fn check(
     }
     let got: Value = serde_json::from_str(&stdout)
         .map_err(|e| format!("--call {} printed no JSON ({e}): {stdout}", want.method))?;
-    for (pointer, value) in &want.json {
-        let value = subst_value(value, subst);
-        let found = got.pointer(pointer);
-        let ok = match (&value, found) {
-            (Value::Null, None) | (Value::Null, Some(Value::Null)) => true,
-            (v, Some(f)) => v == f,
-            (_, None) => false,
-        };
-        if !ok {
-            return Err(format!(
-                "--call {} JSON {pointer}: got {}, BuildKit gives {value}",
-                want.method,
-                found.map_or("nothing".to_string(), |f| f.to_string())
-            ));
-        }
-    }
-    for (pointer, n) in &want.json_len {
-        let len = got.pointer(pointer).and_then(Value::as_array).map(Vec::len);
-        if len != Some(*n) {
-            return Err(format!(
-                "--call {} JSON {pointer}: {len:?} entries, BuildKit gives {n}",
-                want.method
-            ));
-        }
-    }
+    check_json(
+        &format!("--call {}", want.method),
+        &got,
+        &want.json,
+        &want.json_len,
+        subst,
+    )?;
     if let Some(text) = &want.text {
         let out = run("text")?;
         let got = String::from_utf8_lossy(&out.stdout);
@@ -80,8 +62,47 @@ pub fn check(
     Ok(())
 }
 
+/// Compare the values at JSON pointers (`null`: absent) and the lengths of
+/// arrays or objects; `what` names the document in errors.
+pub fn check_json(
+    what: &str,
+    got: &Value,
+    json: &BTreeMap<String, Value>,
+    json_len: &BTreeMap<String, usize>,
+    subst: &dyn Fn(&str) -> String,
+) -> Result<(), String> {
+    for (pointer, value) in json {
+        let value = subst_value(value, subst);
+        let found = got.pointer(pointer);
+        let ok = match (&value, found) {
+            (Value::Null, None) | (Value::Null, Some(Value::Null)) => true,
+            (v, Some(f)) => v == f,
+            (_, None) => false,
+        };
+        if !ok {
+            return Err(format!(
+                "{what} JSON {pointer}: got {}, BuildKit gives {value}",
+                found.map_or("nothing".to_string(), |f| f.to_string())
+            ));
+        }
+    }
+    for (pointer, n) in json_len {
+        let len = match got.pointer(pointer) {
+            Some(Value::Array(a)) => Some(a.len()),
+            Some(Value::Object(o)) => Some(o.len()),
+            _ => None,
+        };
+        if len != Some(*n) {
+            return Err(format!(
+                "{what} JSON {pointer}: {len:?} entries, BuildKit gives {n}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Placeholders replaced in the strings of an expected JSON value.
-fn subst_value(v: &Value, subst: &dyn Fn(&str) -> String) -> Value {
+pub fn subst_value(v: &Value, subst: &dyn Fn(&str) -> String) -> Value {
     match v {
         Value::String(s) => Value::String(subst(s)),
         Value::Array(a) => Value::Array(a.iter().map(|x| subst_value(x, subst)).collect()),

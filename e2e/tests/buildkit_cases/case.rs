@@ -467,6 +467,14 @@ pub struct FileSpec {
     /// The same inode as this other exported path (a hard link).
     #[serde(default)]
     pub hardlink_of: Option<String>,
+    /// The file is JSON: pointer (`/predicate/buildDefinition/buildType`)
+    /// → exact value; `null` means absent.
+    #[serde(default)]
+    pub json: BTreeMap<String, Value>,
+    /// The file is JSON: pointer → exact length of the array or object
+    /// there.
+    #[serde(default)]
+    pub json_len: BTreeMap<String, usize>,
     /// Same bytes as this context file (e.g. an archive copied as is).
     #[serde(default)]
     pub same_as_context: Option<String>,

@@ -303,6 +303,11 @@ pub fn subst_file_expect(
             spec.content = spec.content.as_deref().map(subst);
             spec.contains = spec.contains.as_ref().map(many);
             spec.not_contains = spec.not_contains.as_ref().map(many);
+            spec.json = spec
+                .json
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::call::subst_value(v, subst)))
+                .collect();
             FileExpect::Spec(spec)
         }
     }
