@@ -13,8 +13,8 @@
 //! type=cacheonly                    nothing (only the cache export runs)
 //! type=oci,dest=FILE|-[,name=...]   OCI image layout tar
 //! type=docker,dest=FILE|-[,name=...] docker load archive (one platform)
-//! type=local,dest=DIR               the root filesystem (DIR/linux_amd64/... for several platforms)
-//! type=tar,dest=FILE|-              the same as a tar
+//! type=local,dest=DIR[,platform-split=BOOL]  the root filesystem (DIR/linux_amd64/... for several platforms, or as platform-split says)
+//! type=tar,dest=FILE|-[,platform-split=BOOL]  the same as a tar
 //! DIR                               shorthand for type=local,dest=DIR
 //! -                                 shorthand for type=tar,dest=-
 //! ```
