@@ -1394,6 +1394,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn target_descriptions_come_from_the_comment_naming_the_stage() {
+        let src = "# syntax=docker/dockerfile:1\n\
+                   # base is where it starts\nFROM a AS base\n\
+                   # not about it\nFROM b AS other\n\
+                   # out is dropped\n#\nFROM c AS out\n\
+                   # the last one\n# last is the default\nFROM d AS last\n";
+        let t = targets_of_source(src, "Dockerfile").unwrap();
+        let d: Vec<Option<&str>> = t.iter().map(|s| s.description.as_deref()).collect();
+        assert_eq!(
+            d,
+            [
+                Some("is where it starts"),
+                None,
+                None,
+                Some("is the default")
+            ]
+        );
+        assert!(t[3].default && !t[0].default);
+        assert_eq!(t[1].line, 5);
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(join_clean("", "app"), "/app");
         assert_eq!(join_clean("/a/b", "../c"), "/a/c");
