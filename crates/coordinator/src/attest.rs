@@ -104,6 +104,20 @@ pub struct RequestFacts<'a> {
     pub finished: SystemTime,
 }
 
+/// The repository xbuild names the images of named contexts in.
+const CONTEXT_REPO: &str = "docker.io/xbuild-context/";
+
+/// `NAME@DIGEST` for the synthetic reference of a named context's image.
+fn local_context_image(reference: &Reference) -> Option<Reference> {
+    let name = reference.name();
+    let short = name.strip_prefix(CONTEXT_REPO)?;
+    let text = match reference.digest() {
+        Some(d) => format!("{short}@{d}"),
+        None => short.to_string(),
+    };
+    Reference::parse(&text).ok()
+}
+
 /// The provenance record of one platform's build.
 pub fn record_for(graph: &BuildGraph, facts: &RequestFacts<'_>, worker: &str) -> BuildRecord {
     let mut r = BuildRecord::new(
@@ -130,11 +144,19 @@ pub fn record_for(graph: &BuildGraph, facts: &RequestFacts<'_>, worker: &str) ->
             .as_deref()
             .and_then(|d| Digest::parse(d).ok())
             .or_else(|| reference.digest().cloned());
+        // A named context's image (an OCI layout, a directory) has a
+        // synthetic `xbuild-context/NAME` reference: it is recorded as the
+        // local OCI image NAME (`pkg:oci/NAME`), as BuildKit records an
+        // oci-layout source.
+        let (reference, local) = match local_context_image(&reference) {
+            Some(r) => (r, true),
+            None => (reference, false),
+        };
         r.materials.push(Material::Image {
             reference,
             platform: Some(img.platform.clone()),
             digest,
-            local: false,
+            local,
         });
     }
     // Steps: one per instruction, numbered across stages; a stage's first
@@ -610,6 +632,17 @@ impl Prepared {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn named_context_images_are_local_oci_images() {
+        let d = "sha256:8a79c31054320fa7be8c8540e3034defc97f92f71c430ce9305fd2c44e739957";
+        let r = Reference::parse(&format!("xbuild-context/foo@{d}")).unwrap();
+        let local = local_context_image(&r).unwrap();
+        assert_eq!(local.name(), "docker.io/library/foo");
+        assert_eq!(local.digest().map(|x| x.to_string()), Some(d.to_string()));
+        let pulled = Reference::parse("docker.io/library/busybox:latest").unwrap();
+        assert!(local_context_image(&pulled).is_none());
+    }
 
     #[test]
     fn workers_by_name() {
