@@ -381,6 +381,16 @@ fn tty_fits_80_and_120_columns_with_colour_on_and_off() {
                 "{width} columns: {l:?}\n{all}"
             );
         }
+        // The closing build-check warning (`FROM $BASE` with no default) is
+        // folded to the width, every word kept.
+        let words: Vec<&str> = all.split_whitespace().collect();
+        assert!(
+            words
+                .windows(4)
+                .any(|w| w == ["InvalidDefaultArgInFrom:", "Default", "value", "for"])
+                && words.windows(3).any(|w| w == ["name", "(line", "2)"]),
+            "{width} columns: the warning is not shown whole:\n{all}"
+        );
         // The summary: its header and one row per platform, after each build.
         let lines: Vec<&str> = all.lines().collect();
         let headers: Vec<usize> = lines

@@ -105,7 +105,7 @@ pub fn run(
     let show = mode(args) != ProgressMode::Quiet;
     if let Some(e) = lint.error.clone() {
         if show {
-            print_warnings(&warnings_only(lint), args.debug);
+            print_warnings(&warnings_only(lint), args.debug, warning_width(args));
         }
         bail!("{e}");
     }
@@ -146,7 +146,7 @@ pub fn run(
             warnings.extend(mismatched);
             warnings.sort_by_key(|f| f.location.as_ref().map_or(0, |l| l.start_line));
         }
-        print_warnings(&warnings, args.debug);
+        print_warnings(&warnings, args.debug, warning_width(args));
     }
     r
 }
@@ -465,14 +465,25 @@ fn image_id(
     Ok(report.result.digest.to_string())
 }
 
-/// The `--call check` findings after a normal build, as buildx prints them.
-fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool) {
+/// The columns to fold the closing warnings to: the terminal's width in the
+/// tty view (whose lines never wrap), none otherwise (plain output keeps
+/// each warning on one line, as buildx prints it, for readers of the log).
+fn warning_width(args: &BuildArgs) -> Option<usize> {
+    (style(mode(args)) == Style::Tty && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(crate::progress::terminal_columns)
+        .flatten()
+}
+
+/// The `--call check` findings after a normal build, as buildx prints them;
+/// with `width`, each finding is folded at spaces into lines of at most
+/// that many columns (continuations indented), never cut.
+fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool, width: Option<usize>) {
     if findings.is_empty() {
         return;
     }
     let n = findings.len();
     eprintln!();
-    eprintln!(
+    let header = format!(
         " {n} warning{} found{}:",
         if n == 1 { "" } else { "s" },
         if debug {
@@ -481,16 +492,22 @@ fn print_warnings(findings: &[xbuild_plan::check::Finding], debug: bool) {
             " (use --debug to expand)"
         }
     );
+    let say = |first: &str, text: &str| {
+        for l in crate::progress::fold(text, first, &" ".repeat(first.len()), width) {
+            eprintln!("{l}");
+        }
+    };
+    say(" ", header.trim_start());
     for f in findings {
         let line = f
             .location
             .as_ref()
             .map(|l| format!(" (line {})", l.start_line))
             .unwrap_or_default();
-        eprintln!(" - {}: {}{line}", f.rule, f.message);
+        say(" - ", &format!("{}: {}{line}", f.rule, f.message));
         if debug {
             if let Some(l) = &f.location {
-                eprintln!("   at {l}");
+                say("   ", &format!("at {l}"));
             }
         }
     }

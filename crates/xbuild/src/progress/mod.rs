@@ -423,8 +423,8 @@ mod quiet;
 mod rawjson;
 mod term;
 mod tty;
-pub(crate) use term::one_line;
 use term::*;
+pub(crate) use term::{fold, one_line, terminal_columns};
 use tty::*;
 
 #[cfg(test)]

@@ -253,3 +253,63 @@ pub(super) fn clean(s: &str) -> String {
     }
     out
 }
+
+/// Columns of the terminal on stderr, if it is one.
+pub(crate) fn terminal_columns() -> Option<usize> {
+    terminal_size().map(|(w, _)| w)
+}
+
+/// `text` after `first`, folded at spaces into lines of at most `width`
+/// columns, each later line starting with `rest` (a word longer than a
+/// line stands alone, uncut). Without `width`, one line.
+pub(crate) fn fold(text: &str, first: &str, rest: &str, width: Option<usize>) -> Vec<String> {
+    let Some(width) = width else {
+        return vec![format!("{first}{text}")];
+    };
+    let mut out = Vec::new();
+    let mut line = first.to_string();
+    let mut empty = true;
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        if !empty && columns(&line) + 1 + columns(word) > width {
+            out.push(std::mem::replace(&mut line, rest.to_string()));
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push(line);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    #[test]
+    fn fold_keeps_every_word_within_the_width() {
+        let text = "InvalidDefaultArgInFrom: Default value for ARG $BASE results in empty or \
+                    invalid base image name (line 2)";
+        assert_eq!(fold(text, " - ", "   ", None), vec![format!(" - {text}")]);
+        let lines = fold(text, " - ", "   ", Some(40));
+        assert!(lines.len() > 1);
+        assert!(lines.iter().all(|l| l.chars().count() <= 40), "{lines:?}");
+        assert!(lines[0].starts_with(" - Invalid"));
+        assert!(lines[1..]
+            .iter()
+            .all(|l| l.starts_with("   ") && !l.starts_with("    ")));
+        let joined: Vec<&str> = lines.iter().flat_map(|l| l.split_whitespace()).collect();
+        let words: Vec<&str> = std::iter::once("-")
+            .chain(text.split_whitespace())
+            .collect();
+        assert_eq!(joined, words, "no word lost or cut");
+        // A word longer than the width stands alone, uncut.
+        let long = "x".repeat(50);
+        assert_eq!(
+            fold(&format!("a {long} b"), " - ", "   ", Some(20)),
+            vec![" - a".to_string(), format!("   {long}"), "   b".to_string()]
+        );
+    }
+}
