@@ -331,8 +331,21 @@ pub fn pushed_digest(reference: &str) -> String {
 
 /// Files of every layer of a single-platform image, later layers winning.
 pub fn image_files(reference: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    image_files_for(reference, None)
+}
+
+/// [`image_files`] of the `arch` (linux) image of an index, or of the one
+/// skopeo picks for this host with `None`.
+pub fn image_files_for(
+    reference: &str,
+    arch: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
     let d = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("skopeo")
+    let mut skopeo = std::process::Command::new("skopeo");
+    if let Some(arch) = arch {
+        skopeo.args(["--override-os", "linux", "--override-arch", arch]);
+    }
+    let out = skopeo
         .args(["copy", "--src-tls-verify=false"])
         .arg(format!("docker://{reference}"))
         .arg(format!("dir:{}", d.path().display()))

@@ -110,6 +110,67 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     out
 }
 
+/// A bare git repository on the test's "server" holding `hello.txt`, and a
+/// deploy key for it that exists only in a private ssh-agent: generated,
+/// authorized on `sshd`, added to the agent, then deleted from disk.
+struct PrivateRepo {
+    _srv: tempfile::TempDir,
+    /// The bare repository.
+    repo: PathBuf,
+    /// The agent holding the key.
+    agent: Agent,
+    /// A distinctive line of the private key's body, to look for later.
+    secret_line: String,
+}
+
+impl PrivateRepo {
+    fn new(sshd: &testbed::Sshd, hello: &str) -> PrivateRepo {
+        let srv = tempfile::tempdir().unwrap();
+        let work = srv.path().join("private");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("hello.txt"), hello).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "one"]);
+        git(
+            srv.path(),
+            &["clone", "-q", "--bare", "private", "private.git"],
+        );
+        let repo = srv.path().join("private.git");
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("deploy");
+        assert!(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success());
+        sshd.authorize(&keys.path().join("deploy.pub")).unwrap();
+        let private = std::fs::read_to_string(&key).unwrap();
+        let secret_line = private
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .nth(2)
+            .unwrap()
+            .to_string();
+        let agent = Agent::start();
+        assert!(Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent.sock)
+            .status()
+            .unwrap()
+            .success());
+        std::fs::remove_file(&key).unwrap();
+        PrivateRepo {
+            _srv: srv,
+            repo,
+            agent,
+            secret_line,
+        }
+    }
+}
+
 #[test]
 fn ssh_mount_clones_over_ssh_with_a_key_only_in_the_agent() {
     if testbed::require_root().is_none()
@@ -127,47 +188,12 @@ fn ssh_mount_clones_over_ssh_with_a_key_only_in_the_agent() {
         return;
     };
     // A repository on the "server".
-    let srv = tempfile::tempdir().unwrap();
-    let work = srv.path().join("private");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("hello.txt"), "private dependency\n").unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
-    git(
-        srv.path(),
-        &["clone", "-q", "--bare", "private", "private.git"],
-    );
-    let repo = srv.path().join("private.git");
-
-    // A deploy key that exists only in the agent: generated, authorized on
-    // the server, added to the agent, then deleted from disk.
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("deploy");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    sshd.authorize(&keys.path().join("deploy.pub")).unwrap();
-    let private = std::fs::read_to_string(&key).unwrap();
-    // A distinctive piece of the private key's body, to look for later.
-    let secret_line = private
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .nth(2)
-        .unwrap()
-        .to_string();
-    let agent = Agent::start();
-    assert!(Command::new("ssh-add")
-        .arg("-q")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &agent.sock)
-        .status()
-        .unwrap()
-        .success());
-    std::fs::remove_file(&key).unwrap();
+    let PrivateRepo {
+        _srv,
+        repo,
+        agent,
+        secret_line,
+    } = PrivateRepo::new(&sshd, "private dependency\n");
 
     // The image: busybox plus the host's git and ssh.
     let xb = Xbuild::new();
@@ -583,45 +609,12 @@ fn ssh_mount_on_an_ssh_build_node_uses_the_coordinators_agent() {
     let Some(reg) = Registry::start_or_skip() else {
         return;
     };
-    let srv = tempfile::tempdir().unwrap();
-    let work = srv.path().join("private");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("hello.txt"), "private dependency via node\n").unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
-    git(
-        srv.path(),
-        &["clone", "-q", "--bare", "private", "private.git"],
-    );
-    let repo = srv.path().join("private.git");
-
-    // The deploy key: authorized on the server, only in the test's agent.
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("deploy");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    sshd.authorize(&keys.path().join("deploy.pub")).unwrap();
-    let private = std::fs::read_to_string(&key).unwrap();
-    let secret_line = private
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .nth(2)
-        .unwrap()
-        .to_string();
-    let agent = Agent::start();
-    assert!(Command::new("ssh-add")
-        .arg("-q")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &agent.sock)
-        .status()
-        .unwrap()
-        .success());
-    std::fs::remove_file(&key).unwrap();
+    let PrivateRepo {
+        _srv,
+        repo,
+        agent,
+        secret_line,
+    } = PrivateRepo::new(&sshd, "private dependency via node\n");
 
     // The node: its own state directory; the coordinator logs in with the
     // server's client key (not through the agent: SSH_AUTH_SOCK is empty).

@@ -6,59 +6,16 @@
 
 use std::path::Path;
 use xbuild_e2e::testbed::{self, Registry, Sshd};
-use xbuild_e2e::{context, publish_base, require_multiplatform, s, xbuild_bin, Run, Xbuild};
+use xbuild_e2e::{
+    context, image_files_for, publish_base, require_multiplatform, s, xbuild_bin, Run, Xbuild,
+};
 
 /// What the RUN step prints: soft and hard open files, soft processes.
 const DOCKERFILE: &str =
     "ARG BASE\nFROM $BASE\nRUN sh -c 'ulimit -n; ulimit -Hn; ulimit -u' > /out\n";
 
-/// The files of the `arch` image of the index `reference`, later layers
-/// winning (skopeo picks the platform).
-fn files_of(reference: &str, arch: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let d = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "--override-os",
-            "linux",
-            "--override-arch",
-            arch,
-            "copy",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", d.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path().join("manifest.json")).unwrap()).unwrap();
-    let mut files = std::collections::BTreeMap::new();
-    for l in m["layers"].as_array().unwrap() {
-        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
-        let blob = std::fs::read(d.path().join(hex)).unwrap();
-        let raw: Box<dyn std::io::Read> = if blob.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::read::GzDecoder::new(&blob[..]))
-        } else {
-            Box::new(&blob[..])
-        };
-        let mut ar = tar::Archive::new(raw);
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let path = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            files.insert(path, data);
-        }
-    }
-    files
-}
-
 fn out_of(reference: &str, arch: &str) -> String {
-    let files = files_of(reference, arch);
+    let files = image_files_for(reference, Some(arch));
     let out = files
         .get("out")
         .unwrap_or_else(|| panic!("no /out in the {arch} image: {:?}", files.keys()));

@@ -717,21 +717,8 @@ mod tests {
             });
             let (r, w) = tokio::io::split(ours);
             let mut worker = RemoteWorker::connect(stream(r, w), "amd1").await.unwrap();
-            let engine = Engine::open(xbuild_engine::EngineConfig {
-                root: dir.path().join("coord"),
-                init_program: "/nonexistent".into(),
-                init_args: vec![],
-                worker: "local".into(),
-                snapshotter: Some(xbuild_engine::Snapshotter::Copy),
-            })
-            .unwrap();
-            let graph = xbuild_plan::plan_source(
-                "FROM scratch\nENV A=1\n",
-                &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
-                &xbuild_plan::PlanOptions::new("Dockerfile"),
-                &mut xbuild_plan::OfflineResolver,
-            )
-            .unwrap();
+            let engine = coordinator_engine(dir.path());
+            let graph = amd64_graph("FROM scratch\nENV A=1\n");
             let ids = VertexIds::new();
             let e = worker
                 .solve(
@@ -820,21 +807,8 @@ mod tests {
                 });
                 let (r, w) = tokio::io::split(ours);
                 let mut worker = RemoteWorker::connect(stream(r, w), "amd1").await.unwrap();
-                let engine = Engine::open(xbuild_engine::EngineConfig {
-                    root: dir.path().join("coord"),
-                    init_program: "/nonexistent".into(),
-                    init_args: vec![],
-                    worker: "local".into(),
-                    snapshotter: Some(xbuild_engine::Snapshotter::Copy),
-                })
-                .unwrap();
-                let graph = xbuild_plan::plan_source(
-                    "FROM scratch\nCOPY big.bin /\n",
-                    &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
-                    &xbuild_plan::PlanOptions::new("Dockerfile"),
-                    &mut xbuild_plan::OfflineResolver,
-                )
-                .unwrap();
+                let engine = coordinator_engine(dir.path());
+                let graph = amd64_graph("FROM scratch\nCOPY big.bin /\n");
                 let ids = VertexIds::new();
                 let e = worker
                     .solve(
@@ -863,6 +837,29 @@ mod tests {
                 fake.await.unwrap();
             });
         }
+    }
+
+    /// The coordinator's engine of a test, under `dir`.
+    fn coordinator_engine(dir: &std::path::Path) -> Engine {
+        Engine::open(xbuild_engine::EngineConfig {
+            root: dir.join("coord"),
+            init_program: "/nonexistent".into(),
+            init_args: vec![],
+            worker: "local".into(),
+            snapshotter: Some(xbuild_engine::Snapshotter::Copy),
+        })
+        .unwrap()
+    }
+
+    /// `dockerfile` planned for linux/amd64, offline.
+    fn amd64_graph(dockerfile: &str) -> xbuild_plan::BuildGraph {
+        xbuild_plan::plan_source(
+            dockerfile,
+            &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
+            &xbuild_plan::PlanOptions::new("Dockerfile"),
+            &mut xbuild_plan::OfflineResolver,
+        )
+        .unwrap()
     }
 
     fn info() -> NodeInfo {
@@ -923,21 +920,8 @@ mod tests {
                 .unwrap();
             assert_eq!(worker.info().pid, Some(4242));
             let dir = tempfile::tempdir().unwrap();
-            let engine = Engine::open(xbuild_engine::EngineConfig {
-                root: dir.path().join("coord"),
-                init_program: "/nonexistent".into(),
-                init_args: vec![],
-                worker: "local".into(),
-                snapshotter: Some(xbuild_engine::Snapshotter::Copy),
-            })
-            .unwrap();
-            let graph = xbuild_plan::plan_source(
-                "FROM scratch\nENV A=1\n",
-                &xbuild_oci::Platform::parse("linux/amd64").unwrap(),
-                &xbuild_plan::PlanOptions::new("Dockerfile"),
-                &mut xbuild_plan::OfflineResolver,
-            )
-            .unwrap();
+            let engine = coordinator_engine(dir.path());
+            let graph = amd64_graph("FROM scratch\nENV A=1\n");
             let ids = VertexIds::new();
             let t0 = std::time::Instant::now();
             let e = worker
