@@ -167,34 +167,15 @@ pub struct ProcessSpec {
 /// One resource limit of a process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
-    /// The resource as Docker names it: `nofile`, `nproc`, ... (see
-    /// [`RLIMIT_NAMES`]).
+    /// The resource as Docker's `--ulimit` names it: Linux's `RLIMIT_*`,
+    /// lower case and without the prefix (`nofile`, `nproc`, ...); another
+    /// name fails the step.
     pub name: String,
     /// The soft limit; `None` is unlimited.
     pub soft: Option<u64>,
     /// The hard limit; `None` is unlimited.
     pub hard: Option<u64>,
 }
-
-/// The resources an [`Rlimit`] may name: Linux's `RLIMIT_*`, lower case and
-/// without the prefix, as Docker's `--ulimit` spells them.
-pub const RLIMIT_NAMES: &[&str] = &[
-    "core",
-    "cpu",
-    "data",
-    "fsize",
-    "locks",
-    "memlock",
-    "msgqueue",
-    "nice",
-    "nofile",
-    "nproc",
-    "rss",
-    "rtprio",
-    "rttime",
-    "sigpending",
-    "stack",
-];
 
 /// Which output stream a chunk of bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -195,16 +195,7 @@ pub fn fetch(r: &GitRef, tmp_parent: &Path, opts: &FetchOptions) -> Result<Fetch
             remote: r.display_remote(),
             reference: wanted.clone(),
         })?;
-        if let Some(sum) = &r.checksum {
-            if !commit.starts_with(sum.as_str()) {
-                return Err(GitError::Checksum {
-                    remote: r.display_remote(),
-                    reference: wanted,
-                    expected: sum.clone(),
-                    actual: commit,
-                });
-            }
-        }
+        check_checksum(r, &wanted, &commit)?;
         local_ref = Some(name);
         resolved = Some(commit);
     }
@@ -271,16 +262,7 @@ pub fn fetch(r: &GitRef, tmp_parent: &Path, opts: &FetchOptions) -> Result<Fetch
             .map_err(|_| first)?
         }
     };
-    if let Some(sum) = &r.checksum {
-        if !commit.starts_with(sum.as_str()) {
-            return Err(GitError::Checksum {
-                remote: r.display_remote(),
-                reference: wanted,
-                expected: sum.clone(),
-                actual: commit,
-            });
-        }
-    }
+    check_checksum(r, &wanted, &commit)?;
     g.run("checkout", ["checkout", "-q", "--detach", commit.as_str()])?;
     if work.join(".gitmodules").exists() && r.submodules != Some(false) {
         g.run(
@@ -355,6 +337,19 @@ pub fn resolve_commit(r: &GitRef, opts: &FetchOptions) -> Result<Option<String>,
 
 /// The commit and the full ref name (`refs/heads/…`, `refs/tags/…`, or
 /// `HEAD`) the name of `r` has on its remote (`git ls-remote`).
+/// `commit` against the URL's `--checksum` (a prefix of the commit id), if any.
+fn check_checksum(r: &GitRef, wanted: &str, commit: &str) -> Result<(), GitError> {
+    match &r.checksum {
+        Some(sum) if !commit.starts_with(sum.as_str()) => Err(GitError::Checksum {
+            remote: r.display_remote(),
+            reference: wanted.to_string(),
+            expected: sum.clone(),
+            actual: commit.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn resolve_ref(r: &GitRef, opts: &FetchOptions) -> Result<Option<(String, String)>, GitError> {
     let tmp = std::env::temp_dir();
     let g = Git {
